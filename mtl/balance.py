@@ -1,0 +1,125 @@
+"""Label balancing for streams: a repeat factor per sample, computed from index.json statistics alone.
+
+A streaming worker cannot draw a multinomial over the whole dataset as the reference's samplers did, but it can
+emit each sample `r` times in expectation, where `r` depends only on the sample's label. Per task
+(REFERENCE.md §4, `balance: paper`):
+- EXPR: class-uniform, r = (N / 7) / count(class) over the classes present.
+- VA: uniform over occupied cells of the 20x20 grid, r = (N / cells) / count(cell).
+- AU: ML-ROS in expectation. Minority AUs (IRLbl = max positives / positives > mean_ir) have positives cloned,
+  32 at a time spread over the AU label patterns in proportion to their current counts, until the AU's IRLbl
+  reaches mean_ir or the clones reach max_clone_fraction · N (the reference's 2.0 and 50 %). A pattern's factor is
+  (count + clones) / count, rescaled to mean 1; the reference's quirk of weighting a sample cloned once like an
+  uncloned one is not reproduced.
+Each factor has mean 1 over the samples labelled for its task, so balancing reshapes the stream without changing
+its length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from mtl.index import LabelStats, au_pattern, va_cell
+from mtl.labels import NUM_AU, TASKS
+
+CLONE_STEP = 32
+
+
+def expr_factors(counts) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    factors = np.zeros_like(counts)
+    factors[present] = counts.sum() / present.sum() / counts[present]
+    return factors
+
+
+def va_factors(hist) -> np.ndarray:
+    hist = np.asarray(hist, dtype=np.float64)
+    occupied = hist > 0
+    factors = np.zeros_like(hist)
+    factors[occupied] = hist.sum() / occupied.sum() / hist[occupied]
+    return factors
+
+
+def imbalance_ratios(positives: np.ndarray) -> np.ndarray:
+    """IRLbl per AU: most frequent AU's positives / this AU's positives (inf when it has none)."""
+    with np.errstate(divide="ignore"):
+        return np.where(positives > 0, positives.max() / np.maximum(positives, 1e-12), np.inf)
+
+
+def mlros_factors(patterns: dict[str, int], mean_ir: float = 2.0, max_clone_fraction: float = 0.5) -> dict[str, float]:
+    """Expected ML-ROS repeat factor per AU label pattern (see module docstring)."""
+    names = sorted(patterns)
+    if not names:
+        return {}
+    bits = np.array([[c == "1" for c in name] for name in names], dtype=np.float64)  # patterns x AUs
+    original = np.array([patterns[n] for n in names], dtype=np.float64)
+    counts = original.copy()
+    budget = max_clone_fraction * original.sum()
+    clones = 0.0
+    ratios = imbalance_ratios(bits.T @ original)
+    minority = [j for j in range(NUM_AU) if np.isfinite(ratios[j]) and ratios[j] > mean_ir]
+    for j in minority:
+        while clones < budget and imbalance_ratios(bits.T @ counts)[j] > mean_ir:
+            holders = counts * bits[:, j]
+            step = min(CLONE_STEP, budget - clones)
+            counts += step * holders / holders.sum()
+            clones += step
+    factors = counts / original
+    factors /= (factors * original).sum() / original.sum()
+    return dict(zip(names, factors.tolist()))
+
+
+@dataclass
+class Balancer:
+    """Repeat factors per task for one split's statistics; `none` gives 1 everywhere."""
+
+    mode: Literal["none", "paper"]
+    au: dict
+    expr: np.ndarray
+    va: np.ndarray
+    task_scale: dict  # per task multiplier (per_task batches: equalise tasks' emission rates)
+
+    @classmethod
+    def from_stats(cls, stats: LabelStats, mode: Literal["none", "paper"] = "paper", mean_ir: float = 2.0,
+                   max_clone_fraction: float = 0.5, equalise_tasks: bool = False) -> "Balancer":
+        if mode == "paper":
+            au = mlros_factors(stats.au_patterns, mean_ir, max_clone_fraction)
+            expr, va = expr_factors(stats.expr_counts), va_factors(stats.va_hist)
+        elif mode == "none":
+            au, expr, va = {}, np.ones(len(stats.expr_counts)), np.ones(stats.va_hist.shape)
+        else:
+            raise ValueError(f"balance mode {mode!r}: expected 'none' or 'paper'")
+        scale = {t: 1.0 for t in TASKS}
+        if equalise_tasks:
+            labelled = {t: stats.labelled[t] for t in TASKS if stats.labelled[t] > 0}
+            if labelled:
+                smallest = min(labelled.values())
+                scale = {t: (smallest / labelled[t] if t in labelled else 0.0) for t in TASKS}
+        return cls(mode, au, expr, va, scale)
+
+    def task_factor(self, task: str, labels: dict) -> float:
+        """Expected repeats of a sample in `task`'s stream (0 when it has no label for the task)."""
+        value = labels[task]
+        if value is None:
+            return 0.0
+        if task == "au":
+            factor = self.au.get(au_pattern(value), 1.0) if self.mode == "paper" else 1.0
+        elif task == "expr":
+            factor = float(self.expr[value])
+        else:
+            factor = float(self.va[va_cell(*value)])
+        return factor * self.task_scale[task]
+
+    def mixed_factor(self, labels: dict) -> float:
+        """Expected repeats in a mixed stream: the mean of the factors of the tasks the sample is labelled for."""
+        factors = [self.task_factor(t, labels) for t in TASKS if labels[t] is not None]
+        return float(np.mean(factors)) if factors else 0.0
+
+
+def draw_repeats(factor: float, rng: np.random.Generator) -> int:
+    """floor(factor) copies plus one more with probability frac(factor): expectation = factor."""
+    whole = int(factor)
+    return whole + int(rng.random() < factor - whole)

@@ -1,0 +1,122 @@
+"""The `mtl` command line: one subcommand per stage (see README "Command line")."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from mtl.config import ConfigError
+from mtl.labels import DataError
+
+
+class _Group(click.Group):
+    """Turns input errors (bad data, bad config, missing files) into one clear line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (DataError, ConfigError, FileNotFoundError) as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="mtl")
+def main(verbose: bool) -> None:
+    """Multitask emotion recognition (AUs, expression, valence-arousal) from incompletely labelled data, on Ray."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+address_option = click.option("--address", default=None, envvar="RAY_ADDRESS",
+                              help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray).")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--videos", default=24, show_default=True, type=click.IntRange(1), help="Number of videos.")
+@click.option("--frames", default=200, show_default=True, type=click.IntRange(1), help="Mean frames per video.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of everything generated.")
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(16), help="Face crop size.")
+def synth(out: str, videos: int, frames: int, seed: int, image_size: int) -> None:
+    """Synthetic dataset in the Aff-Wild2 ABAW-2020 layout (annotations/ + cropped_aligned/)."""
+    from mtl.synth import synthesize
+
+    summary = synthesize(out, videos=videos, frames=frames, seed=seed, image_size=image_size)
+    click.echo(format_mapping(summary))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--affwild2", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Aff-Wild2 root (annotations/ and cropped_aligned/).")
+@click.option("--expw", type=click.Path(exists=True, file_okay=False), help="ExpW root (label/, image/origin/).")
+@click.option("--afew-va", "afew_va", type=click.Path(exists=True, file_okay=False), help="AFEW-VA root.")
+@click.option("--disfa", type=click.Path(exists=True, file_okay=False), help="DISFA root.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard folder to write.")
+@click.option("--shard-size", default=5000, show_default=True, type=click.IntRange(1), help="Samples per shard.")
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(16),
+              help="Stored face size (Aff-Wild2's 112 px faces are copied as they are).")
+@address_option
+def prepare(affwild2, expw, afew_va, disfa, out, shard_size, image_size, address) -> None:
+    """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray."""
+    from mtl.prepare import format_summary, prepare as run_prepare
+    from mtl.raysession import ensure_ray
+
+    sources = {name: root for name, root in
+               (("affwild2", affwild2), ("expw", expw), ("afew_va", afew_va), ("disfa", disfa)) if root}
+    ensure_ray(address)
+    index = run_prepare(sources, out, shard_size=shard_size, image_size=image_size)
+    click.echo(format_summary(index))
+    click.echo(f"wrote {out}/index.json")
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, type=int)
+@address_option
+def demo(out: str, seed: int, address) -> None:
+    """Synthetic data through every stage available, on a local Ray (or --address)."""
+    from mtl.demo import run_demo
+
+    run_demo(Path(out), seed=seed, address=address)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print ratios against a baseline measured in the same run."""
+
+
+@bench.command("loader")
+@click.option("--out", default="runs/bench-loader", show_default=True, type=click.Path(file_okay=False))
+@click.option("--videos", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--frames", default=150, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="DataLoader workers.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--batches", default=40, show_default=True, type=click.IntRange(1), help="Batches timed per loader.")
+@address_option
+def bench_loader(out, videos, frames, workers, batch_size, batches, address) -> None:
+    """Shard stream vs a per-file JPEG folder loader vs the bare JPEG decode loop."""
+    from mtl.bench_loader import run_loader_bench
+
+    run_loader_bench(Path(out), videos=videos, frames=frames, workers=workers, batch_size=batch_size,
+                     batches=batches, address=address)
+
+
+def format_mapping(mapping: dict, indent: int = 0) -> str:
+    lines = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            lines.append(" " * indent + f"{key}:")
+            lines.append(format_mapping(value, indent + 2))
+        else:
+            lines.append(" " * indent + f"{key}: {value}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

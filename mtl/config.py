@@ -1,0 +1,151 @@
+"""Typed experiment config: one YAML file declares a whole run; `key=value` overrides adjust it.
+
+`load_config("demo", ["train.lr=3e-4"])` reads a packaged preset (or a YAML path), applies dotted-key overrides
+and validates everything. Unknown keys and wrong types raise ConfigError naming the dotted key.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    dir: str = "runs/demo"
+
+
+class AugmentConfig(_Section):
+    crop_scale: float = Field(1.2, ge=1.0, description="resize factor before the random crop (reference: 1.2)")
+    flip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
+    jitter: float = Field(0.3, ge=0.0, lt=1.0, description="brightness/contrast/saturation jitter strength")
+
+
+class DataConfig(_Section):
+    shards: str = ""
+    image_size: int = Field(112, ge=8)
+    balance: Literal["none", "paper"] = "paper"
+    batch_mode: Literal["mixed", "per_task"] = "mixed"
+    loader_workers: int = Field(2, ge=0)
+    shuffle_buffer: int = Field(1000, ge=1)
+    mean_ir: float = Field(2.0, gt=0.0, description="ML-ROS target imbalance ratio for AUs (reference: 2.0)")
+    max_clone_fraction: float = Field(0.5, ge=0.0, description="ML-ROS cap on clones, as a fraction of N")
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(_Section):
+    backbone: str = "test_resnet"
+    weights: Optional[str] = None
+    temporal: bool = False
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    workers: int = Field(1, ge=0)
+    use_gpu: bool = False
+    seed: int = 0
+
+
+class LossConfig(_Section):
+    lambda_au: float = Field(1.0, ge=0.0)
+    lambda_expr: float = Field(1.0, ge=0.0)
+    lambda_va: float = Field(1.0, ge=0.0)
+
+
+class DistillConfig(_Section):
+    temperature: float = Field(1.5, gt=0.0)
+    alpha: float = Field(0.4, ge=0.0, le=1.0)
+
+
+class StudentsConfig(_Section):
+    count: int = Field(3, ge=1)
+
+
+class TuneConfig(_Section):
+    num_samples: int = Field(4, ge=1)
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
+    distill: DistillConfig = DistillConfig()
+    students: StudentsConfig = StudentsConfig()
+    tune: TuneConfig = TuneConfig()
+
+
+PRESETS = ("demo", "paper")
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("mtl.configs").joinpath(f"{name}.yaml")))
+
+
+def read_yaml(source: str) -> dict:
+    """A packaged preset name or a YAML file path -> dict."""
+    path = preset_path(source) if source in PRESETS else Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config {source!r}: no such file (packaged presets: {', '.join(PRESETS)})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, booleans, null, lists)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value")
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {key!r}: {part!r} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def validate(data: dict) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"config key {key!r}: unknown key") from None
+        raise ConfigError(f"config key {key!r}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def load_config(source: str = "demo", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data = read_yaml(source)
+    for override in overrides:
+        apply_override(data, override)
+    return validate(data)
+
+
+def config_dict(cfg: Config) -> dict[str, Any]:
+    """Plain-data form of a config (what a run records next to its outputs)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,257 @@
+"""Balanced streaming of WebDataset shards for Ray Train workers x DataLoader workers.
+
+Each (rank, DataLoader worker) pair is a *slot*. Shards are read sequentially; their order is an endless
+concatenation of seeded permutations of all shards, and slot s of n reads positions s, s + n, s + 2n, ... of it,
+so every slot always has data whatever the shard count. An epoch is a fixed number of batches per rank computed
+from index.json, so every DDP rank takes the same number of steps (no hang on uneven shards). The stream
+reads top to bottom in `TrainStream.__iter__`:
+
+  shards -> tar samples -> shuffle -> labels -> balance (repeat) -> shuffle -> decode + crop/flip -> batch
+
+Batches are dicts of tensors (uint8 image windows, per-image jitter factors, labels with masks, keys):
+`mixed` mode yields one batch whose samples carry any labels; `per_task` mode (the paper's) yields
+{"au": batch, "expr": batch, "va": batch}, each batch drawn from the samples labelled for that task.
+One seed (with epoch, rank and worker) fixes the shard order, shuffles, balancing draws and augmentation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Literal, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mtl.augment import AugmentParams, eval_window, train_window
+from mtl.balance import Balancer, draw_repeats
+from mtl.index import ShardIndex
+from mtl.labels import NUM_AU, TASKS
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """How to stream one split: batch size and mode, balancing, augmentation, buffers, seed."""
+
+    batch_size: int = 32
+    batch_mode: Literal["mixed", "per_task"] = "mixed"
+    balance: Literal["none", "paper"] = "paper"
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    mean_ir: float = 2.0
+    max_clone_fraction: float = 0.5
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's DDP rank and world size: Ray Train's context inside a training worker, else torch env vars."""
+    try:
+        import ray.train
+
+        context = ray.train.get_context()
+        return context.get_world_rank(), context.get_world_size()
+    except Exception:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def shard_sequence(urls: list[str], seed: int, epoch: int, slot: int, slots: int) -> Iterator[str]:
+    """Endless shard order of one slot: positions slot, slot + slots, ... of concatenated seeded permutations."""
+    position = slot
+    permutations: dict[int, np.ndarray] = {}
+    while True:
+        cycle, offset = divmod(position, len(urls))
+        if cycle not in permutations:
+            permutations.clear()
+            permutations[cycle] = np.random.default_rng([seed, epoch, cycle]).permutation(len(urls))
+        yield urls[permutations[cycle][offset]]
+        position += slots
+
+
+def shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
+    """Buffered shuffle: keep `size` items, emit a random one as each new item arrives, then drain."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        pick = int(rng.integers(len(buffer)))
+        buffer[pick], item = item, buffer[pick]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def tar_samples(urls: Iterable[str]) -> Iterator[dict]:
+    """Raw samples {"__key__", "jpg", "json", ...} of tar shards, read sequentially (local paths, pipe:, http...)."""
+    import webdataset as wds
+
+    return wds.tarfile_to_samples()({"url": url} for url in urls)
+
+
+def with_labels(samples: Iterable[dict]) -> Iterator[tuple[str, bytes, dict]]:
+    for sample in samples:
+        try:
+            labels = json.loads(sample["json"])
+            yield sample["__key__"], sample["jpg"], labels
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} is malformed: {err}") from None
+
+
+def collate(items: list[tuple[str, np.ndarray, np.ndarray, dict]]) -> dict:
+    """(key, uint8 window, jitter factors, labels) items -> batch dict with label masks."""
+    keys, windows, jitters, labels = zip(*items)
+    au = [lab["au"] for lab in labels]
+    expr = [lab["expr"] for lab in labels]
+    va = [lab["va"] for lab in labels]
+    return {
+        "key": list(keys),
+        "image": torch.from_numpy(np.stack(windows)),
+        "jitter": torch.from_numpy(np.stack(jitters)),
+        "au": torch.tensor([a if a is not None else [0] * NUM_AU for a in au], dtype=torch.float32),
+        "au_mask": torch.tensor([a is not None for a in au]),
+        "expr": torch.tensor([e if e is not None else -1 for e in expr], dtype=torch.int64),
+        "expr_mask": torch.tensor([e is not None for e in expr]),
+        "va": torch.tensor([v if v is not None else [0.0, 0.0] for v in va], dtype=torch.float32),
+        "va_mask": torch.tensor([v is not None for v in va]),
+    }
+
+
+class TrainStream(IterableDataset):
+    """Endless balanced, augmented batches of one rank; each DataLoader worker is one slot."""
+
+    def __init__(self, index: ShardIndex, spec: StreamSpec, split: str = "train", rank: int = 0, world: int = 1):
+        super().__init__()
+        self.urls = index.shard_urls(split)
+        if not self.urls:
+            raise ValueError(f"{index.root}: no {split} shards in index.json")
+        self.stored_size = index.image_size
+        self.spec, self.rank, self.world, self.epoch = spec, rank, world, 0
+        self.balancer = Balancer.from_stats(index.stats[split], spec.balance, spec.mean_ir, spec.max_clone_fraction,
+                                            equalise_tasks=spec.batch_mode == "per_task")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        spec = self.spec
+        rng = np.random.default_rng([spec.seed, self.epoch, self.rank, worker_id])
+        urls = shard_sequence(self.urls, spec.seed, self.epoch, self.rank * workers + worker_id, self.world * workers)
+        samples = with_labels(shuffled(tar_samples(urls), spec.shuffle_buffer, rng))
+        copies = shuffled(self._repeat(samples, rng), spec.shuffle_buffer, rng)
+        if spec.batch_mode == "mixed":
+            yield from self._mixed_batches(copies, rng)
+        else:
+            yield from self._per_task_batches(copies, rng)
+
+    def _repeat(self, samples, rng) -> Iterator[tuple]:
+        """Each sample `draw_repeats(factor)` times; per_task mode tags each copy with its task."""
+        for key, jpg, labels in samples:
+            if self.spec.batch_mode == "mixed":
+                for _ in range(draw_repeats(self.balancer.mixed_factor(labels), rng)):
+                    yield None, key, jpg, labels
+            else:
+                for task in TASKS:
+                    for _ in range(draw_repeats(self.balancer.task_factor(task, labels), rng)):
+                        yield task, key, jpg, labels
+
+    def _item(self, key, jpg, labels, rng) -> tuple:
+        window, jitter = train_window(jpg, self.stored_size, self.spec.augment, rng)
+        return key, window, jitter, labels
+
+    def _mixed_batches(self, copies, rng) -> Iterator[dict]:
+        batch = []
+        for _, key, jpg, labels in copies:
+            batch.append(self._item(key, jpg, labels, rng))
+            if len(batch) == self.spec.batch_size:
+                yield collate(batch)
+                batch = []
+
+    def _per_task_batches(self, copies, rng) -> Iterator[dict]:
+        buffers: dict[str, list] = {task: [] for task in TASKS if self.balancer.task_scale[task] > 0}
+        size = self.spec.batch_size
+        for task, key, jpg, labels in copies:
+            if len(buffers[task]) < 4 * size:  # a task running ahead of the others is thinned, not hoarded
+                buffers[task].append((key, jpg, labels))
+            if all(len(b) >= size for b in buffers.values()):
+                yield {t: collate([self._item(*item, rng) for item in b[:size]]) for t, b in buffers.items()}
+                buffers = {t: b[size:] for t, b in buffers.items()}
+
+
+def batches_per_epoch(index: ShardIndex, spec: StreamSpec, world: int, split: str = "train") -> int:
+    """Batches each rank takes per epoch: one pass over the samples (mixed) or over the smallest task (per_task)."""
+    stats = index.stats[split]
+    if spec.batch_mode == "mixed":
+        samples = stats.samples
+    else:
+        samples = min(count for count in stats.labelled.values() if count > 0)
+    return max(1, samples // (spec.batch_size * world))
+
+
+class EpochLoader:
+    """A DataLoader over a stream, cut to the same number of batches on every rank; `set_epoch` reseeds."""
+
+    def __init__(self, dataset: IterableDataset, batches: int, num_workers: int = 2):
+        self.dataset, self.batches = dataset, batches
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                                 persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[dict]:
+        iterator = iter(self.loader)
+        try:
+            for _ in range(self.batches):
+                yield next(iterator)
+        finally:
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+
+def train_loader(index: ShardIndex, spec: StreamSpec, num_workers: int = 2, rank: Optional[int] = None,
+                 world: Optional[int] = None, split: str = "train") -> EpochLoader:
+    """The balanced training loader of this rank (rank and world default to the Ray Train context)."""
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    stream = TrainStream(index, spec, split, rank, world)
+    return EpochLoader(stream, batches_per_epoch(index, spec, world, split), num_workers)
+
+
+class EvalStream(IterableDataset):
+    """Every sample of a split exactly once across ranks and workers, centre windows, in shard order."""
+
+    def __init__(self, index: ShardIndex, split: str = "val", batch_size: int = 64, crop_scale: float = 1.2,
+                 rank: int = 0, world: int = 1):
+        super().__init__()
+        self.urls, self.stored_size = index.shard_urls(split), index.image_size
+        self.batch_size, self.crop_scale, self.rank, self.world = batch_size, crop_scale, rank, world
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        slot, slots = self.rank * workers + worker_id, self.world * workers
+        batch = []
+        for key, jpg, labels in with_labels(tar_samples(self.urls[slot::slots])):
+            batch.append((key, eval_window(jpg, self.stored_size, self.crop_scale), np.ones(3, np.float32), labels))
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+        if batch:
+            yield collate(batch)
+
+
+def eval_loader(index: ShardIndex, split: str = "val", batch_size: int = 64, crop_scale: float = 1.2,
+                num_workers: int = 1, rank: Optional[int] = None, world: Optional[int] = None) -> DataLoader:
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    stream = EvalStream(index, split, batch_size, crop_scale, rank, world)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers)
