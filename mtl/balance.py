@@ -7,7 +7,9 @@ emit each sample `r` times in expectation, where `r` depends only on the sample'
 - VA: uniform over occupied cells of the 20x20 grid, r = (N / cells) / count(cell).
 - AU: ML-ROS in expectation. Minority AUs (IRLbl = max positives / positives > mean_ir) have positives cloned,
   32 at a time spread over the AU label patterns in proportion to their current counts, until the AU's IRLbl
-  reaches mean_ir or the clones reach max_clone_fraction · N (the reference's 2.0 and 50 %). A pattern's factor is
+  reaches mean_ir or the clones reach max_clone_fraction · N (the reference's 2.0 and 50 %). Cloning one AU can
+  raise the most frequent AU and so another AU's ratio: passes repeat until no minority AU is left (the
+  reference stopped after one pass). A pattern's factor is
   (count + clones) / count, rescaled to mean 1; the reference's quirk of weighting a sample cloned once like an
   uncloned one is not reproduced.
 Each factor has mean 1 over the samples labelled for its task, so balancing reshapes the stream without changing
@@ -59,14 +61,17 @@ def mlros_factors(patterns: dict[str, int], mean_ir: float = 2.0, max_clone_frac
     counts = original.copy()
     budget = max_clone_fraction * original.sum()
     clones = 0.0
-    ratios = imbalance_ratios(bits.T @ original)
-    minority = [j for j in range(NUM_AU) if np.isfinite(ratios[j]) and ratios[j] > mean_ir]
-    for j in minority:
-        while clones < budget and imbalance_ratios(bits.T @ counts)[j] > mean_ir:
-            holders = counts * bits[:, j]
-            step = min(CLONE_STEP, budget - clones)
-            counts += step * holders / holders.sum()
-            clones += step
+    while clones < budget:
+        ratios = imbalance_ratios(bits.T @ counts)
+        minority = [j for j in range(NUM_AU) if np.isfinite(ratios[j]) and ratios[j] > mean_ir]
+        if not minority:
+            break
+        for j in minority:  # one pass in AU order, as the reference; repeated while cloning raised other ratios
+            while clones < budget and imbalance_ratios(bits.T @ counts)[j] > mean_ir:
+                holders = counts * bits[:, j]
+                step = min(CLONE_STEP, budget - clones)
+                counts += step * holders / holders.sum()
+                clones += step
     factors = counts / original
     factors /= (factors * original).sum() / original.sum()
     return dict(zip(names, factors.tolist()))
@@ -112,11 +117,6 @@ class Balancer:
         else:
             factor = float(self.va[va_cell(*value)])
         return factor * self.task_scale[task]
-
-    def mixed_factor(self, labels: dict) -> float:
-        """Expected repeats in a mixed stream: the mean of the factors of the tasks the sample is labelled for."""
-        factors = [self.task_factor(t, labels) for t in TASKS if labels[t] is not None]
-        return float(np.mean(factors)) if factors else 0.0
 
 
 def draw_repeats(factor: float, rng: np.random.Generator) -> int:

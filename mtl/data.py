@@ -9,8 +9,9 @@ reads top to bottom in `TrainStream.__iter__`:
   shards -> tar samples -> shuffle -> labels -> balance (repeat) -> shuffle -> decode + crop/flip -> batch
 
 Batches are dicts of tensors (uint8 image windows, per-image jitter factors, labels with masks, keys):
-`mixed` mode yields one batch whose samples carry any labels; `per_task` mode (the paper's) yields
-{"au": batch, "expr": batch, "va": batch}, each batch drawn from the samples labelled for that task.
+`mixed` mode yields one batch whose samples carry any labels (a balancing copy carries only the labels of the
+tasks it was drawn for); `per_task` mode (the paper's) yields {"au": batch, "expr": batch, "va": batch}, each
+batch drawn from the samples labelled for that task.
 One seed (with epoch, rank and worker) fixes the shard order, shuffles, balancing draws and augmentation.
 """
 
@@ -148,15 +149,19 @@ class TrainStream(IterableDataset):
             yield from self._per_task_batches(copies, rng)
 
     def _repeat(self, samples, rng) -> Iterator[tuple]:
-        """Each sample `draw_repeats(factor)` times; per_task mode tags each copy with its task."""
+        """Copies of each sample: per task t, k_t = draw_repeats(task factor). per_task mode emits k_t copies
+        tagged t; mixed mode emits max_t k_t copies, copy i carrying the labels of the tasks with k_t > i, so each
+        task's labels in the stream follow exactly that task's balanced distribution."""
         for key, jpg, labels in samples:
-            if self.spec.batch_mode == "mixed":
-                for _ in range(draw_repeats(self.balancer.mixed_factor(labels), rng)):
-                    yield None, key, jpg, labels
-            else:
-                for task in TASKS:
-                    for _ in range(draw_repeats(self.balancer.task_factor(task, labels), rng)):
+            repeats = {t: draw_repeats(self.balancer.task_factor(t, labels), rng)
+                       for t in TASKS if labels[t] is not None}
+            if self.spec.batch_mode == "per_task":
+                for task, count in repeats.items():
+                    for _ in range(count):
                         yield task, key, jpg, labels
+            else:
+                for copy in range(max(repeats.values(), default=0)):
+                    yield None, key, jpg, {**labels, **{t: None for t, k in repeats.items() if k <= copy}}
 
     def _item(self, key, jpg, labels, rng) -> tuple:
         window, jitter = train_window(jpg, self.stored_size, self.spec.augment, rng)

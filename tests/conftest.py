@@ -52,3 +52,34 @@ def write_affwild2(root: Path, videos: dict, size: int = 32) -> Path:
             if frame not in spec.get("missing", ()):
                 write_jpeg(root / "cropped_aligned" / name / f"{frame:05d}.jpg", size, 60 + 10 * frame, frame)
     return root
+
+
+def imbalanced_videos(videos: int = 8, frames: int = 60, seed: int = 0) -> dict:
+    """Raw label lines with Aff-Wild2-like imbalance: Neutral-heavy EXPR, rare AU2/AU15/AU20, central VA, uneven
+    video lengths; every video labelled for all tasks; the last video is validation."""
+    rng = np.random.default_rng(seed)
+    au_rates = np.array([0.3, 0.03, 0.2, 0.15, 0.25, 0.03, 0.03, 0.1])
+    expr_probs = np.array([0.55, 0.1, 0.03, 0.03, 0.17, 0.08, 0.04])
+    out = {}
+    for v in range(videos):
+        n = int(frames * (0.3 + 1.4 * v / max(videos - 1, 1)))
+        au = (rng.random((n, 8)) < au_rates).astype(int)
+        expr = rng.choice(7, size=n, p=expr_probs)
+        va = np.clip(rng.normal(0, 0.25, size=(n, 2)), -1, 1)
+        out[f"v{v}"] = {
+            "frames": n, "split": "val" if v == videos - 1 else "train",
+            "au": [",".join(map(str, row)) for row in au], "expr": [str(e) for e in expr],
+            "va": [f"{a:.4f},{b:.4f}" for a, b in va],
+        }
+    return out
+
+
+@pytest.fixture(scope="session")
+def imbalanced_shards(tmp_path_factory, ray_session) -> Path:
+    """Shards (uneven sizes: 7 samples per shard, videos of different lengths) of `imbalanced_videos`."""
+    from mtl.prepare import prepare
+
+    root = tmp_path_factory.mktemp("imbalanced")
+    write_affwild2(root / "raw", imbalanced_videos(), size=20)
+    prepare({"affwild2": str(root / "raw")}, root / "shards", shard_size=7, image_size=20, progress=False)
+    return root / "shards"
