@@ -2,6 +2,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import webdataset as wds
 from click.testing import CliRunner
@@ -96,3 +97,32 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, ray_session):
     result = CliRunner().invoke(main, ["prepare", "--affwild2", str(raw), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2
     assert "error: " in result.output and "v.txt:2: annotation ends at frame 1" in result.output
+
+
+def test_all_four_sources_land_in_one_set_of_shards(tmp_path, ray_session):
+    from PIL import Image
+    from io import BytesIO
+
+    from test_sources_afew_va import entry, make_clip
+    from test_sources_disfa import write_images, write_labels
+    from test_sources_expw import make_expw
+
+    raw = write_affwild2(tmp_path / "aff", {"v": {"frames": 1, "expr": ["2"]}})
+    expw_root = make_expw(tmp_path / "expw")
+    make_clip(tmp_path / "afew", "01", "001", {"00000": entry(5, -10), "00001": entry(-2.5, 0)})
+    write_labels(tmp_path / "disfa", "SN001")
+    write_images(tmp_path / "disfa", "SN001", [f"frame_det_00_{f:06d}.bmp" for f in (1, 2, 3)])
+    sources = {"affwild2": str(raw), "expw": str(expw_root), "afew_va": str(tmp_path / "afew"),
+               "disfa": str(tmp_path / "disfa")}
+    index = prepare(sources, tmp_path / "shards", image_size=24, progress=False)
+    train = read_shards(tmp_path / "shards", "train")
+    assert index["summary"]["samples_per_source"] == {
+        "affwild2": {"train": 1, "val": 0}, "expw": {"train": 3, "val": 0}, "afew_va": {"train": 2, "val": 0},
+        "disfa": {"train": 3, "val": 0}}
+    assert index["summary"]["skipped"] == {"missing_image": 1}  # ExpW's missing.jpg
+    assert train["expw/party/00001"][0]["expr"] == 0 and train["expw/party/00000"][0]["expr"] == 4
+    assert train["afew_va/001/00000"][0]["va"] == [0.5, -1.0]
+    assert train["disfa/SN001/00002"][0]["au"] == [0, 0, 0, 1, 0, 0, 1, 1]
+    # crops are cut from the source image and stored at the stored size: ExpW face 0 is the red box
+    red = np.asarray(Image.open(BytesIO(train["expw/party/00000"][1])))
+    assert red.shape == (24, 24, 3) and red[..., 0].mean() > 200 and red[..., 1].mean() < 40

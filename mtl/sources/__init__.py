@@ -4,7 +4,8 @@ Every reader module exposes two functions, so `mtl prepare` can fan work out ove
   discover(root: Path) -> list[WorkUnit]      cheap listing of independent units (a video, a chunk of a list file)
   read(unit: WorkUnit) -> Iterator[FrameRecord]  the unit's frames in a deterministic order
 Readers raise mtl.labels.DataError naming file and line for malformed or out-of-range annotations. They do not
-open images: prepare checks that each image exists and decodes, and counts the skips.
+decode images (AFEW-VA reads one image header per clip for its size): prepare checks that each image exists and
+decodes, and counts the skips.
 """
 
 from __future__ import annotations
