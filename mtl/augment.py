@@ -1,21 +1,25 @@
 """Augmentation, split where each part is cheapest.
 
-In the stream (per image, in DataLoader workers): decode, a random square window of side R / crop_scale of the
-stored R x R face (the reference's Resize(1.2 S) + RandomCrop(S), as crop-then-resize) and a horizontal flip with
-probability `flip`, plus the draw of the image's colour-jitter factors. Every image draws its own parameters from
-the stream's seeded generator (the reference drew one crop and one flip for the whole run, a bug).
-On the training device (per batch, vectorised): resize the windows to S, apply each image's brightness/contrast/
-saturation factors and the reference normalisation. Batches therefore cross process boundaries as small uint8
-windows, and the per-pixel float work runs where it is cheap (one fused op on the GPU).
-Evaluation uses the centre window, no flip and no jitter (the reference's Resize(1.2 S) + CenterCrop(S)).
+In the stream (DataLoader workers): JPEG decode (libjpeg-turbo through simplejpeg, no Python per pixel) and, per
+batch, each image's own random draws: a square window of side R / crop_scale of the stored R x R face (the
+reference's Resize(1.2 S) + RandomCrop(S), as crop-then-resize), a horizontal flip with probability `flip`, and
+brightness/contrast/saturation factors. The window is cut in the worker (a slice); the rest is applied on the
+training device, vectorised over the batch, by `to_model_input`: flip, resize to S, colour jitter and the
+reference normalisation, one fused pass on a GPU. Batches cross process boundaries as small uint8 windows.
+Every image draws its own parameters from the stream's seeded generator (the reference drew one crop and one
+flip for the whole run, a bug). Evaluation uses the centre window, no flip, no jitter (the reference's
+Resize(1.2 S) + CenterCrop(S)).
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Optional
+
 
 import numpy as np
+import simplejpeg
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -31,45 +35,57 @@ class AugmentParams:
     jitter: float = 0.3
 
 
+@dataclass
+class BatchDraws:
+    """Random augmentation parameters of a batch, one row per image."""
+
+    offsets: np.ndarray  # [B, 2] (top, left) of each window
+    flip: np.ndarray  # [B] bool
+    jitter: np.ndarray  # [B, 3] float32 brightness, contrast, saturation factors
+
+
 def window_side(stored_size: int, crop_scale: float) -> int:
     return max(1, int(round(stored_size / crop_scale)))
 
 
 def decode(data: bytes, stored_size: int) -> np.ndarray:
-    """JPEG bytes -> uint8 R x R x 3 (resized only if the stored image is not R x R)."""
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    if image.size != (stored_size, stored_size):
-        image = image.resize((stored_size, stored_size), Image.Resampling.BILINEAR)
-    return np.asarray(image)
+    """JPEG bytes -> uint8 [R, R, 3] (resized only if the stored image is not R x R)."""
+    image = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    if image.shape[:2] != (stored_size, stored_size):
+        resized = Image.fromarray(image).resize((stored_size, stored_size), Image.Resampling.BILINEAR)
+        image = np.asarray(resized)
+    return image
 
 
-def train_window(data: bytes, stored_size: int, params: AugmentParams, rng: np.random.Generator) -> tuple:
-    """Decoded, randomly cropped and flipped window (a view) and the image's 3 jitter factors."""
-    image = decode(data, stored_size)
+def draw_batch(rng: np.random.Generator, count: int, stored_size: int, params: AugmentParams) -> BatchDraws:
     side = window_side(stored_size, params.crop_scale)
-    top, left = rng.integers(0, stored_size - side + 1, size=2)
-    window = image[top:top + side, left:left + side]
-    if rng.random() < params.flip:
-        window = window[:, ::-1]
-    factors = rng.uniform(1 - params.jitter, 1 + params.jitter, size=3) if params.jitter else np.ones(3)
-    return window, factors.astype(np.float32)
+    offsets = rng.integers(0, stored_size - side + 1, size=(count, 2))
+    flip = rng.random(count) < params.flip
+    jitter = rng.uniform(1 - params.jitter, 1 + params.jitter, size=(count, 3)).astype(np.float32)
+    return BatchDraws(offsets, flip, jitter)
 
 
-def eval_window(data: bytes, stored_size: int, crop_scale: float) -> np.ndarray:
-    image = decode(data, stored_size)
-    side = window_side(stored_size, crop_scale)
-    offset = (stored_size - side) // 2
-    return image[offset:offset + side, offset:offset + side]
+def centre_draws(count: int, stored_size: int, crop_scale: float) -> BatchDraws:
+    offset = (stored_size - window_side(stored_size, crop_scale)) // 2
+    return BatchDraws(np.full((count, 2), offset), np.zeros(count, bool), np.ones((count, 3), np.float32))
 
 
-def to_model_input(windows: torch.Tensor, size: int, jitter: torch.Tensor | None = None,
-                   channels_last: bool = False) -> torch.Tensor:
+def cut_windows(images: list[np.ndarray], offsets: np.ndarray, side: int) -> torch.Tensor:
+    """[R, R, 3] images -> uint8 [B, side, side, 3] windows at the given (top, left) offsets."""
+    return torch.from_numpy(np.stack([image[top:top + side, left:left + side]
+                                      for image, (top, left) in zip(images, offsets.tolist())]))
+
+
+def to_model_input(windows: torch.Tensor, size: int, flip: Optional[torch.Tensor] = None,
+                   jitter: Optional[torch.Tensor] = None, channels_last: bool = False) -> torch.Tensor:
     """uint8 windows [B, h, w, 3] -> normalised float [B, 3, size, size], on the windows' device.
 
-    `jitter` [B, 3] holds per-image brightness, contrast and saturation factors (1 = unchanged). Brightness and
-    contrast are an affine map around the image's mean grey, saturation a blend with the pixel's grey; together
-    one fused expression: out = a·s·x + a·(1 − s)·grey(x) + b, clamped to [0, 255]."""
+    `flip` [B] marks images to mirror; `jitter` [B, 3] holds brightness, contrast and saturation factors
+    (1 = unchanged). Brightness and contrast are an affine map around the image's mean grey, saturation a blend
+    with the pixel's grey; together one fused expression: a·s·x + a·(1 − s)·grey(x) + b, clamped to [0, 255]."""
     x = windows.permute(0, 3, 1, 2)
+    if flip is not None and bool(flip.any()):
+        x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     x = x.float()

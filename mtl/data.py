@@ -8,7 +8,8 @@ reads top to bottom in `TrainStream.__iter__`:
 
   shards -> tar samples -> shuffle -> labels -> balance (repeat) -> shuffle -> decode + crop/flip -> batch
 
-Batches are dicts of tensors (uint8 image windows, per-image jitter factors, labels with masks, keys):
+Batches are dicts of tensors (uint8 image windows [B, h, w, 3] with each image's flip and jitter draws, to be
+applied on the device by `mtl.augment.to_model_input`, labels with masks, keys):
 `mixed` mode yields one batch whose samples carry any labels (a balancing copy carries only the labels of the
 tasks it was drawn for); `per_task` mode (the paper's) yields {"au": batch, "expr": batch, "va": batch}, each
 batch drawn from the samples labelled for that task.
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mtl.augment import AugmentParams, eval_window, train_window
+from mtl.augment import AugmentParams, BatchDraws, centre_draws, cut_windows, decode, draw_batch, window_side
 from mtl.balance import Balancer, draw_repeats
 from mtl.index import ShardIndex
 from mtl.labels import NUM_AU, TASKS
+from mtl.shardio import tar_samples
 
 
 @dataclass(frozen=True)
@@ -77,39 +79,33 @@ def shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
         if len(buffer) < size:
             buffer.append(item)
             continue
-        pick = int(rng.integers(len(buffer)))
+        pick = int(rng.random() * len(buffer))
         buffer[pick], item = item, buffer[pick]
         yield item
     rng.shuffle(buffer)
     yield from buffer
 
 
-def tar_samples(urls: Iterable[str]) -> Iterator[dict]:
-    """Raw samples {"__key__", "jpg", "json", ...} of tar shards, read sequentially (local paths, pipe:, http...)."""
-    import webdataset as wds
-
-    return wds.tarfile_to_samples()({"url": url} for url in urls)
-
-
 def with_labels(samples: Iterable[dict]) -> Iterator[tuple[str, bytes, dict]]:
     for sample in samples:
         try:
-            labels = json.loads(sample["json"])
-            yield sample["__key__"], sample["jpg"], labels
+            yield sample["__key__"], sample["jpg"], json.loads(sample["json"])
         except (KeyError, ValueError) as err:
             raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} is malformed: {err}") from None
 
 
-def collate(items: list[tuple[str, np.ndarray, np.ndarray, dict]]) -> dict:
-    """(key, uint8 window, jitter factors, labels) items -> batch dict with label masks."""
-    keys, windows, jitters, labels = zip(*items)
+def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, draws: BatchDraws) -> dict:
+    """(key, jpg, labels) items -> batch: decoded uint8 windows [B, side, side, 3], each image's flip and jitter
+    draws, labels with masks (missing AU/VA rows are zeros, missing EXPR is -1), keys."""
+    keys, jpgs, labels = zip(*items)
     au = [lab["au"] for lab in labels]
     expr = [lab["expr"] for lab in labels]
     va = [lab["va"] for lab in labels]
     return {
         "key": list(keys),
-        "image": torch.from_numpy(np.stack(windows)),
-        "jitter": torch.from_numpy(np.stack(jitters)),
+        "image": cut_windows([decode(jpg, stored_size) for jpg in jpgs], draws.offsets, side),
+        "flip": torch.from_numpy(draws.flip),
+        "jitter": torch.from_numpy(draws.jitter),
         "au": torch.tensor([a if a is not None else [0] * NUM_AU for a in au], dtype=torch.float32),
         "au_mask": torch.tensor([a is not None for a in au]),
         "expr": torch.tensor([e if e is not None else -1 for e in expr], dtype=torch.int64),
@@ -163,16 +159,17 @@ class TrainStream(IterableDataset):
                 for copy in range(max(repeats.values(), default=0)):
                     yield None, key, jpg, {**labels, **{t: None for t, k in repeats.items() if k <= copy}}
 
-    def _item(self, key, jpg, labels, rng) -> tuple:
-        window, jitter = train_window(jpg, self.stored_size, self.spec.augment, rng)
-        return key, window, jitter, labels
+    def _collate(self, items: list, rng: np.random.Generator) -> dict:
+        augment = self.spec.augment
+        draws = draw_batch(rng, len(items), self.stored_size, augment)
+        return collate(items, self.stored_size, window_side(self.stored_size, augment.crop_scale), draws)
 
     def _mixed_batches(self, copies, rng) -> Iterator[dict]:
         batch = []
         for _, key, jpg, labels in copies:
-            batch.append(self._item(key, jpg, labels, rng))
+            batch.append((key, jpg, labels))
             if len(batch) == self.spec.batch_size:
-                yield collate(batch)
+                yield self._collate(batch, rng)
                 batch = []
 
     def _per_task_batches(self, copies, rng) -> Iterator[dict]:
@@ -182,7 +179,7 @@ class TrainStream(IterableDataset):
             if len(buffers[task]) < 4 * size:  # a task running ahead of the others is thinned, not hoarded
                 buffers[task].append((key, jpg, labels))
             if all(len(b) >= size for b in buffers.values()):
-                yield {t: collate([self._item(*item, rng) for item in b[:size]]) for t, b in buffers.items()}
+                yield {t: self._collate(b[:size], rng) for t, b in buffers.items()}
                 buffers = {t: b[size:] for t, b in buffers.items()}
 
 
@@ -244,14 +241,15 @@ class EvalStream(IterableDataset):
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         slot, slots = self.rank * workers + worker_id, self.world * workers
+        side = window_side(self.stored_size, self.crop_scale)
         batch = []
-        for key, jpg, labels in with_labels(tar_samples(self.urls[slot::slots])):
-            batch.append((key, eval_window(jpg, self.stored_size, self.crop_scale), np.ones(3, np.float32), labels))
+        for item in with_labels(tar_samples(self.urls[slot::slots])):
+            batch.append(item)
             if len(batch) == self.batch_size:
-                yield collate(batch)
+                yield collate(batch, self.stored_size, side, centre_draws(len(batch), self.stored_size, self.crop_scale))
                 batch = []
         if batch:
-            yield collate(batch)
+            yield collate(batch, self.stored_size, side, centre_draws(len(batch), self.stored_size, self.crop_scale))
 
 
 def eval_loader(index: ShardIndex, split: str = "val", batch_size: int = 64, crop_scale: float = 1.2,

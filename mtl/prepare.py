@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
 MAX_SKIP_EXAMPLES = 20
-TAR_MTIME = 0.0  # fixed tar member times make shards reproducible byte for byte
+# A fixed tar member time makes shards reproducible byte for byte. It must be an int: a float mtime (webdataset's
+# default, time.time()) makes tarfile add a PAX header to every member, a second header for readers to parse.
+TAR_MTIME = 0
 SHARD_PATTERN = "{split}-{number:06d}.tar"
 
 

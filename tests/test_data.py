@@ -90,7 +90,7 @@ def test_augmentation_is_drawn_per_image(imbalanced_shards):
     index = load_index(imbalanced_shards)
     spec = StreamSpec(batch_size=64, augment=AugmentParams(crop_scale=1.25, flip=0.5, jitter=0.3))
     (batch,) = take(TrainStream(index, spec), 1)
-    assert batch["image"].shape == (64, 16, 16, 3)
+    assert batch["image"].shape == (64, 16, 16, 3) and 10 < int(batch["flip"].sum()) < 54
     jitter = batch["jitter"].numpy()
     assert len(np.unique(jitter[:, 0])) == 64 and jitter.min() >= 0.7 and jitter.max() <= 1.3
 
