@@ -18,7 +18,7 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (DataError, ConfigError, FileNotFoundError) as err:
+        except (DataError, ConfigError, FileNotFoundError, FileExistsError) as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
 

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from mtl.labels import AU_NAMES, EXPR_NAMES, HEADERS, NUM_AU, TASKS
-from mtl.synth import SET_DIRS, SPLIT_DIRS, plan_videos, runs, simulate_labels, synthesize, video_length
+from mtl.synth import (SET_DIRS, SPLIT_DIRS, plan_videos, runs, simulate_labels, synthesize, video_length,
+                       write_video)
 
 VIDEOS, FRAMES, SEED, SIZE = 16, 60, 7, 40
 LINE = {
@@ -96,7 +97,7 @@ def test_invalid_markers_are_scattered_and_rare(dataset):
 def test_summary_counts_match_the_files(dataset):
     out, summary = dataset
     plans = plan_videos(VIDEOS, SEED)
-    assert summary["videos"] == {"train": sum(p.split == "train" for p in plans), "val": sum(p.split == "val" for p in plans)}
+    assert summary["videos"] == {split: sum(p.split == split for p in plans) for split in ("train", "val")}
     assert summary["frames"] == sum(video_length(SEED, p.slot, FRAMES) for p in plans)
     files = _annotations(out)
     for task in TASKS:
@@ -218,3 +219,33 @@ def test_labels_change_smoothly_along_a_video(tracks):
     step = np.mean([np.abs(np.diff(t.va, axis=0)).mean() for t in tracks])
     spread = np.concatenate([t.va for t in tracks]).std()
     assert step < 0.1 * spread
+
+
+def test_a_video_comes_out_the_same_when_written_alone(dataset, tmp_path):
+    out, _ = dataset
+    plan = plan_videos(VIDEOS, SEED)[-1]
+    write_video(tmp_path, plan, SEED, FRAMES, SIZE)
+    alone = _tree(tmp_path)
+    assert alone and all((out / name).read_bytes() == data for name, data in alone.items())
+
+
+def test_a_crash_leaves_no_annotations_and_a_rerun_completes(tmp_path, monkeypatch):
+    import mtl.synth
+
+    args = dict(videos=4, frames=6, seed=2, image_size=24, progress=False)
+    synthesize(tmp_path / "clean", **args)
+    real_write, calls = mtl.synth.write_video, []
+
+    def crash_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_write(*a, **k)
+
+    monkeypatch.setattr(mtl.synth, "write_video", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(tmp_path / "crashed", **args)
+    assert [p.name for p in (tmp_path / "crashed").iterdir()] == [mtl.synth.STAGING]
+    monkeypatch.setattr(mtl.synth, "write_video", real_write)
+    synthesize(tmp_path / "crashed", **args)
+    assert _tree(tmp_path / "crashed") == _tree(tmp_path / "clean")
