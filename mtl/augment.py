@@ -23,6 +23,7 @@ import simplejpeg
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import get_worker_info
 
 MEAN_RGB = (131.0912, 103.8827, 91.4953)  # reference normalisation: VGGFace2 mean on the 0..255 scale, std 1
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -71,9 +72,16 @@ def centre_draws(count: int, stored_size: int, crop_scale: float) -> BatchDraws:
 
 
 def cut_windows(images: list[np.ndarray], offsets: np.ndarray, side: int) -> torch.Tensor:
-    """[R, R, 3] images -> uint8 [B, side, side, 3] windows at the given (top, left) offsets."""
-    return torch.from_numpy(np.stack([image[top:top + side, left:left + side]
-                                      for image, (top, left) in zip(images, offsets.tolist())]))
+    """[R, R, 3] images -> uint8 [B, side, side, 3] windows at the given (top, left) offsets.
+
+    In a DataLoader worker the batch is stacked straight into shared memory, so handing it to the training
+    process copies nothing."""
+    out = torch.empty((len(images), side, side, 3), dtype=torch.uint8)
+    if get_worker_info() is not None:
+        out.share_memory_()
+    np.stack([image[top:top + side, left:left + side] for image, (top, left) in zip(images, offsets.tolist())],
+             out=out.numpy())
+    return out
 
 
 def to_model_input(windows: torch.Tensor, size: int, flip: Optional[torch.Tensor] = None,

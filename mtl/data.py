@@ -95,8 +95,10 @@ def with_labels(samples: Iterable[dict]) -> Iterator[tuple[str, bytes, dict]]:
 
 
 def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, draws: BatchDraws) -> dict:
-    """(key, jpg, labels) items -> batch: decoded uint8 windows [B, side, side, 3], each image's flip and jitter
-    draws, labels with masks (missing AU/VA rows are zeros, missing EXPR is -1), keys."""
+    """(key, jpg, labels) items -> batch: decoded uint8 windows [B, side, side, 3] (a tensor: it crosses to the
+    training process through shared memory), each image's flip and jitter draws, labels with masks (missing AU/VA
+    rows are zeros, missing EXPR is -1), keys. Small fields stay numpy arrays, pickled inline: a shared-memory
+    segment per small tensor costs more than the whole batch's decoding (see `as_tensors`)."""
     keys, jpgs, labels = zip(*items)
     au = [lab["au"] for lab in labels]
     expr = [lab["expr"] for lab in labels]
@@ -104,15 +106,26 @@ def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, d
     return {
         "key": list(keys),
         "image": cut_windows([decode(jpg, stored_size) for jpg in jpgs], draws.offsets, side),
-        "flip": torch.from_numpy(draws.flip),
-        "jitter": torch.from_numpy(draws.jitter),
-        "au": torch.tensor([a if a is not None else [0] * NUM_AU for a in au], dtype=torch.float32),
-        "au_mask": torch.tensor([a is not None for a in au]),
-        "expr": torch.tensor([e if e is not None else -1 for e in expr], dtype=torch.int64),
-        "expr_mask": torch.tensor([e is not None for e in expr]),
-        "va": torch.tensor([v if v is not None else [0.0, 0.0] for v in va], dtype=torch.float32),
-        "va_mask": torch.tensor([v is not None for v in va]),
+        "flip": draws.flip,
+        "jitter": draws.jitter,
+        "au": np.array([a if a is not None else [0] * NUM_AU for a in au], dtype=np.float32),
+        "au_mask": np.array([a is not None for a in au]),
+        "expr": np.array([e if e is not None else -1 for e in expr], dtype=np.int64),
+        "expr_mask": np.array([e is not None for e in expr]),
+        "va": np.array([v if v is not None else [0.0, 0.0] for v in va], dtype=np.float32),
+        "va_mask": np.array([v is not None for v in va]),
     }
+
+
+def as_tensors(batch: dict) -> dict:
+    """numpy fields -> tensors (no copy), in the training process; nested per-task batches too."""
+    return {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else as_tensors(v) if isinstance(v, dict) else v)
+            for k, v in batch.items()}
+
+
+def keep(batch):
+    """DataLoader collate_fn that leaves a worker's batch as it is (batching happens in the stream)."""
+    return batch
 
 
 class TrainStream(IterableDataset):
@@ -198,7 +211,7 @@ class EpochLoader:
 
     def __init__(self, dataset: IterableDataset, batches: int, num_workers: int = 2):
         self.dataset, self.batches = dataset, batches
-        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=keep,
                                  persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
     def set_epoch(self, epoch: int) -> None:
@@ -212,7 +225,7 @@ class EpochLoader:
         iterator = iter(self.loader)
         try:
             for _ in range(self.batches):
-                yield next(iterator)
+                yield as_tensors(next(iterator))
         finally:
             shutdown = getattr(iterator, "_shutdown_workers", None)
             if shutdown is not None:
@@ -253,8 +266,10 @@ class EvalStream(IterableDataset):
 
 
 def eval_loader(index: ShardIndex, split: str = "val", batch_size: int = 64, crop_scale: float = 1.2,
-                num_workers: int = 1, rank: Optional[int] = None, world: Optional[int] = None) -> DataLoader:
+                num_workers: int = 1, rank: Optional[int] = None, world: Optional[int] = None) -> Iterator[dict]:
+    """Batches of every sample of `split` on this rank's share of the shards (see EvalStream)."""
     if rank is None or world is None:
         rank, world = rank_and_world()
     stream = EvalStream(index, split, batch_size, crop_scale, rank, world)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers)
+    for batch in DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=keep):
+        yield as_tensors(batch)

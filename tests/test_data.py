@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 
 from mtl.augment import AugmentParams
-from mtl.data import (EvalStream, StreamSpec, TrainStream, batches_per_epoch, eval_loader, shard_sequence,
+from mtl.data import (StreamSpec, TrainStream, as_tensors, batches_per_epoch, eval_loader, shard_sequence,
                       train_loader)
 from mtl.index import load_index, va_cell
 
 
 def take(stream, batches):
     iterator = iter(stream)
-    return [next(iterator) for _ in range(batches)]
+    return [as_tensors(next(iterator)) for _ in range(batches)]
 
 
 def test_shard_sequence_gives_every_slot_shards_and_covers_each_cycle_once():
