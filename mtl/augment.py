@@ -13,7 +13,6 @@ Resize(1.2 S) + CenterCrop(S)).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Optional
 

@@ -3,9 +3,10 @@
 - folder loader: the reference code's way, a map-style Dataset opening one JPEG file per sample with PIL and
   applying Resize(1.2 S) + RandomCrop(S) + flip + ToTensor + x255 + Normalize, through a DataLoader with the
   same workers and batch size;
-- decode bound: the bare JPEG decode loop over the very same bytes held in memory, in one process, with the
-  fastest of PIL, torchvision and simplejpeg (libjpeg-turbo all three), scaled by the number of worker processes that can run at
-  once (min(workers, CPUs)); nothing that decodes every image can beat it.
+- decode loop: the bare JPEG decode loop over the very same bytes held in memory, in one process, with the
+  fastest of PIL, torchvision and simplejpeg (libjpeg-turbo all three); and the decode bound, that loop scaled by
+  the number of worker processes that can run at once (min(workers, CPUs)), which nothing that decodes every
+  image can beat.
 The stream is measured as it reaches the training process (decoded, cropped, flipped, balanced, batched uint8) and
 once more with the batched resize + colour jitter + normalisation that runs on the training device, here the CPU.
 """
@@ -138,7 +139,8 @@ def run_loader_bench(out: Path, videos: int = 16, frames: int = 150, workers: in
     results = {
         "decode_1_process": decoders, "decode_bound": bound, "shard_read": reading, "folder_loader": folder, "stream": stream,
         "stream_with_batch_augment_on_cpu": augmented,
-        "stream_vs_folder": stream / folder, "stream_vs_decode_bound": stream / bound,
+        "stream_vs_folder": stream / folder, "stream_vs_decode_loop": stream / single,
+        "stream_vs_decode_bound": stream / bound,
         "stream_with_batch_augment_vs_folder": augmented / folder,
         "setup": {"samples": len(blobs), "workers": workers, "parallel_decoders": parallel, "batch_size": batch_size,
                   "batches": batches, "image_size": image_size, "cpus": os.cpu_count()},
@@ -150,8 +152,8 @@ def run_loader_bench(out: Path, videos: int = 16, frames: int = 150, workers: in
             ("bare decode, 1 process, simplejpeg", decoders["simplejpeg"], None),
             (f"decode bound (x{parallel} processes)", bound, None),
             ("folder loader (reference: PIL per file)", folder, None),
-            ("shard stream (decode+crop+flip+balance)", stream, f"{stream / folder:.2f}x folder, "
-                                                                f"{stream / bound:.2f} of decode bound"),
+            ("shard stream (decode+crop+flip+balance)", stream,
+             f"{stream / folder:.2f}x folder, {stream / single:.2f} of the decode loop, {stream / bound:.2f} of the bound"),
             ("  + batched resize/jitter/normalise (CPU)", augmented, f"{augmented / folder:.2f}x folder")]
     for name, value, note in rows:
         print(f"{name:44s} {value:9.0f} samples/s" + (f"   {note}" if note else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -86,6 +87,44 @@ def demo(out: str, seed: int, address) -> None:
     run_demo(Path(out), seed=seed, address=address)
 
 
+config_option = click.option("--config", "config_source", default="demo", show_default=True,
+                             help="Config file, or a packaged preset name (demo, paper).")
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@config_option
+@click.argument("overrides", nargs=-1)
+@address_option
+def train(config_source: str, overrides: tuple, address) -> None:
+    """Train the role the config names (train.role) on Ray Train; OVERRIDES are dotted key=value pairs."""
+    from mtl.config import load_config
+    from mtl.train import train as run_train
+
+    cfg = load_config(config_source, overrides)
+    outcome = run_train(cfg, address)
+    metrics = outcome["metrics"]
+    click.echo(f"best epoch {metrics.get('epoch')}: " + "  ".join(
+        f"{t} {metrics[f'val_{t}']:.4f}" for t in ("au", "expr", "va", "total") if f"val_{t}" in metrics))
+    click.echo(f"wrote {outcome['best']}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A best.pt written by training.")
+@click.option("--shards", required=True, type=click.Path(file_okay=False), help="Shard folder (index.json).")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
+def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str]) -> None:
+    """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs."""
+    from mtl.evaluate import evaluate_checkpoint, format_scores
+    from mtl.index import write_json_atomic
+
+    result = evaluate_checkpoint(checkpoint, shards, split)
+    click.echo(format_scores(result))
+    if out:
+        write_json_atomic(Path(out), result)
+        click.echo(f"wrote {out}")
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print ratios against a baseline measured in the same run."""
@@ -105,6 +144,22 @@ def bench_loader(out, videos, frames, workers, batch_size, batches, address) -> 
 
     run_loader_bench(Path(out), videos=videos, frames=frames, workers=workers, batch_size=batch_size,
                      batches=batches, address=address)
+
+
+@bench.command("train")
+@click.option("--out", default="runs/bench-train", show_default=True, type=click.Path(file_okay=False))
+@click.option("--steps", default=30, show_default=True, type=click.IntRange(1), help="Timed steps per run.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--cpus", default=2, show_default=True, type=click.IntRange(1), help="Threads for both loops.")
+@click.option("--repeats", default=2, show_default=True, type=click.IntRange(1))
+@click.argument("overrides", nargs=-1)
+@address_option
+def bench_train(out, steps, warmup, cpus, repeats, overrides, address) -> None:
+    """One Ray Train worker vs a plain PyTorch loop: same model, data, batch (OVERRIDES adjust the demo config)."""
+    from mtl.bench_train import run_train_bench
+
+    run_train_bench(Path(out), steps=steps, warmup=warmup, cpus=cpus, repeats=repeats, address=address,
+                    overrides=overrides)
 
 
 def format_mapping(mapping: dict, indent: int = 0) -> str:

@@ -51,18 +51,29 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    role: Literal["teacher", "student"] = "teacher"
     epochs: int = Field(4, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="per rank; per task in per_task batch mode")
     lr: float = Field(1e-3, gt=0.0)
-    workers: int = Field(1, ge=0)
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.05, ge=0.0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: float = Field(0.5, ge=0.0)
+    workers: int = Field(1, ge=0, description="Ray Train workers (DDP ranks); 0 = local mode in this process")
+    cpus_per_worker: int = Field(1, ge=1)
     use_gpu: bool = False
     seed: int = 0
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
+    eval_batch_size: int = Field(128, ge=1)
 
 
 class LossConfig(_Section):
     lambda_au: float = Field(1.0, ge=0.0)
     lambda_expr: float = Field(1.0, ge=0.0)
     lambda_va: float = Field(1.0, ge=0.0)
+    ccc_weight: float = Field(1.0, ge=0.0, description="weight of (1 - CCC) next to the VA bin cross-entropy")
 
 
 class DistillConfig(_Section):

@@ -7,7 +7,6 @@ trained model must beat). Writes RUN/demo-summary.json.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,31 +17,6 @@ from mtl.labels import AU_NAMES, EXPR_NAMES
 
 DEMO_VIDEOS = 24
 DEMO_FRAMES = 120
-
-
-def chance_scores(index) -> dict:
-    """ABAW scores on validation of predictors that ignore the image: no AU active, the most frequent training
-    expression, the mean training valence-arousal."""
-    from mtl.data import eval_loader
-    from mtl.metrics import au_metric, expr_metric, va_metric
-
-    train = index.stats["train"]
-    majority = int(np.argmax(train.expr_counts))
-    hist = train.va_hist
-    centres = (np.arange(20) + 0.5) / 10 - 1
-    mean_va = [float((hist.sum(1) * centres).sum() / max(hist.sum(), 1)),
-               float((hist.sum(0) * centres).sum() / max(hist.sum(), 1))]
-    au, expr, va = [], [], []
-    for batch in eval_loader(index, "val", batch_size=256, num_workers=0, rank=0, world=1):
-        au.append(np.where(batch["au_mask"][:, None].numpy(), batch["au"].numpy(), -1))
-        expr.append(batch["expr"].numpy())
-        va.append(np.where(batch["va_mask"][:, None].numpy(), batch["va"].numpy(), -5))
-    au, expr, va = np.concatenate(au), np.concatenate(expr), np.concatenate(va)
-    scores = {"au": au_metric(au, np.zeros_like(au))["score"],
-              "expr": expr_metric(expr, np.full_like(expr, majority))["score"],
-              "va": va_metric(va, np.tile(mean_va, (len(va), 1)))["score"]}
-    scores["total"] = sum(scores.values())
-    return scores
 
 
 def stream_distributions(index, seed: int, balance: str) -> dict:
@@ -64,6 +38,7 @@ def stream_distributions(index, seed: int, balance: str) -> dict:
 
 
 def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
+    from mtl.evaluate import chance_scores
     from mtl.index import load_index, write_json_atomic
     from mtl.prepare import format_summary, prepare
     from mtl.raysession import ensure_ray

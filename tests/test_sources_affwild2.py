@@ -42,7 +42,7 @@ def test_bad_annotation_line_names_file_and_line(tmp_path, task, line, message):
     write_affwild2(tmp_path, {"v1": {"frames": 3, task: [good, line, good]}})
     with pytest.raises(DataError) as err:
         records(tmp_path)
-    assert f"v1.txt:3: " in str(err.value) and message in str(err.value)
+    assert "v1.txt:3: " in str(err.value) and message in str(err.value)
 
 
 def test_missing_header_is_an_error(tmp_path):

@@ -1,0 +1,82 @@
+"""`mtl bench train`: training samples/s of one Ray Train worker against a plain PyTorch loop, same run.
+
+Both run `timed_steps`: the same model, the same balanced shard stream, the same batch and the same number of
+threads; the clock starts after warm-up steps, so Ray's worker start-up is excluded and what remains is the
+per-step overhead of running inside a Ray Train worker (its process, `prepare_model`, the train context).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+def timed_steps(payload: dict) -> dict:
+    """Warm up, then time `steps` optimisation steps; returns samples/s. Runs in a Ray worker or in-process."""
+    from ray.train.torch import prepare_model
+
+    from mtl.config import validate
+    from mtl.data import train_loader
+    from mtl.index import load_index
+    from mtl.model import create_model
+    from mtl.train import make_optimizer, seed_everything, stream_spec, train_step
+
+    cfg = validate(payload["config"])
+    seed_everything(cfg.train.seed)
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    device = torch.device("cpu")
+    model = create_model(cfg.model, cfg.data.image_size)
+    if payload["ray"]:
+        model = prepare_model(model, move_to_device=False)
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loader = train_loader(load_index(cfg.data.shards), stream_spec(cfg), num_workers=cfg.data.loader_workers,
+                          rank=0, world=1)
+    loader.batches = payload["warmup"] + payload["steps"]
+    samples, started = 0, None
+    for step, batch in enumerate(loader):
+        if step == payload["warmup"]:
+            started = time.perf_counter()
+        train_step(model, optimizer, scheduler, batch, cfg, device)
+        if started is not None:
+            samples += len(batch["key"])
+    return {"samples_per_s": samples / (time.perf_counter() - started)}
+
+
+def run_train_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, repeats: int = 2,
+                    address: Optional[str] = None, overrides: tuple = ()) -> dict:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from mtl.config import config_dict, load_config
+    from mtl.prepare import prepare
+    from mtl.raysession import ensure_ray
+    from mtl.synth import synthesize
+
+    raw, shards = out / "raw", out / "shards"
+    if not (raw / "annotations").is_dir():
+        synthesize(raw, videos=16, frames=100, seed=0, image_size=112)
+    ensure_ray(address)
+    if not (shards / "index.json").is_file():
+        prepare({"affwild2": str(raw)}, shards, image_size=112)
+    cfg = load_config("demo", (f"data.shards={shards}", f"train.cpus_per_worker={cpus}", *overrides))
+    payload = {"config": config_dict(cfg), "steps": steps, "warmup": warmup}
+    print(f"model {cfg.model.backbone} at {cfg.data.image_size} px, batch {cfg.train.batch_size}, {cpus} threads, "
+          f"{cfg.data.loader_workers} loader workers; {warmup} warm-up + {steps} timed steps, best of {repeats}")
+    plain, in_ray = [], []
+    for _ in range(repeats):  # interleaved, so drifts of a shared machine hit both
+        plain.append(timed_steps({**payload, "ray": False})["samples_per_s"])
+        result = TorchTrainer(timed_steps, train_loop_config={**payload, "ray": True},
+                              scaling_config=ray.train.ScalingConfig(num_workers=1,
+                                                                     resources_per_worker={"CPU": cpus}),
+                              run_config=ray.train.RunConfig(storage_path=str((out / "ray").absolute()))).fit()
+        in_ray.append(result.return_value["samples_per_s"])
+    best_plain, best_ray = max(plain), max(in_ray)
+    print(f"plain PyTorch loop          {best_plain:8.1f} samples/s   (runs: {', '.join(f'{v:.1f}' for v in plain)})")
+    print(f"one Ray Train worker        {best_ray:8.1f} samples/s   (runs: {', '.join(f'{v:.1f}' for v in in_ray)})")
+    print(f"ratio Ray Train / plain     {best_ray / best_plain:8.3f}")
+    return {"plain": plain, "ray_train": in_ray, "ratio": best_ray / best_plain}

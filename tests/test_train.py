@@ -1,0 +1,100 @@
+"""Training on Ray Train: local-mode logic, real 2-rank DDP, resume, a worker killed from outside, learning."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtl.config import ConfigError, load_config
+from mtl.train import lr_factor, merge_per_task, train
+
+TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
+        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.lr=3e-3")
+
+
+def config(run_dir: Path, shards: Path, *overrides: str):
+    return load_config("demo", (f"run.dir={run_dir}", f"data.shards={shards}", *TINY, *overrides))
+
+
+def latest_state(run_dir: Path) -> dict:
+    checkpoints = sorted(p for p in (run_dir / "teacher" / "ray" / "teacher").glob("checkpoint_*") if p.is_dir())
+    return torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=True)
+
+
+def test_lr_schedule_warms_up_then_follows_cosine_or_stays():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "constant") == 1.0 and lr_factor(0, 100, 0, "constant") == 1.0
+
+
+def test_per_task_batches_supervise_only_their_own_head():
+    def sub(n):
+        return {"key": [f"k{i}" for i in range(n)], "image": torch.zeros(n, 4, 4, 3, dtype=torch.uint8),
+                **{f"{t}_mask": torch.ones(n, dtype=torch.bool) for t in ("au", "expr", "va")}}
+
+    merged = merge_per_task({"au": sub(2), "expr": sub(3), "va": sub(1)})
+    assert merged["image"].shape[0] == 6 and len(merged["key"]) == 6
+    assert merged["au_mask"].tolist() == [True, True, False, False, False, False]
+    assert merged["expr_mask"].tolist() == [False, False, True, True, True, False]
+    assert merged["va_mask"].tolist() == [False] * 5 + [True]
+
+
+def test_local_mode_trains_and_exports_the_best_model(tmp_path, imbalanced_shards):
+    cfg = config(tmp_path / "run", imbalanced_shards, "train.workers=0", "train.epochs=2",
+                 "data.batch_mode=per_task")
+    outcome = train(cfg)
+    best = torch.load(outcome["best"], map_location="cpu", weights_only=True)
+    assert set(best) >= {"model", "config", "epoch", "metrics"} and best["config"]["data"]["batch_mode"] == "per_task"
+    assert [m["epoch"] for m in outcome["history"]] == [0, 1]
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in outcome["history"])
+    assert best["metrics"]["val_total"] == max(m["val_total"] for m in outcome["history"])
+
+
+def test_ddp_two_ranks_learn_with_equal_steps_then_resume_at_the_next_epoch(tmp_path, imbalanced_shards,
+                                                                           ray_session):
+    run_dir = tmp_path / "run"
+    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=2"))
+    history = outcome["history"]
+    assert outcome["start_epoch"] == 0 and [m["epoch"] for m in history] == [0, 1]
+    assert all(m["steps_per_rank"] == [m["steps"], m["steps"]] for m in history)
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    state = latest_state(run_dir)
+    assert state["epoch"] == 1 and len(state["optimizer"]["state"]) > 0 and state["scheduler"]["last_epoch"] > 0
+
+    resumed = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=3"))
+    assert resumed["start_epoch"] == 2 and [m["epoch"] for m in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][:2] == history
+
+    with pytest.raises(ConfigError, match="train.lr differ"):
+        train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=4", "train.lr=1e-2"))
+
+
+def kill_a_worker_after_two_checkpoints(run_dir: Path, killed: list) -> None:
+    """SIGKILL one live Ray Train worker process once two checkpoints exist (the first is surely registered)."""
+    from ray.util.state import list_actors
+
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((run_dir / "teacher/ray/teacher").glob("checkpoint_2*"))) < 2:
+        time.sleep(0.2)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    if workers:
+        os.kill(workers[-1].pid, signal.SIGKILL)
+        killed.append(workers[-1].pid)
+
+
+def test_a_worker_killed_from_outside_restarts_the_group_from_the_last_checkpoint(tmp_path, imbalanced_shards,
+                                                                                 ray_session):
+    run_dir = tmp_path / "run"
+    killed: list = []
+    killer = threading.Thread(target=kill_a_worker_after_two_checkpoints, args=(run_dir, killed), daemon=True)
+    killer.start()
+    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=4", "train.max_failures=1"))
+    killer.join(timeout=5)
+    assert killed, "no Ray Train worker was found to kill"
+    assert [m["epoch"] for m in outcome["history"]] == [0, 1, 2, 3]
+    assert outcome["start_epoch"] >= 1  # the final worker group started from a checkpoint, not from scratch
