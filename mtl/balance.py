@@ -29,19 +29,13 @@ from mtl.labels import NUM_AU, TASKS
 CLONE_STEP = 32
 
 
-def expr_factors(counts) -> np.ndarray:
+def uniform_factors(counts) -> np.ndarray:
+    """Repeat factors that make every occupied bin equally frequent, mean 1 over the samples:
+    (N / occupied bins) / count(bin); 0 for empty bins. EXPR classes (1-D counts) and the VA grid (2-D)."""
     counts = np.asarray(counts, dtype=np.float64)
-    present = counts > 0
+    occupied = counts > 0
     factors = np.zeros_like(counts)
-    factors[present] = counts.sum() / present.sum() / counts[present]
-    return factors
-
-
-def va_factors(hist) -> np.ndarray:
-    hist = np.asarray(hist, dtype=np.float64)
-    occupied = hist > 0
-    factors = np.zeros_like(hist)
-    factors[occupied] = hist.sum() / occupied.sum() / hist[occupied]
+    factors[occupied] = counts.sum() / occupied.sum() / counts[occupied]
     return factors
 
 
@@ -92,7 +86,7 @@ class Balancer:
                    max_clone_fraction: float = 0.5, equalise_tasks: bool = False) -> "Balancer":
         if mode == "paper":
             au = mlros_factors(stats.au_patterns, mean_ir, max_clone_fraction)
-            expr, va = expr_factors(stats.expr_counts), va_factors(stats.va_hist)
+            expr, va = uniform_factors(stats.expr_counts), uniform_factors(stats.va_hist)
         elif mode == "none":
             au, expr, va = {}, np.ones(len(stats.expr_counts)), np.ones(stats.va_hist.shape)
         else:

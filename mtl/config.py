@@ -48,6 +48,8 @@ class ModelConfig(_Section):
     backbone: str = "test_resnet"
     weights: Optional[str] = None
     temporal: bool = False
+    seq_len: int = Field(32, ge=1, description="frames per window of the temporal (CNN-RNN) model")
+    rnn_hidden: int = Field(64, ge=1, description="GRU hidden size of the temporal model")
 
 
 class TrainConfig(_Section):

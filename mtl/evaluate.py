@@ -26,32 +26,54 @@ FIELDS = ("au_prob", "expr_prob", "va_pred", "au_true", "expr_true", "va_true")
 @torch.no_grad()
 def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: int, batch_size: int,
             device: torch.device, crop_scale: float = 1.2, rank: int = 0, world: int = 1,
-            channels_last: bool = False, autocast: bool = False) -> dict:
+            channels_last: bool = False, autocast: bool = False, seq_len: Optional[int] = None) -> dict:
     """This rank's predictions and labels on `split`: keys, AU/EXPR probabilities, VA expectations, and the
-    labels with missing ones as the metric markers (-1, -5)."""
+    labels with missing ones as the metric markers (-1, -5). With `seq_len` the model is temporal: it reads
+    windows of that many frames, and each frame is scored once (its first occurrence in its video's windows)."""
+    from mtl.windows import eval_window_loader
+
     was_training = model.training
     model.eval()
     parts: dict[str, list] = {name: [] for name in ("key", *FIELDS)}
-    for batch in eval_loader(index, split, batch_size, crop_scale, num_workers=1, rank=rank, world=world):
-        x = to_model_input(batch["image"].to(device, non_blocking=True), image_size, channels_last=channels_last)
+    batches = (eval_window_loader(index, split, seq_len, max(1, batch_size // seq_len), crop_scale, rank=rank,
+                                  world=world) if seq_len else
+               eval_loader(index, split, batch_size, crop_scale, num_workers=1, rank=rank, world=world))
+    for batch in batches:
+        x = model_input(batch["image"].to(device, non_blocking=True), image_size, channels_last=channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x)
         probs = predictions({k: out[k].float() for k in ("au", "expr", "va")})
-        parts["key"] += batch["key"]
-        parts["au_prob"].append(probs["au"].cpu().numpy())
-        parts["expr_prob"].append(probs["expr"].cpu().numpy())
-        parts["va_pred"].append(probs["va"].cpu().numpy())
-        for name, value in metric_labels(batch).items():
+        values = {"au_prob": probs["au"].cpu().numpy(), "expr_prob": probs["expr"].cpu().numpy(),
+                  "va_pred": probs["va"].cpu().numpy(), **metric_labels(batch)}
+        keys = batch["key"]
+        if seq_len:  # windows [B, T, ...] -> the frames scored here
+            valid = batch["valid"].numpy()
+            values = {name: value[valid] for name, value in values.items()}
+            keys = [k for window, marks in zip(keys, valid) for k, keep in zip(window, marks) if keep]
+        parts["key"] += keys
+        for name, value in values.items():
             parts[name].append(value)
     model.train(was_training)
     return {"key": parts["key"], **{name: _concat(parts[name], name) for name in FIELDS}}
 
 
+def model_input(images: torch.Tensor, size: int, flip=None, jitter=None, channels_last: bool = False) -> torch.Tensor:
+    """`to_model_input` for frame batches [B, h, w, 3] and window batches [B, T, h, w, 3] (one flip and jitter
+    draw per window, shared by its frames) -> [B, 3, S, S] or [B, T, 3, S, S]."""
+    if images.dim() == 4:
+        return to_model_input(images, size, flip, jitter, channels_last)
+    frames = images.shape[1]
+    flip = flip.repeat_interleave(frames) if flip is not None else None
+    jitter = jitter.repeat_interleave(frames, dim=0) if jitter is not None else None
+    x = to_model_input(images.flatten(0, 1), size, flip, jitter, channels_last)
+    return x.unflatten(0, images.shape[:2])
+
+
 def metric_labels(batch: dict) -> dict:
     """A batch's labels as the metrics take them: missing AU rows -1, missing EXPR -1, missing VA rows -5."""
-    return {"au_true": np.where(batch["au_mask"][:, None].numpy(), batch["au"].numpy(), -1).astype(int),
+    return {"au_true": np.where(batch["au_mask"][..., None].numpy(), batch["au"].numpy(), -1).astype(int),
             "expr_true": batch["expr"].numpy(),
-            "va_true": np.where(batch["va_mask"][:, None].numpy(), batch["va"].numpy(), INVALID_VA)}
+            "va_true": np.where(batch["va_mask"][..., None].numpy(), batch["va"].numpy(), INVALID_VA)}
 
 
 def _concat(chunks: list, name: str) -> np.ndarray:
@@ -122,7 +144,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str =
     model.load_state_dict(state["model"])
     index = load_index(shards)
     preds = predict(model, index, split, cfg.data.image_size, batch_size, torch.device("cpu"),
-                    cfg.data.augment.crop_scale)
+                    cfg.data.augment.crop_scale, seq_len=cfg.model.seq_len if cfg.model.temporal else None)
     return score(preds)
 
 

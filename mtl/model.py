@@ -28,7 +28,7 @@ def create_model(cfg: ModelConfig, image_size: int) -> nn.Module:
 
     `cfg.weights` is a backbone checkpoint or a full `MultitaskNet` one (e.g. a trained teacher's)."""
     net = MultitaskNet(cfg.backbone, cfg.weights, image_size=image_size)
-    return TemporalNet(net) if cfg.temporal else net
+    return TemporalNet(net, hidden=cfg.rnn_hidden) if cfg.temporal else net
 
 
 class Head(nn.Module):

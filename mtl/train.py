@@ -25,9 +25,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mtl.augment import to_model_input
 from mtl.config import Config, ConfigError, config_dict, validate
 from mtl.data import StreamSpec, train_loader
+from mtl.evaluate import model_input
 from mtl.index import load_index, write_json_atomic
 from mtl.labels import TASKS
 
@@ -90,9 +90,9 @@ def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: to
 
     batch = merge_per_task(batch)
     on_gpu = device.type == "cuda"
-    x = to_model_input(batch["image"].to(device, non_blocking=True), cfg.data.image_size, batch["flip"],
-                       batch["jitter"] if cfg.data.augment.jitter > 0 else None, channels_last=on_gpu)
-    targets = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "key"}
+    x = model_input(batch["image"].to(device, non_blocking=True), cfg.data.image_size, batch["flip"],
+                    batch["jitter"] if cfg.data.augment.jitter > 0 else None, channels_last=on_gpu)
+    targets = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
         outputs = model(x)
     outputs = {task: outputs[task].float() for task in TASKS}
@@ -133,7 +133,7 @@ def train_loop(payload: dict) -> dict:
     device = get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(cfg.train.cpus_per_worker)
     index = load_index(cfg.data.shards)
-    loader = train_loader(index, stream_spec(cfg), num_workers=cfg.data.loader_workers, rank=rank, world=world)
+    loader = make_loader(cfg, index, rank, world)
     model = create_model(cfg.model, cfg.data.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -163,12 +163,13 @@ def train_loop(payload: dict) -> dict:
         for batch in loader:
             for key, value in train_step(model, optimizer, scheduler, batch, cfg, device).items():
                 sums[key] = sums.get(key, 0.0) + value
-            samples += len(batch["key"]) if "key" in batch else sum(len(b["key"]) for b in batch.values())
+            samples += batch_samples(batch)
             done += 1
         seconds = time.perf_counter() - started
         preds = gather(predict(core, index, "val", cfg.data.image_size, cfg.train.eval_batch_size, device,
                                cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
-                               autocast=device.type == "cuda"))
+                               autocast=device.type == "cuda",
+                               seq_len=cfg.model.seq_len if cfg.model.temporal else None))
         metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done), "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
                    **{f"train_{k}": v / steps for k, v in sums.items()}}
@@ -184,6 +185,22 @@ def train_loop(payload: dict) -> dict:
     if run is not None:
         run.finish()
     return {"start_epoch": start_epoch, "history": history, "world": world}
+
+
+def make_loader(cfg: Config, index, rank: int, world: int):
+    """The training stream of this rank: frames (balanced), or windows of frames for the temporal model."""
+    if cfg.model.temporal:
+        from mtl.windows import window_loader
+
+        return window_loader(index, stream_spec(cfg), cfg.model.seq_len, cfg.data.loader_workers, rank, world)
+    return train_loader(index, stream_spec(cfg), num_workers=cfg.data.loader_workers, rank=rank, world=world)
+
+
+def batch_samples(batch: dict) -> int:
+    """Frames in a batch: frame batches, per-task batches, or windows (B x T)."""
+    if "image" not in batch:
+        return sum(batch_samples(b) for b in batch.values())
+    return int(np.prod(batch["image"].shape[:-3]))
 
 
 def all_ranks(value) -> list:
@@ -228,7 +245,8 @@ def open_wandb(cfg: Config, run_id: str):
     wandb_dir = Path(cfg.run.dir).absolute() / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(project="mtl", group=Path(cfg.run.dir).name, name=cfg.train.role, id=run_id,
-                      resume="allow", dir=str(wandb_dir), config=config_dict(cfg))
+                      resume="allow", dir=str(wandb_dir), config=config_dict(cfg),
+                      mode=os.environ.get("WANDB_MODE", "offline"))
 
 
 def role_dir(cfg: Config) -> Path:

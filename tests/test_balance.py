@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mtl.balance import Balancer, draw_repeats, expr_factors, imbalance_ratios, mlros_factors, va_factors
+from mtl.balance import Balancer, draw_repeats, imbalance_ratios, mlros_factors, uniform_factors
 from mtl.index import LabelStats
 
 
@@ -17,7 +17,7 @@ PATTERNS = {"10000000": 500, "01000000": 10, "10100000": 200, "00001000": 300, "
 
 def test_expr_factors_make_classes_uniform_and_keep_the_mean():
     counts = np.array([500, 100, 10, 0, 200, 90, 100])
-    factors = expr_factors(counts)
+    factors = uniform_factors(counts)
     balanced = counts * factors
     assert np.allclose(balanced[counts > 0], balanced[0]) and factors[3] == 0
     assert balanced.sum() == pytest.approx(counts.sum())
@@ -26,7 +26,7 @@ def test_expr_factors_make_classes_uniform_and_keep_the_mean():
 def test_va_factors_flatten_occupied_cells():
     hist = np.zeros((20, 20))
     hist[10, 10], hist[9, 10], hist[0, 19] = 90, 9, 1
-    balanced = hist * va_factors(hist)
+    balanced = hist * uniform_factors(hist)
     assert np.allclose(balanced[hist > 0], 100 / 3) and balanced[hist == 0].sum() == 0
 
 

@@ -98,3 +98,34 @@ def test_a_worker_killed_from_outside_restarts_the_group_from_the_last_checkpoin
     assert killed, "no Ray Train worker was found to kill"
     assert [m["epoch"] for m in outcome["history"]] == [0, 1, 2, 3]
     assert outcome["start_epoch"] >= 1  # the final worker group started from a checkpoint, not from scratch
+
+
+def test_temporal_model_trains_on_windows_from_a_teacher_checkpoint(tmp_path, imbalanced_shards):
+    teacher = train(config(tmp_path / "teacher", imbalanced_shards, "train.workers=0", "train.epochs=1"))
+    outcome = train(config(tmp_path / "rnn", imbalanced_shards, "train.workers=0", "train.epochs=2",
+                           "model.temporal=true", "model.seq_len=4", "train.batch_size=4",
+                           f"model.weights={teacher['best']}"))
+    assert [m["epoch"] for m in outcome["history"]] == [0, 1]
+    assert all(torch.isfinite(torch.tensor(m["train_loss"])) for m in outcome["history"])
+    state = torch.load(outcome["best"], map_location="cpu", weights_only=True)
+    base_teacher = torch.load(teacher["best"], map_location="cpu", weights_only=True)["model"]
+    # the CNN stayed frozen at the teacher's weights, BatchNorm statistics included; only the GRU heads trained
+    assert all(torch.equal(state["model"][f"base.{k}"], v) for k, v in base_teacher.items())
+    assert any(k.startswith("rnns.") for k in state["model"])
+    assert "val_total" in outcome["metrics"]
+
+
+def test_one_seed_makes_a_cpu_run_repeat(tmp_path, imbalanced_shards):
+    runs = [train(config(tmp_path / f"run{i}", imbalanced_shards, "train.workers=0", "train.epochs=1",
+                         f"train.seed={seed}"))["history"][0] for i, seed in enumerate((5, 5, 6))]
+    assert runs[0]["train_loss"] == runs[1]["train_loss"] and runs[0]["val_total"] == runs[1]["val_total"]
+    assert runs[0]["train_loss"] != runs[2]["train_loss"]
+
+
+def test_each_training_logs_one_offline_wandb_run_with_its_config(tmp_path, imbalanced_shards, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(config(tmp_path / "run", imbalanced_shards, "train.workers=0", "train.epochs=1"))
+    (run,) = (tmp_path / "run" / "wandb" / "wandb").glob("offline-run-*")
+    assert run.name.endswith("-run-teacher")
+    (log,) = run.glob("*.wandb")
+    assert b"lambda_au" in log.read_bytes() and b"val_total" in log.read_bytes()  # config and epoch metrics
