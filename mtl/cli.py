@@ -108,6 +108,24 @@ def train(config_source: str, overrides: tuple, address) -> None:
     click.echo(f"wrote {outcome['best']}")
 
 
+@main.command("soft-labels")
+@config_option
+@click.argument("overrides", nargs=-1)
+@address_option
+def soft_labels(config_source: str, overrides: tuple, address) -> None:
+    """The teacher's outputs on every training sample (distill.teacher -> distill.soft_labels), on Ray."""
+    from mtl.config import load_config
+    from mtl.raysession import ensure_ray
+    from mtl.soft_labels import compute_soft_labels
+    from mtl.train import soft_labels_dir, teacher_path
+
+    cfg = load_config(config_source, overrides)
+    ensure_ray(address)
+    manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu)
+    click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
+               f"{soft_labels_dir(cfg)}")
+
+
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A best.pt written by training.")
 @click.option("--shards", required=True, type=click.Path(file_okay=False), help="Shard folder (index.json).")

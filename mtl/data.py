@@ -46,6 +46,7 @@ class StreamSpec:
     seed: int = 0
     mean_ir: float = 2.0
     max_clone_fraction: float = 0.5
+    soft_labels: Optional[str] = None  # folder of the teacher's stored outputs (mtl.soft_labels), joined by key
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -86,12 +87,17 @@ def shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
     yield from buffer
 
 
-def with_labels(samples: Iterable[dict]) -> Iterator[tuple[str, bytes, dict]]:
+def with_labels(samples: Iterable[dict], soft=None) -> Iterator[tuple[str, bytes, dict]]:
+    """(key, jpg, labels) of raw samples; with `soft` (a mtl.soft_labels.SoftLabels), labels["soft"] holds the
+    teacher's stored outputs for the sample (None when it has none)."""
     for sample in samples:
         try:
-            yield sample["__key__"], sample["jpg"], json.loads(sample["json"])
+            key, jpg, labels = sample["__key__"], sample["jpg"], json.loads(sample["json"])
         except (KeyError, ValueError) as err:
             raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} is malformed: {err}") from None
+        if soft is not None:
+            labels["soft"] = soft.lookup(sample["__url__"], key)
+        yield key, jpg, labels
 
 
 def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, draws: BatchDraws) -> dict:
@@ -103,7 +109,7 @@ def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, d
     au = [lab["au"] for lab in labels]
     expr = [lab["expr"] for lab in labels]
     va = [lab["va"] for lab in labels]
-    return {
+    batch = {
         "key": list(keys),
         "image": cut_windows([decode(jpg, stored_size) for jpg in jpgs], draws.offsets, side),
         "flip": draws.flip,
@@ -115,6 +121,18 @@ def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, d
         "va": np.array([v if v is not None else [0.0, 0.0] for v in va], dtype=np.float32),
         "va_mask": np.array([v is not None for v in va]),
     }
+    if "soft" in labels[0]:
+        batch.update(collate_soft([lab["soft"] for lab in labels]))
+    return batch
+
+
+def collate_soft(soft: list) -> dict:
+    """Stored teacher outputs of a batch: soft_au [B, 8] probabilities, soft_expr [B, 7] and soft_va [B, 40]
+    logits (zeros where missing) and soft_mask [B]."""
+    widths = {"soft_au": 8, "soft_expr": 7, "soft_va": 40}
+    return {**{name: np.stack([s[i] if s is not None else np.zeros(width, np.float32) for s in soft])
+               for i, (name, width) in enumerate(widths.items())},
+            "soft_mask": np.array([s is not None for s in soft])}
 
 
 def as_tensors(batch: dict) -> dict:
@@ -150,7 +168,12 @@ class TrainStream(IterableDataset):
         spec = self.spec
         rng = np.random.default_rng([spec.seed, self.epoch, self.rank, worker_id])
         urls = shard_sequence(self.urls, spec.seed, self.epoch, self.rank * workers + worker_id, self.world * workers)
-        samples = with_labels(shuffled(tar_samples(urls), spec.shuffle_buffer, rng))
+        soft = None
+        if spec.soft_labels:
+            from mtl.soft_labels import SoftLabels
+
+            soft = SoftLabels(spec.soft_labels)
+        samples = with_labels(shuffled(tar_samples(urls), spec.shuffle_buffer, rng), soft)
         copies = shuffled(self._repeat(samples, rng), spec.shuffle_buffer, rng)
         if spec.batch_mode == "mixed":
             yield from self._mixed_batches(copies, rng)

@@ -43,10 +43,12 @@ def stream_spec(cfg: Config) -> StreamSpec:
     from mtl.augment import AugmentParams
 
     augment = cfg.data.augment
+    stored = cfg.train.role == "student" and not cfg.distill.on_the_fly
     return StreamSpec(batch_size=cfg.train.batch_size, batch_mode=cfg.data.batch_mode, balance=cfg.data.balance,
                       augment=AugmentParams(augment.crop_scale, augment.flip, augment.jitter),
                       shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, mean_ir=cfg.data.mean_ir,
-                      max_clone_fraction=cfg.data.max_clone_fraction)
+                      max_clone_fraction=cfg.data.max_clone_fraction,
+                      soft_labels=str(soft_labels_dir(cfg)) if stored else None)
 
 
 def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
@@ -84,8 +86,11 @@ def merge_per_task(batch: dict) -> dict:
             for key in parts[0]}
 
 
-def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: torch.device) -> dict:
-    """One optimisation step on a batch from the stream; returns the loss parts as floats."""
+def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: torch.device,
+               teacher: Optional[torch.nn.Module] = None) -> dict:
+    """One optimisation step on a batch from the stream; returns the loss parts as floats. A student
+    (train.role=student) learns from ground truth mixed with the teacher's soft labels: stored ones joined to the
+    batch, or `teacher` run on the same augmented images."""
     from mtl.losses import multitask_loss
 
     batch = merge_per_task(batch)
@@ -96,7 +101,14 @@ def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: to
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
         outputs = model(x)
     outputs = {task: outputs[task].float() for task in TASKS}
-    loss, parts = multitask_loss(outputs, targets, loss_weights(cfg), ccc_weight=cfg.loss.ccc_weight)
+    if cfg.train.role == "student":
+        from mtl.distill import student_loss
+
+        distill = cfg.distill
+        loss, parts = student_loss(outputs, targets, soft_of(targets, teacher, x, on_gpu), distill.alpha,
+                                   distill.temperature, t_squared=distill.t_squared, ccc_weight=cfg.loss.ccc_weight)
+    else:
+        loss, parts = multitask_loss(outputs, targets, loss_weights(cfg), ccc_weight=cfg.loss.ccc_weight)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()} (parts {({k: float(v) for k, v in parts.items()})})")
     optimizer.zero_grad(set_to_none=True)
@@ -104,6 +116,41 @@ def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: to
     optimizer.step()
     scheduler.step()
     return {"loss": float(loss.detach()), **{task: float(value) for task, value in parts.items()}}
+
+
+def soft_of(targets: dict, teacher: Optional[torch.nn.Module], x: torch.Tensor, on_gpu: bool) -> dict:
+    """Soft labels of a batch: the teacher's outputs on `x` (on the fly), or the stored ones joined to it."""
+    from mtl.distill import soft_targets
+
+    if teacher is None:
+        return {"au": targets["soft_au"], "expr": targets["soft_expr"], "va": targets["soft_va"],
+                "soft_mask": targets["soft_mask"]}
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=on_gpu):
+        out = teacher(x)
+    soft = soft_targets({task: out[task].float() for task in TASKS})
+    soft["soft_mask"] = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    return soft
+
+
+def teacher_path(cfg: Config) -> Path:
+    return Path(cfg.distill.teacher) if cfg.distill.teacher else Path(cfg.run.dir).absolute() / "teacher" / "best.pt"
+
+
+def soft_labels_dir(cfg: Config) -> Path:
+    return Path(cfg.distill.soft_labels) if cfg.distill.soft_labels else Path(cfg.run.dir).absolute() / "soft_labels"
+
+
+def load_teacher(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher for on-the-fly distillation (eval mode, never wrapped in DDP)."""
+    from mtl.evaluate import load_checkpoint
+    from mtl.model import create_model
+
+    state = load_checkpoint(teacher_path(cfg))
+    teacher_cfg = validate(state["config"])
+    teacher = create_model(teacher_cfg.model, teacher_cfg.data.image_size)
+    teacher.load_state_dict(state["model"])
+    teacher.requires_grad_(False)
+    return teacher.eval().to(device)
 
 
 def loss_weights(cfg: Config) -> dict:
@@ -153,6 +200,7 @@ def train_loop(payload: dict) -> dict:
         if rank == 0:
             print(f"[{cfg.train.role}] resuming at epoch {start_epoch} from {checkpoint.path}", flush=True)
     model = prepare_model(model, move_to_device=False) if world > 1 else model
+    teacher = load_teacher(cfg, device) if cfg.train.role == "student" and cfg.distill.on_the_fly else None
     core = model.module if hasattr(model, "module") else model
     run = open_wandb(cfg, payload["run_id"]) if rank == 0 else None
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -161,7 +209,7 @@ def train_loop(payload: dict) -> dict:
         sums: dict[str, float] = {}
         samples, done, started = 0, 0, time.perf_counter()
         for batch in loader:
-            for key, value in train_step(model, optimizer, scheduler, batch, cfg, device).items():
+            for key, value in train_step(model, optimizer, scheduler, batch, cfg, device, teacher).items():
                 sums[key] = sums.get(key, 0.0) + value
             samples += batch_samples(batch)
             done += 1
@@ -268,7 +316,8 @@ def check_resumable(cfg: Config, folder: Path) -> None:
     stored_path = folder / "config.json"
     if not stored_path.is_file():
         return
-    stored, current = flatten(json.loads(stored_path.read_text())), flatten(config_dict(cfg))
+    stored = flatten(config_dict(validate(json.loads(stored_path.read_text()))))  # defaults of newer keys filled
+    current = flatten(config_dict(cfg))
     changed = sorted(k for k in set(stored) | set(current)
                      if stored.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
@@ -286,8 +335,14 @@ def train(cfg: Config, address: Optional[str] = None) -> dict:
     if not cfg.data.shards:
         raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
     load_index(cfg.data.shards)  # fail here, not in a worker, when the shards are missing
+    if cfg.train.role == "student":
+        needed = teacher_path(cfg) if cfg.distill.on_the_fly else soft_labels_dir(cfg) / "manifest.json"
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed}: a student needs the teacher's " +
+                                    ("model" if cfg.distill.on_the_fly else "soft labels (run `mtl soft-labels`)"))
     folder = role_dir(cfg)
-    check_resumable(cfg, folder)
+    if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
+        check_resumable(cfg, folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "config.json", config_dict(cfg))
     payload = {"config": config_dict(cfg), "run_id": f"{Path(cfg.run.dir).name}-{cfg.train.role}"}
