@@ -1,6 +1,5 @@
 """Soft labels: computed per shard on Ray, joined to the right samples in the stream, resumable; students train."""
 
-import os
 from pathlib import Path
 
 import numpy as np
