@@ -54,6 +54,7 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     role: Literal["teacher", "student"] = "teacher"
+    name: Optional[str] = Field(None, description="output folder under run.dir (default: the role)")
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1, description="per rank; per task in per_task batch mode")
     lr: float = Field(1e-3, gt=0.0)
@@ -89,6 +90,10 @@ class DistillConfig(_Section):
 
 class StudentsConfig(_Section):
     count: int = Field(3, ge=1)
+    epochs: Optional[int] = Field(None, ge=1, description="epochs per student (default: train.epochs)")
+    backbones: list[str] = Field(default_factory=list, description="student i uses backbones[i % len]; "
+                                                                   "empty: model.backbone")
+    concurrent: int = Field(0, ge=0, description="students trained at once (0: as the cluster's resources allow)")
 
 
 class TuneConfig(_Section):

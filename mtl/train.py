@@ -202,7 +202,7 @@ def train_loop(payload: dict) -> dict:
     model = prepare_model(model, move_to_device=False) if world > 1 else model
     teacher = load_teacher(cfg, device) if cfg.train.role == "student" and cfg.distill.on_the_fly else None
     core = model.module if hasattr(model, "module") else model
-    run = open_wandb(cfg, payload["run_id"]) if rank == 0 else None
+    run = open_wandb(cfg, payload["run_id"], payload["run_name"]) if rank == 0 else None
     for epoch in range(start_epoch, cfg.train.epochs):
         loader.set_epoch(epoch)
         model.train()
@@ -286,19 +286,19 @@ def format_epoch(role: str, m: dict) -> str:
             f"{m['samples_per_s']:.0f} samples/s  lr {m['lr']:.2e}")
 
 
-def open_wandb(cfg: Config, run_id: str):
+def open_wandb(cfg: Config, run_id: str, name: str):
     """One wandb run per training (offline unless WANDB_MODE says otherwise), config attached; resumable."""
     import wandb
 
     wandb_dir = Path(cfg.run.dir).absolute() / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project="mtl", group=Path(cfg.run.dir).name, name=cfg.train.role, id=run_id,
+    return wandb.init(project="mtl", group=Path(cfg.run.dir).name, name=name, id=run_id,
                       resume="allow", dir=str(wandb_dir), config=config_dict(cfg),
                       mode=os.environ.get("WANDB_MODE", "offline"))
 
 
 def role_dir(cfg: Config) -> Path:
-    return Path(cfg.run.dir).absolute() / cfg.train.role
+    return Path(cfg.run.dir).absolute() / (cfg.train.name or cfg.train.role)
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -341,11 +341,16 @@ def train(cfg: Config, address: Optional[str] = None) -> dict:
             raise FileNotFoundError(f"{needed}: a student needs the teacher's " +
                                     ("model" if cfg.distill.on_the_fly else "soft labels (run `mtl soft-labels`)"))
     folder = role_dir(cfg)
+    done = finished(cfg)
+    if done is not None:
+        log.info("%s: already trained for %d epochs, not retrained", folder, cfg.train.epochs)
+        return done
     if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
         check_resumable(cfg, folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / "config.json", config_dict(cfg))
-    payload = {"config": config_dict(cfg), "run_id": f"{Path(cfg.run.dir).name}-{cfg.train.role}"}
+    payload = {"config": config_dict(cfg), "run_id": f"{Path(cfg.run.dir).name}-{folder.name}",
+               "run_name": folder.name}
     if cfg.train.workers == 0:  # local mode: no Ray storage, checkpoints stay in a folder of the run
         shutil.rmtree(folder / "local", ignore_errors=True)
         payload["local_checkpoints"] = str(folder / "local")
@@ -357,7 +362,7 @@ def train(cfg: Config, address: Optional[str] = None) -> dict:
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         torch_config=TorchConfig(timeout_s=int(os.environ.get("MTL_DDP_TIMEOUT_S", 1800))),
         run_config=ray.train.RunConfig(
-            name=cfg.train.role, storage_path=str(folder / "ray"),
+            name=folder.name, storage_path=str(folder / "ray"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute="val_total",
@@ -373,6 +378,20 @@ def train(cfg: Config, address: Optional[str] = None) -> dict:
     write_json_atomic(folder / "history.json", {"history": full_history, "best_epoch": state["epoch"]})
     return {"best": str(folder / "best.pt"), "metrics": export["metrics"], "history": full_history,
             "start_epoch": final.get("start_epoch")}
+
+
+def finished(cfg: Config) -> Optional[dict]:
+    """The outcome of a training of this config that already ran all its epochs, else None."""
+    folder = role_dir(cfg)
+    if not (folder / "history.json").is_file() or not (folder / "best.pt").is_file():
+        return None
+    check_resumable(cfg, folder)
+    record = json.loads((folder / "history.json").read_text())
+    if len(record["history"]) < cfg.train.epochs:
+        return None
+    best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+    return {"best": str(folder / "best.pt"), "metrics": best["metrics"], "history": record["history"],
+            "start_epoch": None}
 
 
 def best_state(result, local_folder: Optional[Path]) -> dict:

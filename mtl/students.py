@@ -1,0 +1,72 @@
+"""Parallel students: `students.count` distillation runs scheduled by Ray Tune, each one a Ray Train run.
+
+Student i trains from scratch (model.weights, never the teacher's weights) with seed train.seed + 1 + i,
+optionally its own backbone (students.backbones[i % len]), on ground truth mixed with the teacher's soft labels,
+into RUN/students/student_i/ (best.pt, history.json, Ray checkpoints). Tune runs as many at once as the cluster's
+resources allow (or students.concurrent); each logs its own wandb run in the run's group. A student whose Ray
+Train run already finished is not retrained: its run resumes at its end and returns at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from mtl.config import Config, ConfigError, config_dict, validate
+
+
+def student_config(cfg: Config, i: int) -> Config:
+    data = config_dict(cfg)
+    data["train"].update(role="student", name=f"students/student_{i}", seed=cfg.train.seed + 1 + i,
+                         epochs=cfg.students.epochs or cfg.train.epochs)
+    if cfg.students.backbones:
+        data["model"]["backbone"] = cfg.students.backbones[i % len(cfg.students.backbones)]
+    return validate(data)
+
+
+def student_trial(params: dict) -> None:
+    """One Tune trial: train student `params["index"]` and report its best validation scores."""
+    import ray.tune
+
+    from mtl.train import train
+
+    outcome = train(student_config(validate(params["config"]), params["index"]))
+    metrics = outcome["metrics"]
+    ray.tune.report({"val_total": metrics.get("val_total", float("nan")), "best": outcome["best"],
+                     **{k: v for k, v in metrics.items() if k.startswith("val_")}})
+
+
+def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
+    """Train all students (in parallel on Ray Tune); returns [{"name", "best", "metrics", "history"}] by index."""
+    import ray
+    import ray.tune
+
+    from mtl.raysession import ensure_ray
+
+    if cfg.train.workers < 1:
+        raise ConfigError("config key 'train.workers': students are Ray Train runs inside Ray Tune trials, "
+                          "so they need at least 1 worker (local mode cannot run under Tune)")
+    ensure_ray(address)
+    per_student = max(1, cfg.train.workers) * cfg.train.cpus_per_worker
+    concurrent = cfg.students.concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_student)
+    trial = {"memory": 1}  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
+    root = Path(cfg.run.dir).absolute() / "students"
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(student_trial, trial),
+        param_space={"config": config_dict(cfg), "index": ray.tune.grid_search(list(range(cfg.students.count)))},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=min(concurrent, cfg.students.count)),
+        run_config=ray.tune.RunConfig(name="tune", storage_path=str(root / "ray"),
+                                      failure_config=ray.tune.FailureConfig(max_failures=1)))
+    grid = tuner.fit()
+    if grid.errors:
+        raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
+    return [student_outcome(root / f"student_{i}") for i in range(cfg.students.count)]
+
+
+def student_outcome(folder: Path) -> dict:
+    import torch
+
+    best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+    history = json.loads((folder / "history.json").read_text())["history"]
+    return {"name": folder.name, "best": str(folder / "best.pt"), "metrics": best["metrics"], "history": history}
