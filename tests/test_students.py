@@ -1,6 +1,5 @@
 """Students: configs derived from the run's, trained in parallel by Ray Tune, each from the teacher's soft labels."""
 
-import pytest
 
 from mtl.config import load_config
 from mtl.soft_labels import compute_soft_labels
