@@ -7,5 +7,7 @@ import os as _os
 _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _os.environ.setdefault("WANDB_MODE", "offline")
+# Ray Train's print patch shows every worker print twice in the driver's log; our workers print one line an epoch.
+_os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 __version__ = "0.1.0"

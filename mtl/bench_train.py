@@ -22,7 +22,7 @@ def timed_steps(payload: dict) -> dict:
     from mtl.data import train_loader
     from mtl.index import load_index
     from mtl.model import create_model
-    from mtl.train import make_optimizer, seed_everything, stream_spec, train_step
+    from mtl.train import load_teacher, make_optimizer, seed_everything, stream_spec, train_step
 
     cfg = validate(payload["config"])
     seed_everything(cfg.train.seed)
@@ -32,6 +32,7 @@ def timed_steps(payload: dict) -> dict:
     if payload["ray"]:
         model = prepare_model(model, move_to_device=False)
     optimizer = make_optimizer(cfg, model.parameters())
+    teacher = load_teacher(cfg, device) if cfg.train.role == "student" and cfg.distill.on_the_fly else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     loader = train_loader(load_index(cfg.data.shards), stream_spec(cfg), num_workers=cfg.data.loader_workers,
                           rank=0, world=1)
@@ -40,19 +41,14 @@ def timed_steps(payload: dict) -> dict:
     for step, batch in enumerate(loader):
         if step == payload["warmup"]:
             started = time.perf_counter()
-        train_step(model, optimizer, scheduler, batch, cfg, device)
+        train_step(model, optimizer, scheduler, batch, cfg, device, teacher)
         if started is not None:
             samples += len(batch["key"])
     return {"samples_per_s": samples / (time.perf_counter() - started)}
 
 
-def run_train_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, repeats: int = 2,
-                    address: Optional[str] = None, overrides: tuple = ()) -> dict:
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from mtl.config import config_dict, load_config
+def bench_data(out: Path, address: Optional[str] = None) -> Path:
+    """Synthetic shards for the training benchmarks (made once under `out`)."""
     from mtl.prepare import prepare
     from mtl.raysession import ensure_ray
     from mtl.synth import synthesize
@@ -63,6 +59,18 @@ def run_train_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, 
     ensure_ray(address)
     if not (shards / "index.json").is_file():
         prepare({"affwild2": str(raw)}, shards, image_size=112)
+    return shards
+
+
+def run_train_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, repeats: int = 2,
+                    address: Optional[str] = None, overrides: tuple = ()) -> dict:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from mtl.config import config_dict, load_config
+
+    shards = bench_data(out, address)
     cfg = load_config("demo", (f"data.shards={shards}", f"train.cpus_per_worker={cpus}", *overrides))
     payload = {"config": config_dict(cfg), "steps": steps, "warmup": warmup}
     print(f"model {cfg.model.backbone} at {cfg.data.image_size} px, batch {cfg.train.batch_size}, {cpus} threads, "
@@ -80,3 +88,35 @@ def run_train_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, 
     print(f"one Ray Train worker        {best_ray:8.1f} samples/s   (runs: {', '.join(f'{v:.1f}' for v in in_ray)})")
     print(f"ratio Ray Train / plain     {best_ray / best_plain:8.3f}")
     return {"plain": plain, "ray_train": in_ray, "ratio": best_ray / best_plain}
+
+
+def run_distill_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, repeats: int = 2,
+                      address: Optional[str] = None, overrides: tuple = ()) -> dict:
+    """Step cost of a student (stored soft labels; teacher on the fly) against a teacher step, same run."""
+    from mtl.config import config_dict, load_config
+    from mtl.model import create_model
+    from mtl.soft_labels import compute_soft_labels
+    from mtl.train import save_atomic
+
+    shards = bench_data(out, address)
+    base = ("data.shards=" + str(shards), f"run.dir={out / 'run'}", f"train.cpus_per_worker={cpus}", *overrides)
+    teacher_cfg = load_config("demo", base)
+    teacher_file = out / "run" / "teacher" / "best.pt"  # a teacher's cost does not depend on its weights
+    save_atomic({"model": create_model(teacher_cfg.model, teacher_cfg.data.image_size).state_dict(),
+                 "config": config_dict(teacher_cfg), "epoch": 0, "metrics": {}}, teacher_file)
+    compute_soft_labels(teacher_file, shards, out / "run" / "soft_labels", progress=False)
+    variants = {"teacher (ground truth only)": base,
+                "student, stored soft labels": (*base, "train.role=student"),
+                "student, teacher on the fly": (*base, "train.role=student", "distill.on_the_fly=true")}
+    rates: dict[str, list] = {name: [] for name in variants}
+    for _ in range(repeats):  # interleaved, so drifts of a shared machine hit every variant
+        for name, overrides_ in variants.items():
+            payload = {"config": config_dict(load_config("demo", overrides_)), "steps": steps, "warmup": warmup,
+                       "ray": False}
+            rates[name].append(timed_steps(payload)["samples_per_s"])
+    best = {name: max(values) for name, values in rates.items()}
+    teacher_rate = best["teacher (ground truth only)"]
+    print(f"{'':32s} {'samples/s':>10s} {'step cost vs teacher':>22s}")
+    for name, rate in best.items():
+        print(f"{name:32s} {rate:10.1f} {teacher_rate / rate:22.3f}")
+    return {"rates": rates, "cost_vs_teacher": {name: teacher_rate / rate for name, rate in best.items()}}

@@ -108,6 +108,22 @@ def train(config_source: str, overrides: tuple, address) -> None:
     click.echo(f"wrote {outcome['best']}")
 
 
+@main.command()
+@config_option
+@click.argument("overrides", nargs=-1)
+@address_option
+def pipeline(config_source: str, overrides: tuple, address) -> None:
+    """Teacher -> soft labels -> students -> ensemble -> report; re-run to resume."""
+    from mtl.config import load_config
+    from mtl.pipeline import run_pipeline
+    from mtl.report import format_table
+
+    cfg = load_config(config_source, overrides)
+    report = run_pipeline(cfg, address)
+    click.echo(format_table(report))
+    click.echo(f"report: {Path(cfg.run.dir) / 'report.md'}")
+
+
 @main.command("soft-labels")
 @config_option
 @click.argument("overrides", nargs=-1)
@@ -124,6 +140,22 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
     manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu)
     click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
                f"{soft_labels_dir(cfg)}")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="An exported ensemble (RUN/ensemble/ensemble.pt) or one best.pt.")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A folder of face images (one video) or of sub-folders (one video each).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Prediction folder to write.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+def predict(model_path: str, images: str, out: str, batch_size: int) -> None:
+    """ABAW-2020 prediction files (AU/, EXPR/, VA/ per video) and predictions.csv for a folder of faces."""
+    from mtl.predict import predict_folder
+
+    summary = predict_folder(model_path, images, out, batch_size)
+    click.echo(f"{summary['frames']} frames of {len(summary['videos'])} videos -> {out}; "
+               f"{len(summary['unreadable'])} unreadable")
 
 
 @main.command()
@@ -164,20 +196,38 @@ def bench_loader(out, videos, frames, workers, batch_size, batches, address) -> 
                      batches=batches, address=address)
 
 
+def step_bench_options(function):
+    """Options shared by the benchmarks that time training steps."""
+    for option in reversed([
+        click.option("--steps", default=30, show_default=True, type=click.IntRange(1), help="Timed steps per run."),
+        click.option("--warmup", default=5, show_default=True, type=click.IntRange(1)),
+        click.option("--cpus", default=2, show_default=True, type=click.IntRange(1), help="Threads for every loop."),
+        click.option("--repeats", default=2, show_default=True, type=click.IntRange(1)),
+        click.argument("overrides", nargs=-1),
+        address_option,
+    ]):
+        function = option(function)
+    return function
+
+
 @bench.command("train")
 @click.option("--out", default="runs/bench-train", show_default=True, type=click.Path(file_okay=False))
-@click.option("--steps", default=30, show_default=True, type=click.IntRange(1), help="Timed steps per run.")
-@click.option("--warmup", default=5, show_default=True, type=click.IntRange(1))
-@click.option("--cpus", default=2, show_default=True, type=click.IntRange(1), help="Threads for both loops.")
-@click.option("--repeats", default=2, show_default=True, type=click.IntRange(1))
-@click.argument("overrides", nargs=-1)
-@address_option
-def bench_train(out, steps, warmup, cpus, repeats, overrides, address) -> None:
+@step_bench_options
+def bench_train(out, **options) -> None:
     """One Ray Train worker vs a plain PyTorch loop: same model, data, batch (OVERRIDES adjust the demo config)."""
     from mtl.bench_train import run_train_bench
 
-    run_train_bench(Path(out), steps=steps, warmup=warmup, cpus=cpus, repeats=repeats, address=address,
-                    overrides=overrides)
+    run_train_bench(Path(out), **options)
+
+
+@bench.command("distill")
+@click.option("--out", default="runs/bench-distill", show_default=True, type=click.Path(file_okay=False))
+@step_bench_options
+def bench_distill(out, **options) -> None:
+    """Student step cost (stored soft labels; teacher on the fly) against a teacher step, in one run."""
+    from mtl.bench_train import run_distill_bench
+
+    run_distill_bench(Path(out), **options)
 
 
 def format_mapping(mapping: dict, indent: int = 0) -> str:

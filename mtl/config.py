@@ -94,6 +94,7 @@ class StudentsConfig(_Section):
     backbones: list[str] = Field(default_factory=list, description="student i uses backbones[i % len]; "
                                                                    "empty: model.backbone")
     concurrent: int = Field(0, ge=0, description="students trained at once (0: as the cluster's resources allow)")
+    select: bool = Field(False, description="greedy forward selection of ensemble members on the tuning half")
 
 
 class TuneConfig(_Section):

@@ -1,8 +1,8 @@
-"""`mtl demo`: the pipeline on synthetic data, as far as it goes in this version.
+"""`mtl demo`: the whole method on synthetic data, on a local Ray (or --address).
 
-synth -> prepare (Ray tasks) -> one epoch of the balanced training stream, printing what balancing did to the
-label distributions, and the scores of prior-only predictors on the validation split (the chance level any
-trained model must beat). Writes RUN/demo-summary.json.
+synth -> prepare (Ray tasks) -> what balancing does to one epoch of the training stream -> pipeline (teacher,
+soft labels, students, ensemble, report), then the score table next to the chance level (predictors that
+ignore the image). Writes RUN/report.{json,md}, RUN/plots/ and RUN/demo-summary.json.
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ def stream_distributions(index, seed: int, balance: str) -> dict:
 
 
 def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
+    from mtl.config import load_config
     from mtl.evaluate import chance_scores
     from mtl.index import load_index, write_json_atomic
+    from mtl.pipeline import run_pipeline
     from mtl.prepare import format_summary, prepare
     from mtl.raysession import ensure_ray
+    from mtl.report import format_table
     from mtl.synth import synthesize
 
     started = time.time()
+    out = out.absolute()
     raw, shards = out / "raw", out / "shards"
     if not (raw / "annotations").is_dir():
         print(f"[1/4] synth: {DEMO_VIDEOS} videos x ~{DEMO_FRAMES} frames -> {raw}")
@@ -62,13 +66,15 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
         print(f"  {name:10s} {raw_dist['expr'][i]:7.3f} {balanced['expr'][i]:7.3f}")
     for j, name in enumerate(AU_NAMES):
         print(f"  {name:10s} {raw_dist['au'][j]:7.3f} {balanced['au'][j]:7.3f}")
-    print(f"  stream: {balanced['samples_per_s']:.0f} samples/s with 1 loader worker")
-    print("[4/4] chance level on validation (predictors that ignore the image)")
+    print("[4/4] pipeline: teacher -> soft labels -> students -> ensemble -> report")
+    cfg = load_config("demo", (f"run.dir={out}", f"data.shards={shards}", f"train.seed={seed}"))
+    report = run_pipeline(cfg, address)
     chance = chance_scores(index)
-    print("  " + "  ".join(f"{k} {v:.3f}" for k, v in chance.items()))
+    print(format_table(report))
+    print("chance level (whole validation split, predictors that ignore the image): " +
+          "  ".join(f"{k} {v:.3f}" for k, v in chance.items()))
     summary = {"seconds": round(time.time() - started, 1), "shards": str(shards), "chance": chance,
                "stream": {"raw": raw_dist, "paper": balanced}}
     write_json_atomic(out / "demo-summary.json", summary)
-    print(f"done in {summary['seconds']} s; summary in {out / 'demo-summary.json'}")
-    print("teacher, soft labels, students and ensemble are not part of this version yet")
+    print(f"done in {summary['seconds']} s; report in {out / 'report.md'}")
     return summary
