@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl.labels import NUM_AU, TASKS, VA_BINS
+from mtl.labels import TASKS, VA_BINS
 from mtl.losses import _masked_mean, au_loss, ccc_loss, expr_loss, va_loss
 from mtl.model import va_expectation
 
@@ -38,11 +38,8 @@ def soft_targets(teacher_outputs: dict) -> dict:
 
 def au_kd(student_logits: Tensor, teacher_probs: Tensor, mask: Tensor) -> Tensor:
     """BCE with logits against soft targets p = σ(teacher logits), mean over masked rows × 8 AUs, no temperature:
-    D = Σ_i m_i · (1/8) Σ_j −[p_ij log σ(z_ij) + (1 − p_ij) log(1 − σ(z_ij))] / Σ_i m_i."""
-    logits, mask = student_logits.reshape(-1, NUM_AU), mask.reshape(-1)
-    target = torch.where(mask[:, None], teacher_probs.reshape(-1, NUM_AU).to(logits.dtype), 0.0)
-    per_row = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
-    return _masked_mean(per_row, mask)
+    the AU ground-truth loss with p in place of the 0/1 labels."""
+    return au_loss(student_logits, teacher_probs, mask)
 
 
 def kl_kd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float,
