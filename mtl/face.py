@@ -21,8 +21,7 @@ from mtl.labels import AU_NAMES
 
 SUPERSAMPLE = 2
 FACE_HALF_HEIGHT = 0.36  # face half-height as a fraction of the image side, at scale 1
-GRAIN_MARGIN = 16
-CREASE = 0.04  # width of wrinkles, folds and the lip line, face units: about a pixel at 48 px  # the grain field is this many pixels larger than the image; Look.grain picks the offset
+GRAIN_MARGIN = 16  # the grain field is this many pixels larger than the image; Look.grain picks the offset
 
 Colour = tuple[int, int, int]
 
@@ -222,7 +221,7 @@ def feature_parts(identity: Identity, au: np.ndarray, gaze: float = 0.0) -> list
 
 def _crease(identity: Identity, depth: float) -> Colour:
     """Skin darkened by a wrinkle of depth in [0, 1]."""
-    return mix(identity.skin, mix(identity.skin, (25, 12, 6), 0.75), depth)
+    return mix(identity.skin, mix(identity.skin, (40, 20, 10), 0.55), depth)
 
 
 def _forehead(idy: Identity, au: np.ndarray) -> list[Part]:
@@ -230,11 +229,11 @@ def _forehead(idy: Identity, au: np.ndarray) -> list[Part]:
     parts = []
     raise_ = max(au[_AU["AU1"]], 0.7 * au[_AU["AU2"]])
     if raise_ > 0.15:
-        parts += [Part((half * _T, y - 0.03 * _ARCH), _crease(idy, 0.8 * raise_), CREASE)
+        parts += [Part((half * _T, y - 0.03 * _ARCH), _crease(idy, 0.6 * raise_), 0.022)
                   for y, half in ((-0.42, 0.32), (-0.5, 0.26))]
     frown = au[_AU["AU4"]]
     if frown > 0.15:
-        parts += [Part(_segment(side * 0.05, -0.36, side * 0.06, -0.2), _crease(idy, 0.9 * frown), CREASE)
+        parts += [Part(_segment(side * 0.05, -0.36, side * 0.06, -0.2), _crease(idy, 0.8 * frown), 0.022)
                   for side in (-1, 1)]
     return parts
 
@@ -242,13 +241,13 @@ def _forehead(idy: Identity, au: np.ndarray) -> list[Part]:
 def _cheeks(idy: Identity, au: np.ndarray) -> list[Part]:
     """AU6 lifts and rounds the cheeks (a blush patch moving up) and adds crow's feet."""
     lift = au[_AU["AU6"]]
-    colour = mix(idy.skin, (200, 70, 70), 0.1 + 0.45 * lift)
-    parts = [Part(_ellipse(side * (idy.eye_spacing + 0.05), 0.24 - 0.15 * lift, 0.15, 0.09 + 0.04 * lift), colour)
+    colour = mix(idy.skin, (200, 70, 70), 0.12 + 0.3 * lift)
+    parts = [Part(_ellipse(side * (idy.eye_spacing + 0.05), 0.24 - 0.12 * lift, 0.15, 0.09 + 0.04 * lift), colour)
              for side in (-1, 1)]
     if lift > 0.15:
         for side in (-1, 1):
             x = side * (idy.eye_spacing + idy.eye_width + 0.03)
-            parts += [Part(_segment(x, 0.0, x + side * 0.08, dy), _crease(idy, 0.9 * lift), CREASE)
+            parts += [Part(_segment(x, 0.0, x + side * 0.08, dy), _crease(idy, 0.9 * lift), 0.02)
                       for dy in (-0.06, 0.045)]
     return parts
 
@@ -256,9 +255,9 @@ def _cheeks(idy: Identity, au: np.ndarray) -> list[Part]:
 def _eye(idy: Identity, au: np.ndarray, side: int, gaze: float) -> list[Part]:
     """Almond eye; AU6 raises the lower lid, AU4 lowers the upper lid, AU1/AU2 widen it."""
     cx, half = side * idy.eye_spacing, idy.eye_width
-    up = idy.eye_height * (1 + 0.4 * max(au[_AU["AU1"]], au[_AU["AU2"]]) - 0.4 * au[_AU["AU4"]]
-                           - 0.25 * au[_AU["AU6"]])
-    down = idy.eye_height * 0.8 * (1 - 0.85 * min(au[_AU["AU6"]], 1.0))
+    up = idy.eye_height * (1 + 0.3 * max(au[_AU["AU1"]], au[_AU["AU2"]]) - 0.3 * au[_AU["AU4"]]
+                           - 0.15 * au[_AU["AU6"]])
+    down = idy.eye_height * 0.8 * (1 - 0.7 * min(au[_AU["AU6"]], 1.0))
     x = cx + half * _T
     upper = -up * _LID
     parts = [Part(_band(x, upper, down * _LID), (235, 232, 225))]
@@ -272,10 +271,10 @@ def _eye(idy: Identity, au: np.ndarray, side: int, gaze: float) -> list[Part]:
 def _brow(idy: Identity, au: np.ndarray, side: int) -> list[Part]:
     """AU1 raises the inner end, AU2 the outer end, AU4 pulls the brow down and toward the midline."""
     a1, a2, a4 = au[_AU["AU1"]], au[_AU["AU2"]], au[_AU["AU4"]]
-    base = -idy.brow_gap + 0.12 * a4
-    inner = (side * (idy.eye_spacing - idy.eye_width - 0.02 - 0.06 * a4), base - 0.2 * a1 + 0.05 * a4)
-    outer = (side * (idy.eye_spacing + idy.eye_width + 0.05), base - 0.2 * a2 + 0.02)
-    middle = ((inner[0] + outer[0]) / 2, base - 0.04 - 0.09 * a1 - 0.1 * a2)
+    base = -idy.brow_gap + 0.09 * a4
+    inner = (side * (idy.eye_spacing - idy.eye_width - 0.02 - 0.05 * a4), base - 0.15 * a1 + 0.05 * a4)
+    outer = (side * (idy.eye_spacing + idy.eye_width + 0.05), base - 0.15 * a2 + 0.02)
+    middle = ((inner[0] + outer[0]) / 2, base - 0.04 - 0.07 * a1 - 0.08 * a2)
     x, y = _bezier(inner, middle, outer, _S)
     half = idy.brow_thickness * (1.1 - 0.5 * _S) / 2  # tapering toward the outer end
     return [Part(_band(x, y - half, y + half), mix(idy.hair, (0, 0, 0), 0.3))]
@@ -284,8 +283,8 @@ def _brow(idy: Identity, au: np.ndarray, side: int) -> list[Part]:
 def _mouth_corner(idy: Identity, au: np.ndarray) -> tuple[float, float]:
     """(half-width, y) of the lip corners: AU12 lifts and widens, AU15 pulls down, AU20 stretches."""
     a12, a15, a20 = au[_AU["AU12"]], au[_AU["AU15"]], au[_AU["AU20"]]
-    half = idy.mouth_width * (1 + 0.22 * a12 + 0.5 * a20 - 0.06 * a15)
-    return half, idy.mouth_y - 0.24 * a12 + 0.2 * a15 + 0.03 * a20
+    half = idy.mouth_width * (1 + 0.15 * a12 + 0.5 * a20 - 0.06 * a15)
+    return half, idy.mouth_y - 0.17 * a12 + 0.14 * a15 + 0.03 * a20
 
 
 def _nose_and_folds(idy: Identity, au: np.ndarray) -> list[Part]:
@@ -294,12 +293,12 @@ def _nose_and_folds(idy: Identity, au: np.ndarray) -> list[Part]:
     nostril = mix(idy.skin, (30, 15, 10), 0.6)
     parts = [Part(_ellipse(side * 0.055, y, 0.035, 0.02), nostril) for side in (-1, 1)]
     parts.append(Part(_segment(0.04, -0.05, 0.08, y - 0.04), _crease(idy, 0.4), 0.022))
-    fold = _crease(idy, 0.15 + 0.7 * au[_AU["AU12"]] + 0.15 * au[_AU["AU6"]])
+    fold = _crease(idy, 0.2 + 0.6 * au[_AU["AU12"]] + 0.2 * au[_AU["AU6"]])
     half, corner_y = _mouth_corner(idy, au)
     for side in (-1, 1):
         curve = _bezier((side * 0.13, y - 0.02), (side * (half + 0.06), y + 0.08),
                         (side * (half + 0.05), corner_y - 0.02), _S[::3])
-        parts.append(Part(curve, fold, CREASE))
+        parts.append(Part(curve, fold, 0.022))
     return parts
 
 
@@ -314,13 +313,13 @@ def _mouth(idy: Identity, au: np.ndarray) -> list[Part]:
     parts = [Part(_band(x, mid - gap - lip * _CUPID, mid + gap + 1.2 * lip), idy.lips)]
     if stretch > 0.15:  # skin bunching just outside the stretched corners
         parts += [Part(_segment(side * (half + 0.03), corner_y - 0.07, side * (half + 0.045), corner_y + 0.07),
-                       _crease(idy, 0.9 * stretch), CREASE) for side in (-1, 1)]
+                       _crease(idy, 0.9 * stretch), 0.022) for side in (-1, 1)]
     depress = au[_AU["AU15"]]
     if depress > 0.15:  # creases running down and out from the lowered corners
         parts += [Part(_segment(side * (half + 0.01), corner_y + 0.03, side * (half + 0.06), corner_y + 0.15),
-                       _crease(idy, 0.9 * depress), CREASE) for side in (-1, 1)]
+                       _crease(idy, 0.9 * depress), 0.022) for side in (-1, 1)]
     if au[_AU["AU25"]] <= 0.08:
-        return parts + [Part((x, mid), mix(idy.lips, (40, 10, 15), 0.7), CREASE)]
+        return parts + [Part((x, mid), mix(idy.lips, (40, 10, 15), 0.6), 0.02)]
     teeth = np.minimum(mid - gap + 0.04 * _ARCH, mid + gap)
     return parts + [Part(_band(x, mid - gap, mid + gap), (45, 15, 20)),
                     Part(_band(x[2:-2], (mid - gap)[2:-2], teeth[2:-2]), (225, 220, 205))]

@@ -31,7 +31,6 @@ STAGING = ".synth-partial"  # folder inside `out` that holds a dataset while it 
 VAL_FRACTION = 0.22
 TASK_COUNT_PROBS = (0.35, 0.45, 0.20)  # a training video is annotated for 1, 2 or 3 tasks
 AU_THRESHOLD = 0.5
-SEGMENT_FRAMES = tuple(int(x) for x in os.environ.get("SYNTH_SEG", "20,90").split(","))  # shortest, longest
 
 # Expression frequencies (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise), Aff-Wild2-like.
 EXPR_PRIOR = np.array([0.50, 0.06, 0.03, 0.03, 0.20, 0.12, 0.06])
@@ -136,10 +135,10 @@ def runs(rng: np.random.Generator, n: int, rate: float, shortest: int, longest: 
 
 
 def _segments(rng: np.random.Generator, n: int, probs: np.ndarray) -> list[tuple[int, int, int]]:
-    """(start, end, expression) segments of SEGMENT_FRAMES frames covering n frames."""
+    """(start, end, expression) segments of 20..90 frames covering n frames."""
     segments, start = [], 0
     while start < n:
-        end = min(n, start + int(rng.integers(SEGMENT_FRAMES[0], SEGMENT_FRAMES[1] + 1)))
+        end = min(n, start + int(rng.integers(20, 91)))
         segments.append((start, end, int(rng.choice(NUM_EXPR, p=probs))))
         start = end
     return segments
