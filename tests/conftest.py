@@ -56,18 +56,18 @@ def write_affwild2(root: Path, videos: dict, size: int = 32) -> Path:
 
 def imbalanced_videos(videos: int = 8, frames: int = 60, seed: int = 0) -> dict:
     """Raw label lines with Aff-Wild2-like imbalance: Neutral-heavy EXPR, rare AU2/AU15/AU20, central VA, uneven
-    video lengths; every video labelled for all tasks; the last two videos are validation."""
+    video lengths; every video labelled for all tasks; the last of `videos` and one extra video are validation."""
     rng = np.random.default_rng(seed)
     au_rates = np.array([0.3, 0.03, 0.2, 0.15, 0.25, 0.03, 0.03, 0.1])
     expr_probs = np.array([0.55, 0.1, 0.03, 0.03, 0.17, 0.08, 0.04])
     out = {}
-    for v in range(videos):
-        n = int(frames * (0.3 + 1.4 * v / max(videos - 1, 1)))
+    for v in range(videos + 1):
+        n = int(frames * (0.3 + 1.4 * v / max(videos - 1, 1))) if v < videos else frames
         au = (rng.random((n, 8)) < au_rates).astype(int)
         expr = rng.choice(7, size=n, p=expr_probs)
         va = np.clip(rng.normal(0, 0.25, size=(n, 2)), -1, 1)
         out[f"v{v}"] = {
-            "frames": n, "split": "val" if v >= videos - 2 else "train",
+            "frames": n, "split": "val" if v >= videos - 1 else "train",
             "au": [",".join(map(str, row)) for row in au], "expr": [str(e) for e in expr],
             "va": [f"{a:.4f},{b:.4f}" for a, b in va],
         }
