@@ -311,15 +311,20 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resumable(cfg: Config, folder: Path) -> None:
-    """Refuse to resume a run whose stored config differs in anything but RESUMABLE_CHANGES."""
+def config_changes(cfg: Config, folder: Path) -> list[str]:
+    """Keys whose value differs from the run stored in `folder`, except RESUMABLE_CHANGES (none if no run)."""
     stored_path = folder / "config.json"
     if not stored_path.is_file():
-        return
+        return []
     stored = flatten(config_dict(validate(json.loads(stored_path.read_text()))))  # defaults of newer keys filled
     current = flatten(config_dict(cfg))
-    changed = sorted(k for k in set(stored) | set(current)
-                     if stored.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    return sorted(k for k in set(stored) | set(current)
+                  if stored.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+
+
+def check_resumable(cfg: Config, folder: Path) -> None:
+    """Refuse to resume a run whose stored config differs in anything but RESUMABLE_CHANGES."""
+    changed = config_changes(cfg, folder)
     if changed:
         raise ConfigError(f"{folder} holds a run with another config ({', '.join(changed)} differ); "
                           f"use a new run.dir, or delete {folder} to start over")
@@ -383,9 +388,8 @@ def train(cfg: Config, address: Optional[str] = None) -> dict:
 def finished(cfg: Config) -> Optional[dict]:
     """The outcome of a training of this config that already ran all its epochs, else None."""
     folder = role_dir(cfg)
-    if not (folder / "history.json").is_file() or not (folder / "best.pt").is_file():
+    if not (folder / "history.json").is_file() or not (folder / "best.pt").is_file() or config_changes(cfg, folder):
         return None
-    check_resumable(cfg, folder)
     record = json.loads((folder / "history.json").read_text())
     if len(record["history"]) < cfg.train.epochs:
         return None

@@ -75,13 +75,16 @@ def test_ddp_two_ranks_learn_with_equal_steps_then_resume_at_the_next_epoch(tmp_
 
 
 def kill_a_worker_after_two_checkpoints(run_dir: Path, killed: list) -> None:
-    """SIGKILL one live Ray Train worker process once two checkpoints exist (the first is surely registered)."""
+    """SIGKILL one live Ray Train worker process of this session's cluster once two checkpoints exist (the first
+    is then surely registered)."""
+    import ray
     from ray.util.state import list_actors
 
     deadline = time.time() + 180
     while time.time() < deadline and len(list((run_dir / "teacher/ray/teacher").glob("checkpoint_2*"))) < 2:
         time.sleep(0.2)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = list_actors(address=ray.get_runtime_context().gcs_address,
+                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     if workers:
         os.kill(workers[-1].pid, signal.SIGKILL)
         killed.append(workers[-1].pid)
@@ -93,10 +96,10 @@ def test_a_worker_killed_from_outside_restarts_the_group_from_the_last_checkpoin
     killed: list = []
     killer = threading.Thread(target=kill_a_worker_after_two_checkpoints, args=(run_dir, killed), daemon=True)
     killer.start()
-    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=4", "train.max_failures=1"))
+    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=6", "train.max_failures=1"))
     killer.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
-    assert [m["epoch"] for m in outcome["history"]] == [0, 1, 2, 3]
+    assert [m["epoch"] for m in outcome["history"]] == [0, 1, 2, 3, 4, 5]
     assert outcome["start_epoch"] >= 1  # the final worker group started from a checkpoint, not from scratch
 
 
