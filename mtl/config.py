@@ -65,6 +65,8 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(0.5, ge=0.0)
     workers: int = Field(1, ge=0, description="Ray Train workers (DDP ranks); 0 = local mode in this process")
     cpus_per_worker: int = Field(1, ge=1)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement of the DDP workers: PACK fills a node first, SPREAD uses many nodes")
     use_gpu: bool = False
     seed: int = 0
     keep_checkpoints: int = Field(2, ge=1)
@@ -98,7 +100,18 @@ class StudentsConfig(_Section):
 
 
 class TuneConfig(_Section):
-    num_samples: int = Field(4, ge=1)
+    num_samples: int = Field(4, ge=1, description="draws from the space (each one runs every grid combination)")
+    space: Optional[str] = Field(None, description="search space file (tune/NAME.yaml); `mtl tune --space` sets it")
+    name: Optional[str] = Field(None, description="search folder RUN/tune/<name> (default: the space file's stem)")
+    scheduler: Literal["asha", "pbt", "none"] = "asha"
+    searcher: Literal["random", "optuna"] = Field("random", description="random/grid (Tune's variant generator) "
+                                                                         "or Optuna (extra mtl[optuna])")
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial runs before it can be stopped")
+    reduction_factor: float = Field(4.0, gt=1.0, description="ASHA: 1/reduction_factor of trials pass a rung")
+    perturbation_interval: int = Field(1, ge=1, description="PBT: epochs between exploit/explore steps")
+    max_concurrent: int = Field(0, ge=0, description="trials at once (0: as the cluster's CPUs allow)")
+    before_students: bool = Field(False, description="mtl pipeline: search tune.space after the soft labels and "
+                                                     "train every student with the best distill.* and train.lr")
 
 
 class Config(_Section):

@@ -12,17 +12,16 @@ its thresholds on the whole validation set and reported on it too, which is opti
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
+import io
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Hashable, Iterator, Literal, Mapping, Optional, Sequence
+from typing import Hashable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtl import storage
 from mtl.augment import MEAN_RGB
 from mtl.evaluate import FIELDS, score
 from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, VA_BINS
@@ -238,29 +237,17 @@ def export_ensemble(models: Sequence[nn.Module], thresholds: Sequence[float] | n
             if not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
                 raise RuntimeError(f"the traced ensemble's {name} output differs from the model's on another batch "
                                    f"size (max difference {(want - got).abs().max().item():.3g}); not exported")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.jit.save(scripted, tmp)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    storage.write_atomic(path, buffer.getvalue())  # a local path or a storage URI
     return path
 
 
 def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """An `export_ensemble` file, in eval mode, with its attributes and `au_thresholds`."""
-    path = Path(path)
-    if not path.is_file():
+    if not storage.is_file(path):
         raise FileNotFoundError(f"{path}: no such exported ensemble")
-    return torch.jit.load(str(path), map_location=map_location).eval()
+    return torch.jit.load(io.BytesIO(storage.read_bytes(path)), map_location=map_location).eval()
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[str]:
-    """A temporary path beside `path` to write to; it replaces `path` when the block succeeds, else is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+atomic_path = storage.atomic_local_path  # used by mtl.predict

@@ -124,11 +124,12 @@ def format_scores(result: dict) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A saved model file ({"model", "config", ...}), loaded with weights_only=True."""
-    path = Path(path)
-    if not path.is_file():
+    """A saved model file ({"model", "config", ...}; a local path or a storage URI), loaded with weights_only=True."""
+    from mtl import storage
+
+    if not storage.is_file(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return storage.load_torch(path)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str = "val",

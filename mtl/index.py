@@ -7,15 +7,13 @@ samples per source, skipped frames by reason with examples.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from mtl import storage
 from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS
 
 INDEX_NAME = "index.json"
@@ -125,30 +123,20 @@ class ShardIndex:
 
 
 def shard_url(root: str, name: str) -> str:
-    return os.path.join(root, name)
+    return storage.join(root, name)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """JSON to a local path or a storage URI, atomically (mtl.storage)."""
+    storage.write_json(path, data)
 
 
 def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardIndex:
-    """Read `<root>/index.json` (or `path`); a missing or incompatible file is a clear error."""
-    path = Path(path) if path is not None else Path(root) / INDEX_NAME
-    if not path.is_file():
+    """Read `<root>/index.json` (or `path`; local or a storage URI); a missing or incompatible file is a clear error."""
+    path = str(path) if path is not None else storage.join(root, INDEX_NAME)
+    if not storage.is_file(path):
         raise FileNotFoundError(f"{path}: no shard index (run `mtl prepare` to write the shards first)")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = storage.read_json(path)
     if raw.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"{path}: index schema {raw.get('schema')!r}, this mtl reads schema {SCHEMA_VERSION}")
     shards = {split: [ShardInfo(s["name"], s["samples"], s["labelled"]) for s in raw["splits"][split]["shards"]]

@@ -2,18 +2,19 @@
 
 Each stage skips the work that is already done for the same config: a finished teacher or student is not
 retrained (an interrupted one resumes from its last checkpoint), soft labels are kept per shard for the same
-teacher file, and the ensemble is rebuilt only when its members' files changed. Kill it anywhere and run the
-same command again. Scores in the report are all measured on the same half of the validation videos: the other
-half tunes the AU thresholds (and the ensemble's members), for every model alike.
+teacher file, and the ensemble is rebuilt only when its members' files changed. With tune.before_students, a
+search (tune.space, e.g. tune/distill.yaml) runs between soft labels and students, and its best distillation values
+train every student. Kill it anywhere and run the same command again. Scores in the report are all measured on
+the same half of the validation videos: the other half tunes the AU thresholds (and the ensemble's members), for
+every model alike.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Optional
 
+from mtl import storage
 from mtl.config import Config, config_dict, validate
 
 
@@ -51,11 +52,11 @@ def ensemble_stage(cfg: Config, teacher_best: str, student_bests: list[str]) -> 
     from mtl.model import create_model
     from mtl.soft_labels import file_digest
 
-    folder = Path(cfg.run.dir).absolute() / "ensemble"
+    folder = storage.join(storage.absolute(cfg.run.dir), "ensemble")
     digests = [file_digest(p) for p in (teacher_best, *student_bests)]
-    cache = folder / "ensemble.json"
-    if cache.is_file():
-        stored = json.loads(cache.read_text())
+    cache = storage.join(folder, "ensemble.json")
+    if storage.is_file(cache):
+        stored = storage.read_json(cache)
         if stored.get("digests") == digests and stored.get("config") == config_dict(cfg):
             return stored["result"]
     preds = member_predictions([teacher_best, *student_bests], cfg.data.shards)
@@ -69,10 +70,10 @@ def ensemble_stage(cfg: Config, teacher_best: str, student_bests: list[str]) -> 
         model = create_model(member_cfg.model, member_cfg.data.image_size)
         model.load_state_dict(state["model"])
         models.append(model.eval())
-    export_ensemble(models, ensemble["thresholds"], cfg.data.image_size, folder / "ensemble.pt",
+    export_ensemble(models, ensemble["thresholds"], cfg.data.image_size, storage.join(folder, "ensemble.pt"),
                     stored_size=load_index(cfg.data.shards).image_size, crop_scale=cfg.data.augment.crop_scale)
     result = {"teacher": single[0], "students": single[1:], "ensemble": ensemble,
-              "exported": str(folder / "ensemble.pt")}
+              "exported": storage.join(folder, "ensemble.pt")}
     write_json_atomic(cache, {"digests": digests, "config": config_dict(cfg), "result": plain(result)})
     return plain(result)
 
@@ -99,6 +100,12 @@ def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:
     started = time.time()
     compute_soft_labels(teacher["best"], cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu)
     timings["soft_labels"] = round(time.time() - started, 1)
+    if cfg.tune.before_students:  # search tune.space over students; all students get its best distill values
+        from mtl.search import tuned_students
+
+        started = time.time()
+        cfg = tuned_students(cfg, address)
+        timings["search"] = round(time.time() - started, 1)
     started = time.time()
     students = train_students(cfg, address)
     timings["students"] = round(time.time() - started, 1)

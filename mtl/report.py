@@ -9,6 +9,7 @@ scores are shown as "n/a" (null in JSON).
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -18,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mtl import storage
 from mtl.index import write_json_atomic
 from mtl.labels import AU_NAMES, EXPR_NAMES, INVALID_VA, VA_NAMES
 
@@ -33,16 +35,16 @@ def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequ
     """Write report.json, report.md and plots/ into `run_dir`; return the report as written to JSON.
 
     `config` is a mapping or a pydantic model (dumped with `model_dump(mode="json")`)."""
-    run_dir = Path(run_dir)
+    run_dir = storage.absolute(run_dir)  # a local path or a storage URI
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
     report = {"teacher": _entry(teacher, "teacher"),
               "students": [_entry(s, f"student {i}") for i, s in enumerate(students)],
               "ensemble": _entry(ensemble, "ensemble"),
               "timings": plain(dict(timings)), "config": plain(config)}
-    write_json_atomic(run_dir / "report.json", report)
-    plots = write_plots(run_dir / PLOT_DIR, report, ensemble.get("preds") if ensemble else None)
-    (run_dir / "report.md").write_text(markdown(report, plots), encoding="utf-8")
+    write_json_atomic(storage.join(run_dir, "report.json"), report)
+    plots = write_plots(storage.join(run_dir, PLOT_DIR), report, ensemble.get("preds") if ensemble else None)
+    storage.write_text(storage.join(run_dir, "report.md"), markdown(report, plots))
     return report
 
 
@@ -166,9 +168,10 @@ def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(folder: Path, report: Mapping, preds: Optional[Mapping]) -> dict[str, Optional[str]]:
-    """Draw every plot into `folder`; {plot name: None if written, else why it was skipped}."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_plots(folder: str | Path, report: Mapping, preds: Optional[Mapping]) -> dict[str, Optional[str]]:
+    """Draw every plot into `folder` (local or a storage URI); {plot name: None if written, else why it was
+    skipped}."""
+    storage.makedirs(folder)
     drawers = {"scores": lambda: plot_scores(report), "expr_confusion": lambda: plot_confusion(report),
                "au_f1": lambda: plot_au_f1(report), "va_scatter": lambda: plot_va(preds),
                "training_curves": lambda: plot_curves(report)}
@@ -178,7 +181,9 @@ def write_plots(folder: Path, report: Mapping, preds: Optional[Mapping]) -> dict
         if isinstance(figure, str):
             out[name] = figure
             continue
-        figure.savefig(folder / f"{name}.png", dpi=DPI)
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=DPI)
+        storage.write_atomic(storage.join(folder, f"{name}.png"), image.getvalue())
         out[name] = None
     return out
 

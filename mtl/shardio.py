@@ -1,6 +1,7 @@
 """Sequential reading of WebDataset tar shards: samples grouped by key, as fast as the bytes arrive.
 
-Shards are opened with webdataset's `gopen` (local paths, `pipe:` commands, http, gs, ...). Members are walked
+Shards are opened through `mtl.storage` (local paths, s3:// gs:// file:// through pyarrow, and webdataset's
+`gopen` for `pipe:` commands and http). Members are walked
 with a minimal ustar header parser instead of Python's `tarfile`, whose per-member header handling costs more
 than decoding a 112 px JPEG on a slow core (see `mtl bench loader`). GNU long names and PAX path records are
 understood; other special members are skipped. Grouping follows the WebDataset convention: the key is the member
@@ -83,10 +84,10 @@ def split_key(path: str) -> tuple[str, str]:
 
 
 def shard_samples(url: str) -> Iterator[dict]:
-    """Samples {"__key__", "__url__", <field>: bytes} of one shard."""
-    from webdataset import gopen
+    """Samples {"__key__", "__url__", <field>: bytes} of one shard (a local path or any mtl.storage location)."""
+    from mtl.storage import open_read
 
-    with gopen(url, "rb") as stream:
+    with open_read(url) as stream:
         sample: dict = {}
         for path, payload in tar_members(stream, url):
             key, field = split_key(path)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
-import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -22,33 +19,27 @@ from typing import Optional
 
 import numpy as np
 
+from mtl import storage
+
 MANIFEST = "manifest.json"
 
 
 def file_digest(path: str | Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open_read(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def soft_label_path(folder: str | Path, shard_url: str) -> Path:
-    return Path(folder) / f"{Path(shard_url).name.removesuffix('.tar')}.npz"
+def soft_label_path(folder: str | Path, shard_url: str) -> str:
+    return storage.join(folder, f"{storage.name(shard_url).removesuffix('.tar')}.npz")
 
 
-def write_npz_atomic(path: Path, **arrays) -> None:
+def write_npz_atomic(path: str | Path, **arrays) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    storage.write_atomic(path, buffer.getvalue())
 
 
 def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: int, batch_size: int = 128) -> int:
@@ -83,7 +74,7 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
             expr.append(out["expr"].float().cpu().numpy())
             va.append(out["va"].float().cpu().numpy())
     empty = np.zeros((0,))
-    write_npz_atomic(Path(out_path), keys=np.array(keys, dtype=str),
+    write_npz_atomic(out_path, keys=np.array(keys, dtype=str),
                      au=np.concatenate(au).astype(np.float16) if au else empty.reshape(0, 8),
                      expr=np.concatenate(expr).astype(np.float16) if expr else empty.reshape(0, 7),
                      va=np.concatenate(va).astype(np.float16) if va else empty.reshape(0, 40))
@@ -100,29 +91,29 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     from mtl.raysession import ensure_ray
 
     started = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    teacher_path = str(Path(teacher_path).absolute())
+    out = storage.absolute(out)
+    storage.makedirs(out)
+    teacher_path = storage.absolute(teacher_path)
     digest = file_digest(teacher_path)
-    manifest_path = out / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest_path = storage.join(out, MANIFEST)
+    manifest = storage.read_json(manifest_path) if storage.is_file(manifest_path) else {}
     if manifest.get("teacher_sha256") != digest:
-        for stale in out.glob("*.npz"):
-            stale.unlink()
+        for stale in storage.list_files(out, "*.npz"):
+            storage.remove(stale)
         manifest = {"teacher": teacher_path, "teacher_sha256": digest, "shards": {}}
     index = load_index(shards)
     todo = [url for url in index.shard_urls("train")
-            if Path(url).name not in manifest["shards"] or not soft_label_path(out, url).is_file()]
+            if storage.name(url) not in manifest["shards"] or not storage.is_file(soft_label_path(out, url))]
     ensure_ray()
     task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(label_shard)
-    pending = {task.remote(teacher_path, url, str(soft_label_path(out, url)), index.image_size): url for url in todo}
+    pending = {task.remote(teacher_path, url, soft_label_path(out, url), index.image_size): url for url in todo}
     bar = progress_bar(total=len(index.shard_urls("train")), desc="soft labels", unit="shard", enabled=progress)
     bar.update(len(index.shard_urls("train")) - len(todo))
     try:
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
             url = pending.pop(done)
-            manifest["shards"][Path(url).name] = ray.get(done)
+            manifest["shards"][storage.name(url)] = ray.get(done)
             write_json_atomic(manifest_path, manifest)  # progress survives a kill: finished shards are kept
             bar.update(1)
     finally:
@@ -136,17 +127,17 @@ class SoftLabels:
     """Joins stored soft labels to stream samples by shard and key; keeps the tables of the last `cache` shards."""
 
     def __init__(self, folder: str | Path, cache: int = 64):
-        self.folder, self.cache = Path(folder), cache
+        self.folder, self.cache = str(folder), cache
         self.tables: OrderedDict[str, dict] = OrderedDict()
 
     def lookup(self, shard_url: str, key: str) -> Optional[tuple]:
         """(au probs, expr logits, va logits) of a sample, or None when the shard or the key has none."""
-        name = Path(shard_url).name
+        name = storage.name(shard_url)
         if name not in self.tables:
             path = soft_label_path(self.folder, shard_url)
             table = {}
-            if path.is_file():
-                with np.load(path) as data:
+            if storage.is_file(path):
+                with np.load(io.BytesIO(storage.read_bytes(path))) as data:
                     au, expr, va = (data[k].astype(np.float32) for k in ("au", "expr", "va"))
                     table = {k: (au[i], expr[i], va[i]) for i, k in enumerate(data["keys"].tolist())}
             self.tables[name] = table

@@ -9,10 +9,9 @@ Train run already finished is not retrained: its run resumes at its end and retu
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Optional
 
+from mtl import storage
 from mtl.config import Config, ConfigError, config_dict, validate
 
 
@@ -51,22 +50,21 @@ def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
     per_student = max(1, cfg.train.workers) * cfg.train.cpus_per_worker
     concurrent = cfg.students.concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_student)
     trial = {"memory": 1}  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
-    root = Path(cfg.run.dir).absolute() / "students"
+    root = storage.join(storage.absolute(cfg.run.dir), "students")
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(student_trial, trial),
         param_space={"config": config_dict(cfg), "index": ray.tune.grid_search(list(range(cfg.students.count)))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=min(concurrent, cfg.students.count)),
-        run_config=ray.tune.RunConfig(name="tune", storage_path=str(root / "ray"),
+        run_config=ray.tune.RunConfig(name="tune", storage_path=storage.join(root, "ray"),
                                       failure_config=ray.tune.FailureConfig(max_failures=1)))
     grid = tuner.fit()
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
-    return [student_outcome(root / f"student_{i}") for i in range(cfg.students.count)]
+    return [student_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
 
 
-def student_outcome(folder: Path) -> dict:
-    import torch
-
-    best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
-    history = json.loads((folder / "history.json").read_text())["history"]
-    return {"name": folder.name, "best": str(folder / "best.pt"), "metrics": best["metrics"], "history": history}
+def student_outcome(folder: str) -> dict:
+    best_path = storage.join(folder, "best.pt")
+    best = storage.load_torch(best_path)
+    history = storage.read_json(storage.join(folder, "history.json"))["history"]
+    return {"name": storage.name(folder), "best": best_path, "metrics": best["metrics"], "history": history}

@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from mtl import storage
 from mtl.config import Config, ConfigError, config_dict, validate
 from mtl.data import StreamSpec, train_loader
 from mtl.evaluate import model_input
@@ -109,13 +110,29 @@ def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: to
                                    distill.temperature, t_squared=distill.t_squared, ccc_weight=cfg.loss.ccc_weight)
     else:
         loss, parts = multitask_loss(outputs, targets, loss_weights(cfg), ccc_weight=cfg.loss.ccc_weight)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} (parts {({k: float(v) for k, v in parts.items()})})")
+    if not finite_on_all_ranks(loss):
+        raise Diverged(f"loss is {loss.item()} (parts {({k: float(v) for k, v in parts.items()})})")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     scheduler.step()
     return {"loss": float(loss.detach()), **{task: float(value) for task, value in parts.items()}}
+
+
+class Diverged(FloatingPointError):
+    """The loss went NaN/inf; every rank raises it at the same step (see finite_on_all_ranks)."""
+
+
+def finite_on_all_ranks(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (one all-reduce under DDP), so all ranks stop together."""
+    import torch.distributed as dist
+
+    finite = bool(torch.isfinite(loss))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([float(finite)], device=loss.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = bool(flag.item())
+    return finite
 
 
 def soft_of(targets: dict, teacher: Optional[torch.nn.Module], x: torch.Tensor, on_gpu: bool) -> dict:
@@ -132,12 +149,13 @@ def soft_of(targets: dict, teacher: Optional[torch.nn.Module], x: torch.Tensor, 
     return soft
 
 
-def teacher_path(cfg: Config) -> Path:
-    return Path(cfg.distill.teacher) if cfg.distill.teacher else Path(cfg.run.dir).absolute() / "teacher" / "best.pt"
+def teacher_path(cfg: Config) -> str:
+    """Location (local path or storage URI, see mtl.storage) of the teacher model a student learns from."""
+    return cfg.distill.teacher or storage.join(storage.absolute(cfg.run.dir), "teacher", "best.pt")
 
 
-def soft_labels_dir(cfg: Config) -> Path:
-    return Path(cfg.distill.soft_labels) if cfg.distill.soft_labels else Path(cfg.run.dir).absolute() / "soft_labels"
+def soft_labels_dir(cfg: Config) -> str:
+    return cfg.distill.soft_labels or storage.join(storage.absolute(cfg.run.dir), "soft_labels")
 
 
 def load_teacher(cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -190,29 +208,40 @@ def train_loop(payload: dict) -> dict:
         step, cfg.train.epochs * steps, int(cfg.train.warmup_epochs * steps), cfg.train.schedule))
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and payload.get("init_checkpoint"):  # PBT: continue from another trial's state
+        checkpoint = ray.train.Checkpoint(payload["init_checkpoint"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        scheduler.base_lrs = [cfg.train.lr for _ in scheduler.base_lrs]  # a PBT-perturbed lr takes effect
         start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
         if rank == 0:
             print(f"[{cfg.train.role}] resuming at epoch {start_epoch} from {checkpoint.path}", flush=True)
     model = prepare_model(model, move_to_device=False) if world > 1 else model
     teacher = load_teacher(cfg, device) if cfg.train.role == "student" and cfg.distill.on_the_fly else None
     core = model.module if hasattr(model, "module") else model
-    run = open_wandb(cfg, payload["run_id"], payload["run_name"]) if rank == 0 else None
+    run = open_wandb(cfg, payload["run_id"], payload["run_name"], payload.get("wandb_group")) if rank == 0 else None
+    diverged = None
     for epoch in range(start_epoch, cfg.train.epochs):
         loader.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
         samples, done, started = 0, 0, time.perf_counter()
-        for batch in loader:
-            for key, value in train_step(model, optimizer, scheduler, batch, cfg, device, teacher).items():
-                sums[key] = sums.get(key, 0.0) + value
-            samples += batch_samples(batch)
-            done += 1
+        try:
+            for batch in loader:
+                for key, value in train_step(model, optimizer, scheduler, batch, cfg, device, teacher).items():
+                    sums[key] = sums.get(key, 0.0) + value
+                samples += batch_samples(batch)
+                done += 1
+        except Diverged as err:  # all ranks are here at the same step: end the run, do not retry it
+            diverged = f"epoch {epoch}, step {done}: {err}"
+            ray.train.report({"epoch": epoch, "diverged": True, "divergence": diverged, "val_total": float("nan")})
+            if rank == 0:
+                print(f"[{cfg.train.role}] diverged at {diverged}; training stopped", flush=True)
+            break
         seconds = time.perf_counter() - started
         preds = gather(predict(core, index, "val", cfg.data.image_size, cfg.train.eval_batch_size, device,
                                cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
@@ -232,7 +261,7 @@ def train_loop(payload: dict) -> dict:
                 run.log(metrics, step=epoch)
     if run is not None:
         run.finish()
-    return {"start_epoch": start_epoch, "history": history, "world": world}
+    return {"start_epoch": start_epoch, "history": history, "world": world, "diverged": diverged}
 
 
 def make_loader(cfg: Config, index, rank: int, world: int):
@@ -286,19 +315,20 @@ def format_epoch(role: str, m: dict) -> str:
             f"{m['samples_per_s']:.0f} samples/s  lr {m['lr']:.2e}")
 
 
-def open_wandb(cfg: Config, run_id: str, name: str):
-    """One wandb run per training (offline unless WANDB_MODE says otherwise), config attached; resumable."""
+def open_wandb(cfg: Config, run_id: str, name: str, group: Optional[str] = None):
+    """One wandb run per training (offline unless WANDB_MODE says otherwise), config attached; resumable.
+    Grouped by run folder, or by `group` (a search's trials)."""
     import wandb
 
-    wandb_dir = Path(cfg.run.dir).absolute() / "wandb"
-    wandb_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project="mtl", group=Path(cfg.run.dir).name, name=name, id=run_id,
-                      resume="allow", dir=str(wandb_dir), config=config_dict(cfg),
+    wandb_dir = storage.local_folder(cfg.run.dir, "wandb")  # a local folder even when run.dir is a bucket
+    return wandb.init(project="mtl", group=group or storage.name(cfg.run.dir), name=name, id=run_id,
+                      resume="allow", dir=wandb_dir, config=config_dict(cfg),
                       mode=os.environ.get("WANDB_MODE", "offline"))
 
 
-def role_dir(cfg: Config) -> Path:
-    return Path(cfg.run.dir).absolute() / (cfg.train.name or cfg.train.role)
+def role_dir(cfg: Config) -> str:
+    """The training's output location under run.dir (a local path or a storage URI)."""
+    return storage.join(storage.absolute(cfg.run.dir), cfg.train.name or cfg.train.role)
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -311,18 +341,18 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_changes(cfg: Config, folder: Path) -> list[str]:
+def config_changes(cfg: Config, folder: str) -> list[str]:
     """Keys whose value differs from the run stored in `folder`, except RESUMABLE_CHANGES (none if no run)."""
-    stored_path = folder / "config.json"
-    if not stored_path.is_file():
+    stored_path = storage.join(folder, "config.json")
+    if not storage.is_file(stored_path):
         return []
-    stored = flatten(config_dict(validate(json.loads(stored_path.read_text()))))  # defaults of newer keys filled
+    stored = flatten(config_dict(validate(storage.read_json(stored_path))))  # defaults of newer keys filled
     current = flatten(config_dict(cfg))
     return sorted(k for k in set(stored) | set(current)
                   if stored.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
 
 
-def check_resumable(cfg: Config, folder: Path) -> None:
+def check_resumable(cfg: Config, folder: str) -> None:
     """Refuse to resume a run whose stored config differs in anything but RESUMABLE_CHANGES."""
     changed = config_changes(cfg, folder)
     if changed:
@@ -330,8 +360,13 @@ def check_resumable(cfg: Config, folder: Path) -> None:
                           f"use a new run.dir, or delete {folder} to start over")
 
 
-def train(cfg: Config, address: Optional[str] = None) -> dict:
-    """Train on Ray Train and return {"best": path of best.pt, "metrics": its metrics, "history": [...]}."""
+def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[list] = None,
+          wandb_group: Optional[str] = None, init_checkpoint: Optional[str] = None) -> dict:
+    """Train on Ray Train and return {"best": path of best.pt, "metrics": its metrics, "history": [...]}.
+
+    `callbacks`: ray.train.UserCallbacks (e.g. forwarding each epoch to Ray Tune); `init_checkpoint`: a
+    checkpoint folder to start from when the run has none of its own (PBT). A loss that goes NaN/inf ends the
+    run at once (no retry) and raises Diverged."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -341,8 +376,8 @@ def train(cfg: Config, address: Optional[str] = None) -> dict:
         raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
     load_index(cfg.data.shards)  # fail here, not in a worker, when the shards are missing
     if cfg.train.role == "student":
-        needed = teacher_path(cfg) if cfg.distill.on_the_fly else soft_labels_dir(cfg) / "manifest.json"
-        if not needed.is_file():
+        needed = teacher_path(cfg) if cfg.distill.on_the_fly else storage.join(soft_labels_dir(cfg), "manifest.json")
+        if not storage.is_file(needed):
             raise FileNotFoundError(f"{needed}: a student needs the teacher's " +
                                     ("model" if cfg.distill.on_the_fly else "soft labels (run `mtl soft-labels`)"))
     folder = role_dir(cfg)
@@ -352,49 +387,56 @@ def train(cfg: Config, address: Optional[str] = None) -> dict:
         return done
     if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
         check_resumable(cfg, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "config.json", config_dict(cfg))
-    payload = {"config": config_dict(cfg), "run_id": f"{Path(cfg.run.dir).name}-{folder.name}",
-               "run_name": folder.name}
-    if cfg.train.workers == 0:  # local mode: no Ray storage, checkpoints stay in a folder of the run
-        shutil.rmtree(folder / "local", ignore_errors=True)
-        payload["local_checkpoints"] = str(folder / "local")
+    storage.makedirs(folder)
+    write_json_atomic(storage.join(folder, "config.json"), config_dict(cfg))
+    payload = {"config": config_dict(cfg), "run_id": f"{storage.name(cfg.run.dir)}-{storage.name(folder)}",
+               "run_name": storage.name(folder), "wandb_group": wandb_group, "init_checkpoint": init_checkpoint}
+    if cfg.train.workers == 0:  # local mode: no Ray storage, checkpoints stay in a local folder of the run
+        local = storage.local_folder(folder, "local")
+        shutil.rmtree(local, ignore_errors=True)
+        payload["local_checkpoints"] = local
     if cfg.train.workers > 0:
         ensure_ray(address)
     trainer = TorchTrainer(
         train_loop, train_loop_config=payload,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+                                               placement_strategy=cfg.train.placement_strategy),
         torch_config=TorchConfig(timeout_s=int(os.environ.get("MTL_DDP_TIMEOUT_S", 1800))),
         run_config=ray.train.RunConfig(
-            name=folder.name, storage_path=str(folder / "ray"),
+            name=storage.name(folder), storage_path=storage.join(folder, "ray"), callbacks=list(callbacks or []),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute="val_total",
                                                          checkpoint_score_order="max")))
     result = trainer.fit()
-    state = best_state(result, folder / "local" if cfg.train.workers == 0 else None)
+    final = result.return_value or {}
+    if final.get("diverged"):
+        write_json_atomic(storage.join(folder, "history.json"),
+                          {"history": final["history"], "diverged": final["diverged"]})
+        raise Diverged(f"{folder}: training diverged at {final['diverged']}")
+    state = best_state(result, Path(payload["local_checkpoints"]) if cfg.train.workers == 0 else None)
     history = json.loads(state["history"])
     export = {"model": state["model"], "config": state["config"], "epoch": state["epoch"],
               "metrics": history[state["epoch"]] if state["epoch"] < len(history) else {}}
-    save_atomic(export, folder / "best.pt")
-    final = result.return_value or {}
+    save_atomic(export, storage.join(folder, "best.pt"))
     full_history = final.get("history", history)
-    write_json_atomic(folder / "history.json", {"history": full_history, "best_epoch": state["epoch"]})
-    return {"best": str(folder / "best.pt"), "metrics": export["metrics"], "history": full_history,
+    write_json_atomic(storage.join(folder, "history.json"), {"history": full_history, "best_epoch": state["epoch"]})
+    return {"best": storage.join(folder, "best.pt"), "metrics": export["metrics"], "history": full_history,
             "start_epoch": final.get("start_epoch")}
 
 
 def finished(cfg: Config) -> Optional[dict]:
     """The outcome of a training of this config that already ran all its epochs, else None."""
     folder = role_dir(cfg)
-    if not (folder / "history.json").is_file() or not (folder / "best.pt").is_file() or config_changes(cfg, folder):
+    history_path, best_path = storage.join(folder, "history.json"), storage.join(folder, "best.pt")
+    if not storage.is_file(history_path) or not storage.is_file(best_path) or config_changes(cfg, folder):
         return None
-    record = json.loads((folder / "history.json").read_text())
+    record = storage.read_json(history_path)
     if len(record["history"]) < cfg.train.epochs:
         return None
-    best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
-    return {"best": str(folder / "best.pt"), "metrics": best["metrics"], "history": record["history"],
+    best = storage.load_torch(best_path)
+    return {"best": best_path, "metrics": best["metrics"], "history": record["history"],
             "start_epoch": None}
 
 
@@ -414,13 +456,6 @@ def best_state(result, local_folder: Optional[Path]) -> dict:
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save to a local path or a storage URI, atomically (mtl.storage)."""
+    storage.save_torch(obj, path)

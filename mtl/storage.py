@@ -1,0 +1,251 @@
+"""Where a run lives: local paths, shared filesystems and object stores behind one small API.
+
+A *location* is a string: a local path (a shared NFS/Lustre mount is just a local path on every node) or a URI
+that pyarrow understands (`s3://bucket/key`, `gs://bucket/key`, `file:///abs/path`, `hdfs://...`; see
+`pyarrow.fs.FileSystem.from_uri`). Shard URLs may also be webdataset `pipe:` commands or http(s) URLs: readable
+(through webdataset's `gopen`), not writable.
+
+Writes are atomic: a local file is written beside its target and renamed over it; an object-store PUT is atomic
+by itself (the object appears only when its upload completes), so objects are written in place. Credentials and
+endpoints come from the usual environment (AWS_* incl. AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...),
+which Ray workers must see too (a cluster's nodes, or the job's runtime_env env_vars).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import posixpath
+import tempfile
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, BinaryIO, Iterator, Union
+
+Location = Union[str, os.PathLike]
+STREAM_PREFIXES = ("pipe:", "http://", "https://")  # read through webdataset's gopen
+BUCKET_SCHEMES = ("s3", "gs", "gcs")  # netloc is the bucket; directories are implicit
+READ_BUFFER = 4 << 20
+
+
+def is_uri(location: Location) -> bool:
+    """True for `scheme://...` (not a local path, not a Windows drive letter)."""
+    scheme, sep, _ = str(location).partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").replace("-", "").isalnum()
+
+
+def is_stream(location: Location) -> bool:
+    return str(location).startswith(STREAM_PREFIXES)
+
+
+def absolute(location: Location) -> str:
+    """URIs as they are; local paths made absolute (Ray's storage_path must be)."""
+    location = str(location)
+    return location if is_uri(location) or is_stream(location) else os.path.abspath(location)
+
+
+def join(location: Location, *parts: str) -> str:
+    location = str(location)
+    if is_uri(location):
+        return posixpath.join(location.rstrip("/") if not location.endswith(":///") else location, *parts)
+    return os.path.join(location, *parts)
+
+
+def name(location: Location) -> str:
+    return posixpath.basename(str(location).rstrip("/"))
+
+
+@lru_cache(maxsize=32)
+def _bucket_filesystem(scheme: str, bucket: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(f"{scheme}://{bucket}")[0]
+
+
+def filesystem(location: Location):
+    """(pyarrow filesystem, path on it) of a URI; local paths get the local filesystem."""
+    import pyarrow.fs
+
+    location = str(location)
+    if not is_uri(location):
+        return pyarrow.fs.LocalFileSystem(), os.path.abspath(location)
+    scheme, _, rest = location.partition("://")
+    if scheme in BUCKET_SCHEMES:  # one client per bucket (from_uri may resolve the bucket's region over the network)
+        bucket = rest.split("/", 1)[0]
+        return _bucket_filesystem(scheme, bucket), rest.rstrip("/")
+    try:
+        return pyarrow.fs.FileSystem.from_uri(location)
+    except Exception as err:
+        raise ValueError(f"{location}: not a storage location pyarrow can open ({err})") from None
+
+
+def _local(location: str) -> bool:
+    return not is_uri(location) and not is_stream(location)
+
+
+def open_read(location: Location) -> BinaryIO:
+    """A binary stream of the file at `location` (usable as a context manager)."""
+    location = str(location)
+    if is_stream(location):
+        from webdataset import gopen
+
+        return gopen(location, "rb")
+    if _local(location):
+        return open(location, "rb")
+    fs, path = filesystem(location)
+    try:
+        return fs.open_input_stream(path, buffer_size=READ_BUFFER)  # unbuffered: one request per small read
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location}: no such file") from None
+    except OSError as err:
+        if not is_file(location):
+            raise FileNotFoundError(f"{location}: no such file") from None
+        raise OSError(f"{location}: {err}") from None
+
+
+def read_bytes(location: Location) -> bytes:
+    with open_read(location) as handle:
+        return handle.read()
+
+
+def read_text(location: Location) -> str:
+    return read_bytes(location).decode("utf-8")
+
+
+def read_json(location: Location) -> Any:
+    try:
+        return json.loads(read_text(location))
+    except ValueError as err:
+        raise ValueError(f"{location}: invalid JSON: {err}") from None
+
+
+def write_atomic(location: Location, data: bytes) -> str:
+    """Write `data` to `location` so that readers see the old file or the whole new one, never a part."""
+    location = str(location)
+    if _local(location):
+        with atomic_local_path(location) as tmp, open(tmp, "wb") as handle:
+            handle.write(data)
+        return location
+    if is_stream(location):
+        raise ValueError(f"{location}: a stream URL is read-only")
+    fs, path = filesystem(location)
+    if fs.type_name == "local":  # file:// URIs: same temp file + rename as a local path
+        write_atomic(path, data)
+        return location
+    with fs.open_output_stream(path) as handle:
+        handle.write(data)
+    return location
+
+
+@contextmanager
+def atomic_local_path(path: Location) -> Iterator[str]:
+    """A temporary path beside local `path` to write to (for writers that want a path); it replaces `path` when
+    the block succeeds, else is removed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(location: Location, text: str) -> str:
+    return write_atomic(location, text.encode("utf-8"))
+
+
+def write_json(location: Location, data: Any) -> str:
+    return write_text(location, json.dumps(data, indent=1) + "\n")
+
+
+def save_torch(obj: Any, location: Location) -> str:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_atomic(location, buffer.getvalue())
+
+
+def load_torch(location: Location, **kwargs) -> Any:
+    import torch
+
+    location = str(location)
+    if _local(location):
+        return torch.load(location, **{"map_location": "cpu", "weights_only": True, **kwargs})
+    return torch.load(io.BytesIO(read_bytes(location)), **{"map_location": "cpu", "weights_only": True, **kwargs})
+
+
+def is_file(location: Location) -> bool:
+    import pyarrow.fs
+
+    location = str(location)
+    if _local(location):
+        return os.path.isfile(location)
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def exists(location: Location) -> bool:
+    import pyarrow.fs
+
+    location = str(location)
+    if _local(location):
+        return os.path.exists(location)
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def makedirs(location: Location) -> None:
+    """Create a folder (and parents); nothing to do on object stores, where folders are implicit."""
+    location = str(location)
+    if _local(location):
+        os.makedirs(location, exist_ok=True)
+        return
+    fs, path = filesystem(location)
+    if fs.type_name == "local":
+        os.makedirs(path, exist_ok=True)
+
+
+def list_files(location: Location, pattern: str = "*") -> list[str]:
+    """Locations of the files directly in folder `location` whose names match `pattern`, sorted."""
+    import pyarrow.fs
+
+    location = str(location)
+    if _local(location):
+        if not os.path.isdir(location):
+            return []
+        return sorted(os.path.join(location, n) for n in os.listdir(location)
+                      if fnmatch.fnmatch(n, pattern) and os.path.isfile(os.path.join(location, n)))
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted(join(location, posixpath.basename(i.path)) for i in infos
+                  if i.type == pyarrow.fs.FileType.File and fnmatch.fnmatch(posixpath.basename(i.path), pattern))
+
+
+def remove(location: Location) -> None:
+    """Delete a file; a missing one is fine."""
+    location = str(location)
+    if _local(location):
+        if os.path.exists(location):
+            os.unlink(location)
+        return
+    fs, path = filesystem(location)
+    if exists(location):
+        fs.delete_file(path)
+
+
+def local_folder(location: Location, purpose: str) -> str:
+    """A local folder for tools that need one (wandb): `location/purpose` for a local run, else a folder under
+    $MTL_LOCAL_DIR (default: the temp dir) named after the run."""
+    location = str(location)
+    if _local(location):
+        folder = os.path.join(os.path.abspath(location), purpose)
+    else:
+        root = os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl")
+        folder = os.path.join(root, location.replace("://", "/").strip("/"), purpose)
+    os.makedirs(folder, exist_ok=True)
+    return folder

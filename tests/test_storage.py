@@ -1,0 +1,179 @@
+"""mtl.storage on its three kinds of location (local path, file:// URI, S3 on a loopback moto server), and the
+readers and writers routed through it: shards and index.json from a URI, a training whose run.dir is a URI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from mtl import storage
+from mtl.config import load_config
+from mtl.index import load_index
+from mtl.shardio import tar_samples
+
+TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=0",
+        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.epochs=1")
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def moto_s3(bucket: str) -> Iterator[dict]:
+    """An S3 server (moto) on 127.0.0.1 with `bucket`; AWS_* point at it in this process inside the block.
+    Yields those variables (for other processes)."""
+    boto3 = pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(env)
+    storage._bucket_filesystem.cache_clear()
+    try:
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        storage._bucket_filesystem.cache_clear()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(ray_session):
+    """A bucket on a loopback moto S3 server for this module. (Ray is started first, so its processes never see
+    the AWS_* variables.)"""
+    with moto_s3("mtl-test"):
+        yield "s3://mtl-test"
+
+
+@pytest.fixture(params=["local", "file", "s3"])
+def location(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "store")
+    if request.param == "file":
+        return f"file://{tmp_path}/store"
+    return f"{request.getfixturevalue('s3_bucket')}/{request.node.name.replace('[', '-').rstrip(']')}"
+
+
+def upload_tree(local_folder, location: str) -> str:
+    for name in sorted(os.listdir(local_folder)):
+        with open(os.path.join(local_folder, name), "rb") as handle:
+            storage.write_atomic(storage.join(location, name), handle.read())
+    return location
+
+
+def test_paths_and_uris():
+    assert storage.is_uri("s3://b/k") and storage.is_uri("file:///tmp/x") and storage.is_uri("gs://b")
+    assert not storage.is_uri("/tmp/x") and not storage.is_uri("runs/x") and not storage.is_uri("C:\\x")
+    assert storage.join("s3://b/run/", "teacher", "best.pt") == "s3://b/run/teacher/best.pt"
+    assert storage.join("/a/b", "c") == "/a/b/c"
+    assert storage.absolute("s3://b/x") == "s3://b/x" and storage.absolute("x") == os.path.abspath("x")
+    assert storage.name("s3://b/run/shards/train-000001.tar") == "train-000001.tar"
+    assert storage.name("gs://b/run/") == "run"
+
+
+def test_round_trip_on_every_kind_of_location(location):
+    import torch
+
+    target = storage.join(location, "sub", "data.json")
+    assert not storage.exists(target) and not storage.is_file(target)
+    storage.write_json(target, {"a": [1, 2]})
+    assert storage.is_file(target) and storage.read_json(target) == {"a": [1, 2]}
+    storage.write_json(target, {"a": 3})  # replaced whole
+    assert storage.read_json(target) == {"a": 3}
+    storage.save_torch({"w": torch.arange(4)}, storage.join(location, "sub", "m.pt"))
+    assert storage.load_torch(storage.join(location, "sub", "m.pt"))["w"].tolist() == [0, 1, 2, 3]
+    assert [storage.name(p) for p in storage.list_files(storage.join(location, "sub"))] == ["data.json", "m.pt"]
+    assert storage.list_files(storage.join(location, "sub"), "*.pt") == [storage.join(location, "sub", "m.pt")]
+    assert storage.list_files(storage.join(location, "nowhere")) == []
+    storage.remove(target)
+    assert not storage.exists(target)
+    with pytest.raises(FileNotFoundError, match="data.json"):
+        storage.read_bytes(target)
+    if not location.startswith("s3://"):  # an atomic local write leaves no temporary file behind
+        _, folder = storage.filesystem(storage.join(location, "sub"))
+        assert os.listdir(folder) == ["m.pt"]
+
+
+def test_a_failed_local_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "x.bin"
+    storage.write_atomic(target, b"old")
+    with pytest.raises(RuntimeError):
+        with storage.atomic_local_path(target) as tmp:
+            open(tmp, "wb").write(b"partial")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.bin"]
+
+
+def test_stream_urls_are_read_only(tmp_path):
+    (tmp_path / "a").write_bytes(b"abc")
+    assert storage.read_bytes(f"pipe:cat {tmp_path / 'a'}") == b"abc"
+    with pytest.raises(ValueError, match="read-only"):
+        storage.write_atomic("pipe:cat > x", b"")
+
+
+@pytest.mark.parametrize("kind", ["file", "s3"])
+def test_shards_and_index_read_from_a_uri_match_the_local_copy(kind, imbalanced_shards, tmp_path, request):
+    root = (f"file://{tmp_path}/shards" if kind == "file" else
+            f"{request.getfixturevalue('s3_bucket')}/shards-{kind}")
+    upload_tree(imbalanced_shards, root)
+    local, remote = load_index(imbalanced_shards), load_index(root)
+    assert remote.raw == local.raw and remote.shard_urls("train")[0].startswith(root + "/train-")
+    read = [(s["__key__"], s["jpg"], s["json"]) for s in tar_samples(remote.shard_urls("train"))]
+    assert read == [(s["__key__"], s["jpg"], s["json"]) for s in tar_samples(local.shard_urls("train"))]
+    with pytest.raises(FileNotFoundError, match="no shard index"):
+        load_index(root + "-missing")
+
+
+def test_local_mode_training_with_run_dir_and_shards_in_s3(imbalanced_shards, s3_bucket):
+    """Shards, index, config.json, best.pt and history.json all live in the bucket; a re-run sees it finished."""
+    from mtl.train import finished, train
+
+    shards = upload_tree(imbalanced_shards, f"{s3_bucket}/train-shards")
+    cfg = load_config("demo", (f"run.dir={s3_bucket}/run", f"data.shards={shards}", "train.workers=0", *TINY))
+    outcome = train(cfg)
+    assert outcome["best"] == f"{s3_bucket}/run/teacher/best.pt" and storage.is_file(outcome["best"])
+    assert storage.read_json(f"{s3_bucket}/run/teacher/history.json")["history"][0]["epoch"] == 0
+    assert finished(cfg)["best"] == outcome["best"]
+
+
+def test_ray_train_soft_labels_and_report_on_a_file_uri(imbalanced_shards, tmp_path, ray_session):
+    """A Ray Train run whose storage_path is a file:// URI (run.dir), soft labels written and read through the
+    URI, and the report written there."""
+    from mtl.report import write_report
+    from mtl.soft_labels import SoftLabels, compute_soft_labels
+    from mtl.train import soft_labels_dir, train
+
+    shards = upload_tree(imbalanced_shards, f"file://{tmp_path}/shards")
+    run = f"file://{tmp_path}/run"
+    cfg = load_config("demo", (f"run.dir={run}", f"data.shards={shards}", "train.workers=1", *TINY))
+    outcome = train(cfg)
+    assert outcome["best"] == f"{run}/teacher/best.pt"
+    assert any(name.startswith("checkpoint_") for name in os.listdir(tmp_path / "run/teacher/ray/teacher"))
+    manifest = compute_soft_labels(outcome["best"], shards, soft_labels_dir(cfg), progress=False)
+    assert sum(manifest["shards"].values()) == load_index(shards).stats["train"].samples
+    first = load_index(shards).shard_urls("train")[0]
+    key = next(iter(tar_samples([first])))["__key__"]
+    au, expr, va = SoftLabels(soft_labels_dir(cfg)).lookup(first, key)
+    assert au.shape == (8,) and expr.shape == (7,) and va.shape == (40,) and np.isfinite(va).all()
+    write_report(run, None, [], None, {"teacher": 1.0}, {})
+    assert (tmp_path / "run/report.json").is_file() and (tmp_path / "run/report.md").is_file()
+    assert (tmp_path / "run/plots/scores.png").is_file()
+    shutil.rmtree(tmp_path / "run")
