@@ -85,6 +85,8 @@ class DistillConfig(_Section):
     temperature: float = Field(1.5, gt=0.0)
     alpha: float = Field(0.4, ge=0.0, le=1.0, description="weight of the soft-label term where GT exists")
     t_squared: bool = Field(False, description="scale the KL terms by T^2 (the reference did not)")
+    task_weights: bool = Field(True, description="weight the student's heads by loss.lambda_* like the teacher's "
+                                                 "(the reference gave every student head weight 1)")
     on_the_fly: bool = Field(False, description="run the teacher on each augmented batch instead of stored labels")
     teacher: Optional[str] = Field(None, description="teacher model file (default RUN/teacher/best.pt)")
     soft_labels: Optional[str] = Field(None, description="stored soft labels (default RUN/soft_labels)")

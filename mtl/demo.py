@@ -15,8 +15,9 @@ import numpy as np
 
 from mtl.labels import AU_NAMES, EXPR_NAMES
 
-DEMO_VIDEOS = 24
-DEMO_FRAMES = 120
+# Many short videos: many identities per task, so a model must learn the face, not who it is.
+DEMO_VIDEOS = 150
+DEMO_FRAMES = 32
 
 
 def stream_distributions(index, seed: int, balance: str) -> dict:

@@ -21,6 +21,7 @@ from mtl.labels import AU_NAMES
 
 SUPERSAMPLE = 2
 FACE_HALF_HEIGHT = 0.36  # face half-height as a fraction of the image side, at scale 1
+ACTION_GAIN = 1.6  # how far a full action (intensity 1) moves the parts, relative to the geometry below
 GRAIN_MARGIN = 16  # the grain field is this many pixels larger than the image; Look.grain picks the offset
 
 Colour = tuple[int, int, int]
@@ -405,7 +406,8 @@ class FaceRenderer:
         unit = FACE_HALF_HEIGHT * self._big * look.scale
         rotation = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])  # counter-clockwise, y down
         centre = (self._big * (0.5 + look.dx), self._big * (0.5 + look.dy))
-        features = feature_parts(self.identity, np.clip(np.asarray(au, dtype=np.float64), 0.0, 1.2), look.gaze)
+        drawn = ACTION_GAIN * np.clip(np.asarray(au, dtype=np.float64), 0.0, 1.2)
+        features = feature_parts(self.identity, drawn, look.gaze)
         _draw(draw, self._head + features, unit * rotation, centre, unit)
         if look.occluder is not None:
             _draw(draw, occluder_parts(look.occluder), self._big * np.eye(2), (0.0, 0.0), self._big)

@@ -55,12 +55,19 @@ def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
         ray.tune.with_resources(student_trial, trial),
         param_space={"config": config_dict(cfg), "index": ray.tune.grid_search(list(range(cfg.students.count)))},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=min(concurrent, cfg.students.count)),
-        run_config=ray.tune.RunConfig(name="tune", storage_path=storage.join(root, "ray"),
+        run_config=ray.tune.RunConfig(name="tune", storage_path=storage.join(root, "ray"), verbose=0,
                                       failure_config=ray.tune.FailureConfig(max_failures=1)))
+    print(f"[students] {cfg.students.count} students, {min(concurrent, cfg.students.count)} at a time "
+          f"(Ray Tune; every epoch is logged by its Ray Train run)", flush=True)
     grid = tuner.fit()
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
-    return [student_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
+    outcomes = [student_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
+    for outcome in outcomes:
+        metrics = outcome["metrics"]
+        print(f"[students] {outcome['name']}: best epoch {metrics.get('epoch')}, validation total "
+              f"{metrics.get('val_total', float('nan')):.3f}", flush=True)
+    return outcomes
 
 
 def student_outcome(folder: str) -> dict:

@@ -1,6 +1,6 @@
 """Synthetic Aff-Wild2 (ABAW 2020 layout): drawn faces with smooth, imbalanced, incompletely annotated labels.
 
-Per video, an expression process (segments of tens of frames) drives AU intensities through noisy prototypes
+Per video, an expression process (segments of 5-15 frames) drives AU intensities through noisy prototypes
 and valence-arousal through per-expression targets; both are exponentially smoothed, so labels change
 smoothly along the video. The face renderer (mtl.face) draws the continuous AU intensities; the binary AU label
 is the intensity above AU_THRESHOLD. Videos carry identity, pose, light, occlusion, blur and JPEG nuisances,
@@ -29,20 +29,22 @@ SET_DIRS = {"au": "AU_Set", "expr": "EXPR_Set", "va": "VA_Set"}
 SPLIT_DIRS = {"train": "Training_Set", "val": "Validation_Set"}
 STAGING = ".synth-partial"  # folder inside `out` that holds a dataset while it is being written
 VAL_FRACTION = 0.22
-TASK_COUNT_PROBS = (0.35, 0.45, 0.20)  # a training video is annotated for 1, 2 or 3 tasks
+TASK_COUNT_PROBS = (0.6, 0.3, 0.1)  # a training video is annotated for 1, 2 or 3 tasks
 AU_THRESHOLD = 0.5
+SEGMENT_FRAMES = (5, 15)  # shortest and longest expression segment
 
 # Expression frequencies (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise), Aff-Wild2-like.
 EXPR_PRIOR = np.array([0.50, 0.06, 0.03, 0.03, 0.20, 0.12, 0.06])
-# P(AU active | expression), rows in EXPR_NAMES order, columns AU1 AU2 AU4 AU6 AU12 AU15 AU20 AU25.
+# P(AU active | expression), rows in EXPR_NAMES order, columns AU1 AU2 AU4 AU6 AU12 AU15 AU20 AU25; close to the
+# FACS prototypes (Happiness 6+12, Surprise 1+2+25, Sadness 1+4+15, Fear 1+2+4+20+25, Anger 4, Disgust 4+6+15).
 AU_PROTOTYPES = np.array([
-    [0.04, 0.005, 0.05, 0.03, 0.04, 0.01, 0.005, 0.12],  # Neutral
-    [0.05, 0.02, 0.90, 0.20, 0.02, 0.05, 0.10, 0.50],    # Anger
-    [0.05, 0.02, 0.75, 0.45, 0.05, 0.45, 0.05, 0.35],    # Disgust
-    [0.85, 0.40, 0.60, 0.10, 0.02, 0.10, 0.60, 0.80],    # Fear
-    [0.05, 0.01, 0.02, 0.85, 0.95, 0.01, 0.01, 0.55],    # Happiness
-    [0.70, 0.02, 0.60, 0.10, 0.02, 0.20, 0.03, 0.10],    # Sadness
-    [0.90, 0.40, 0.03, 0.05, 0.05, 0.02, 0.05, 0.90],    # Surprise
+    [0.02, 0.01, 0.02, 0.02, 0.02, 0.01, 0.01, 0.05],    # Neutral
+    [0.03, 0.02, 0.95, 0.15, 0.02, 0.05, 0.10, 0.40],    # Anger
+    [0.03, 0.02, 0.80, 0.60, 0.03, 0.50, 0.05, 0.25],    # Disgust
+    [0.90, 0.60, 0.70, 0.05, 0.02, 0.05, 0.85, 0.85],    # Fear
+    [0.03, 0.01, 0.01, 0.90, 0.98, 0.01, 0.01, 0.50],    # Happiness
+    [0.80, 0.02, 0.70, 0.05, 0.01, 0.40, 0.02, 0.05],    # Sadness
+    [0.95, 0.85, 0.02, 0.02, 0.03, 0.01, 0.03, 0.95],    # Surprise
 ])
 # Mean (valence, arousal) of a full-strength expression, same row order.
 VA_PROTOTYPES = np.array([
@@ -135,10 +137,10 @@ def runs(rng: np.random.Generator, n: int, rate: float, shortest: int, longest: 
 
 
 def _segments(rng: np.random.Generator, n: int, probs: np.ndarray) -> list[tuple[int, int, int]]:
-    """(start, end, expression) segments of 20..90 frames covering n frames."""
+    """(start, end, expression) segments of SEGMENT_FRAMES frames covering n frames."""
     segments, start = [], 0
     while start < n:
-        end = min(n, start + int(rng.integers(20, 91)))
+        end = min(n, start + int(rng.integers(SEGMENT_FRAMES[0], SEGMENT_FRAMES[1] + 1)))
         segments.append((start, end, int(rng.choice(NUM_EXPR, p=probs))))
         start = end
     return segments
@@ -175,7 +177,7 @@ def simulate_labels(rng: np.random.Generator, n: int) -> LabelTrack:
         au_target[flip, j] = np.where(on, rest[j], rng.uniform(0.6, 1.0, on.size))
     intensity = np.clip(_smooth(rng, au_target, 0.3, 0.03), 0.0, 1.2)
     va_target += va_bias + intensity @ AU_TO_VA
-    va = np.clip(_smooth(rng, va_target, 0.08, 0.012), -1.0, 1.0)
+    va = np.clip(_smooth(rng, va_target, 0.15, 0.012), -1.0, 1.0)
     return LabelTrack(expr, intensity, va)
 
 

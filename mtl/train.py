@@ -107,7 +107,8 @@ def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: to
 
         distill = cfg.distill
         loss, parts = student_loss(outputs, targets, soft_of(targets, teacher, x, on_gpu), distill.alpha,
-                                   distill.temperature, t_squared=distill.t_squared, ccc_weight=cfg.loss.ccc_weight)
+                                   distill.temperature, lambdas=loss_weights(cfg) if distill.task_weights else None,
+                                   t_squared=distill.t_squared, ccc_weight=cfg.loss.ccc_weight)
     else:
         loss, parts = multitask_loss(outputs, targets, loss_weights(cfg), ccc_weight=cfg.loss.ccc_weight)
     if not finite_on_all_ranks(loss):

@@ -162,7 +162,7 @@ def test_splits_have_train_and_validation_videos(videos):
 def test_most_training_videos_miss_a_task():
     train = [p for seed in range(5) for p in plan_videos(100, seed) if p.split == "train"]
     share = np.bincount([len(p.tasks) for p in train], minlength=4)[1:] / len(train)
-    assert abs(share[0] - 0.35) < 0.08 and abs(share[1] - 0.45) < 0.08 and abs(share[2] - 0.2) < 0.08
+    assert abs(share[0] - 0.6) < 0.08 and abs(share[1] - 0.3) < 0.08 and abs(share[2] - 0.1) < 0.06
     assert plan_videos(24, 1) == plan_videos(24, 1) and plan_videos(24, 1) != plan_videos(24, 2)
 
 
@@ -213,12 +213,12 @@ def test_va_is_central_and_follows_expressions(tracks):
 
 def test_labels_change_smoothly_along_a_video(tracks):
     expr_changes = np.mean([np.mean(t.expr[1:] != t.expr[:-1]) for t in tracks])
-    assert expr_changes < 1 / 20  # segments of tens of frames
+    assert 1 / 16 < expr_changes < 1 / 8  # segments of 5-15 frames (a few merge when the expression repeats)
     au_changes = np.mean([np.mean(t.au[1:] != t.au[:-1]) for t in tracks])
     assert au_changes < 0.03
     step = np.mean([np.abs(np.diff(t.va, axis=0)).mean() for t in tracks])
     spread = np.concatenate([t.va for t in tracks]).std()
-    assert step < 0.1 * spread
+    assert step < 0.12 * spread  # a frame-to-frame step is about a tenth of the spread
 
 
 def test_a_video_comes_out_the_same_when_written_alone(dataset, tmp_path):

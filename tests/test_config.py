@@ -1,0 +1,49 @@
+"""Typed configs: the packaged presets, dotted overrides, and errors that name the key."""
+
+import pytest
+
+from mtl.config import ConfigError, load_config
+
+
+def test_the_paper_preset_is_the_reference_recipe_value_by_value():
+    """REFERENCE.md section 9 (Multitask-CNN), with section 2-4 for losses, distillation and balancing."""
+    cfg = load_config("paper")
+    assert (cfg.model.backbone, cfg.model.weights, cfg.data.image_size) == ("resnet50", None, 112)
+    assert (cfg.data.batch_mode, cfg.train.batch_size) == ("per_task", 20)  # 20 frames of each task per step
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay) == ("adam", 1e-4, (0.5, 0.999),
+                                                                                            0.0)
+    assert (cfg.train.schedule, cfg.train.warmup_epochs) == ("constant", 0)  # StepLR was never stepped
+    assert (cfg.train.role, cfg.train.epochs) == ("teacher", 8)
+    assert (cfg.loss.lambda_au, cfg.loss.lambda_expr, cfg.loss.lambda_va, cfg.loss.ccc_weight) == (8.0, 1.0, 1.0, 1.0)
+    assert (cfg.students.count, cfg.students.epochs, cfg.students.backbones) == (5, 3, [])
+    assert (cfg.distill.temperature, cfg.distill.alpha, cfg.distill.t_squared) == (1.5, 0.4, False)
+    assert cfg.distill.task_weights is False  # the reference's students: every head weight 1, the sum over 3 batches / 3
+    assert (cfg.data.balance, cfg.data.mean_ir, cfg.data.max_clone_fraction) == ("paper", 2.0, 0.5)
+    assert (cfg.data.augment.crop_scale, cfg.data.augment.flip, cfg.data.augment.jitter) == (1.2, 0.5, 0.0)
+
+
+def test_the_demo_preset_validates_and_overrides_apply_by_dotted_key():
+    cfg = load_config("demo", ("train.lr=3e-4", "students.count=2", "data.balance=none", "train.betas=[0.5, 0.9]"))
+    assert (cfg.train.lr, cfg.students.count, cfg.data.balance, cfg.train.betas) == (3e-4, 2, "none", (0.5, 0.9))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.nope=1", "'train.nope': unknown key"),
+    ("nosection.key=1", "'nosection': unknown key"),
+    ("train.epochs=many", "'train.epochs'"),
+    ("data.balance=sometimes", "'data.balance'"),
+    ("distill.alpha=2", "'distill.alpha'"),
+    ("train.lr", "expected key=value"),
+])
+def test_bad_overrides_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", (override,))
+
+
+def test_a_missing_or_malformed_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(str(tmp_path / "absent.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(str(bad))
