@@ -83,12 +83,15 @@ def live_train_workers() -> list:
                        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
 
 
-def kill_a_worker_after_two_checkpoints(run_dir: Path, killed: list, earlier: set) -> None:
-    """SIGKILL one live Ray Train worker process of this run once two checkpoints exist (the first is then surely
-    registered). Workers alive before the run started (another test's, not yet reaped) are left alone."""
+def kill_a_worker_after_a_registered_checkpoint(run_dir: Path, killed: list, earlier: set) -> None:
+    """SIGKILL one live Ray Train worker process of this run once the controller has registered a checkpoint (it
+    writes its snapshot then; a checkpoint folder alone may still be unknown to it: the controller polls the
+    workers every couple of seconds). Workers alive before the run started (another test's, not yet reaped) are
+    left alone."""
+    snapshot = run_dir / "teacher/ray/teacher/checkpoint_manager_snapshot.json"
     deadline = time.time() + 180
-    while time.time() < deadline and len(list((run_dir / "teacher/ray/teacher").glob("checkpoint_2*"))) < 2:
-        time.sleep(0.2)
+    while time.time() < deadline and not (snapshot.is_file() and "checkpoint_2" in snapshot.read_text()):
+        time.sleep(0.1)
     workers = [w for w in live_train_workers() if w.actor_id not in earlier]
     if workers:
         os.kill(workers[-1].pid, signal.SIGKILL)
@@ -100,13 +103,13 @@ def test_a_worker_killed_from_outside_restarts_the_group_from_the_last_checkpoin
     run_dir = tmp_path / "run"
     killed: list = []
     earlier = {w.actor_id for w in live_train_workers()}
-    killer = threading.Thread(target=kill_a_worker_after_two_checkpoints, args=(run_dir, killed, earlier),
+    killer = threading.Thread(target=kill_a_worker_after_a_registered_checkpoint, args=(run_dir, killed, earlier),
                               daemon=True)
     killer.start()
-    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=6", "train.max_failures=1"))
+    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=12", "train.max_failures=1"))
     killer.join(timeout=5)
     assert killed, "no Ray Train worker was found to kill"
-    assert [m["epoch"] for m in outcome["history"]] == [0, 1, 2, 3, 4, 5]
+    assert [m["epoch"] for m in outcome["history"]] == list(range(12))
     assert outcome["start_epoch"] >= 1  # the final worker group started from a checkpoint, not from scratch
 
 
