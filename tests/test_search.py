@@ -102,8 +102,15 @@ def test_a_search_killed_mid_way_resumes_with_the_same_command_keeping_finished_
     folder = run / "tune" / "epochs"
 
     def ready() -> bool:
+        """The short trial finished and the long one's Train controller registered a checkpoint (it writes its
+        snapshot then; a checkpoint folder alone may still be unknown to it, and a kill would lose it)."""
+        snapshots = list(folder.glob("trial_*/ray/trial_*/checkpoint_manager_snapshot.json"))
         return (len(list(folder.glob("trial_*/best.pt"))) == 1
-                and len(list(folder.glob("trial_*/ray/trial_*/checkpoint_*/state.pt"))) >= 2)
+                and any("checkpoint_2" in p.read_text() for p in snapshots if p.parent.parent.parent != done_dir()))
+
+    def done_dir():
+        finished = [p.parent for p in folder.glob("trial_*/best.pt")]
+        return finished[0] if finished else None
 
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
