@@ -25,7 +25,7 @@ import yaml
 from ray.train import UserCallback
 
 from mtl.config import Config, ConfigError, apply_override, config_dict, read_yaml, validate
-from mtl.space import Space, check_space, load_space, set_key
+from mtl.space import Space, check_space, load_space, python_value, set_key
 
 log = logging.getLogger(__name__)
 
@@ -295,14 +295,10 @@ def result_rows(grid, space: Space, epochs: int) -> list[dict]:
         rows.append({"trial": trial_id, "status": status, CLOCK: done,
                      "best_epoch": top.get("epoch"), METRIC: top.get(METRIC, math.nan),
                      **{f"val_{t}": top.get(f"val_{t}", math.nan) for t in ("au", "expr", "va")},
-                     **{p.key: plain(result.config.get(p.key)) for p in space.params},
+                     **{p.key: python_value(result.config.get(p.key)) for p in space.params},
                      "note": str(diverged.get("divergence", "")) if diverged else str(result.error or "")})
     order = {"finished": 0, "stopped": 0, "diverged": 1, "error": 2}
     return sorted(rows, key=lambda r: (order[r["status"]], -r[METRIC] if math.isfinite(r[METRIC]) else math.inf))
-
-
-def plain(value):
-    return value.item() if hasattr(value, "item") else value
 
 
 def write_results(path: Path, rows: list[dict], space: Space) -> None:

@@ -84,10 +84,14 @@ class Space:
             raise ConfigError(f"{self.path}: fixed: {err}") from None
 
 
+def python_value(value: Any) -> Any:
+    """A numpy scalar (what Tune's samplers give) as the Python number it holds; anything else as it is."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def set_key(data: dict, key: str, value: Any) -> None:
     """data[a][b][c] = value for key 'a.b.c' (through the config's own override parser)."""
-    value = value.item() if hasattr(value, "item") else value  # numpy scalars from Tune's samplers
-    apply_override(data, f"{key}={json.dumps(value)}")
+    apply_override(data, f"{key}={json.dumps(python_value(value))}")
 
 
 def load_space(path: str | Path) -> Space:

@@ -31,6 +31,14 @@ def ray_session():
     yield ray
 
 
+def controller_registered_a_checkpoint(train_run: Path) -> bool:
+    """Whether the Ray Train controller of the run stored in `train_run` (storage_path/name) registered a checkpoint.
+    It writes its snapshot then; a checkpoint folder alone may still be unknown to it (it polls the workers every
+    couple of seconds), and a run killed before that restarts from scratch."""
+    snapshot = train_run / "checkpoint_manager_snapshot.json"
+    return snapshot.is_file() and "checkpoint_2" in snapshot.read_text()
+
+
 def write_jpeg(path: Path, size: int = 32, value: int = 128, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     pixels = np.clip(rng.normal(value, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import controller_registered_a_checkpoint
 from mtl.config import load_config
 from mtl.search import load_search, run_search, search_record, tuned_students
 from mtl.space import load_space
@@ -102,15 +103,11 @@ def test_a_search_killed_mid_way_resumes_with_the_same_command_keeping_finished_
     folder = run / "tune" / "epochs"
 
     def ready() -> bool:
-        """The short trial finished and the long one's Train controller registered a checkpoint (it writes its
-        snapshot then; a checkpoint folder alone may still be unknown to it, and a kill would lose it)."""
-        snapshots = list(folder.glob("trial_*/ray/trial_*/checkpoint_manager_snapshot.json"))
-        return (len(list(folder.glob("trial_*/best.pt"))) == 1
-                and any("checkpoint_2" in p.read_text() for p in snapshots if p.parent.parent.parent != done_dir()))
-
-    def done_dir():
-        finished = [p.parent for p in folder.glob("trial_*/best.pt")]
-        return finished[0] if finished else None
+        """The short trial finished and the long one's controller registered a checkpoint (a kill loses any other)."""
+        trials = [p for p in folder.glob("trial_*") if p.is_dir()]
+        finished = [t for t in trials if (t / "best.pt").is_file()]
+        return len(finished) == 1 and any(controller_registered_a_checkpoint(t / "ray" / t.name)
+                                          for t in trials if t not in finished)
 
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import controller_registered_a_checkpoint
 from mtl.config import ConfigError, load_config
 from mtl.train import lr_factor, merge_per_task, train
 
@@ -84,13 +85,10 @@ def live_train_workers() -> list:
 
 
 def kill_a_worker_after_a_registered_checkpoint(run_dir: Path, killed: list, earlier: set) -> None:
-    """SIGKILL one live Ray Train worker process of this run once the controller has registered a checkpoint (it
-    writes its snapshot then; a checkpoint folder alone may still be unknown to it: the controller polls the
-    workers every couple of seconds). Workers alive before the run started (another test's, not yet reaped) are
-    left alone."""
-    snapshot = run_dir / "teacher/ray/teacher/checkpoint_manager_snapshot.json"
+    """SIGKILL one live Ray Train worker process of this run once the controller has registered a checkpoint.
+    Workers alive before the run started (another test's, not yet reaped) are left alone."""
     deadline = time.time() + 180
-    while time.time() < deadline and not (snapshot.is_file() and "checkpoint_2" in snapshot.read_text()):
+    while time.time() < deadline and not controller_registered_a_checkpoint(run_dir / "teacher/ray/teacher"):
         time.sleep(0.1)
     workers = [w for w in live_train_workers() if w.actor_id not in earlier]
     if workers:
