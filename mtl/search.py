@@ -70,17 +70,17 @@ def check_settings(cfg: Config, space: Space) -> None:
     if not cfg.data.shards:
         raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
     grids = [p.key for p in space.params if p.kind == "grid"]
-    if tune.searcher == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("config key 'tune.searcher': optuna is not installed; "
-                              "pip install 'mtl[optuna]' (or pip install optuna)") from None
+    if tune.searcher == "optuna":  # what the settings mean first, then whether the extra is installed
         if grids:
             raise ConfigError(f"{space.path}: key {grids[0]!r}: grid does not work with tune.searcher=optuna; "
                               "use choice")
         if tune.scheduler == "pbt":
             raise ConfigError("config key 'tune.scheduler': pbt needs tune.searcher=random")
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("config key 'tune.searcher': optuna is not installed; "
+                              "pip install 'mtl[optuna]' (or pip install optuna)") from None
 
 
 class Forward(UserCallback):

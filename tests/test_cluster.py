@@ -115,6 +115,12 @@ def test_slurm_dry_run_prints_head_workers_and_pipeline():
     flag = subprocess.run(["bash", str(CLUSTER / "slurm" / "mtl.sbatch"), "--dry-run", "--config", "demo"],
                           env={**os.environ, "MTL_NODES": "a b"}, capture_output=True, text=True, check=True)
     assert "+ mtl pipeline --address a:" in flag.stdout
+    venv = subprocess.run(["bash", str(CLUSTER / "slurm" / "mtl.sbatch"), "--dry-run", "--config", "demo"],
+                          env={**os.environ, "MTL_NODES": "a b", "MTL_PYTHON": "/opt/venv/bin/python"},
+                          capture_output=True, text=True, check=True)
+    run_lines = [shlex.split(line[2:]) for line in venv.stdout.splitlines() if line.startswith("+ ")]
+    executables = {c[c.index("start") - 1] for c in run_lines if "start" in c} | {c[0] for c in run_lines[-2:]}
+    assert executables == {"/opt/venv/bin/ray", "/opt/venv/bin/python", "/opt/venv/bin/mtl"}
 
 
 def run_cli(*args, **kwargs):

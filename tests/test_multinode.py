@@ -40,9 +40,10 @@ print(json.dumps({"nodes": nodes, "workers": [{"node": w.node_id, "pg": w.placem
 
 
 def client_env(extra: dict) -> dict:
-    """The environment of this cluster's processes and clients: no RAY_ADDRESS of the session, token auth."""
+    """The environment of this cluster's processes and clients: no RAY_ADDRESS of the session, token auth, and
+    this interpreter's Ray (whatever PATH holds, e.g. a venv run without activating it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(RAY_AUTH_MODE="token", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", RAY_DEDUP_LOGS="0",
+    env.update(MTL_PYTHON=sys.executable, RAY_AUTH_MODE="token", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", RAY_DEDUP_LOGS="0",
                RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="120", PYTHONUNBUFFERED="1", **extra)
     return env
 

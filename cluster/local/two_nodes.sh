@@ -8,15 +8,20 @@
 # DIR must be short (Ray's socket paths live in it), e.g. $(mktemp -d /tmp/mtl2n-XXXX). start writes
 # DIR/gcs_address and DIR/dashboard_url. Environment: MTL_NODE_CPUS (CPUs per node, default 2); everything else
 # in the environment (AWS_*, RAY_AUTH_MODE) reaches every Ray process. Token auth (Ray >= 2.59) is on unless
-# RAY_AUTH_MODE=disabled; clients then need RAY_AUTH_MODE=token.
+# RAY_AUTH_MODE=disabled; clients then need RAY_AUTH_MODE=token. MTL_PYTHON names the interpreter whose Ray runs
+# the cluster (default: python3 on PATH); its bin folder goes first on the nodes' PATH, so a job's `python` is it.
 set -euo pipefail
 
 action=${1:?usage: two_nodes.sh start|stop DIR}
 dir=${2:?usage: two_nodes.sh start|stop DIR}
 dir=$(cd "$dir" && pwd)
+python=${MTL_PYTHON:-python3}
+bin=$("$python" -c 'import os, sys; print(os.path.dirname(sys.executable))')
+ray="$bin/ray"
+export PATH="$bin:$PATH"
 
 free_port() {
-  python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 cluster_pids() {  # processes that name DIR/ in their command line or hold a file under it, and their descendants
@@ -47,13 +52,13 @@ case "$action" in
            --runtime-env-agent-port "$(free_port)" --metrics-export-port "$(free_port)"
     }
     echo "starting" > "$dir/gcs_address"
-    ray start --head --temp-dir "$dir" --port "$gcs" --node-ip-address 127.0.0.1 \
+    "$ray" start --head --temp-dir "$dir" --port "$gcs" --node-ip-address 127.0.0.1 \
       --dashboard-host 127.0.0.1 --dashboard-port "$dashboard" --include-dashboard true \
       --ray-client-server-port "$client" $(agent_ports) \
       --num-cpus "$cpus" --resources '{"node_a": 100}' --disable-usage-stats
     # the worker's own temp dir: nodes sharing one would share (and garbage-collect) each other's runtime_env files
     mkdir -p "$dir/b"
-    ray start --address "127.0.0.1:$gcs" --temp-dir "$dir/b" --node-ip-address 127.0.0.1 $(agent_ports) \
+    "$ray" start --address "127.0.0.1:$gcs" --temp-dir "$dir/b" --node-ip-address 127.0.0.1 $(agent_ports) \
       --num-cpus "$cpus" --resources '{"node_b": 100}' --disable-usage-stats
     echo "127.0.0.1:$gcs" > "$dir/gcs_address"
     echo "http://127.0.0.1:$dashboard" > "$dir/dashboard_url"
