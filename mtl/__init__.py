@@ -1,13 +1,23 @@
-"""mtl: multitask emotion recognition (AU, EXPR, VA) from incompletely labelled data, on Ray."""
+"""mtl: multitask emotion recognition (AU, EXPR, VA) from incompletely labelled data, on Ray.
 
-import os as _os
-
-# Nothing downloads at run time: timm/huggingface must not reach a hub, wandb logs offline unless told otherwise.
-# These must be set before timm or wandb are imported anywhere in the process.
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-_os.environ.setdefault("WANDB_MODE", "offline")
-# Ray Train's print patch shows every worker print twice in the driver's log; our workers print one line an epoch.
-_os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+Importing mtl changes nothing in the process: the offline defaults (no hub downloads, wandb offline, no
+duplicated worker prints) are set by the CLI (`mtl.cli.main`) and, for library use, by `mtl.jobs.ray_session`
+when it starts Ray; `mtl.runtime_defaults()` applies them by hand.
+"""
 
 __version__ = "0.1.0"
+
+OFFLINE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",  # timm/huggingface never reach a hub
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "WANDB_MODE": "offline",  # wandb logs locally unless told otherwise
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # Ray Train's print patch shows every worker line twice in the driver log
+}
+
+
+def runtime_defaults() -> None:
+    """Set OFFLINE_DEFAULTS in os.environ where the user has not set them (before timm or wandb are imported)."""
+    import os
+
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)

@@ -9,8 +9,10 @@ from typing import Optional
 
 import click
 
-from mtl import storage
-from mtl.config import ConfigError
+from mtl import runtime_defaults, storage
+from mtl.config import ConfigError, PrepareConfig
+from mtl.data.sources.base import SOURCES
+from mtl.jobs.submit import COMMANDS as SUBMITTABLE
 from mtl.labels import DataError
 
 
@@ -30,6 +32,7 @@ class _Group(click.Group):
 @click.version_option(package_name="mtl")
 def main(verbose: bool) -> None:
     """Multitask emotion recognition (AUs, expression, valence-arousal) from incompletely labelled data, on Ray."""
+    runtime_defaults()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -46,33 +49,55 @@ address_option = click.option("--address", default=None, envvar="RAY_ADDRESS",
 @click.option("--image-size", default=112, show_default=True, type=click.IntRange(16), help="Face crop size.")
 def synth(out: str, videos: int, frames: int, seed: int, image_size: int) -> None:
     """Synthetic dataset in the Aff-Wild2 ABAW-2020 layout (annotations/ + cropped_aligned/)."""
-    from mtl.synth import synthesize
+    from mtl.data.synth.generator import synthesize
 
     summary = synthesize(out, videos=videos, frames=frames, seed=seed, image_size=image_size)
     click.echo(format_mapping(summary))
     click.echo(f"wrote {out}")
 
 
+def source_options(function):
+    """One folder option per registered source (its `flag`, dest its name), and `--source NAME=DIR` for any."""
+    function = click.option("--source", "named", multiple=True, metavar="NAME=DIR",
+                            help="Root of any registered source, e.g. a plugin's (repeatable).")(function)
+    folder = click.Path(exists=True, file_okay=False)
+    for name, source in sorted(SOURCES.items(), reverse=True):  # the last applied is listed first
+        function = click.option(source.flag, name, type=folder, help=source.help)(function)
+    return function
+
+
+def source_roots(flags: dict, named: tuple) -> dict[str, str]:
+    """{source name: root} of the source flags given and the `--source NAME=DIR` pairs; at least one."""
+    roots = {name: root for name, root in flags.items() if root}
+    for pair in named:
+        name, _, root = pair.partition("=")
+        if not name or not root:
+            raise click.BadParameter(f"{pair!r} is not NAME=DIR", param_hint="--source")
+        if not Path(root).is_dir():
+            raise click.BadParameter(f"{root!r} is not a folder", param_hint="--source")
+        if name in roots:
+            raise click.UsageError(f"source {name!r} is given twice")
+        roots[name] = root
+    if not roots:
+        flags = ", ".join(source.flag for _, source in sorted(SOURCES.items()))
+        raise click.UsageError(f"give at least one source: {flags} or --source NAME=DIR")
+    return roots
+
+
 @main.command()
-@click.option("--affwild2", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Aff-Wild2 root (annotations/ and cropped_aligned/).")
-@click.option("--expw", type=click.Path(exists=True, file_okay=False), help="ExpW root (label/, image/origin/).")
-@click.option("--afew-va", "afew_va", type=click.Path(exists=True, file_okay=False), help="AFEW-VA root.")
-@click.option("--disfa", type=click.Path(exists=True, file_okay=False), help="DISFA root.")
+@source_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard folder to write.")
-@click.option("--shard-size", default=5000, show_default=True, type=click.IntRange(1), help="Samples per shard.")
-@click.option("--image-size", default=112, show_default=True, type=click.IntRange(16),
+@click.option("--shard-size", default=PrepareConfig().shard_size, show_default=True, type=click.IntRange(1),
+              help="Samples per shard.")
+@click.option("--image-size", default=PrepareConfig().image_size, show_default=True, type=click.IntRange(16),
               help="Stored face size (Aff-Wild2's 112 px faces are copied as they are).")
 @address_option
-def prepare(affwild2, expw, afew_va, disfa, out, shard_size, image_size, address) -> None:
+def prepare(named, out, shard_size, image_size, address, **flags) -> None:
     """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray."""
-    from mtl.prepare import format_summary, prepare as run_prepare
-    from mtl.raysession import ensure_ray
+    from mtl.data.prepare import format_summary, prepare as run_prepare
 
-    sources = {name: root for name, root in
-               (("affwild2", affwild2), ("expw", expw), ("afew_va", afew_va), ("disfa", disfa)) if root}
-    ensure_ray(address)
-    index = run_prepare(sources, out, shard_size=shard_size, image_size=image_size)
+    index = run_prepare(source_roots(flags, named), out, shard_size=shard_size, image_size=image_size,
+                        address=address)
     click.echo(format_summary(index))
     click.echo(f"wrote {out}/index.json")
 
@@ -99,7 +124,7 @@ config_option = click.option("--config", "config_source", default="demo", show_d
 def train(config_source: str, overrides: tuple, address) -> None:
     """Train the role the config names (train.role) on Ray Train; OVERRIDES are dotted key=value pairs."""
     from mtl.config import load_config
-    from mtl.train import train as run_train
+    from mtl.train.driver import train as run_train
 
     cfg = load_config(config_source, overrides)
     outcome = run_train(cfg, address)
@@ -116,8 +141,8 @@ def train(config_source: str, overrides: tuple, address) -> None:
 def pipeline(config_source: str, overrides: tuple, address) -> None:
     """Teacher -> soft labels -> students -> ensemble -> report; re-run to resume."""
     from mtl.config import load_config
-    from mtl.pipeline import run_pipeline
-    from mtl.report import format_table
+    from mtl.stages.pipeline import run_pipeline
+    from mtl.eval.report import format_table
 
     cfg = load_config(config_source, overrides)
     report = run_pipeline(cfg, address)
@@ -133,7 +158,7 @@ def pipeline(config_source: str, overrides: tuple, address) -> None:
 @address_option
 def tune(config_source: str, space_path: Optional[str], overrides: tuple, address) -> None:
     """Ray Tune search over a space, every trial a Ray Train run; re-run the same command to resume."""
-    from mtl.search import format_results, load_search, run_search
+    from mtl.stages.search import format_results, load_search, run_search
 
     cfg, space = load_search(config_source, space_path, overrides)
     click.echo(format_results(run_search(cfg, space, address)))
@@ -146,9 +171,9 @@ def tune(config_source: str, space_path: Optional[str], overrides: tuple, addres
 def soft_labels(config_source: str, overrides: tuple, address) -> None:
     """The teacher's outputs on every training sample (distill.teacher -> distill.soft_labels), on Ray."""
     from mtl.config import load_config
-    from mtl.raysession import ensure_ray
-    from mtl.soft_labels import compute_soft_labels
-    from mtl.train import soft_labels_dir, teacher_path
+    from mtl.jobs.ray_session import ensure_ray
+    from mtl.stages.soft_labels import compute_soft_labels
+    from mtl.runs import soft_labels_dir, teacher_path
 
     cfg = load_config(config_source, overrides)
     ensure_ray(address)
@@ -166,7 +191,7 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 def predict(model_path: str, images: str, out: str, batch_size: int) -> None:
     """ABAW-2020 prediction files (AU/, EXPR/, VA/ per video) and predictions.csv for a folder of faces."""
-    from mtl.predict import predict_folder
+    from mtl.serve.predict import predict_folder
 
     summary = predict_folder(model_path, images, out, batch_size)
     click.echo(f"{summary['frames']} frames of {len(summary['videos'])} videos -> {out}; "
@@ -180,13 +205,12 @@ def predict(model_path: str, images: str, out: str, batch_size: int) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
 def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str]) -> None:
     """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs."""
-    from mtl.evaluate import evaluate_checkpoint, format_scores
-    from mtl.index import write_json_atomic
+    from mtl.eval.evaluate import evaluate_checkpoint, format_scores
 
     result = evaluate_checkpoint(checkpoint, shards, split)
     click.echo(format_scores(result))
     if out:
-        write_json_atomic(Path(out), result)
+        storage.write_json(Path(out), result)
         click.echo(f"wrote {out}")
 
 
@@ -194,7 +218,7 @@ def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str]) -> No
 @click.option("--address", default=None,
               help="Ray job API address, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS).")
 @click.option("--command", "command", default="pipeline", show_default=True,
-              type=click.Choice(["pipeline", "train", "soft-labels", "tune"]), help="The mtl command the job runs.")
+              type=click.Choice(SUBMITTABLE), help="The mtl command the job runs.")
 @config_option
 @click.option("--run-dir", default=None, help="The run's storage location (sets run.dir): s3://, gs:// or a shared "
                                               "absolute path.")
@@ -220,7 +244,7 @@ def submit(address, command, config_source, run_dir, shards, working_dir, no_wor
 
     import yaml
 
-    from mtl.submit import JobFailed, build_submission, describe, submit as run_submit
+    from mtl.jobs.submit import JobFailed, build_submission, describe, submit as run_submit
 
     env = {}
     for pair in env_pairs:
@@ -257,7 +281,7 @@ def bench() -> None:
 @address_option
 def bench_loader(out, videos, frames, workers, batch_size, batches, address) -> None:
     """Shard stream vs a per-file JPEG folder loader vs the bare JPEG decode loop."""
-    from mtl.bench_loader import run_loader_bench
+    from mtl.bench.loader import run_loader_bench
 
     run_loader_bench(Path(out), videos=videos, frames=frames, workers=workers, batch_size=batch_size,
                      batches=batches, address=address)
@@ -282,7 +306,7 @@ def step_bench_options(function):
 @step_bench_options
 def bench_train(out, **options) -> None:
     """One Ray Train worker vs a plain PyTorch loop: same model, data, batch (OVERRIDES adjust the demo config)."""
-    from mtl.bench_train import run_train_bench
+    from mtl.bench.train import run_train_bench
 
     run_train_bench(Path(out), **options)
 
@@ -292,7 +316,7 @@ def bench_train(out, **options) -> None:
 @step_bench_options
 def bench_distill(out, **options) -> None:
     """Student step cost (stored soft labels; teacher on the fly) against a teacher step, in one run."""
-    from mtl.bench_train import run_distill_bench
+    from mtl.bench.train import run_distill_bench
 
     run_distill_bench(Path(out), **options)
 

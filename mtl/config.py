@@ -6,6 +6,8 @@ and validates everything. Unknown keys and wrong types raise ConfigError naming 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -35,7 +37,7 @@ class AugmentConfig(_Section):
 class DataConfig(_Section):
     shards: str = ""
     image_size: int = Field(112, ge=8)
-    balance: Literal["none", "paper"] = "paper"
+    balance: str = Field("paper", description="a registered balancer (mtl.data.balance.BALANCERS): paper | none")
     batch_mode: Literal["mixed", "per_task"] = "mixed"
     loader_workers: int = Field(2, ge=0)
     shuffle_buffer: int = Field(1000, ge=1)
@@ -116,6 +118,30 @@ class TuneConfig(_Section):
                                                      "train every student with the best distill.* and train.lr")
 
 
+class PrepareConfig(_Section):
+    """`mtl prepare` (the same keys as its flags: --shard-size, --image-size)."""
+
+    shard_size: int = Field(5000, ge=1, description="samples per shard")
+    image_size: int = Field(112, ge=16, description="stored face size (Aff-Wild2's 112 px faces are copied as-is)")
+
+
+class RuntimeConfig(_Section):
+    """Settings of the machine, not of the experiment: they may change when a run is resumed elsewhere.
+    Environment variables override them where a cluster sets them for every job (MTL_DDP_TIMEOUT_S,
+    MTL_LOCAL_DIR)."""
+
+    ddp_timeout_s: int = Field(1800, ge=1, description="torch.distributed collective timeout "
+                                                       "(env MTL_DDP_TIMEOUT_S overrides)")
+    local_dir: Optional[str] = Field(None, description="local scratch folder (wandb files when run.dir is a bucket); "
+                                                       "default $MTL_LOCAL_DIR, else the temp dir")
+
+    def ddp_timeout(self) -> int:
+        return int(os.environ.get("MTL_DDP_TIMEOUT_S") or self.ddp_timeout_s)
+
+    def scratch(self) -> str:
+        return os.environ.get("MTL_LOCAL_DIR") or self.local_dir or os.path.join(tempfile.gettempdir(), "mtl")
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -125,6 +151,8 @@ class Config(_Section):
     distill: DistillConfig = DistillConfig()
     students: StudentsConfig = StudentsConfig()
     tune: TuneConfig = TuneConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
 
 PRESETS = ("demo", "paper")
@@ -182,6 +210,26 @@ def load_config(source: str = "demo", overrides: list[str] | tuple[str, ...] = (
     for override in overrides:
         apply_override(data, override)
     return validate(data)
+
+
+def updated(cfg: Config, changes: dict[str, Any]) -> Config:
+    """A copy of `cfg` with dotted keys set, e.g. updated(cfg, {"train.role": "student"}); each value is
+    validated as it is assigned (no round trip through a dict)."""
+    cfg = cfg.model_copy(deep=True)
+    for dotted, value in changes.items():
+        *sections, key = dotted.split(".")
+        node = cfg
+        try:
+            for section in sections:
+                node = getattr(node, section)
+            if key not in type(node).model_fields:
+                raise AttributeError(key)
+            setattr(node, key, value)
+        except AttributeError:
+            raise ConfigError(f"config key {dotted!r}: unknown key") from None
+        except ValidationError as err:
+            raise ConfigError(f"config key {dotted!r}: {err.errors()[0]['msg']} (got {value!r})") from None
+    return cfg
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

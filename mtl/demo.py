@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from mtl import storage
 from mtl.labels import AU_NAMES, EXPR_NAMES
 
 # Many short videos: many identities per task, so a model must learn the face, not who it is.
@@ -22,13 +23,13 @@ DEMO_FRAMES = 32
 
 def stream_distributions(index, seed: int, balance: str) -> dict:
     """Label distributions of one epoch of the training stream."""
-    from mtl.augment import AugmentParams
-    from mtl.data import StreamSpec, train_loader
+    from mtl.config import Config, updated
+    from mtl.data.stream import train_loader
 
-    spec = StreamSpec(batch_size=64, balance=balance, augment=AugmentParams(), seed=seed)
+    cfg = updated(Config(), {"data.balance": balance, "train.batch_size": 64, "train.seed": seed})  # one epoch
     expr_counts, au_sum, au_rows, samples = np.zeros(7), np.zeros(8), 0, 0
     started = time.perf_counter()
-    for batch in train_loader(index, spec, num_workers=1, rank=0, world=1):
+    for batch in train_loader(index, cfg, num_workers=1, rank=0, world=1):
         expr = batch["expr"].numpy()
         expr_counts += np.bincount(expr[expr >= 0], minlength=7)
         au_sum += batch["au"][batch["au_mask"]].numpy().sum(axis=0)
@@ -40,13 +41,13 @@ def stream_distributions(index, seed: int, balance: str) -> dict:
 
 def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
     from mtl.config import load_config
-    from mtl.evaluate import chance_scores
-    from mtl.index import load_index, write_json_atomic
-    from mtl.pipeline import run_pipeline
-    from mtl.prepare import format_summary, prepare
-    from mtl.raysession import ensure_ray
-    from mtl.report import format_table
-    from mtl.synth import synthesize
+    from mtl.eval.evaluate import chance_scores
+    from mtl.data.index import load_index
+    from mtl.stages.pipeline import run_pipeline
+    from mtl.data.prepare import format_summary, prepare
+    from mtl.jobs.ray_session import ensure_ray
+    from mtl.eval.report import format_table
+    from mtl.data.synth.generator import synthesize
 
     started = time.time()
     out = out.absolute()
@@ -76,6 +77,6 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
           "  ".join(f"{k} {v:.3f}" for k, v in chance.items()))
     summary = {"seconds": round(time.time() - started, 1), "shards": str(shards), "chance": chance,
                "stream": {"raw": raw_dist, "paper": balanced}}
-    write_json_atomic(out / "demo-summary.json", summary)
+    storage.write_json(out / "demo-summary.json", summary)
     print(f"done in {summary['seconds']} s; report in {out / 'report.md'}")
     return summary

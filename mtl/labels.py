@@ -52,7 +52,7 @@ class FrameRecord:
         return sample_key(self.source, self.video, self.frame)
 
     def labels(self) -> dict:
-        """The shard's .json payload (DESIGN.md sample schema)."""
+        """The shard's .json payload (the shard sample schema, CONTRIBUTING.md)."""
         return {
             "source": self.source,
             "video": self.video,
@@ -65,6 +65,11 @@ class FrameRecord:
 
 def sample_key(source: str, video: str, frame: int) -> str:
     return f"{source}/{video}/{frame:05d}"
+
+
+def video_of(key: str) -> str:
+    """Sample key `<source>/<video>/<frame>` -> `<source>/<video>`."""
+    return key.rpartition("/")[0]
 
 
 def check_au(values, where: str) -> Optional[tuple[int, ...]]:

@@ -14,14 +14,18 @@ which Ray workers must see too (a cluster's nodes, or the job's runtime_env env_
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import json
+import math
 import os
 import posixpath
 import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, BinaryIO, Iterator, Union
+from typing import Any, BinaryIO, Iterator, Mapping, Optional, Union
+
+import numpy as np
 
 Location = Union[str, os.PathLike]
 STREAM_PREFIXES = ("pipe:", "http://", "https://")  # read through webdataset's gopen
@@ -238,14 +242,43 @@ def remove(location: Location) -> None:
         fs.delete_file(path)
 
 
-def local_folder(location: Location, purpose: str) -> str:
+def local_folder(location: Location, purpose: str, scratch: Optional[str] = None) -> str:
     """A local folder for tools that need one (wandb): `location/purpose` for a local run, else a folder under
-    $MTL_LOCAL_DIR (default: the temp dir) named after the run."""
+    `scratch` (runtime.scratch(): $MTL_LOCAL_DIR, runtime.local_dir, or the temp dir) named after the run."""
     location = str(location)
     if _local(location):
         folder = os.path.join(os.path.abspath(location), purpose)
     else:
-        root = os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl")
+        root = scratch or os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl")
         folder = os.path.join(root, location.replace("://", "/").strip("/"), purpose)
     os.makedirs(folder, exist_ok=True)
     return folder
+
+
+def sha256(location: Location) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (which teacher made these soft labels, which members
+    made this ensemble)."""
+    digest = hashlib.sha256()
+    with open_read(location) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_ready(value: Any) -> Any:
+    """`value` with numpy scalars/arrays, tuples and paths turned into JSON types; NaN and infinities -> None."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)

@@ -8,6 +8,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+import mtl  # noqa: E402
+
+mtl.runtime_defaults()  # what the CLI sets for every command
 
 from pathlib import Path  # noqa: E402
 
@@ -85,9 +88,18 @@ def imbalanced_videos(videos: int = 8, frames: int = 60, seed: int = 0) -> dict:
 @pytest.fixture(scope="session")
 def imbalanced_shards(tmp_path_factory, ray_session) -> Path:
     """Shards (uneven sizes: 7 samples per shard, videos of different lengths) of `imbalanced_videos`."""
-    from mtl.prepare import prepare
+    from mtl.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("imbalanced")
     write_affwild2(root / "raw", imbalanced_videos(), size=20)
     prepare({"affwild2": str(root / "raw")}, root / "shards", shard_size=7, image_size=20, progress=False)
     return root / "shards"
+
+
+def stream_config(batch_size: int = 32, seed: int = 0, augment: dict | None = None, **data):
+    """A Config whose stream settings (data.*, train.batch_size, train.seed) are the given ones, else defaults."""
+    from mtl.config import Config, updated
+
+    changes = {"train.batch_size": batch_size, "train.seed": seed, **{f"data.{k}": v for k, v in data.items()},
+               **{f"data.augment.{k}": v for k, v in (augment or {}).items()}}
+    return updated(Config(), changes)

@@ -14,8 +14,8 @@ import pytest
 
 from mtl import storage
 from mtl.config import load_config
-from mtl.index import load_index
-from mtl.shardio import tar_samples
+from mtl.data.index import load_index
+from mtl.data.shards import tar_samples
 
 TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=0",
         "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.epochs=1")
@@ -144,7 +144,8 @@ def test_shards_and_index_read_from_a_uri_match_the_local_copy(kind, imbalanced_
 
 def test_local_mode_training_with_run_dir_and_shards_in_s3(imbalanced_shards, s3_bucket):
     """Shards, index, config.json, best.pt and history.json all live in the bucket; a re-run sees it finished."""
-    from mtl.train import finished, train
+    from mtl.runs import finished_training as finished
+    from mtl.train.driver import train
 
     shards = upload_tree(imbalanced_shards, f"{s3_bucket}/train-shards")
     cfg = load_config("demo", (f"run.dir={s3_bucket}/run", f"data.shards={shards}", "train.workers=0", *TINY))
@@ -157,9 +158,11 @@ def test_local_mode_training_with_run_dir_and_shards_in_s3(imbalanced_shards, s3
 def test_ray_train_soft_labels_and_report_on_a_file_uri(imbalanced_shards, tmp_path, ray_session):
     """A Ray Train run whose storage_path is a file:// URI (run.dir), soft labels written and read through the
     URI, and the report written there."""
-    from mtl.report import write_report
-    from mtl.soft_labels import SoftLabels, compute_soft_labels
-    from mtl.train import soft_labels_dir, train
+    from mtl.eval.report import write_report
+    from mtl.data.soft_join import SoftLabels
+    from mtl.stages.soft_labels import compute_soft_labels
+    from mtl.runs import soft_labels_dir
+    from mtl.train.driver import train
 
     shards = upload_tree(imbalanced_shards, f"file://{tmp_path}/shards")
     run = f"file://{tmp_path}/run"

@@ -1,0 +1,140 @@
+"""`index.json`: what a streaming worker needs to know about the shards without reading them.
+
+Per split: the shard list with sample and label counts, and the label statistics that balancing uses
+(AU positives and AU label patterns, EXPR class counts, the 20x20 VA histogram). Also the prepare summary:
+samples per source, skipped frames by reason with examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from mtl import storage
+from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS
+
+INDEX_NAME = "index.json"
+SCHEMA_VERSION = 1
+VA_EDGES = np.linspace(-1.0, 1.0, VA_BINS + 1)
+
+
+def va_cell(valence: float, arousal: float) -> tuple[int, int]:
+    """Cell of the 20x20 grid over [-1, 1]^2 (bin edges linspace(-1, 1, 21); 1.0 falls in the last bin)."""
+    return va_bin(valence), va_bin(arousal)
+
+
+def va_bin(value: float) -> int:
+    return min(int((value + 1.0) * VA_BINS / 2.0), VA_BINS - 1)
+
+
+def au_pattern(au) -> str:
+    """AU labels -> pattern string like '10010000' (AU_NAMES order)."""
+    return "".join("1" if v else "0" for v in au)
+
+
+@dataclass
+class LabelStats:
+    """Label counts of one split; `add` one sample's labels, `merge` partial stats from parallel workers."""
+
+    samples: int = 0
+    labelled: dict = field(default_factory=lambda: {t: 0 for t in TASKS})
+    au_patterns: dict = field(default_factory=dict)
+    expr_counts: list = field(default_factory=lambda: [0] * NUM_EXPR)
+    va_hist: np.ndarray = field(default_factory=lambda: np.zeros((VA_BINS, VA_BINS), dtype=np.int64))
+    tasks_per_sample: list = field(default_factory=lambda: [0] * (len(TASKS) + 1))
+
+    def add(self, labels: dict) -> None:
+        self.samples += 1
+        present = 0
+        if labels["au"] is not None:
+            present += 1
+            pattern = au_pattern(labels["au"])
+            self.au_patterns[pattern] = self.au_patterns.get(pattern, 0) + 1
+        if labels["expr"] is not None:
+            present += 1
+            self.expr_counts[labels["expr"]] += 1
+        if labels["va"] is not None:
+            present += 1
+            self.va_hist[va_cell(*labels["va"])] += 1
+        for task in TASKS:
+            self.labelled[task] += labels[task] is not None
+        self.tasks_per_sample[present] += 1
+
+    def merge(self, other: "LabelStats") -> None:
+        self.samples += other.samples
+        for task in TASKS:
+            self.labelled[task] += other.labelled[task]
+        for pattern, count in other.au_patterns.items():
+            self.au_patterns[pattern] = self.au_patterns.get(pattern, 0) + count
+        self.expr_counts = [a + b for a, b in zip(self.expr_counts, other.expr_counts)]
+        self.va_hist = self.va_hist + other.va_hist
+        self.tasks_per_sample = [a + b for a, b in zip(self.tasks_per_sample, other.tasks_per_sample)]
+
+    def au_positives(self) -> list[int]:
+        positives = [0] * NUM_AU
+        for pattern, count in self.au_patterns.items():
+            for j, bit in enumerate(pattern):
+                positives[j] += count * (bit == "1")
+        return positives
+
+    def to_json(self) -> dict:
+        return {
+            "samples": self.samples,
+            "labelled": dict(self.labelled),
+            "tasks_per_sample": list(self.tasks_per_sample),
+            "au": {"positives": self.au_positives(), "patterns": dict(sorted(self.au_patterns.items()))},
+            "expr": {"counts": list(self.expr_counts)},
+            "va": {"edges": VA_EDGES.round(6).tolist(), "hist": self.va_hist.tolist()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LabelStats":
+        return cls(samples=data["samples"], labelled=dict(data["labelled"]),
+                   au_patterns=dict(data["au"]["patterns"]), expr_counts=list(data["expr"]["counts"]),
+                   va_hist=np.asarray(data["va"]["hist"], dtype=np.int64),
+                   tasks_per_sample=list(data["tasks_per_sample"]))
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    samples: int
+    labelled: dict  # task -> samples with that label
+
+
+@dataclass
+class ShardIndex:
+    """The parsed index.json of a shard folder."""
+
+    root: str
+    shards: dict  # split -> list[ShardInfo]
+    stats: dict  # split -> LabelStats
+    image_size: int  # every stored face is image_size x image_size
+    raw: dict
+
+    def shard_urls(self, split: str) -> list[str]:
+        return [shard_url(self.root, s.name) for s in self.shards[split]]
+
+    def shard_sizes(self, split: str) -> list[int]:
+        return [s.samples for s in self.shards[split]]
+
+
+def shard_url(root: str, name: str) -> str:
+    return storage.join(root, name)
+
+
+def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardIndex:
+    """Read `<root>/index.json` (or `path`; local or a storage URI); a missing or incompatible file is a clear error."""
+    path = str(path) if path is not None else storage.join(root, INDEX_NAME)
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"{path}: no shard index (run `mtl prepare` to write the shards first)")
+    raw = storage.read_json(path)
+    if raw.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: index schema {raw.get('schema')!r}, this mtl reads schema {SCHEMA_VERSION}")
+    shards = {split: [ShardInfo(s["name"], s["samples"], s["labelled"]) for s in raw["splits"][split]["shards"]]
+              for split in SPLITS}
+    stats = {split: LabelStats.from_json(raw["splits"][split]["stats"]) for split in SPLITS}
+    return ShardIndex(root=str(root), shards=shards, stats=stats, image_size=int(raw["image_size"]), raw=raw)

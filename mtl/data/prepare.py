@@ -1,0 +1,276 @@
+"""`mtl prepare`: raw datasets -> WebDataset shards (`train-000000.tar`, `val-000000.tar`) + `index.json`.
+
+Work fans out over Ray tasks, one per work unit (an Aff-Wild2 video, an AFEW-VA clip, a DISFA subject, a chunk of
+ExpW). Each task writes its own temporary shards, frames in video order; the driver then names them in a fixed
+order, so re-running on the same input writes byte-identical shards. Frames whose image is missing or unreadable,
+or that carry no valid label, are skipped and counted by reason in the summary and in index.json. Malformed
+annotations stop the run with an error naming file and line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image
+
+from mtl import storage
+from mtl.config import ConfigError, PrepareConfig
+from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
+from mtl.data.sources.base import SOURCES, Source, WorkUnit
+from mtl.labels import SPLITS, TASKS, DataError, FrameRecord
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 95
+MAX_SKIP_EXAMPLES = 20
+# A fixed tar member time makes shards reproducible byte for byte. It must be an int: a float mtime (webdataset's
+# default, time.time()) makes tarfile add a PAX header to every member, a second header for readers to parse.
+TAR_MTIME = 0
+SHARD_PATTERN = "{split}-{number:06d}.tar"
+
+
+@dataclass
+class UnitResult:
+    """What one work unit produced: temporary shard files and statistics per split, and its skips."""
+
+    shards: list = field(default_factory=list)  # (split, tmp path, samples, labelled per task)
+    stats: dict = field(default_factory=lambda: {s: LabelStats() for s in SPLITS})
+    skipped: dict = field(default_factory=dict)
+    skip_examples: list = field(default_factory=list)
+    frames: int = 0
+
+    def skip(self, reason: str, record: FrameRecord) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.skip_examples) < MAX_SKIP_EXAMPLES:
+            self.skip_examples.append({"reason": reason, "key": record.key, "image": record.image})
+
+
+def image_bytes(record: FrameRecord, size: int) -> Optional[bytes]:
+    """JPEG bytes of the record's face at `size` x `size`: the file itself when it is already such a JPEG and
+    needs no crop or rotation (never re-encoded needlessly), else rotated, cropped, resized and re-encoded.
+
+    Returns None when the image cannot be decoded."""
+    with open(record.image, "rb") as handle:
+        data = handle.read()
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if (image.format == "JPEG" and image.mode == "RGB" and image.size == (size, size) and record.crop is None
+            and not record.rotate):
+        return data
+    image = image.convert("RGB")
+    if record.rotate:
+        image = image.rotate(record.rotate, resample=Image.Resampling.BILINEAR)
+    if record.crop is not None:
+        image = image.crop(record.crop)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+class _PartWriter:
+    """Writes one split of one unit into numbered temporary tar parts of at most `shard_size` samples."""
+
+    def __init__(self, tmp_dir: Path, unit_number: int, split: str, shard_size: int, result: UnitResult):
+        import webdataset as wds
+
+        self._wds, self._tmp_dir, self._unit, self._split = wds, tmp_dir, unit_number, split
+        self._shard_size, self._result = shard_size, result
+        self._writer, self._path, self._count, self._labelled, self._part = None, None, 0, {}, 0
+
+    def write(self, key: str, jpg: bytes, labels: dict) -> None:
+        if self._writer is None or self._count >= self._shard_size:
+            self.close()
+            self._path = self._tmp_dir / f"u{self._unit:07d}-{self._split}-{self._part:04d}.tar"
+            self._writer = self._wds.TarWriter(str(self._path), mtime=TAR_MTIME)
+            self._count, self._labelled, self._part = 0, {t: 0 for t in TASKS}, self._part + 1
+        payload = json.dumps(labels, sort_keys=True).encode("utf-8")
+        self._writer.write({"__key__": key, "jpg": jpg, "json": payload})
+        self._count += 1
+        for task in TASKS:
+            self._labelled[task] += labels[task] is not None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._result.shards.append((self._split, str(self._path), self._count, dict(self._labelled)))
+            self._writer = None
+
+
+def prepare_unit(unit_number: int, source: Source, unit: WorkUnit, tmp_dir: str, shard_size: int,
+                 image_size: int) -> UnitResult:
+    """Read one work unit of `source` and write its samples to temporary shards (runs as a Ray task). The source
+    comes as an argument, not from the registry: a worker does not see sources registered in the driver only."""
+    result = UnitResult()
+    writers: dict[str, _PartWriter] = {}
+    for record in source.read(unit):
+        result.frames += 1
+        if record.au is None and record.expr is None and record.va is None:
+            result.skip("no_label", record)
+            continue
+        if not os.path.isfile(record.image):
+            result.skip("missing_image", record)
+            continue
+        jpg = image_bytes(record, image_size)
+        if jpg is None:
+            result.skip("unreadable_image", record)
+            continue
+        labels = record.labels()
+        if record.split not in writers:
+            writers[record.split] = _PartWriter(Path(tmp_dir), unit_number, record.split, shard_size, result)
+        writers[record.split].write(record.key, jpg, labels)
+        result.stats[record.split].add(labels)
+    for writer in writers.values():
+        writer.close()
+    return result
+
+
+def resolve_sources(names) -> dict[str, Source]:
+    """The registered Source of each name; ConfigError naming every unknown one and the known ones."""
+    unknown = [name for name in names if name not in SOURCES]
+    if unknown:
+        raise ConfigError(f"unknown source{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(sorted(SOURCES.names()))}")
+    return {name: SOURCES.get(name) for name in names}
+
+
+def discover_units(sources: dict[str, Source], roots: dict[str, str]) -> list[tuple[Source, WorkUnit]]:
+    units = []
+    for name, root in roots.items():
+        found = sources[name].discover(Path(root))
+        log.info("%s: %d work units under %s", name, len(found), root)
+        units.extend((sources[name], unit) for unit in found)
+    return units
+
+
+_DEFAULTS = PrepareConfig()
+
+
+def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULTS.shard_size,
+            image_size: int = _DEFAULTS.image_size, progress: bool = True, address: Optional[str] = None) -> dict:
+    """Write shards and index.json for `sources` ({registered source name: root folder}) into `out`; returns the
+    index. Sources are resolved and discovered before Ray is joined (`address`, see ensure_ray), so bad names and
+    layouts fail fast.
+
+    Every stored face is `image_size` square (Aff-Wild2's cropped_aligned faces are 112 x 112 and are copied
+    as they are)."""
+    import ray
+
+    from mtl.progress import progress_bar
+    from mtl.jobs.ray_session import ensure_ray
+
+    started = time.time()
+    out = Path(out)
+    pairs = discover_units(resolve_sources(sources), sources)
+    if not pairs:
+        raise DataError(f"no work units found in {sources}")
+    units = [unit for _, unit in pairs]
+    ensure_ray(address)
+    tmp_dir = out / ".prepare-tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    task = ray.remote(num_cpus=1)(prepare_unit)
+    refs = {source.name: ray.put(source) for source, _ in pairs}  # pickled once, not once per unit
+    pending = {task.remote(i, refs[source.name], unit, str(tmp_dir), shard_size, image_size): i
+               for i, (source, unit) in enumerate(pairs)}
+    results: dict[int, UnitResult] = {}
+    bar = progress_bar(total=len(units), desc="prepare", unit="unit", enabled=progress)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            number = pending.pop(done[0])
+            results[number] = _get(done[0])
+            bar.update(1)
+            bar.set_postfix(frames=sum(r.frames for r in results.values()))
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    index = _finalise(out, tmp_dir, units, [results[i] for i in range(len(units))], sources)
+    index["image_size"] = image_size
+    index["summary"]["seconds"] = round(time.time() - started, 2)
+    storage.write_json(out / INDEX_NAME, index)
+    return index
+
+
+def _get(ref):
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, DataError):
+            raise DataError(str(err.cause)) from None
+        raise
+
+
+def _finalise(out: Path, tmp_dir: Path, units: list[WorkUnit], results: list[UnitResult], sources: dict) -> dict:
+    """Name the temporary shards in unit order, remove stale ones, and assemble the index."""
+    (out / INDEX_NAME).unlink(missing_ok=True)
+    splits = {}
+    for split in SPLITS:
+        shards, stats = [], LabelStats()
+        for result in results:
+            stats.merge(result.stats[split])
+            for shard_split, tmp_path, samples, labelled in result.shards:
+                if shard_split != split:
+                    continue
+                name = SHARD_PATTERN.format(split=split, number=len(shards))
+                os.replace(tmp_path, out / name)
+                shards.append({"name": name, "samples": samples, "labelled": labelled})
+        keep = {s["name"] for s in shards}
+        for stale in out.glob(f"{split}-*.tar"):
+            if stale.name not in keep:
+                stale.unlink()
+        splits[split] = {"shards": shards, "stats": stats.to_json()}
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    skipped: dict[str, int] = {}
+    for result in results:
+        for reason, count in result.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    per_source: dict[str, dict[str, int]] = {}
+    for unit, result in zip(units, results):
+        counts = per_source.setdefault(unit.source, {s: 0 for s in SPLITS})
+        for split in SPLITS:
+            counts[split] += result.stats[split].samples
+    return {
+        "schema": SCHEMA_VERSION,
+        "splits": splits,
+        "summary": {
+            "sources": {name: str(root) for name, root in sources.items()},
+            "units": len(units),
+            "frames_read": sum(r.frames for r in results),
+            "samples": {split: splits[split]["stats"]["samples"] for split in SPLITS},
+            "samples_per_source": per_source,
+            "skipped": dict(sorted(skipped.items())),
+            "skip_examples": [e for r in results for e in r.skip_examples][:MAX_SKIP_EXAMPLES],
+        },
+    }
+
+
+def format_summary(index: dict) -> str:
+    summary = index["summary"]
+    lines = [f"read {summary['frames_read']} frames from {summary['units']} units in {summary.get('seconds', 0)} s"]
+    for split in SPLITS:
+        stats = index["splits"][split]["stats"]
+        labelled = ", ".join(f"{t} {stats['labelled'][t]}" for t in TASKS)
+        lines.append(f"{split}: {stats['samples']} samples in {len(index['splits'][split]['shards'])} shards "
+                     f"(labelled: {labelled})")
+    skipped = summary["skipped"]
+    lines.append("skipped: " + (", ".join(f"{k} {v}" for k, v in skipped.items()) if skipped else "none"))
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""Synthetic Aff-Wild2 (ABAW 2020 layout): drawn faces with smooth, imbalanced, incompletely annotated labels.
+
+Per video, an expression process (segments of 5-15 frames) drives AU intensities through noisy prototypes
+and valence-arousal through per-expression targets; both are exponentially smoothed, so labels change
+smoothly along the video. The face renderer (mtl.data.synth.face) draws the continuous AU intensities; the binary AU label
+is the intensity above AU_THRESHOLD. Videos carry identity, pose, light, occlusion, blur and JPEG nuisances,
+miss some face images, and (in training) are annotated for only some tasks, with scattered invalid lines.
+
+Every video draws from its own generators, keyed by (seed, video slot, person, stream), so the output is
+byte-identical for the same arguments whatever order the videos are produced in.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from mtl.data.synth.face import FaceRenderer
+from mtl.data.synth.looks import GRAIN_MARGIN, Look, Occluder, mix, random_background, random_identity
+from mtl.labels import HEADERS, INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, NUM_EXPR, TASKS
+
+SET_DIRS = {"au": "AU_Set", "expr": "EXPR_Set", "va": "VA_Set"}
+SPLIT_DIRS = {"train": "Training_Set", "val": "Validation_Set"}
+STAGING = ".synth-partial"  # folder inside `out` that holds a dataset while it is being written
+VAL_FRACTION = 0.22
+TASK_COUNT_PROBS = (0.6, 0.3, 0.1)  # a training video is annotated for 1, 2 or 3 tasks
+AU_THRESHOLD = 0.5
+SEGMENT_FRAMES = (5, 15)  # shortest and longest expression segment
+
+# Expression frequencies (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise), Aff-Wild2-like.
+EXPR_PRIOR = np.array([0.50, 0.06, 0.03, 0.03, 0.20, 0.12, 0.06])
+# P(AU active | expression), rows in EXPR_NAMES order, columns AU1 AU2 AU4 AU6 AU12 AU15 AU20 AU25; close to the
+# FACS prototypes (Happiness 6+12, Surprise 1+2+25, Sadness 1+4+15, Fear 1+2+4+20+25, Anger 4, Disgust 4+6+15).
+AU_PROTOTYPES = np.array([
+    [0.02, 0.01, 0.02, 0.02, 0.02, 0.01, 0.01, 0.05],    # Neutral
+    [0.03, 0.02, 0.95, 0.15, 0.02, 0.05, 0.10, 0.40],    # Anger
+    [0.03, 0.02, 0.80, 0.60, 0.03, 0.50, 0.05, 0.25],    # Disgust
+    [0.90, 0.60, 0.70, 0.05, 0.02, 0.05, 0.85, 0.85],    # Fear
+    [0.03, 0.01, 0.01, 0.90, 0.98, 0.01, 0.01, 0.50],    # Happiness
+    [0.80, 0.02, 0.70, 0.05, 0.01, 0.40, 0.02, 0.05],    # Sadness
+    [0.95, 0.85, 0.02, 0.02, 0.03, 0.01, 0.03, 0.95],    # Surprise
+])
+# Mean (valence, arousal) of a full-strength expression, same row order.
+VA_PROTOTYPES = np.array([
+    [0.00, 0.00], [-0.55, 0.55], [-0.50, 0.25], [-0.45, 0.60], [0.55, 0.30], [-0.45, -0.30], [0.15, 0.60],
+])
+# How each AU intensity nudges (valence, arousal) on top of the expression target.
+AU_TO_VA = np.array([
+    [0.00, 0.03], [0.00, 0.08], [-0.06, 0.04], [0.05, 0.02], [0.12, 0.03], [-0.10, -0.03], [-0.04, 0.08],
+    [0.00, 0.06],
+])
+
+# Generator streams of one video person.
+_SCENE, _LABELS, _LOOK, _GAPS = range(4)
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """One annotated face track: a folder under cropped_aligned/ and its annotation files."""
+
+    name: str
+    split: str  # "train" or "val"
+    tasks: tuple[str, ...]  # tasks it is annotated for, in TASKS order
+    slot: int  # index of the source video; the two people of a `_left`/`_right` pair share it
+    person: int  # 0, or 1 for the `_right` person
+
+
+@dataclass(frozen=True)
+class LabelTrack:
+    """Per-frame ground truth of one video person."""
+
+    expr: np.ndarray  # (n,) int in 0..6
+    au_intensity: np.ndarray  # (n, 8) float, what the renderer draws
+    va: np.ndarray  # (n, 2) float in [-1, 1]
+
+    @property
+    def au(self) -> np.ndarray:
+        """(n, 8) binary AU labels."""
+        return (self.au_intensity > AU_THRESHOLD).astype(np.int64)
+
+
+def _rng(seed: int, slot: int, person: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 1, slot, person, stream])
+
+
+def plan_videos(videos: int, seed: int) -> list[VideoPlan]:
+    """Names, splits and annotated tasks of `videos` face tracks (two-person videos count twice)."""
+    rng = np.random.default_rng([seed, 0])
+    pairs = max(1, videos // 12) if videos >= 4 else 0
+    slots = videos - pairs
+    sizes = np.ones(slots, dtype=int)
+    sizes[rng.choice(slots, pairs, replace=False)] = 2
+    val_target = min(max(round(VAL_FRACTION * videos), 1), videos - 1) if videos >= 2 else 0
+    val_slots, val_count = set(), 0
+    for slot in rng.permutation(slots):
+        if val_count + sizes[slot] <= val_target:
+            val_slots.add(int(slot))
+            val_count += sizes[slot]
+    counts = rng.choice([1, 2, 3], size=slots, p=TASK_COUNT_PROBS)
+    tasks = [set(TASKS) if slot in val_slots else {TASKS[i] for i in rng.choice(3, counts[slot], replace=False)}
+             for slot in range(slots)]
+    train_slots = [slot for slot in range(slots) if slot not in val_slots]
+    for task in TASKS:  # every task gets at least one training video
+        if train_slots and not any(task in tasks[slot] for slot in train_slots):
+            tasks[min(train_slots, key=lambda slot: len(tasks[slot]))].add(task)
+    plans = []
+    for slot in range(slots):
+        split = "val" if slot in val_slots else "train"
+        ordered = tuple(task for task in TASKS if task in tasks[slot])
+        names = [f"v{slot + 1:03d}"] if sizes[slot] == 1 else [f"v{slot + 1:03d}_left", f"v{slot + 1:03d}_right"]
+        plans += [VideoPlan(name, split, ordered, slot, person) for person, name in enumerate(names)]
+    return plans
+
+
+def _draw_length(scene: np.random.Generator, frames: int) -> int:
+    return max(1, round(scene.uniform(0.5, 1.5) * frames))
+
+
+def video_length(seed: int, slot: int, frames: int) -> int:
+    """Frame count of a source video: uniform in [0.5, 1.5] x `frames`, at least 1."""
+    return _draw_length(_rng(seed, slot, 0, _SCENE), frames)
+
+
+def runs(rng: np.random.Generator, n: int, rate: float, shortest: int, longest: int) -> np.ndarray:
+    """(n,) bool mask covering about `rate` of the frames with runs of `shortest`..`longest` frames."""
+    mask = np.zeros(n, dtype=bool)
+    count = rng.poisson(rate * n / ((shortest + longest) / 2))
+    for start, length in zip(rng.integers(0, n, count), rng.integers(shortest, longest + 1, count)):
+        mask[start:start + length] = True
+    return mask
+
+
+def _segments(rng: np.random.Generator, n: int, probs: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, expression) segments of SEGMENT_FRAMES frames covering n frames."""
+    segments, start = [], 0
+    while start < n:
+        end = min(n, start + int(rng.integers(SEGMENT_FRAMES[0], SEGMENT_FRAMES[1] + 1)))
+        segments.append((start, end, int(rng.choice(NUM_EXPR, p=probs))))
+        start = end
+    return segments
+
+
+def _smooth(rng: np.random.Generator, target: np.ndarray, rate: float, jitter: float) -> np.ndarray:
+    """Exponential smoothing of target (n, d) toward each frame's value, with Gaussian steps of `jitter`."""
+    noise = rng.normal(0.0, jitter, target.shape)
+    out = np.empty_like(target)
+    state = target[0].copy()
+    for t in range(len(target)):
+        state += rate * (target[t] - state) + noise[t]
+        out[t] = state
+    return out
+
+
+def simulate_labels(rng: np.random.Generator, n: int) -> LabelTrack:
+    """Expression segments -> AU intensity and valence-arousal processes for one person over n frames."""
+    probs = 0.5 * EXPR_PRIOR + 0.5 * rng.dirichlet(EXPR_PRIOR * 10)  # this person's mood, EXPR_PRIOR on average
+    rest = rng.uniform(0.0, 0.25, NUM_AU)  # this person's resting AU intensities
+    va_bias = rng.normal(0.0, 0.06, 2)
+    expr = np.empty(n, dtype=np.int64)
+    au_target = np.empty((n, NUM_AU))
+    va_target = np.empty((n, 2))
+    for start, end, e in _segments(rng, n, probs):
+        strength = rng.uniform(0.4, 1.0)
+        active = rng.random(NUM_AU) < AU_PROTOTYPES[e]
+        expr[start:end] = e
+        au_target[start:end] = np.where(active, rng.uniform(0.6, 1.05, NUM_AU), rest + rng.uniform(0, 0.12, NUM_AU))
+        va_target[start:end] = VA_PROTOTYPES[e] * strength + rng.normal(0.0, 0.1 if e else 0.07, 2)
+    for j in range(NUM_AU):  # short spontaneous flips of single AUs
+        flip = runs(rng, n, 0.008, 3, 12)
+        on = au_target[flip, j] > AU_THRESHOLD
+        au_target[flip, j] = np.where(on, rest[j], rng.uniform(0.6, 1.0, on.size))
+    intensity = np.clip(_smooth(rng, au_target, 0.3, 0.03), 0.0, 1.2)
+    va_target += va_bias + intensity @ AU_TO_VA
+    va = np.clip(_smooth(rng, va_target, 0.15, 0.012), -1.0, 1.0)
+    return LabelTrack(expr, intensity, va)
+
+
+def _drift(rng: np.random.Generator, n: int, mean: float, std: float, keep: float = 0.97) -> np.ndarray:
+    """AR(1) process around `mean` with stationary `std`; `keep` is the per-frame autocorrelation."""
+    steps = rng.normal(0.0, std * np.sqrt(1 - keep**2), n)
+    out = np.empty(n)
+    value = rng.normal(0.0, std)
+    for t in range(n):
+        value = keep * value + steps[t]
+        out[t] = value
+    return out + mean
+
+
+def _occluder(rng: np.random.Generator) -> Occluder:
+    """A bar or a hand somewhere over the lower or side part of the face."""
+    if rng.random() < 0.5:
+        kind, colour = "hand", mix((225, 190, 160), (90, 60, 40), rng.random())
+    else:
+        kind, colour = "bar", tuple(int(c) for c in rng.integers(0, 256, 3))
+    return Occluder(kind, float(rng.uniform(0.15, 0.85)), float(rng.uniform(0.45, 0.95)),
+                    float(rng.uniform(0, 360)), float(rng.uniform(0.25, 0.45)), colour)
+
+
+def simulate_looks(scene: np.random.Generator, rng: np.random.Generator, n: int) -> list[Look]:
+    """Per-frame nuisance: pose drifts from `rng`; light comes from `scene` (shared by both people of a pair)."""
+    light_angle = scene.uniform(0, 2 * np.pi) + _drift(scene, n, 0.0, 0.2)
+    light = np.clip(_drift(scene, n, scene.uniform(0.0, 0.45), 0.03), 0.0, None)
+    brightness = _drift(scene, n, scene.uniform(0.75, 1.15), 0.03)
+    angle = _drift(rng, n, rng.uniform(-6, 6), 4.0)
+    dx = _drift(rng, n, rng.uniform(-0.03, 0.03), 0.02)
+    dy = _drift(rng, n, rng.uniform(-0.03, 0.03), 0.02)
+    scale = _drift(rng, n, rng.uniform(0.92, 1.08), 0.03)
+    gaze = np.clip(_drift(rng, n, 0.0, 0.4, keep=0.9), -1, 1)
+    grain = rng.integers(0, GRAIN_MARGIN, (n, 2))
+    occluders: list[Optional[Occluder]] = [None] * n
+    if rng.random() < 0.4:
+        _per_run(rng, runs(rng, n, rng.uniform(0.02, 0.08), 3, 15), occluders, _occluder)
+    blurs = [0.0] * n
+    if rng.random() < 0.3:
+        _per_run(rng, runs(rng, n, rng.uniform(0.02, 0.08), 2, 10), blurs, lambda r: float(r.uniform(0.6, 1.6)))
+    return [Look(angle=float(angle[t]), dx=float(dx[t]), dy=float(dy[t]), scale=float(scale[t]),
+                 gaze=float(gaze[t]), light_angle=float(light_angle[t]), light=float(light[t]),
+                 brightness=float(brightness[t]), occluder=occluders[t], blur=blurs[t],
+                 grain=(int(grain[t, 0]), int(grain[t, 1])))
+            for t in range(n)]
+
+
+def _per_run(rng: np.random.Generator, mask: np.ndarray, values: list,
+             make: Callable[[np.random.Generator], object]) -> None:
+    """Set values[t] for each masked frame t to one `make(rng)` per contiguous run of the mask."""
+    value = None
+    for t in np.flatnonzero(mask):
+        if t == 0 or not mask[t - 1]:
+            value = make(rng)
+        values[t] = value
+
+
+def annotation_lines(task: str, labels: LabelTrack, invalid: np.ndarray) -> list[str]:
+    """Header plus one line per frame, invalid frames written with the task's marker."""
+    if task == "au":
+        marker = ",".join([str(INVALID_AU)] * NUM_AU)
+        body = [",".join(map(str, row)) for row in labels.au.tolist()]
+    elif task == "expr":
+        marker = str(INVALID_EXPR)
+        body = [str(e) for e in labels.expr.tolist()]
+    else:
+        marker = f"{INVALID_VA:g},{INVALID_VA:g}"
+        body = [f"{v + 0.0:.4f},{a + 0.0:.4f}" for v, a in np.round(labels.va, 4).tolist()]
+    return [HEADERS[task]] + [marker if bad else line for line, bad in zip(body, invalid.tolist())]
+
+
+def _write_text(path: Path, lines: list[str]) -> None:
+    """Write lines atomically: a crash leaves either no file or the whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="ascii", newline="\n")
+    os.replace(tmp, path)
+
+
+def write_video(out: Path, plan: VideoPlan, seed: int, frames: int, image_size: int) -> dict:
+    """Render and annotate one face track; returns its counts."""
+    scene = _rng(seed, plan.slot, 0, _SCENE)  # shared by both people of a pair
+    n = _draw_length(scene, frames)
+    quality = int(scene.integers(60, 96))
+    labels = simulate_labels(_rng(seed, plan.slot, plan.person, _LABELS), n)
+    look_rng = _rng(seed, plan.slot, plan.person, _LOOK)
+    renderer = FaceRenderer(random_identity(look_rng), random_background(look_rng, image_size),
+                            grain_std=float(look_rng.uniform(1.0, 6.0)), grain_rng=look_rng)
+    looks = simulate_looks(scene, look_rng, n)
+    gaps = _rng(seed, plan.slot, plan.person, _GAPS)
+    no_face = runs(gaps, n, gaps.uniform(0.005, 0.035), 1, 4)
+    folder = out / "cropped_aligned" / plan.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in np.flatnonzero(~no_face):
+        renderer.render(labels.au_intensity[t], looks[t]).save(folder / f"{t + 1:05d}.jpg", quality=quality)
+    valid = {}
+    for task in TASKS:
+        invalid = runs(gaps, n, gaps.uniform(0.01, 0.04), 1, 8)  # drawn for every task: streams stay aligned
+        if task in plan.tasks:
+            path = out / "annotations" / SET_DIRS[task] / SPLIT_DIRS[plan.split] / f"{plan.name}.txt"
+            _write_text(path, annotation_lines(task, labels, invalid))
+            valid[task] = int(n - invalid.sum())
+    return {"frames": n, "images": int(n - no_face.sum()), "valid": valid}
+
+
+def _summary(out: Path, plans: list[VideoPlan], stats: list[dict], seconds: float) -> dict:
+    frames = sum(s["frames"] for s in stats)
+    labels = {task: {"videos": {"train": 0, "val": 0}, "frames": {"train": 0, "val": 0}, "invalid": 0}
+              for task in TASKS}
+    for plan, s in zip(plans, stats):
+        for task, valid in s["valid"].items():
+            labels[task]["videos"][plan.split] += 1
+            labels[task]["frames"][plan.split] += valid
+            labels[task]["invalid"] += s["frames"] - valid
+    images = sum(s["images"] for s in stats)
+    return {
+        "out": str(out),
+        "videos": {split: sum(p.split == split for p in plans) for split in ("train", "val")},
+        "frames": frames,
+        "images": images,
+        "frames_without_image": frames - images,
+        "labels": labels,
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(frames / seconds, 1),
+    }
+
+
+def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_size: int = 112,
+               progress: bool = True) -> dict:
+    """Write a synthetic Aff-Wild2-layout dataset to `out` and return a summary.
+
+    `videos` counts face tracks (each half of a `_left`/`_right` pair is one); `frames` is the mean video length.
+    `out` must be absent or empty, except for the STAGING folder a crashed run leaves: everything is written
+    there first and moved into place at the end, annotations/ last, so annotations/ only exists when complete.
+    The summary holds videos per split, frames, images, frames without image, per-task label counts
+    (annotated videos and valid frames per split, invalid lines), seconds and frames per second.
+    """
+    for name, value, least in (("videos", videos, 1), ("frames", frames, 1), ("image_size", image_size, 16),
+                               ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    out = Path(out)
+    staging = out / STAGING
+    if out.exists() and any(entry.name != STAGING for entry in out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; synthesize into a new or empty folder")
+    if staging.exists():
+        shutil.rmtree(staging)
+    start = time.perf_counter()
+    tty = sys.stderr.isatty()
+    plans = plan_videos(videos, seed)
+    stats, done_frames = [], 0
+    for i, plan in enumerate(plans):
+        stats.append(write_video(staging, plan, seed, frames, image_size))
+        done_frames += stats[-1]["frames"]
+        if progress:
+            rate = done_frames / (time.perf_counter() - start)
+            print(f"synth: {i + 1}/{len(plans)} videos, {done_frames} frames, {rate:.0f} frames/s",
+                  end="\r" if tty else "\n", file=sys.stderr, flush=True)
+    if progress and tty:
+        print(file=sys.stderr)
+    for task in TASKS:  # annotation folders exist even where a split has no video for a task
+        for split_dir in SPLIT_DIRS.values():
+            (staging / "annotations" / SET_DIRS[task] / split_dir).mkdir(parents=True, exist_ok=True)
+    for part in ("cropped_aligned", "annotations"):
+        os.replace(staging / part, out / part)
+    staging.rmdir()
+    return _summary(out, plans, stats, time.perf_counter() - start)

@@ -1,0 +1,242 @@
+"""Windows of consecutive frames of one video, for the CNN-RNN variant (docs/recipe.md §1.5).
+
+Sequencing follows the reference, per video, over its consecutive *valid* frames (prepare skipped the others):
+windows of `length` frames every `stride` frames (length // 2 in training, length in evaluation); a window that
+would run past the end is shifted back to end at the last frame; a video shorter than `length` gives one window
+padded by repeating its last frame. A frame is valid when it has any label (prepare dropped the others), so a
+window runs over frames labelled for different tasks and each task's loss is masked per frame; the reference
+windowed each task's labelled frames separately (one window dataset per task).
+
+The unit of work is a video, not a shard. prepare writes each video into its own shards, in frame order, a long
+video over consecutive shards, so at construction each stream reads only the first sample of every shard of the
+split (one open and a few KB per shard, on a thread pool: Aff-Wild2 at 5000 samples per shard is a few hundred
+shards, well under a second on a local disk) and groups consecutive shards of the same video. Whole videos are
+then assigned to slots (rank x DataLoader worker): in training each slot reads positions slot, slot + slots, ...
+of an endless concatenation of seeded video permutations (`data.shard_sequence` over video names), so every slot
+has data whatever the video count; in evaluation slot s of n reads videos s, s + n, ... once. A slot holds one
+video's encoded frames at a time (20,000 frames of 5 KB faces is 100 MB), plus the shuffle buffer of windows
+(`data.shuffle_buffer` windows; overlapping windows share their frames' bytes). An epoch is a fixed number of
+batches per rank from index.json (training samples / stride), so every DDP rank takes the same number of steps;
+each epoch restarts the slots' sequences from fresh permutations and is cut at that count, so it covers about one
+pass over the windows, not exactly each window once (a slot reading long videos gets through fewer of them).
+
+Batches are `mtl.data.stream.collate`'s with a time axis: uint8 image windows [B, T, h, w, 3] with one crop, flip and jitter
+draw per sequence ("flip" [B], "jitter" [B, 3]: a sequence stays temporally consistent), labels [B, T, ...] with
+masks [B, T], "key" B lists of T keys; evaluation batches add "valid" [B, T], true at the first occurrence of a
+frame in its video's windows, so that each frame is scored once. Only the sources in `sources` are windowed
+(by default the registered sources with `videos=True`, Aff-Wild2 only among the built-in ones: the reference
+trained the CNN-RNN on Aff-Wild2 only; ExpW "videos" are still images).
+There is no label balancing (the reference used no sampler for the CNN-RNN): `data.balance` and
+`data.batch_mode` are ignored; every window carries all its frames' labels with masks.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mtl.config import Config
+from mtl.data.augment import BatchDraws, centre_draws, draw_batch, window_side
+from mtl.data.stream import (EpochLoader, as_tensors, collate, whole_batch, rank_and_world, shard_sequence, shuffled,
+                      with_labels)
+from mtl.data.index import ShardIndex
+from mtl.data.sources.base import SOURCES
+from mtl.labels import video_of
+from mtl.data.shards import shard_samples, tar_samples
+
+
+
+def video_sources() -> tuple[str, ...]:
+    """Registered sources windowed by default (`Source.videos`: Aff-Wild2 among the built-in ones)."""
+    return tuple(name for name, source in SOURCES.items() if source.videos)
+SCAN_THREADS = 16
+
+
+def window_indices(count: int, length: int, stride: int) -> list[list[int]]:
+    """Frame indices of each window of a video of `count` frames (docs/recipe.md §1.5 rules)."""
+    if count == 0:
+        return []
+    if count <= length:
+        return [[min(i, count - 1) for i in range(length)]]
+    starts = list(range(0, count - length + 1, stride))
+    if starts[-1] + length < count:
+        starts.append(count - length)
+    return [list(range(start, start + length)) for start in starts]
+
+
+def video_windows(frames: list, length: int, stride: int) -> list[list]:
+    """A video's ordered frames -> its windows of `length` frames (see `window_indices`)."""
+    return [[frames[i] for i in window] for window in window_indices(len(frames), length, stride)]
+
+
+def first_occurrences(windows: list[list[int]]) -> list[list[bool]]:
+    """Per window position: is this the frame's first occurrence in the windows (in order)?"""
+    seen: set[int] = set()
+    marks = []
+    for window in windows:
+        row = []
+        for i in window:
+            row.append(i not in seen)
+            seen.add(i)
+        marks.append(row)
+    return marks
+
+
+def training_stride(length: int) -> int:
+    return max(1, length // 2)
+
+
+@dataclass(frozen=True)
+class Video:
+    name: str  # "<source>/<video>", the sample keys' prefix
+    urls: tuple[str, ...]  # its shards, in frame order
+
+
+def first_key(url: str) -> str:
+    with closing(shard_samples(url)) as samples:
+        for sample in samples:
+            return sample["__key__"]
+    raise ValueError(f"{url}: empty shard")
+
+
+def videos_of_split(index: ShardIndex, split: str, sources: Optional[Sequence[str]] = None) -> list[Video]:
+    """Videos of `split` from `sources` (default `video_sources()`), in shard order: runs of consecutive shards whose first key names the
+    same video (prepare never puts two videos in one shard)."""
+    urls = index.shard_urls(split)
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        names = list(pool.map(lambda url: video_of(first_key(url)), urls))
+    videos = [Video(name, tuple(url for url, _ in run))
+              for name, run in groupby(zip(urls, names), key=lambda pair: pair[1])]
+    sources = video_sources() if sources is None else sources
+    videos = [video for video in videos if video.name.partition("/")[0] in sources]
+    if not videos:
+        raise ValueError(f"{index.root}: no {split} videos from {', '.join(sources)}")
+    return videos
+
+
+def read_video(video: Video) -> list[tuple[str, bytes, dict]]:
+    """The video's (key, jpg, labels) frames in order; a shard holding another video's frame is an error."""
+    frames = list(with_labels(tar_samples(video.urls)))
+    strays = [key for key, _, _ in frames if video_of(key) != video.name]
+    if strays:
+        raise ValueError(f"{video.urls}: shards of {video.name} also hold {strays[0]} (shards from an older prepare?)")
+    return frames
+
+
+def collate_windows(windows: list[list[tuple]], stored_size: int, side: int, draws: BatchDraws) -> dict:
+    """B windows of T (key, jpg, labels) frames, one draw per window -> `data.collate`'s batch with a time axis."""
+    count, length = len(windows), len(windows[0])
+    per_frame = BatchDraws(np.repeat(draws.offsets, length, axis=0), np.repeat(draws.flip, length),
+                           np.repeat(draws.jitter, length, axis=0))
+    frames = collate([frame for window in windows for frame in window], stored_size, side, per_frame)
+    keys = frames.pop("key")
+    batch = {name: value.reshape(count, length, *value.shape[1:]) for name, value in frames.items()}
+    batch.update(key=[keys[i:i + length] for i in range(0, len(keys), length)], flip=draws.flip, jitter=draws.jitter)
+    return batch
+
+
+def worker_of() -> tuple[int, int]:
+    """(worker id, workers) of this DataLoader worker; (0, 1) in the main process."""
+    worker = get_worker_info()
+    return (worker.id, worker.num_workers) if worker else (0, 1)
+
+
+class WindowStream(IterableDataset):
+    """Endless shuffled, augmented batches of training windows of one rank; each DataLoader worker is one slot."""
+
+    def __init__(self, index: ShardIndex, cfg: Config, length: int = 32, split: str = "train", rank: int = 0,
+                 world: int = 1, sources: Optional[Sequence[str]] = None):
+        super().__init__()
+        self.videos = {video.name: video for video in videos_of_split(index, split, sources)}
+        self.stored_size = index.image_size
+        self.cfg, self.length, self.rank, self.world, self.epoch = cfg, length, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker_id, workers = worker_of()
+        data, seed, batch_size = self.cfg.data, self.cfg.train.seed, self.cfg.train.batch_size
+        rng = np.random.default_rng([seed, self.epoch, self.rank, worker_id])
+        names = shard_sequence(list(self.videos), seed, self.epoch, self.rank * workers + worker_id,
+                               self.world * workers)
+        stride = training_stride(self.length)
+        windows = (window for name in names
+                   for window in video_windows(read_video(self.videos[name]), self.length, stride))
+        side = window_side(self.stored_size, data.augment.crop_scale)
+        batch = []
+        for window in shuffled(windows, data.shuffle_buffer, rng):
+            batch.append(window)
+            if len(batch) == batch_size:
+                yield collate_windows(batch, self.stored_size, side,
+                                      draw_batch(rng, len(batch), self.stored_size, data.augment))
+                batch = []
+
+
+def window_batches_per_epoch(index: ShardIndex, cfg: Config, length: int, world: int, split: str = "train",
+                             sources: Optional[Sequence[str]] = None) -> int:
+    """Batches each rank takes per epoch, from index.json: about one pass over the windows (samples / stride)."""
+    per_source = index.raw["summary"]["samples_per_source"]
+    sources = video_sources() if sources is None else sources
+    samples = sum(per_source.get(source, {}).get(split, 0) for source in sources)
+    return max(1, samples // training_stride(length) // (cfg.train.batch_size * world))
+
+
+def window_loader(index: ShardIndex, cfg: Config, length: int = 32, num_workers: int = 2,
+                  rank: Optional[int] = None, world: Optional[int] = None, split: str = "train",
+                  sources: Optional[Sequence[str]] = None) -> EpochLoader:
+    """The training loader of windows of this rank (rank and world default to the Ray Train context)."""
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    stream = WindowStream(index, cfg, length, split, rank, world, sources)
+    return EpochLoader(stream, window_batches_per_epoch(index, cfg, length, world, split, sources), num_workers)
+
+
+class EvalWindowStream(IterableDataset):
+    """Non-overlapping centre-cropped windows of every video exactly once across ranks and workers, with "valid"."""
+
+    def __init__(self, index: ShardIndex, split: str = "val", length: int = 32, batch_size: int = 8,
+                 crop_scale: float = 1.2, rank: int = 0, world: int = 1, sources: Optional[Sequence[str]] = None):
+        super().__init__()
+        self.videos = videos_of_split(index, split, sources)
+        self.stored_size = index.image_size
+        self.length, self.batch_size, self.crop_scale = length, batch_size, crop_scale
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[dict]:
+        worker_id, workers = worker_of()
+        batch: list[tuple[list, list[bool]]] = []
+        for video in self.videos[self.rank * workers + worker_id::self.world * workers]:
+            frames = read_video(video)
+            windows = window_indices(len(frames), self.length, self.length)
+            for window, valid in zip(windows, first_occurrences(windows)):
+                batch.append(([frames[i] for i in window], valid))
+                if len(batch) == self.batch_size:
+                    yield self._collate(batch)
+                    batch = []
+        if batch:
+            yield self._collate(batch)
+
+    def _collate(self, batch: list[tuple[list, list[bool]]]) -> dict:
+        windows, valid = zip(*batch)
+        draws = centre_draws(len(windows), self.stored_size, self.crop_scale)
+        out = collate_windows(list(windows), self.stored_size, window_side(self.stored_size, self.crop_scale), draws)
+        out["valid"] = np.array(valid, dtype=bool)
+        return out
+
+
+def eval_window_loader(index: ShardIndex, split: str = "val", length: int = 32, batch_size: int = 8,
+                       crop_scale: float = 1.2, num_workers: int = 1, rank: Optional[int] = None,
+                       world: Optional[int] = None, sources: Optional[Sequence[str]] = None) -> Iterator[dict]:
+    """Batches of windows of this rank's share of the videos of `split` (see EvalWindowStream)."""
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    stream = EvalWindowStream(index, split, length, batch_size, crop_scale, rank, world, sources)
+    for batch in DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=whole_batch):
+        yield as_tensors(batch)

@@ -1,0 +1,140 @@
+"""Validation predictions and ABAW scores: used every epoch by training and by `mtl evaluate`.
+
+Each rank predicts its share of the split (every sample exactly once across ranks, see `mtl.data.stream.eval_loader`);
+the predictions are gathered on rank 0, which scores the whole split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mtl.data.augment import model_input
+from mtl.data.stream import eval_loader
+from mtl.data.index import ShardIndex
+from mtl.labels import AU_NAMES, EXPR_NAMES, INVALID_VA, VA_BINS
+from mtl.eval.metrics import au_metric, expr_metric, va_metric
+from mtl.models.heads import predictions
+
+FIELDS = ("au_prob", "expr_prob", "va_pred", "au_true", "expr_true", "va_true")
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: int, batch_size: int,
+            device: torch.device, crop_scale: float = 1.2, rank: int = 0, world: int = 1,
+            channels_last: bool = False, autocast: bool = False, seq_len: Optional[int] = None) -> dict:
+    """This rank's predictions and labels on `split`: keys, AU/EXPR probabilities, VA expectations, and the
+    labels with missing ones as the metric markers (-1, -5). With `seq_len` the model is temporal: it reads
+    windows of that many frames, and each frame is scored once (its first occurrence in its video's windows)."""
+    from mtl.data.windows import eval_window_loader
+
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list] = {name: [] for name in ("key", *FIELDS)}
+    batches = (eval_window_loader(index, split, seq_len, max(1, batch_size // seq_len), crop_scale, rank=rank,
+                                  world=world) if seq_len else
+               eval_loader(index, split, batch_size, crop_scale, num_workers=1, rank=rank, world=world))
+    for batch in batches:
+        x = model_input(batch["image"].to(device, non_blocking=True), image_size, channels_last=channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        probs = predictions({k: out[k].float() for k in ("au", "expr", "va")})
+        values = {"au_prob": probs["au"].cpu().numpy(), "expr_prob": probs["expr"].cpu().numpy(),
+                  "va_pred": probs["va"].cpu().numpy(), **metric_labels(batch)}
+        keys = batch["key"]
+        if seq_len:  # windows [B, T, ...] -> the frames scored here
+            valid = batch["valid"].numpy()
+            values = {name: value[valid] for name, value in values.items()}
+            keys = [k for window, marks in zip(keys, valid) for k, keep in zip(window, marks) if keep]
+        parts["key"] += keys
+        for name, value in values.items():
+            parts[name].append(value)
+    model.train(was_training)
+    return {"key": parts["key"], **{name: _concat(parts[name], name) for name in FIELDS}}
+
+
+def metric_labels(batch: dict) -> dict:
+    """A batch's labels as the metrics take them: missing AU rows -1, missing EXPR -1, missing VA rows -5."""
+    return {"au_true": np.where(batch["au_mask"][..., None].numpy(), batch["au"].numpy(), -1).astype(int),
+            "expr_true": batch["expr"].numpy(),
+            "va_true": np.where(batch["va_mask"][..., None].numpy(), batch["va"].numpy(), INVALID_VA)}
+
+
+def _concat(chunks: list, name: str) -> np.ndarray:
+    if chunks:
+        return np.concatenate(chunks)
+    width = {"au_prob": 8, "au_true": 8, "expr_prob": 7, "va_pred": 2, "va_true": 2}.get(name)
+    return np.zeros((0, width) if width else (0,))
+
+
+def gather(preds: dict) -> Optional[dict]:
+    """All ranks' predictions on rank 0 (None elsewhere); the identity without torch.distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return preds
+    everything = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(preds, everything, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    return {"key": [k for p in everything for k in p["key"]],
+            **{name: np.concatenate([p[name] for p in everything]) for name in FIELDS}}
+
+
+def score(preds: dict, au_thresholds=0.5) -> dict:
+    """ABAW scores of gathered predictions: {"au", "expr", "va", "total"} plus each task's details."""
+    au = au_metric(preds["au_true"], (preds["au_prob"] >= np.asarray(au_thresholds)).astype(int))
+    expr = expr_metric(preds["expr_true"], preds["expr_prob"].argmax(axis=1))
+    va = va_metric(preds["va_true"], preds["va_pred"])
+    scores = {"au": au["score"], "expr": expr["score"], "va": va["score"]}
+    scores["total"] = float(np.nansum(list(scores.values())))
+    return {**scores, "details": {"au": au, "expr": expr, "va": va, "samples": len(preds["key"])}}
+
+
+def format_scores(result: dict) -> str:
+    """Per-task metrics as text: F1 and accuracy per AU, EXPR confusion matrix, CCCs."""
+    details = result["details"]
+    au, expr, va = details["au"], details["expr"], details["va"]
+    lines = [f"samples: {details['samples']}",
+             f"AU   score {au['score']:.4f}  F1 {au['f1']:.4f}  acc {au['acc']:.4f}",
+             "     " + "  ".join(f"{n} {f:.3f}" for n, f in zip(AU_NAMES, au["f1_per_au"])),
+             f"EXPR score {expr['score']:.4f}  F1 {expr['f1']:.4f}  acc {expr['acc']:.4f}",
+             "     confusion (rows true, columns predicted):",
+             "     " + " ".join(f"{n[:5]:>6s}" for n in EXPR_NAMES)]
+    lines += ["     " + " ".join(f"{c:6d}" for c in row) + f"  {EXPR_NAMES[i]}"
+              for i, row in enumerate(expr["confusion"])]
+    lines.append(f"VA   score {va['score']:.4f}  CCC valence {va['ccc_valence']:.4f}  arousal {va['ccc_arousal']:.4f}"
+                 f"  (sum {va['sum']:.4f})")
+    lines.append(f"total {result['total']:.4f}")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str = "val",
+                        batch_size: int = 128) -> dict:
+    """Score a saved model on a split of a shard folder (`mtl evaluate`)."""
+    from mtl.checkpoint import load_model
+    from mtl.data.index import load_index
+
+    model, cfg = load_model(checkpoint)
+    index = load_index(shards)
+    preds = predict(model, index, split, cfg.data.image_size, batch_size, torch.device("cpu"),
+                    cfg.data.augment.crop_scale, seq_len=cfg.model.seq_len if cfg.model.temporal else None)
+    return score(preds)
+
+
+def chance_scores(index: ShardIndex, split: str = "val") -> dict:
+    """Scores on `split` of predictors that ignore the image: no AU active, the most frequent training
+    expression, the mean training valence-arousal. Any trained model must beat them."""
+    train = index.stats["train"]
+    centres = (np.arange(VA_BINS) + 0.5) * 2 / VA_BINS - 1
+    total = max(int(train.va_hist.sum()), 1)
+    mean_va = [float(train.va_hist.sum(1) @ centres / total), float(train.va_hist.sum(0) @ centres / total)]
+    batches = [metric_labels(b) for b in eval_loader(index, split, batch_size=256, num_workers=0, rank=0, world=1)]
+    au, expr, va = (np.concatenate([b[name] for b in batches]) for name in ("au_true", "expr_true", "va_true"))
+    scores = {"au": au_metric(au, np.zeros_like(au))["score"],
+              "expr": expr_metric(expr, np.full_like(expr, int(np.argmax(train.expr_counts))))["score"],
+              "va": va_metric(va, np.tile(mean_va, (len(va), 1)))["score"]}
+    scores["total"] = float(sum(scores.values()))
+    return scores

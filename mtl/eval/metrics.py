@@ -1,0 +1,106 @@
+"""ABAW 2020 metrics for the three tasks (docs/recipe.md §7), in plain numpy.
+
+Every metric takes ground truth and predictions as arrays (or nested lists), drops the rows whose ground truth is
+missing (AU: any of the 8 labels is -1; EXPR: -1; VA: -5 or NaN in either column) and returns a dict of python
+floats. With no row left, every score is NaN (never an exception), so a task absent from a split is visible in a
+report without crashing it. A shape that does not fit raises ValueError naming the argument and the expected shape;
+a label or prediction outside its vocabulary raises ValueError too.
+
+F1 follows scikit-learn's defaults exactly: F1 = 2·TP / (2·TP + FP + FN), and 0 where that is 0/0 (a class or AU
+with no positive in truth nor prediction), so a class absent from a split drags the macro F1 down.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, NUM_EXPR
+
+AU_WEIGHTS = (0.5, 0.5)  # (F1, accuracy)
+EXPR_WEIGHTS = (0.67, 0.33)  # (macro F1, accuracy)
+
+
+def au_metric(y_true: ArrayLike, y_pred: ArrayLike) -> dict:
+    """8 binary AUs: {"f1": mean per-AU F1, "acc": accuracy over all N×8 decisions, "score", "f1_per_au": [8]}."""
+    true, pred = _pair(y_true, y_pred, (NUM_AU,))
+    keep = ~(true == INVALID_AU).any(axis=1)
+    true, pred = true[keep], pred[keep]
+    _check_values(true, (0, 1), "y_true")
+    _check_values(pred, (0, 1), "y_pred")
+    if len(true) == 0:
+        return {"f1": np.nan, "acc": np.nan, "score": np.nan, "f1_per_au": [np.nan] * NUM_AU}
+    t, p = true == 1, pred == 1
+    per_au = [_f1(int((tj & pj).sum()), int((~tj & pj).sum()), int((tj & ~pj).sum())) for tj, pj in zip(t.T, p.T)]
+    f1, acc = float(np.mean(per_au)), float(np.mean(t == p))
+    return {"f1": f1, "acc": acc, "score": AU_WEIGHTS[0] * f1 + AU_WEIGHTS[1] * acc, "f1_per_au": per_au}
+
+
+def expr_metric(y_true: ArrayLike, y_pred: ArrayLike) -> dict:
+    """7 expressions: {"f1": macro F1 over all 7 classes, "acc", "score", "confusion": 7×7 (rows true, cols pred)}."""
+    true, pred = _pair(y_true, y_pred, ())
+    keep = true != INVALID_EXPR
+    true, pred = true[keep], pred[keep]
+    classes = tuple(range(NUM_EXPR))
+    _check_values(true, classes, "y_true")
+    _check_values(pred, classes, "y_pred")
+    confusion = np.zeros((NUM_EXPR, NUM_EXPR), dtype=np.int64)
+    np.add.at(confusion, (true.astype(np.int64), pred.astype(np.int64)), 1)
+    if len(true) == 0:
+        return {"f1": np.nan, "acc": np.nan, "score": np.nan, "confusion": confusion.tolist()}
+    tp = np.diag(confusion)
+    fp, fn = confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp
+    f1 = float(np.mean([_f1(int(a), int(b), int(c)) for a, b, c in zip(tp, fp, fn)]))
+    acc = float(tp.sum() / len(true))
+    score = EXPR_WEIGHTS[0] * f1 + EXPR_WEIGHTS[1] * acc
+    return {"f1": f1, "acc": acc, "score": score, "confusion": confusion.tolist()}
+
+
+def va_metric(y_true: ArrayLike, y_pred: ArrayLike) -> dict:
+    """Valence and arousal: {"ccc_valence", "ccc_arousal", "score": their mean (ABAW), "sum": their sum (repo)}."""
+    true, pred = _pair(y_true, y_pred, (2,))
+    true = true.astype(np.float64)
+    keep = ~(np.isnan(true) | (true == INVALID_VA)).any(axis=1)
+    true, pred = true[keep], pred[keep].astype(np.float64)
+    v, a = ccc(true[:, 0], pred[:, 0]), ccc(true[:, 1], pred[:, 1])
+    return {"ccc_valence": v, "ccc_arousal": a, "score": (v + a) / 2, "sum": v + a}
+
+
+def ccc(x: ArrayLike, y: ArrayLike) -> float:
+    """Concordance correlation coefficient 2·cov / (var_x + var_y + (mean_x − mean_y)²), population moments.
+
+    Empty input gives NaN. The denominator is 0 only when x and y are the same constant, which is perfect
+    agreement: that case gives 1.0. Otherwise a constant x or y gives 0.0 (no covariance).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be 1-D of equal length (N,), got {x.shape} and {y.shape}")
+    if len(x) == 0:
+        return float("nan")
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = np.mean(dx * dx) + np.mean(dy * dy) + (x.mean() - y.mean()) ** 2
+    if denominator == 0:
+        return 1.0
+    return float(2 * np.mean(dx * dy) / denominator)
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    denominator = 2 * tp + fp + fn
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def _pair(y_true: ArrayLike, y_pred: ArrayLike, row: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays, checked to have shape (N, *row) with the same N."""
+    true, pred = np.asarray(y_true), np.asarray(y_pred)
+    expected = f"(N, {', '.join(map(str, row))})" if row else "(N,)"
+    if true.ndim != 1 + len(row) or true.shape[1:] != row:
+        raise ValueError(f"y_true must have shape {expected}, got {true.shape}")
+    if pred.shape != true.shape:
+        raise ValueError(f"y_pred must have the shape of y_true {true.shape}, got {pred.shape}")
+    return true, pred
+
+
+def _check_values(values: np.ndarray, allowed: tuple[int, ...], name: str) -> None:
+    bad = ~np.isin(values, allowed)
+    if bad.any():
+        raise ValueError(f"{name} holds {values[bad][0].item()!r}, expected one of {allowed}")

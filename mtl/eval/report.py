@@ -1,0 +1,273 @@
+"""The run report (README "Students, ensemble, pipeline"; schema in CONTRIBUTING.md): `report.json`, a short `report.md` and `plots/*.png`.
+
+Inputs are `mtl.eval.evaluate.score` results. The teacher and each student may carry "name" and "history" (per-epoch
+dicts with "epoch", "train_loss", "val_au", "val_expr", "val_va", "val_total"); the ensemble carries "members",
+"thresholds", "tuned_on_videos", "reported_on_videos" and optionally "preds" (its predictions on the reporting
+half, as `mtl.eval.evaluate.predict` returns them), which feed the plots but never report.json. Missing models and NaN
+scores are shown as "n/a" (null in JSON).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mtl import storage
+from mtl.storage import json_ready
+from mtl.labels import AU_NAMES, EXPR_NAMES, INVALID_VA, VA_NAMES
+
+COLUMNS = ("au", "expr", "va", "total")
+HEADERS = ("AU", "EXPR", "VA", "total")
+PLOT_DIR = "plots"
+DPI = 100
+NOT_IN_JSON = ("preds",)
+
+
+def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequence[Mapping],
+                 ensemble: Optional[Mapping], timings: Mapping[str, float], config: Any) -> dict:
+    """Write report.json, report.md and plots/ into `run_dir`; return the report as written to JSON.
+
+    `config` is a mapping or a pydantic model (dumped with `model_dump(mode="json")`)."""
+    run_dir = storage.absolute(run_dir)  # a local path or a storage URI
+    if hasattr(config, "model_dump"):
+        config = config.model_dump(mode="json")
+    report = {"teacher": _entry(teacher, "teacher"),
+              "students": [_entry(s, f"student {i}") for i, s in enumerate(students)],
+              "ensemble": _entry(ensemble, "ensemble"),
+              "timings": json_ready(dict(timings)), "config": json_ready(config)}
+    storage.write_json(storage.join(run_dir, "report.json"), report)
+    plots = write_plots(storage.join(run_dir, PLOT_DIR), report, ensemble.get("preds") if ensemble else None)
+    storage.write_text(storage.join(run_dir, "report.md"), markdown(report, plots))
+    return report
+
+
+def _entry(result: Optional[Mapping], name: str) -> Optional[dict]:
+    if result is None:
+        return None
+    entry = json_ready({k: v for k, v in result.items() if k not in NOT_IN_JSON})
+    entry.setdefault("name", name)
+    return entry
+
+
+def rows(report: Mapping) -> list[tuple[str, Optional[Mapping]]]:
+    """(name, entry) for the teacher, each student and the ensemble, in table order."""
+    students = [(s["name"], s) for s in report.get("students") or []]
+    return [("teacher", report.get("teacher")), *students, ("ensemble", report.get("ensemble"))]
+
+
+def value(entry: Optional[Mapping], key: str) -> Optional[float]:
+    """A finite score or None."""
+    v = entry.get(key) if entry else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def format_score(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def format_table(report: Mapping) -> str:
+    """Plain-text score table (teacher / students / ensemble rows; AU, EXPR, VA, total; 4 decimals)."""
+    table = [(name, *(format_score(value(entry, c)) for c in COLUMNS)) for name, entry in rows(report)]
+    width = max(len("model"), *(len(r[0]) for r in table))
+    lines = [f"{'model':<{width}}" + "".join(f"{h:>9}" for h in HEADERS)]
+    lines += [f"{r[0]:<{width}}" + "".join(f"{c:>9}" for c in r[1:]) for r in table]
+    return "\n".join(lines)
+
+
+def best(report: Mapping) -> dict[str, Optional[float]]:
+    """The best finite score of each column over all rows (None if none)."""
+    out = {}
+    for c in COLUMNS:
+        values = [v for _, e in rows(report) if (v := value(e, c)) is not None]
+        out[c] = max(values) if values else None
+    return out
+
+
+def markdown_table(report: Mapping) -> list[str]:
+    """The score table in Markdown, the best of each column in bold."""
+    top = best(report)
+    lines = ["| model | " + " | ".join(HEADERS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for name, entry in rows(report):
+        cells = []
+        for c in COLUMNS:
+            v = value(entry, c)
+            cells.append(f"**{format_score(v)}**" if v is not None and v == top[c] else format_score(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def beats_teacher(report: Mapping) -> list[str]:
+    """One line per student: the tasks (and total) on which it scores above the teacher."""
+    teacher, students = report.get("teacher"), report.get("students") or []
+    if not students:
+        return ["No students yet."]
+    lines = []
+    for s in students:
+        won = [h for c, h in zip(COLUMNS, HEADERS)
+               if (a := value(s, c)) is not None and (b := value(teacher, c)) is not None and a > b]
+        lines.append(f"- {s['name']}: " + (", ".join(won) if won else "none"))
+    return lines
+
+
+def ensemble_lines(report: Mapping) -> list[str]:
+    """Members, AU thresholds and the honest-scoring note."""
+    ensemble = report.get("ensemble")
+    if not ensemble:
+        return ["No ensemble yet."]
+    students = report.get("students") or []
+    members = [students[i]["name"] if isinstance(i, int) and 0 <= i < len(students) else str(i)
+               for i in ensemble.get("members") or []]
+    thresholds = ensemble.get("thresholds") or []
+    return [f"Members: {', '.join(members) if members else 'n/a'}", "",
+            "AU thresholds: " + (", ".join(f"{n} {format_score(t)}" for n, t in zip(AU_NAMES, thresholds)) or "n/a"), "",
+            f"The ensemble's scores are measured on {ensemble.get('reported_on_videos', 'n/a')} validation videos "
+            f"not used to tune its thresholds and members (tuned on {ensemble.get('tuned_on_videos', 'n/a')} "
+            "other videos); teacher and student scores cover the whole validation split."]
+
+
+def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:
+    """report.md: scores, students vs teacher, ensemble, timings, plots (or why a plot is missing)."""
+    timings = report.get("timings") or {}
+    lines = ["# Run report", "", "## Validation scores", "", *markdown_table(report), "",
+             "## Students vs teacher", "", *beats_teacher(report), "",
+             "## Ensemble", "", *ensemble_lines(report), "", "## Timings", ""]
+    if timings:
+        lines += ["| stage | seconds |", "|---|---:|",
+                  *(f"| {k} | {'n/a' if v is None else f'{v:.1f}'} |" for k, v in timings.items())]
+    else:
+        lines.append("n/a")
+    lines += ["", "## Plots", ""]
+    lines += [f"- [{name}]({PLOT_DIR}/{name}.png)" if why is None else f"- {name}: not drawn ({why})"
+              for name, why in plots.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(folder: str | Path, report: Mapping, preds: Optional[Mapping]) -> dict[str, Optional[str]]:
+    """Draw every plot into `folder` (local or a storage URI); {plot name: None if written, else why it was
+    skipped}."""
+    storage.makedirs(folder)
+    drawers = {"scores": lambda: plot_scores(report), "expr_confusion": lambda: plot_confusion(report),
+               "au_f1": lambda: plot_au_f1(report), "va_scatter": lambda: plot_va(preds),
+               "training_curves": lambda: plot_curves(report)}
+    out = {}
+    for name, draw in drawers.items():
+        figure = draw()
+        if isinstance(figure, str):
+            out[name] = figure
+            continue
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=DPI)
+        storage.write_atomic(storage.join(folder, f"{name}.png"), image.getvalue())
+        out[name] = None
+    return out
+
+
+def new_figure(width: float, height: float, ncols: int = 1, **kwargs) -> tuple[Figure, Any]:
+    """A pyplot-free figure on the Agg canvas (safe in worker threads) and its axes."""
+    figure = Figure(figsize=(width, height), layout="tight")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(1, ncols, **kwargs)
+
+
+def _nan(v: Optional[float]) -> float:
+    return np.nan if v is None else v
+
+
+def plot_scores(report: Mapping) -> Figure:
+    """Grouped bars: one group per task (and total), one bar per model."""
+    entries = rows(report)
+    figure, ax = new_figure(7, 3.5)
+    width = 0.8 / len(entries)
+    x = np.arange(len(COLUMNS))
+    for i, (name, entry) in enumerate(entries):
+        heights = [_nan(value(entry, c)) for c in COLUMNS]
+        ax.bar(x + (i - (len(entries) - 1) / 2) * width, np.nan_to_num(heights), width, label=name)
+    ax.set_xticks(x, HEADERS)
+    ax.set_ylabel("score (validation)")
+    ax.legend(fontsize="small", ncol=2)
+    return figure
+
+
+def details(entry: Optional[Mapping], task: str) -> Optional[Mapping]:
+    return ((entry or {}).get("details") or {}).get(task)
+
+
+def plot_confusion(report: Mapping) -> Figure | str:
+    """The ensemble's EXPR confusion matrix, rows (true classes) normalised to 1."""
+    expr = details(report.get("ensemble"), "expr")
+    if not expr or expr.get("confusion") is None:
+        return "no ensemble EXPR confusion matrix"
+    counts = np.asarray(expr["confusion"], dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    figure, ax = new_figure(5.5, 4.5)
+    image = ax.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+    ticks = np.arange(len(EXPR_NAMES))
+    ax.set_xticks(ticks, EXPR_NAMES, rotation=45, ha="right")
+    ax.set_yticks(ticks, EXPR_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (r, c), share in np.ndenumerate(shares):
+        ax.text(c, r, f"{share:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if share > 0.5 else "black")
+    figure.colorbar(image, ax=ax)
+    return figure
+
+
+def plot_au_f1(report: Mapping) -> Figure | str:
+    """Per-AU F1, teacher vs ensemble."""
+    series = [(name, au["f1_per_au"]) for name in ("teacher", "ensemble")
+              if (au := details(report.get(name), "au")) and au.get("f1_per_au") is not None]
+    if not series:
+        return "no per-AU F1 for the teacher or the ensemble"
+    figure, ax = new_figure(7, 3.5)
+    x = np.arange(len(AU_NAMES))
+    width = 0.8 / len(series)
+    for i, (name, f1) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num([_nan(v) for v in f1]), width, label=name)
+    ax.set_xticks(x, AU_NAMES)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.legend(fontsize="small")
+    return figure
+
+
+def plot_va(preds: Optional[Mapping]) -> Figure | str:
+    """Predicted vs true valence and arousal of the ensemble (frames with VA labels only)."""
+    if preds is None:
+        return "no ensemble predictions given"
+    true = np.asarray(preds["va_true"], dtype=float).reshape(-1, 2)
+    pred = np.asarray(preds["va_pred"], dtype=float).reshape(-1, 2)
+    keep = ~(np.isnan(true) | (true == INVALID_VA)).any(axis=1)
+    figure, axes = new_figure(7, 3.5, 2, sharey=True)
+    for j, (ax, name) in enumerate(zip(axes, VA_NAMES)):
+        ax.plot([-1, 1], [-1, 1], color="grey", linewidth=0.8)
+        ax.scatter(true[keep, j], pred[keep, j], s=4, alpha=0.4)
+        if not keep.any():
+            ax.text(0, 0, "no VA labels", ha="center", va="center")
+        ax.set(xlim=(-1, 1), ylim=(-1, 1), xlabel=f"true {name}", title=name, aspect="equal")
+    axes[0].set_ylabel("predicted")
+    return figure
+
+
+def plot_curves(report: Mapping) -> Figure | str:
+    """Train loss and validation total per epoch, teacher and students."""
+    runs = [(name, entry["history"]) for name, entry in rows(report)[:-1] if entry and entry.get("history")]
+    if not runs:
+        return "no training histories given"
+    figure, axes = new_figure(8, 3.5, 2)
+    for ax, key in zip(axes, ("train_loss", "val_total")):
+        for name, history in runs:
+            points = [(h.get("epoch", i), _nan(value(h, key))) for i, h in enumerate(history)]
+            ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+        ax.set(xlabel="epoch", title=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].legend(fontsize="small")
+    return figure

@@ -1,0 +1,1 @@
+"""Registered non-timm backbones: each module adds one to `mtl.models.backbones.BACKBONES`."""

@@ -1,0 +1,74 @@
+"""The training objective, chosen once from `train.role`: what a step's loss is made of.
+
+- teacher: the masked multitask loss on ground truth only (docs/recipe.md §2).
+- student: ground truth mixed with the teacher's soft labels (docs/recipe.md §3): stored ones joined to each
+  batch by the stream, or, with `distill.on_the_fly`, the frozen teacher run on the same augmented images.
+
+An objective is built by `make_objective(cfg, device)` and called as `objective(outputs, batch, x)` ->
+(loss, {task: part}). A new objective is a factory `(cfg, device) -> callable` registered in `OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from mtl.config import Config
+from mtl.labels import TASKS
+from mtl.objectives.distill import soft_targets, student_loss
+from mtl.objectives.losses import multitask_loss
+from mtl.registry import Registry
+
+Objective = Callable[[dict, dict, torch.Tensor], tuple]
+OBJECTIVES: Registry[Callable[[Config, torch.device], Objective]] = Registry("objective")
+
+
+def make_objective(cfg: Config, device: torch.device) -> Objective:
+    return OBJECTIVES.get(cfg.train.role, key="train.role")(cfg, device)
+
+
+def loss_weights(cfg: Config) -> dict:
+    return {"au": cfg.loss.lambda_au, "expr": cfg.loss.lambda_expr, "va": cfg.loss.lambda_va}
+
+
+@OBJECTIVES.register("teacher")
+def teacher_objective(cfg: Config, device: torch.device) -> Objective:
+    lambdas = loss_weights(cfg)
+
+    def objective(outputs: dict, batch: dict, x: torch.Tensor) -> tuple:
+        return multitask_loss(outputs, batch, lambdas, ccc_weight=cfg.loss.ccc_weight)
+    return objective
+
+
+@OBJECTIVES.register("student")
+def student_objective(cfg: Config, device: torch.device) -> Objective:
+    distill = cfg.distill
+    teacher = load_teacher(cfg, device) if distill.on_the_fly else None
+    lambdas = loss_weights(cfg) if distill.task_weights else None
+
+    def objective(outputs: dict, batch: dict, x: torch.Tensor) -> tuple:
+        return student_loss(outputs, batch, batch_soft_targets(batch, teacher, x), distill.alpha, distill.temperature,
+                            lambdas=lambdas, t_squared=distill.t_squared, ccc_weight=cfg.loss.ccc_weight)
+    return objective
+
+
+def load_teacher(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher for on-the-fly distillation (eval mode, never wrapped in DDP)."""
+    from mtl.checkpoint import load_model
+    from mtl.runs import teacher_path
+
+    teacher, _ = load_model(teacher_path(cfg), device)
+    return teacher.requires_grad_(False)
+
+
+def batch_soft_targets(batch: dict, teacher: Optional[torch.nn.Module], x: torch.Tensor) -> dict:
+    """Soft labels of a batch: the teacher's outputs on `x` (on the fly), or the stored ones joined to it."""
+    if teacher is None:
+        return {"au": batch["soft_au"], "expr": batch["soft_expr"], "va": batch["soft_va"],
+                "soft_mask": batch["soft_mask"]}
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        out = teacher(x)
+    soft = soft_targets({task: out[task].float() for task in TASKS})
+    soft["soft_mask"] = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    return soft

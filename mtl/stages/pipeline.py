@@ -1,0 +1,78 @@
+"""`mtl pipeline`: teacher -> soft labels -> [search] -> students -> ensemble -> report, resumable stage by stage.
+
+The stages are those registered in `mtl.stages.base.STAGES`, run in its order (docs/recipe.md names the method's
+four: teacher, soft labels, students, ensemble). A stage is done when `RUN/<stage>/stage.json` holds its current
+digest (its config sections and input files) and its output files exist: it is skipped and its stored result
+reused; any other stage runs. Inside a stage, interrupted work resumes: a teacher or student goes on from its last
+checkpoint (a finished one is not retrained), soft labels are kept per shard for the same teacher file. With
+tune.before_students, a search (tune.space, e.g. tune/distill.yaml) runs between soft labels and students, and
+its best distillation values train every student. Kill it anywhere and run the same command again. Scores in the
+report are all measured on the same half of the validation videos: the other half tunes the AU thresholds (and
+the ensemble's members), for every model alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Optional
+
+from mtl.config import Config, config_dict
+from mtl.registry import Registry
+from mtl.stages import search_stage, soft_labels  # noqa: F401  the built-in stages register themselves at import
+from mtl.stages.base import STAGES, Stage, StageContext, done_result, record_result
+from mtl.stages.ensemble import EnsembleStage
+from mtl.stages.students import StudentsStage
+from mtl.stages.teacher import TeacherStage
+
+
+def enabled_stages(cfg: Config, registry: Registry[Stage] = STAGES) -> list[Stage]:
+    """The stages `cfg` runs, in registry order."""
+    return [stage for _, stage in registry.items() if stage.enabled(cfg)]
+
+
+def run_stage(stage: Stage, ctx: StageContext) -> None:
+    """Run `stage` unless it is done; its result (run or reloaded) goes into `ctx`, and so does the config it
+    hands to the later stages."""
+    cfg = ctx.cfg
+    digest = stage.digest(cfg, ctx)
+    result = done_result(stage, cfg, digest)
+    if result is None:
+        result = stage.run(cfg, ctx)
+        record_result(stage, cfg, digest, result)
+    else:
+        print(f"[pipeline] {stage.name}: done, skipped", flush=True)
+    ctx.results[stage.name] = result
+    ctx.cfg = stage.config_after(cfg, result)
+
+
+def run_stages(stages: Iterable[Stage], ctx: StageContext) -> dict[str, float]:
+    """Each stage in turn (`run_stage`); returns the seconds each took, by name."""
+    timings = {}
+    for stage in stages:
+        started = time.monotonic()
+        run_stage(stage, ctx)
+        timings[stage.name] = round(time.monotonic() - started, 1)
+    return timings
+
+
+def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
+    """report.json/.md and plots/ of the teacher, students and ensemble stages' results (`write_report`)."""
+    from mtl.eval.report import write_report
+
+    trained, scores = ctx.result(TeacherStage.name), ctx.result(EnsembleStage.name)
+    teacher_entry = {**scores.teacher, "name": trained.name, "history": trained.history}
+    student_entries = [{**score, "name": s.name, "history": s.history}
+                       for score, s in zip(scores.students, ctx.result(StudentsStage.name).students)]
+    return write_report(ctx.cfg.run.dir, teacher_entry, student_entries, scores.ensemble, timings,
+                        config_dict(ctx.cfg))
+
+
+def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:
+    """All enabled stages for `cfg` (its train section configures the teacher), then the report; returns it."""
+    from mtl.jobs.ray_session import ensure_ray
+
+    ensure_ray(address)
+    ctx = StageContext(cfg=cfg, address=address)
+    timings = run_stages(enabled_stages(cfg), ctx)
+    return write_run_report(ctx, timings)

@@ -1,0 +1,137 @@
+"""`mtl soft-labels`: the teacher's outputs on every training sample, computed in parallel over shards on Ray.
+
+One Ray task per training shard loads the teacher (CPU, or one GPU each with `train.use_gpu`), runs it on the
+shard's samples with the evaluation view (centre window, no augmentation) and writes `<shard name>.npz` next to
+the others under `RUN/soft_labels/`: sample keys, AU probabilities [N, 8], EXPR logits [N, 7] and VA bin logits
+[N, 40] (float16), atomically. Nothing of the images is copied; the training stream joins these rows to its
+samples by shard and key (`SoftLabels`). `manifest.json` records the teacher file's digest: a re-run skips the
+shards already done for the same teacher and redoes everything for another one.
+
+`SoftLabelsStage` is this step in the pipeline (docs/recipe.md §3): the teacher stage's model, RUN/soft_labels/.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtl import storage
+from mtl.config import Config
+from mtl.data.soft_join import soft_label_path
+from mtl.runs import soft_labels_dir
+from mtl.stages.base import Stage, StageContext, StageResult, register_stage
+from mtl.stages.teacher import TeacherStage  # the stage before this one (registered first)
+
+MANIFEST = "manifest.json"
+
+
+def write_npz_atomic(path: str | Path, **arrays) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    storage.write_atomic(path, buffer.getvalue())
+
+
+def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: int, batch_size: int = 128) -> int:
+    """Teacher outputs for one shard -> `out_path` (.npz); returns the number of samples (a Ray task)."""
+    import torch
+
+    from mtl.checkpoint import load_model
+    from mtl.data.augment import centre_draws, model_input, window_side
+    from mtl.data.shards import tar_samples
+    from mtl.data.stream import as_tensors, collate, with_labels
+
+    model, cfg = load_model(teacher_path)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu else "cpu")
+    model.to(device)
+    items = list(with_labels(tar_samples([shard_url])))
+    stored, side = stored_size, window_side(stored_size, cfg.data.augment.crop_scale)
+    keys, au, expr, va = [], [], [], []
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            batch = as_tensors(collate(chunk, stored, side, centre_draws(len(chunk), stored,
+                                                                         cfg.data.augment.crop_scale)))
+            out = model(model_input(batch["image"].to(device), cfg.data.image_size))
+            keys += batch["key"]
+            au.append(torch.sigmoid(out["au"].float()).cpu().numpy())
+            expr.append(out["expr"].float().cpu().numpy())
+            va.append(out["va"].float().cpu().numpy())
+    empty = np.zeros((0,))
+    write_npz_atomic(out_path, keys=np.array(keys, dtype=str),
+                     au=np.concatenate(au).astype(np.float16) if au else empty.reshape(0, 8),
+                     expr=np.concatenate(expr).astype(np.float16) if expr else empty.reshape(0, 7),
+                     va=np.concatenate(va).astype(np.float16) if va else empty.reshape(0, 40))
+    return len(keys)
+
+
+def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str | Path, use_gpu: bool = False,
+                        progress: bool = True) -> dict:
+    """Soft labels of every training shard of `shards` into `out`; resumable per shard. Returns the manifest."""
+    import ray
+
+    from mtl.data.index import load_index
+    from mtl.progress import progress_bar
+    from mtl.jobs.ray_session import ensure_ray
+
+    started = time.time()
+    out = storage.absolute(out)
+    storage.makedirs(out)
+    teacher_path = storage.absolute(teacher_path)
+    digest = storage.sha256(teacher_path)
+    manifest_path = storage.join(out, MANIFEST)
+    manifest = storage.read_json(manifest_path) if storage.is_file(manifest_path) else {}
+    if manifest.get("teacher_sha256") != digest:
+        for stale in storage.list_files(out, "*.npz"):
+            storage.remove(stale)
+        manifest = {"teacher": teacher_path, "teacher_sha256": digest, "shards": {}}
+    index = load_index(shards)
+    todo = [url for url in index.shard_urls("train")
+            if storage.name(url) not in manifest["shards"] or not storage.is_file(soft_label_path(out, url))]
+    ensure_ray()
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(label_shard)
+    pending = {task.remote(teacher_path, url, soft_label_path(out, url), index.image_size): url for url in todo}
+    bar = progress_bar(total=len(index.shard_urls("train")), desc="soft labels", unit="shard", enabled=progress)
+    bar.update(len(index.shard_urls("train")) - len(todo))
+    try:
+        while pending:
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            url = pending.pop(done)
+            manifest["shards"][storage.name(url)] = ray.get(done)
+            storage.write_json(manifest_path, manifest)  # progress survives a kill: finished shards are kept
+            bar.update(1)
+    finally:
+        bar.close()
+    manifest["seconds"] = round(time.time() - started, 2)
+    storage.write_json(manifest_path, manifest)
+    return manifest
+
+
+@dataclass
+class SoftLabelsResult(StageResult):
+    folder: str
+    shards: dict  # training shard name -> samples labelled
+
+    def outputs(self) -> list[str]:
+        return [storage.join(self.folder, MANIFEST), *(soft_label_path(self.folder, name) for name in self.shards)]
+
+
+@register_stage
+class SoftLabelsStage(Stage):
+    """The teacher's outputs on every training sample, for the students (docs/recipe.md §3)."""
+
+    name = "soft_labels"
+    result_type = SoftLabelsResult
+    config_keys = ("data.shards", "distill.soft_labels")
+
+    def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
+        return [ctx.result(TeacherStage.name).best]
+
+    def run(self, cfg: Config, ctx: StageContext) -> SoftLabelsResult:
+        folder = storage.absolute(soft_labels_dir(cfg))
+        manifest = compute_soft_labels(ctx.result(TeacherStage.name).best, cfg.data.shards, folder,
+                                       cfg.train.use_gpu)
+        return SoftLabelsResult(folder=folder, shards=manifest["shards"])

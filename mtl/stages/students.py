@@ -1,0 +1,101 @@
+"""Parallel students: `students.count` distillation runs scheduled by Ray Tune, each one a Ray Train run.
+
+Student i trains from scratch (model.weights, never the teacher's weights) with seed train.seed + 1 + i,
+optionally its own backbone (students.backbones[i % len]), on ground truth mixed with the teacher's soft labels
+(docs/recipe.md §3), into RUN/students/student_i/ (best.pt, history.json, Ray checkpoints). Tune runs as many at
+once as the cluster's resources allow (or students.concurrent); each logs its own wandb run in the run's group.
+A student whose Ray Train run already finished is not retrained: its run resumes at its end and returns at once.
+`StudentsStage` is this step in the pipeline, with the config the search stage chose when it ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from mtl import storage
+from mtl.config import Config, ConfigError, updated
+from mtl.runs import training_outcome
+from mtl.stages import search_stage  # noqa: F401  the stage before this one (registered first)
+from mtl.stages.base import Stage, StageContext, StageResult, TrainingResult, register_stage
+from mtl.stages.teacher import TeacherStage
+
+
+def student_config(cfg: Config, i: int) -> Config:
+    """Student i's config: its role, folder, seed, epochs and backbone."""
+    changes = {"train.role": "student", "train.name": f"students/student_{i}", "train.seed": cfg.train.seed + 1 + i,
+               "train.epochs": cfg.students.epochs or cfg.train.epochs}
+    if cfg.students.backbones:
+        changes["model.backbone"] = cfg.students.backbones[i % len(cfg.students.backbones)]
+    return updated(cfg, changes)
+
+
+def student_trial(params: dict, cfg: Config) -> None:
+    """One Tune trial: train student `params["index"]` and report its best validation scores."""
+    import ray.tune
+
+    from mtl.train.driver import train
+
+    outcome = train(student_config(cfg, params["index"]))
+    metrics = outcome["metrics"]
+    ray.tune.report({"val_total": metrics.get("val_total", float("nan")), "best": outcome["best"],
+                     **{k: v for k, v in metrics.items() if k.startswith("val_")}})
+
+
+def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
+    """Train all students (in parallel on Ray Tune); returns [{"name", "best", "metrics", "history"}] by index."""
+    import ray
+    import ray.tune
+
+    from mtl.jobs.ray_session import ensure_ray
+
+    if cfg.train.workers < 1:
+        raise ConfigError("config key 'train.workers': students are Ray Train runs inside Ray Tune trials, "
+                          "so they need at least 1 worker (local mode cannot run under Tune)")
+    ensure_ray(address)
+    per_student = max(1, cfg.train.workers) * cfg.train.cpus_per_worker
+    concurrent = cfg.students.concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_student)
+    trial = {"memory": 1}  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
+    root = storage.join(storage.absolute(cfg.run.dir), "students")
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(ray.tune.with_parameters(student_trial, cfg=cfg), trial),
+        param_space={"index": ray.tune.grid_search(list(range(cfg.students.count)))},
+        tune_config=ray.tune.TuneConfig(max_concurrent_trials=min(concurrent, cfg.students.count)),
+        run_config=ray.tune.RunConfig(name="tune", storage_path=storage.join(root, "ray"), verbose=0,
+                                      failure_config=ray.tune.FailureConfig(max_failures=1)))
+    print(f"[students] {cfg.students.count} students, {min(concurrent, cfg.students.count)} at a time "
+          f"(Ray Tune; every epoch is logged by its Ray Train run)", flush=True)
+    grid = tuner.fit()
+    if grid.errors:
+        raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
+    outcomes = [training_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
+    for outcome in outcomes:
+        metrics = outcome["metrics"]
+        print(f"[students] {outcome['name']}: best epoch {metrics.get('epoch')}, validation total "
+              f"{metrics.get('val_total', float('nan')):.3f}", flush=True)
+    return outcomes
+
+
+@dataclass
+class StudentsResult(StageResult):
+    students: list[TrainingResult]
+
+    @classmethod
+    def from_json(cls, data: dict) -> StudentsResult:
+        return cls(students=[TrainingResult(**student) for student in data["students"]])
+
+    def outputs(self) -> list[str]:
+        return [path for student in self.students for path in student.outputs()]
+
+
+@register_stage
+class StudentsStage(Stage):
+    name = "students"
+    result_type = StudentsResult
+    config_keys = ("data", "model", "train", "loss", "distill", "students")
+
+    def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
+        return [ctx.result(TeacherStage.name).best]  # the model their soft labels come from
+
+    def run(self, cfg: Config, ctx: StageContext) -> StudentsResult:
+        return StudentsResult(students=[TrainingResult(**outcome) for outcome in train_students(cfg, ctx.address)])

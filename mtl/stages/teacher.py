@@ -1,0 +1,27 @@
+"""The teacher stage: the multitask network trained on ground truth only, with balanced data for each task
+(docs/recipe.md §2, §4), as a Ray Train run into RUN/teacher/ (`mtl.train.driver.train`, which resumes an
+interrupted run and returns a finished one at once)."""
+
+from __future__ import annotations
+
+from mtl.config import Config, updated
+from mtl.stages.base import Stage, StageContext, TrainingResult, register_stage
+
+
+def teacher_config(cfg: Config) -> Config:
+    """`cfg` with train.role=teacher (its train section configures the teacher)."""
+    return updated(cfg, {"train.role": "teacher"})
+
+
+@register_stage
+class TeacherStage(Stage):
+    name = "teacher"
+    result_type = TrainingResult
+    config_keys = ("data", "model", "train", "loss")
+
+    def run(self, cfg: Config, ctx: StageContext) -> TrainingResult:
+        from mtl.train.driver import train
+
+        outcome = train(teacher_config(cfg), ctx.address)
+        return TrainingResult(name=self.name, best=outcome["best"], metrics=outcome["metrics"],
+                              history=outcome["history"])

@@ -1,0 +1,121 @@
+"""`mtl train`: the multitask network on Ray Train (DDP), from ground truth where each frame has it (a teacher)
+or from ground truth and the teacher's soft labels (a student, train.role=student).
+
+`train(cfg)` is the thin driver: it checks what the run needs before any worker starts, builds a `TorchTrainer`
+with `train.workers` DDP ranks (gloo on CPU, NCCL on GPU; 0 runs the loop in this process, Ray Train's local
+mode) around `mtl.train.loop.train_loop`, keeps the best `train.keep_checkpoints` checkpoints by validation total,
+restarts the worker group from the last checkpoint up to `train.max_failures` times, and copies the best model to
+`RUN/<train.name or role>/best.pt`. Re-running the same command resumes the run stored under `RUN/<role>/ray` at
+the epoch after its last checkpoint (a changed config is refused, see `mtl.runs.check_resumable`; local mode does
+not resume); a finished run is not retrained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from mtl import storage
+from mtl.checkpoint import save_model_file
+from mtl.config import Config, ConfigError, config_dict
+from mtl.data.balance import BALANCERS
+from mtl.data.index import load_index
+from mtl.jobs.ray_session import ensure_ray
+from mtl.objectives.objective import OBJECTIVES
+from mtl.runs import check_resumable, finished_training, soft_labels_dir, teacher_path, training_dir
+from mtl.train.loop import STATE_FILE, Diverged, train_loop
+
+log = logging.getLogger(__name__)
+
+
+def check_inputs(cfg: Config) -> None:
+    """Fail here, in one line, not in a worker: shards, names looked up in registries, a student's teacher."""
+    if not cfg.data.shards:
+        raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
+    load_index(cfg.data.shards)
+    BALANCERS.get(cfg.data.balance, key="data.balance")
+    OBJECTIVES.get(cfg.train.role, key="train.role")
+    if cfg.train.role == "student":
+        needed = teacher_path(cfg) if cfg.distill.on_the_fly else storage.join(soft_labels_dir(cfg), "manifest.json")
+        if not storage.is_file(needed):
+            raise FileNotFoundError(f"{needed}: a student needs the teacher's " +
+                                    ("model" if cfg.distill.on_the_fly else "soft labels (run `mtl soft-labels`)"))
+
+
+def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[list] = None,
+          wandb_group: Optional[str] = None, init_checkpoint: Optional[str] = None) -> dict:
+    """Train on Ray Train and return {"best": path of best.pt, "metrics": its metrics, "history": [...],
+    "start_epoch"}.
+
+    `callbacks`: ray.train.UserCallbacks (e.g. forwarding each epoch to Ray Tune); `init_checkpoint`: a
+    checkpoint folder to start from when the run has none of its own (PBT). A loss that goes NaN/inf ends the
+    run at once (no retry) and raises Diverged."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    check_inputs(cfg)
+    folder = training_dir(cfg)
+    done = finished_training(cfg)
+    if done is not None:
+        log.info("%s: already trained for %d epochs, not retrained", folder, cfg.train.epochs)
+        return done
+    if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
+        check_resumable(cfg, folder)
+    storage.makedirs(folder)
+    storage.write_json(storage.join(folder, "config.json"), config_dict(cfg))
+    payload = {"config": cfg, "run_id": f"{storage.name(cfg.run.dir)}-{storage.name(folder)}",
+               "run_name": storage.name(folder), "wandb_group": wandb_group, "init_checkpoint": init_checkpoint}
+    if cfg.train.workers == 0:  # local mode: no Ray storage, checkpoints stay in a local folder of the run
+        local = storage.local_folder(folder, "local", cfg.runtime.scratch())
+        shutil.rmtree(local, ignore_errors=True)
+        payload["local_checkpoints"] = local
+    else:
+        ensure_ray(address)
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=payload,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+                                               placement_strategy=cfg.train.placement_strategy),
+        torch_config=TorchConfig(timeout_s=cfg.runtime.ddp_timeout()),
+        run_config=ray.train.RunConfig(
+            name=storage.name(folder), storage_path=storage.join(folder, "ray"), callbacks=list(callbacks or []),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                                         checkpoint_score_attribute="val_total",
+                                                         checkpoint_score_order="max")))
+    result = trainer.fit()
+    final = result.return_value or {}
+    if final.get("diverged"):
+        storage.write_json(storage.join(folder, "history.json"),
+                           {"history": final["history"], "diverged": final["diverged"]})
+        raise Diverged(f"{folder}: training diverged at {final['diverged']}")
+    state = best_state(result, Path(payload["local_checkpoints"]) if cfg.train.workers == 0 else None)
+    history = json.loads(state["history"])
+    export = {"model": state["model"], "config": state["config"], "epoch": state["epoch"],
+              "metrics": history[state["epoch"]] if state["epoch"] < len(history) else {}}
+    save_model_file(export, storage.join(folder, "best.pt"))
+    full_history = final.get("history", history)
+    storage.write_json(storage.join(folder, "history.json"), {"history": full_history, "best_epoch": state["epoch"]})
+    return {"best": storage.join(folder, "best.pt"), "metrics": export["metrics"], "history": full_history,
+            "start_epoch": final.get("start_epoch")}
+
+
+def best_state(result, local_folder: Optional[Path]) -> dict:
+    """The saved state of the best epoch (validation total): from Ray's kept checkpoints, or in local mode from
+    the epoch folders the loop wrote."""
+    if local_folder is not None:
+        states = [torch.load(p, map_location="cpu", weights_only=True)
+                  for p in sorted(local_folder.glob(f"epoch_*/{STATE_FILE}"))]
+        if not states:
+            raise RuntimeError(f"training produced no checkpoint under {local_folder}")
+        return max(states, key=lambda st: json.loads(st["history"])[st["epoch"]].get("val_total", float("-inf")))
+    best = result.get_best_checkpoint("val_total", "max") if result.best_checkpoints else result.checkpoint
+    if best is None:
+        raise RuntimeError(f"training under {result.path} produced no checkpoint")
+    with best.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)

@@ -1,0 +1,235 @@
+"""What every Ray Train rank runs (`train_loop`), top to bottom:
+
+  config -> seed -> stream -> model, optimiser, schedule -> resume state -> objective (from train.role)
+  -> per epoch: steps -> validation on the rank's share -> report (+ checkpoint from rank 0)
+
+The driver (`mtl.train.driver.train`) builds the TorchTrainer around it; in local mode (train.workers=0) it runs
+in the calling process.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mtl import storage
+from mtl.config import Config, config_dict
+from mtl.data.augment import model_input
+from mtl.data.index import load_index
+from mtl.data.stream import train_loader
+from mtl.data.windows import window_loader
+from mtl.eval.evaluate import gather, predict, score
+from mtl.labels import TASKS
+from mtl.models.factory import create_model
+from mtl.objectives.objective import make_objective
+from mtl.runs import stored_soft_labels
+from mtl.train.optim import make_optimizer, make_scheduler
+
+STATE_FILE = "state.pt"
+
+
+class Diverged(FloatingPointError):
+    """The loss went NaN/inf; every rank raises it at the same step (see finite_on_all_ranks)."""
+
+
+def train_loop(payload: dict) -> dict:
+    """Per-rank training function (Ray Train worker, or this process in local mode). `payload`: {"config": the
+    Config, "run_id", "run_name", "wandb_group", "init_checkpoint" (PBT), "local_checkpoints" (local mode)}."""
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    cfg: Config = payload["config"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    seed_everything(cfg.train.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
+    device = get_device() if cfg.train.use_gpu else torch.device("cpu")
+    torch.set_num_threads(cfg.train.cpus_per_worker)
+    index = load_index(cfg.data.shards)
+    loader = make_loader(cfg, index, rank, world)
+    model = create_model(cfg.model, cfg.data.image_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model.parameters())
+    steps = len(loader)
+    scheduler = make_scheduler(cfg, optimizer, steps)
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and payload.get("init_checkpoint"):  # PBT: continue from another trial's state
+        checkpoint = ray.train.Checkpoint(payload["init_checkpoint"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scheduler.base_lrs = [cfg.train.lr for _ in scheduler.base_lrs]  # a PBT-perturbed lr takes effect
+        start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
+        if rank == 0:
+            print(f"[{cfg.train.role}] resuming at epoch {start_epoch} from {checkpoint.path}", flush=True)
+    model = prepare_model(model, move_to_device=False) if world > 1 else model
+    objective = make_objective(cfg, device)
+    unwrapped = model.module if hasattr(model, "module") else model
+    run = open_wandb(cfg, payload["run_id"], payload["run_name"], payload.get("wandb_group")) if rank == 0 else None
+    diverged = None
+    for epoch in range(start_epoch, cfg.train.epochs):
+        loader.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        samples, done, started = 0, 0, time.perf_counter()
+        try:
+            for batch in loader:
+                for key, value in train_step(model, optimizer, scheduler, batch, cfg, device, objective).items():
+                    sums[key] = sums.get(key, 0.0) + value
+                samples += batch_samples(batch)
+                done += 1
+        except Diverged as err:  # all ranks are here at the same step: end the run, do not retry it
+            diverged = f"epoch {epoch}, step {done}: {err}"
+            ray.train.report({"epoch": epoch, "diverged": True, "divergence": diverged, "val_total": float("nan")})
+            if rank == 0:
+                print(f"[{cfg.train.role}] diverged at {diverged}; training stopped", flush=True)
+            break
+        seconds = time.perf_counter() - started
+        preds = gather(predict(unwrapped, index, "val", cfg.data.image_size, cfg.train.eval_batch_size, device,
+                               cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
+                               autocast=device.type == "cuda",
+                               seq_len=cfg.model.seq_len if cfg.model.temporal else None))
+        metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done), "lr": scheduler.get_last_lr()[0],
+                   "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
+                   **{f"train_{k}": v / steps for k, v in sums.items()}}
+        if preds is not None:
+            result = score(preds)
+            metrics.update({f"val_{task}": result[task] for task in (*TASKS, "total")})
+        history.append(metrics)
+        report_epoch(metrics, history, unwrapped, optimizer, scheduler, epoch, cfg, rank,
+                     payload.get("local_checkpoints"))
+        if rank == 0:
+            print(format_epoch(cfg.train.role, metrics), flush=True)
+            if run is not None:
+                run.log(metrics, step=epoch)
+    if run is not None:
+        run.finish()
+    return {"start_epoch": start_epoch, "history": history, "world": world, "diverged": diverged}
+
+
+def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: torch.device, objective) -> dict:
+    """One optimisation step on a batch from the stream; returns the loss parts as floats."""
+    batch = merge_per_task(batch)
+    on_gpu = device.type == "cuda"
+    x = model_input(batch["image"].to(device, non_blocking=True), cfg.data.image_size, batch["flip"],
+                    batch["jitter"] if cfg.data.augment.jitter > 0 else None, channels_last=on_gpu)
+    targets = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+        outputs = model(x)
+    loss, parts = objective({task: outputs[task].float() for task in TASKS}, targets, x)
+    if not finite_on_all_ranks(loss):
+        raise Diverged(f"loss is {loss.item()} (parts {({k: float(v) for k, v in parts.items()})})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return {"loss": float(loss.detach()), **{task: float(value) for task, value in parts.items()}}
+
+
+def merge_per_task(batch: dict) -> dict:
+    """The paper's per-task batches -> one batch in which each sub-batch supervises only its own task's head
+    (the other tasks' masks are cleared). One forward pass over the concatenation: DDP needs one forward per
+    backward, and BatchNorm sees the three sub-batches together (the reference ran three forwards)."""
+    if "image" in batch:
+        return batch
+    parts = []
+    for task, sub in batch.items():
+        sub = dict(sub)
+        for other in TASKS:
+            if other != task:
+                sub[f"{other}_mask"] = torch.zeros_like(sub[f"{other}_mask"])
+        parts.append(sub)
+    return {key: ([k for p in parts for k in p[key]] if key == "key" else torch.cat([p[key] for p in parts]))
+            for key in parts[0]}
+
+
+def finite_on_all_ranks(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (one all-reduce under DDP), so all ranks stop together."""
+    import torch.distributed as dist
+
+    finite = bool(torch.isfinite(loss))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([float(finite)], device=loss.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        finite = bool(flag.item())
+    return finite
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(cfg: Config, index, rank: int, world: int):
+    """The training stream of this rank: frames (balanced), or windows of frames for the temporal model."""
+    if cfg.model.temporal:
+        return window_loader(index, cfg, cfg.model.seq_len, cfg.data.loader_workers, rank, world)
+    return train_loader(index, cfg, rank=rank, world=world, soft_labels=stored_soft_labels(cfg))
+
+
+def batch_samples(batch: dict) -> int:
+    """Frames in a batch: frame batches, per-task batches, or windows (B x T)."""
+    if "image" not in batch:
+        return sum(batch_samples(b) for b in batch.values())
+    return int(np.prod(batch["image"].shape[:-3]))
+
+
+def all_ranks(value) -> list:
+    """`value` of every rank, in rank order (just [value] without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def report_epoch(metrics, history, model, optimizer, scheduler, epoch, cfg, rank, keep_in=None) -> None:
+    """ray.train.report on every rank (a barrier); rank 0 attaches the checkpoint. Ray copies it to the run's
+    storage; in local mode (`keep_in` set) there is no copy, so it is written to a folder that stays."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = None
+        if rank == 0:
+            folder = Path(keep_in) / f"epoch_{epoch:04d}" if keep_in else Path(scratch)
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history),
+                        "config": config_dict(cfg)}, folder / STATE_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def format_epoch(role: str, m: dict) -> str:
+    val = "  ".join(f"{t} {m[f'val_{t}']:.3f}" for t in (*TASKS, "total") if f"val_{t}" in m)
+    losses = "  ".join(f"{t} {m[f'train_{t}']:.3f}" for t in TASKS if f"train_{t}" in m)
+    return (f"[{role}] epoch {m['epoch']}  loss {m['train_loss']:.4f} ({losses})  val: {val}  "
+            f"{m['samples_per_s']:.0f} samples/s  lr {m['lr']:.2e}")
+
+
+def open_wandb(cfg: Config, run_id: str, name: str, group: Optional[str] = None):
+    """One wandb run per training (offline unless WANDB_MODE says otherwise), config attached; resumable.
+    Grouped by run folder, or by `group` (a search's trials)."""
+    import os
+
+    import wandb
+
+    wandb_dir = storage.local_folder(cfg.run.dir, "wandb", cfg.runtime.scratch())  # local even for a bucket run
+    return wandb.init(project="mtl", group=group or storage.name(cfg.run.dir), name=name, id=run_id,
+                      resume="allow", dir=wandb_dir, config=config_dict(cfg),
+                      mode=os.environ.get("WANDB_MODE", "offline"))

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_affwild2
+from mtl.labels import DataError
+from mtl.data.sources import affwild2
+
+
+def records(root: Path) -> list:
+    return [r for unit in affwild2.discover(root) for r in affwild2.read(unit)]
+
+
+def test_labels_of_all_tasks_merge_per_frame_and_markers_become_missing(tmp_path):
+    write_affwild2(tmp_path, {"v1": {"frames": 3, "au": ["1,0,0,0,1,0,0,0", "-1,-1,-1,-1,-1,-1,-1,-1", "0,0,0,0,0,0,0,1"],
+                                     "va": ["0.5,-0.25", "-5,-5", "1,-1"]}})
+    got = records(tmp_path)
+    assert [r.key for r in got] == ["affwild2/v1/00001", "affwild2/v1/00002", "affwild2/v1/00003"]
+    assert got[0].au == (1, 0, 0, 0, 1, 0, 0, 0) and got[0].va == (0.5, -0.25) and got[0].expr is None
+    assert got[1].au is None and got[1].va is None
+    assert got[2].va == (1.0, -1.0)
+    assert got[0].image.endswith("cropped_aligned/v1/00001.jpg") and got[0].split == "train"
+
+
+def test_video_in_validation_of_one_task_keeps_only_validation_labels(tmp_path):
+    write_affwild2(tmp_path, {"v1": {"frames": 1, "split": "val", "expr": ["3"]}})
+    write_affwild2(tmp_path, {"v1": {"frames": 1, "split": "train", "au": ["1,1,1,1,1,1,1,1"]}})
+    (got,) = records(tmp_path)
+    assert got.split == "val" and got.expr == 3 and got.au is None
+
+
+@pytest.mark.parametrize("task,line,message", [
+    ("au", "1,0,0", "expected 8 comma-separated values"),
+    ("au", "1,0,0,0,2,0,0,0", "AU value 2 is not 0, 1 or -1"),
+    ("expr", "7", "expression 7 is not in 0..6"),
+    ("expr", "happy", "not a number"),
+    ("va", "0.5,1.5", "arousal 1.5 is outside [-1, 1]"),
+    ("va", "0.5", "expected 2 comma-separated values"),
+])
+def test_bad_annotation_line_names_file_and_line(tmp_path, task, line, message):
+    good = {"au": "0,0,0,0,0,0,0,0", "expr": "0", "va": "0,0"}[task]
+    write_affwild2(tmp_path, {"v1": {"frames": 3, task: [good, line, good]}})
+    with pytest.raises(DataError) as err:
+        records(tmp_path)
+    assert "v1.txt:3: " in str(err.value) and message in str(err.value)
+
+
+def test_missing_header_is_an_error(tmp_path):
+    write_affwild2(tmp_path, {"v1": {"frames": 1, "expr": ["1"]}})
+    (tmp_path / "annotations/EXPR_Set/Training_Set/v1.txt").write_text("1\n2\n")
+    with pytest.raises(DataError, match=r"v1.txt:1: expected a header line"):
+        records(tmp_path)
+
+
+def test_annotation_shorter_than_its_frames_is_an_error(tmp_path):
+    write_affwild2(tmp_path, {"v1": {"frames": 4, "expr": ["1", "2"]}})
+    with pytest.raises(DataError, match=r"v1.txt:3: annotation ends at frame 2 but .*v1 has frame 00004.jpg"):
+        records(tmp_path)
+
+
+def test_missing_layout_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="annotations: missing"):
+        affwild2.discover(tmp_path)

@@ -1,0 +1,182 @@
+"""Ensemble: video halves, averaging, AU thresholds, greedy selection, honest report, TorchScript export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtl.data.augment import MEAN_RGB
+from mtl.labels import video_of
+from mtl.eval.ensemble import (EnsembleModule, average, ensemble_report, export_ensemble, greedy_selection,
+                          load_exported, halve_videos, task_strata, tune_thresholds)
+from mtl.models.heads import predictions
+from mtl.models.multitask import MultitaskNet
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
+SIZE = 32
+
+
+def keys_of(videos: int, frames: int) -> list[str]:
+    return [f"affwild2/v{v}/{f:05d}" for v in range(videos) for f in range(1, frames + 1)]
+
+
+def labelled(videos: int = 12, frames: int = 30, seed: int = 0) -> dict:
+    """Labels of a validation split; a third of the videos lacks AU labels, another third lacks EXPR labels."""
+    rng = np.random.default_rng(seed)
+    n = videos * frames
+    video = np.repeat(np.arange(videos), frames)
+    au = (rng.random((n, 8)) < 0.3).astype(int)
+    au[video % 3 == 1] = -1
+    expr = rng.integers(0, 7, n)
+    expr[video % 3 == 2] = -1
+    va = rng.uniform(-1, 1, (n, 2))
+    return {"key": keys_of(videos, frames), "au_true": au, "expr_true": expr, "va_true": va}
+
+
+def member(labels: dict, noise: float, seed: int) -> dict:
+    """A `predict` output whose predictions are the labels blurred by `noise` (1 = pure noise)."""
+    rng = np.random.default_rng(seed)
+    n = len(labels["key"])
+    au_signal = np.clip(labels["au_true"], 0, 1) * 0.6 + 0.2
+    expr_signal = np.eye(7)[np.clip(labels["expr_true"], 0, 6)]
+    expr = (1 - noise) * expr_signal + noise * rng.dirichlet(np.ones(7), n)
+    return {**labels, "au_prob": (1 - noise) * au_signal + noise * rng.random((n, 8)),
+            "expr_prob": expr, "va_pred": (1 - noise) * labels["va_true"] + noise * rng.uniform(-1, 1, (n, 2))}
+
+
+def test_split_is_by_video_disjoint_and_deterministic():
+    keys = keys_of(9, 4)
+    tune, report = halve_videos(keys, seed=3)
+    assert (tune ^ report).all()
+    tune_videos = {video_of(k) for k, t in zip(keys, tune) if t}
+    report_videos = {video_of(k) for k, r in zip(keys, report) if r}
+    assert not tune_videos & report_videos and len(tune_videos) == 5 and len(report_videos) == 4
+    shuffled = list(reversed(keys))
+    again, _ = halve_videos(shuffled, seed=3)
+    assert {video_of(k) for k, t in zip(shuffled, again) if t} == tune_videos  # order of keys does not matter
+    assert any((halve_videos(keys, seed=s)[0] != tune).any() for s in range(4, 8))
+    with pytest.raises(ValueError, match="at least 2 videos"):
+        halve_videos(keys_of(1, 5))
+
+
+def test_split_halves_every_stratum():
+    keys = keys_of(8, 2)
+    strata = {f"affwild2/v{v}": v % 2 for v in range(8)}
+    tune, _ = halve_videos(keys, seed=1, strata=strata)
+    tune_videos = {video_of(k) for k, t in zip(keys, tune) if t}
+    assert sorted(sum(strata[v] == group for v in tune_videos) for group in (0, 1)) == [2, 2]
+
+
+def test_average_means_probabilities_and_checks_keys():
+    labels = labelled(videos=2, frames=3)
+    a, b = member(labels, 0.5, 1), member(labels, 0.5, 2)
+    merged = average([a, b])
+    for name in ("au_prob", "expr_prob", "va_pred"):
+        np.testing.assert_allclose(merged[name], (a[name] + b[name]) / 2)
+    np.testing.assert_array_equal(merged["au_true"], labels["au_true"])
+    assert merged["key"] == labels["key"]
+    with pytest.raises(ValueError, match="member 1"):
+        average([a, {**b, "key": list(reversed(b["key"]))}])
+
+
+def test_thresholds_on_a_hand_built_case():
+    au_true = np.zeros((7, 8), dtype=int)
+    au_prob = np.full((7, 8), 0.2)
+    au_true[:6, 0] = [1, 1, 0, 1, 0, 0]
+    au_prob[:6, 0] = [0.9, 0.8, 0.7, 0.6, 0.3, 0.1]
+    au_true[6] = [0, -1, 0, 0, 0, 0, 0, 0]  # a row with a missing label is left out, whatever its probability
+    au_prob[6, 0] = 0.95
+    # F1 per threshold 0.9 .. 0.1: 0.5, 0.8, 0.67, 0.86, 0.75, 0.67; precision = recall at 0.7
+    np.testing.assert_allclose(tune_thresholds(au_true, au_prob), [0.6] + [0.5] * 7)
+    np.testing.assert_allclose(tune_thresholds(au_true, au_prob, rule="break_even"), [0.7] + [0.5] * 7)
+
+
+def test_break_even_is_the_reference_precision_recall_curve_rule():
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(0)
+    au_true = (rng.random((300, 8)) < 0.2).astype(int)
+    au_prob = np.clip(0.3 * au_true + rng.random((300, 8)) * 0.7, 0, 1)
+    expected = []
+    for y, p in zip(au_true.T, au_prob.T):
+        precision, recall, thresholds = precision_recall_curve(y, p)
+        expected.append(thresholds[np.argmin(np.abs(precision[:-1] - recall[:-1]))])
+    np.testing.assert_allclose(tune_thresholds(au_true, au_prob, rule="break_even"), expected)
+
+
+def test_greedy_selection_picks_the_good_member_over_noisy_ones():
+    labels = labelled()
+    members = [member(labels, 0.9, 1), member(labels, 0.2, 2), member(labels, 0.9, 3), member(labels, 0.9, 4)]
+    tune, _ = halve_videos(labels["key"])
+    assert greedy_selection(members, tune) == [1]
+    assert greedy_selection(members, tune, max_members=0) == []
+
+
+def test_report_schema_and_tuning_never_sees_the_reported_half():
+    labels = labelled()
+    members = [member(labels, noise, seed) for seed, noise in enumerate((0.3, 0.5, 0.9))]
+    first = ensemble_report(members, seed=0, select=True)
+    assert first["tuned_on_videos"] == first["reported_on_videos"] == 6
+    assert first["total"] == pytest.approx(first["au"] + first["expr"] + first["va"])
+    assert len(first["thresholds"]) == 8 and first["members"][0] == 0
+    assert first["details"]["samples"] == 6 * 30
+
+    _, reported = halve_videos(labels["key"], seed=0, strata=task_strata(members[0]))
+    rng = np.random.default_rng(9)
+    n = int(reported.sum())
+
+    def scrambled(preds: dict) -> dict:
+        """Any labels and predictions on the reported half (which tasks are labelled stays as it was)."""
+        out = {name: value if name == "key" else np.array(value, copy=True) for name, value in preds.items()}
+        au, expr = out["au_true"][reported], out["expr_true"][reported]
+        out["au_true"][reported] = np.where(au == -1, -1, 1 - au)
+        out["expr_true"][reported] = np.where(expr == -1, -1, rng.integers(0, 7, n))
+        out["va_true"][reported] = rng.uniform(-1, 1, (n, 2))
+        out["au_prob"][reported] = rng.random((n, 8))
+        out["expr_prob"][reported] = rng.dirichlet(np.ones(7), n)
+        out["va_pred"][reported] = rng.uniform(-1, 1, (n, 2))
+        return out
+
+    second = ensemble_report([scrambled(m) for m in members], seed=0, select=True)
+    assert second["thresholds"] == first["thresholds"] and second["members"] == first["members"]
+    assert second["total"] != pytest.approx(first["total"])  # the reported half is what gets scored
+
+
+@pytest.fixture(scope="module")
+def nets() -> list[MultitaskNet]:
+    """Two tiny members whose BatchNorm statistics have moved off their initial values, in eval mode."""
+    torch.manual_seed(0)
+    out = []
+    for seed in (1, 2):
+        net = MultitaskNet("test_resnet", image_size=SIZE)
+        with torch.no_grad():
+            net(torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 3)
+        out.append(net.eval())
+    return out
+
+
+def test_ensemble_module_averages_member_predictions(nets):
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    ensemble = EnsembleModule(nets, np.linspace(0.1, 0.8, 8), image_size=SIZE).eval()
+    with torch.no_grad():
+        got = ensemble(x)
+        each = [predictions(net(x)) for net in nets]
+    for name, value in zip(("au", "expr", "va"), got):
+        torch.testing.assert_close(value, (each[0][name] + each[1][name]) / 2)
+    torch.testing.assert_close(ensemble.au_thresholds, torch.linspace(0.1, 0.8, 8))
+
+
+def test_export_round_trip_equals_the_eager_ensemble(nets, tmp_path):
+    thresholds = np.linspace(0.1, 0.8, 8)
+    path = export_ensemble(nets, thresholds, SIZE, tmp_path / "ensemble.pt", stored_size=40, crop_scale=1.25)
+    assert [p.name for p in tmp_path.iterdir()] == ["ensemble.pt"]  # no temporary file left
+    assert all(not net.training for net in nets)
+    exported = load_exported(path)
+    assert (exported.image_size, exported.stored_size, exported.crop_scale) == (SIZE, 40, 1.25)
+    assert exported.mean_rgb == pytest.approx(MEAN_RGB)
+    torch.testing.assert_close(exported.au_thresholds, torch.tensor(thresholds, dtype=torch.float32))
+    x = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for want, got in zip(EnsembleModule(nets, thresholds, SIZE).eval()(x), exported(x)):
+            torch.testing.assert_close(got, want)

@@ -1,0 +1,36 @@
+"""The pipeline end to end on tiny data: teacher, soft labels, students in parallel on Ray Tune, ensemble, report,
+and a re-run that resumes instead of retraining."""
+
+import json
+
+from mtl.config import load_config
+from mtl.stages.pipeline import run_pipeline
+from mtl.train.driver import train
+
+TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
+        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.workers=1", "train.epochs=1",
+        "students.count=2")
+
+
+def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(tmp_path, imbalanced_shards,
+                                                                               ray_session):
+    cfg = load_config("demo", (f"run.dir={tmp_path}", f"data.shards={imbalanced_shards}", *TINY))
+    train(cfg)  # the teacher stage alone, as if the pipeline had been killed right after it
+    teacher_file = tmp_path / "teacher" / "best.pt"
+    stamp = teacher_file.stat().st_mtime_ns
+    report = run_pipeline(cfg)
+    assert teacher_file.stat().st_mtime_ns == stamp
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert set(on_disk) == {"teacher", "students", "ensemble", "timings", "config"}
+    assert len(on_disk["students"]) == 2 and set(on_disk["timings"]) == {"teacher", "soft_labels", "students",
+                                                                          "ensemble"}
+    for entry in (on_disk["teacher"], *on_disk["students"], on_disk["ensemble"]):
+        assert {"au", "expr", "va", "total"} <= set(entry)
+    assert (tmp_path / "ensemble" / "ensemble.pt").is_file() and (tmp_path / "report.md").is_file()
+    assert (tmp_path / "plots" / "scores.png").is_file()
+    histories = [json.loads((tmp_path / f"students/student_{i}/history.json").read_text()) for i in range(2)]
+    assert histories[0]["history"][0]["train_loss"] != histories[1]["history"][0]["train_loss"]  # own seeds
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("students/student_*/best.pt")}
+    again = run_pipeline(cfg)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # students not retrained
+    assert again["ensemble"]["total"] == report["ensemble"]["total"]
