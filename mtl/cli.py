@@ -91,8 +91,9 @@ def source_roots(flags: dict, named: tuple) -> dict[str, str]:
               help="Samples per shard.")
 @click.option("--image-size", default=PrepareConfig().image_size, show_default=True, type=click.IntRange(16),
               help="Stored face size (Aff-Wild2's 112 px faces are copied as they are).")
+@click.option("--verify", is_flag=True, help="Re-read every shard written and check it against index.json.")
 @address_option
-def prepare(named, out, shard_size, image_size, address, **flags) -> None:
+def prepare(named, out, shard_size, image_size, verify, address, **flags) -> None:
     """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray."""
     from mtl.data.prepare import format_summary, prepare as run_prepare
 
@@ -100,6 +101,28 @@ def prepare(named, out, shard_size, image_size, address, **flags) -> None:
                         address=address)
     click.echo(format_summary(index))
     click.echo(f"wrote {out}/index.json")
+    if verify:
+        check_shards_command.callback(out)
+
+
+@main.command("check-shards")
+@click.argument("shards")
+def check_shards_command(shards: str) -> None:
+    """Check every shard of SHARDS (a folder or URI with index.json) against the sizes and SHA-256 checksums
+    index.json records; one line per bad shard, exit code 2 if any."""
+    from mtl.data.index import load_index
+    from mtl.data.verify import shard_problems, unverifiable
+
+    index = load_index(shards)
+    problems = shard_problems(index, checksum=True)
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    total = sum(len(index.shards[split]) for split in index.shards)
+    if problems:
+        sys.exit(2)
+    unchecked = unverifiable(index)
+    note = f" ({unchecked} without a recorded checksum: written by an older mtl prepare)" if unchecked else ""
+    click.echo(f"{total} shard(s) of {shards} match index.json{note}")
 
 
 @main.command()
@@ -203,11 +226,13 @@ def predict(model_path: str, images: str, out: str, batch_size: int) -> None:
 @click.option("--shards", required=True, type=click.Path(file_okay=False), help="Shard folder (index.json).")
 @click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
-def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str]) -> None:
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where the model runs (cuda: bf16 autocast, channels_last).")
+def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str], device: str) -> None:
     """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs."""
     from mtl.eval.evaluate import evaluate_checkpoint, format_scores
 
-    result = evaluate_checkpoint(checkpoint, shards, split)
+    result = evaluate_checkpoint(checkpoint, shards, split, device=device)
     click.echo(format_scores(result))
     if out:
         storage.write_json(Path(out), result)

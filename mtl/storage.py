@@ -193,6 +193,20 @@ def is_file(location: Location) -> bool:
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
+def size(location: Location) -> Optional[int]:
+    """Bytes of the file at `location`; None when there is none (or a stream, whose size is unknown)."""
+    import pyarrow.fs
+
+    location = str(location)
+    if is_stream(location):
+        return None
+    if _local(location):
+        return os.path.getsize(location) if os.path.isfile(location) else None
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pyarrow.fs.FileType.File else None
+
+
 def exists(location: Location) -> bool:
     import pyarrow.fs
 

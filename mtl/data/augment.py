@@ -80,7 +80,8 @@ def cut_windows(images: list[np.ndarray], offsets: np.ndarray, side: int) -> tor
 
 def to_model_input(windows: torch.Tensor, size: int, flip: Optional[torch.Tensor] = None,
                    jitter: Optional[torch.Tensor] = None, channels_last: bool = False) -> torch.Tensor:
-    """uint8 windows [B, h, w, 3] -> normalised float [B, 3, size, size], on the windows' device.
+    """uint8 windows [B, h, w, 3] -> normalised float [B, 3, size, size], on the windows' device (converted to
+    float first, then resized, so the same code runs on CUDA).
 
     `flip` [B] marks images to mirror; `jitter` [B, 3] holds brightness, contrast and saturation factors
     (1 = unchanged). Brightness and contrast are an affine map around the image's mean grey, saturation a blend
@@ -88,9 +89,9 @@ def to_model_input(windows: torch.Tensor, size: int, flip: Optional[torch.Tensor
     x = windows.permute(0, 3, 1, 2)
     if flip is not None and bool(flip.any()):
         x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    x = x.float()  # before the resize: CUDA's bilinear kernel takes no integer tensor (CPU's does)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    x = x.float()
     if jitter is not None:
         jitter = jitter.to(x.device, torch.float32)
         weights = torch.tensor(GREY_WEIGHTS, device=x.device).view(1, 3, 1, 1)

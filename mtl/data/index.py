@@ -103,6 +103,8 @@ class ShardInfo:
     name: str
     samples: int
     labelled: dict  # task -> samples with that label
+    nbytes: Optional[int] = None  # file size and SHA-256 as written (None in indexes written before they were kept)
+    sha256: Optional[str] = None
 
 
 @dataclass
@@ -134,7 +136,7 @@ def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardInde
     raw = storage.read_json(path)
     if raw.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"{path}: index schema {raw.get('schema')!r}, this mtl reads schema {SCHEMA_VERSION}")
-    shards = {split: [ShardInfo(s["name"], s["samples"], s["labelled"]) for s in raw["splits"][split]["shards"]]
-              for split in SPLITS}
+    shards = {split: [ShardInfo(s["name"], s["samples"], s["labelled"], s.get("bytes"), s.get("sha256"))
+                      for s in raw["splits"][split]["shards"]] for split in SPLITS}
     stats = {split: LabelStats.from_json(raw["splits"][split]["stats"]) for split in SPLITS}
     return ShardIndex(root=str(root), shards=shards, stats=stats, image_size=int(raw["image_size"]), raw=raw)

@@ -232,7 +232,8 @@ def _finalise(out: Path, tmp_dir: Path, units: list[WorkUnit], results: list[Uni
                     continue
                 name = SHARD_PATTERN.format(split=split, number=len(shards))
                 os.replace(tmp_path, out / name)
-                shards.append({"name": name, "samples": samples, "labelled": labelled})
+                shards.append({"name": name, "samples": samples, "labelled": labelled,
+                               "bytes": (out / name).stat().st_size, "sha256": storage.sha256(out / name)})
         keep = {s["name"] for s in shards}
         for stale in out.glob(f"{split}-*.tar"):
             if stale.name not in keep:

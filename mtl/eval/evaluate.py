@@ -111,17 +111,24 @@ def format_scores(result: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str = "val",
-                        batch_size: int = 128) -> dict:
-    """Score a saved model on a split of a shard folder (`mtl evaluate`)."""
+def predict_model_file(location: str | Path, shards: str | Path, split: str = "val", device: str = "cpu",
+                       batch_size: Optional[int] = None) -> dict:
+    """`predict` of a saved model on a split of a shard folder, on `device` (bf16 autocast and channels_last on a
+    GPU); the batch size defaults to the model's train.eval_batch_size."""
     from mtl.checkpoint import load_model
     from mtl.data.index import load_index
 
-    model, cfg = load_model(checkpoint)
-    index = load_index(shards)
-    preds = predict(model, index, split, cfg.data.image_size, batch_size, torch.device("cpu"),
-                    cfg.data.augment.crop_scale, seq_len=cfg.model.seq_len if cfg.model.temporal else None)
-    return score(preds)
+    model, cfg = load_model(location, device)
+    on_gpu = torch.device(device).type == "cuda"
+    return predict(model, load_index(shards), split, cfg.data.image_size, batch_size or cfg.train.eval_batch_size,
+                   torch.device(device), cfg.data.augment.crop_scale, channels_last=on_gpu, autocast=on_gpu,
+                   seq_len=cfg.model.seq_len if cfg.model.temporal else None)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str = "val", batch_size: int = 128,
+                        device: str = "cpu") -> dict:
+    """Score a saved model on a split of a shard folder (`mtl evaluate`)."""
+    return score(predict_model_file(checkpoint, shards, split, device, batch_size))
 
 
 def chance_scores(index: ShardIndex, split: str = "val") -> dict:

@@ -27,3 +27,12 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
     else:
         ray.init(num_cpus=num_cpus, log_to_driver=True)
         log.info("started a local Ray instance")
+
+
+def trainings_that_fit(workers: int, cpus_per_worker: int, use_gpu: bool, resources: dict) -> int:
+    """How many Ray Train runs of `workers` ranks fit at once in `resources` (ray.cluster_resources()): by CPUs,
+    and with use_gpu by GPUs too (one per rank); at least 1."""
+    fits = int(resources.get("CPU", 1)) // (max(1, workers) * cpus_per_worker)
+    if use_gpu:
+        fits = min(fits, int(resources.get("GPU", 0)) // max(1, workers))
+    return max(1, fits)

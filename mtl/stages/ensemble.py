@@ -16,26 +16,20 @@ from mtl.stages.teacher import TeacherStage
 EXPORTED = "ensemble.pt"
 
 
-def predict_member(checkpoint: str, shards: str, split: str = "val") -> dict:
-    """Validation predictions of one saved model (a Ray task)."""
-    import torch
-
-    from mtl.checkpoint import load_model
-    from mtl.data.index import load_index
-    from mtl.eval.evaluate import predict
-
-    model, cfg = load_model(checkpoint)
-    return predict(model, load_index(shards), split, cfg.data.image_size, cfg.train.eval_batch_size,
-                   torch.device("cpu"), cfg.data.augment.crop_scale,
-                   seq_len=cfg.model.seq_len if cfg.model.temporal else None)
+def member_task_options(use_gpu: bool) -> dict:
+    """Ray resources of one member's predictions: a CPU, and a GPU with train.use_gpu."""
+    return {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
 
 
-def member_predictions(checkpoints: list[str], shards: str) -> list[dict]:
-    """Validation predictions of every model, in parallel (one Ray task each)."""
+def member_predictions(checkpoints: list[str], shards: str, use_gpu: bool = False) -> list[dict]:
+    """Validation predictions of every model, in parallel (one Ray task each, on a GPU with `use_gpu`)."""
     import ray
 
-    task = ray.remote(num_cpus=1)(predict_member)
-    return ray.get([task.remote(path, shards) for path in checkpoints])
+    from mtl.eval.evaluate import predict_model_file
+
+    task = ray.remote(**member_task_options(use_gpu))(predict_model_file)
+    device = "cuda" if use_gpu else "cpu"
+    return ray.get([task.remote(path, shards, device=device) for path in checkpoints])
 
 
 @dataclass
@@ -55,7 +49,7 @@ def ensemble_stage(cfg: Config, teacher_best: str, student_bests: list[str]) -> 
     from mtl.data.index import load_index
     from mtl.eval.ensemble import ensemble_report, export_ensemble
 
-    preds = member_predictions([teacher_best, *student_bests], cfg.data.shards)
+    preds = member_predictions([teacher_best, *student_bests], cfg.data.shards, cfg.train.use_gpu)
     seed = cfg.train.seed
     single = [ensemble_report([p], seed=seed) for p in preds]
     ensemble = ensemble_report(preds[1:], seed=seed, select=cfg.students.select)

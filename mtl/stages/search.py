@@ -187,11 +187,10 @@ def concurrency(cfg: Config) -> int:
 
     if cfg.tune.max_concurrent:
         return cfg.tune.max_concurrent
-    resources = ray.cluster_resources()
-    fits = int(resources.get("CPU", 1)) // (cfg.train.workers * cfg.train.cpus_per_worker)
-    if cfg.train.use_gpu:
-        fits = min(fits, int(resources.get("GPU", 0)) // cfg.train.workers)
-    return max(1, fits)
+    from mtl.jobs.ray_session import trainings_that_fit
+
+    return trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker, cfg.train.use_gpu,
+                              ray.cluster_resources())
 
 
 def search_record(cfg: Config, space: Space) -> dict:

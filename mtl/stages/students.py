@@ -47,14 +47,14 @@ def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
     import ray
     import ray.tune
 
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import ensure_ray, trainings_that_fit
 
     if cfg.train.workers < 1:
         raise ConfigError("config key 'train.workers': students are Ray Train runs inside Ray Tune trials, "
                           "so they need at least 1 worker (local mode cannot run under Tune)")
     ensure_ray(address)
-    per_student = max(1, cfg.train.workers) * cfg.train.cpus_per_worker
-    concurrent = cfg.students.concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_student)
+    concurrent = cfg.students.concurrent or trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker,
+                                                               cfg.train.use_gpu, ray.cluster_resources())
     trial = {"memory": 1}  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
     root = storage.join(storage.absolute(cfg.run.dir), "students")
     tuner = ray.tune.Tuner(

@@ -25,6 +25,7 @@ from mtl.checkpoint import save_model_file
 from mtl.config import Config, ConfigError, config_dict
 from mtl.data.balance import BALANCERS
 from mtl.data.index import load_index
+from mtl.data.verify import check_shards
 from mtl.jobs.ray_session import ensure_ray
 from mtl.objectives.objective import OBJECTIVES
 from mtl.runs import check_resumable, finished_training, soft_labels_dir, teacher_path, training_dir
@@ -37,7 +38,7 @@ def check_inputs(cfg: Config) -> None:
     """Fail here, in one line, not in a worker: shards, names looked up in registries, a student's teacher."""
     if not cfg.data.shards:
         raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
-    load_index(cfg.data.shards)
+    check_shards(load_index(cfg.data.shards))  # sizes against index.json: a truncated shard fails here
     BALANCERS.get(cfg.data.balance, key="data.balance")
     OBJECTIVES.get(cfg.train.role, key="train.role")
     if cfg.train.role == "student":

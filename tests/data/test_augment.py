@@ -63,3 +63,39 @@ def test_model_input_flips_resizes_normalises_and_jitters_per_image():
     flipped = to_model_input(ramp, 8, flip=torch.tensor([True, False]))
     assert torch.equal(flipped[0], flipped[1].flip(-1)) and not torch.equal(flipped[0], flipped[1])
     assert to_model_input(windows, 16, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_no_integer_tensor_reaches_an_interpolation(monkeypatch, imbalanced_shards):
+    """CUDA's bilinear resize refuses uint8 (CPU's takes it): every device-side resize must see floats. Covers the
+    frame and window inputs of training (flip, jitter), evaluation and serving, and a real training step."""
+    import torch.nn.functional as F
+
+    from mtl.config import load_config
+    from mtl.data.augment import model_input
+    from mtl.data.index import load_index
+    from mtl.data.stream import train_loader
+    from mtl.models.factory import create_model
+    from mtl.objectives.objective import make_objective
+    from mtl.train.loop import train_step
+    from mtl.train.optim import make_optimizer, make_scheduler
+
+    seen, interpolate = [], F.interpolate
+
+    def floats_only(x, *args, **kwargs):
+        seen.append(x.dtype)
+        assert x.is_floating_point(), f"interpolate got {x.dtype}"
+        return interpolate(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "interpolate", floats_only)
+    frames = torch.randint(0, 256, (2, 10, 10, 3), dtype=torch.uint8)
+    model_input(frames, 16, torch.tensor([True, False]), torch.ones(2, 3))
+    model_input(frames[None].expand(2, -1, -1, -1, -1), 16, torch.tensor([True, False]), torch.ones(2, 3))
+    cfg = load_config("demo", (f"data.shards={imbalanced_shards}", "data.image_size=24", "train.batch_size=8",
+                               "model.backbone=test_resnet"))
+    model = create_model(cfg.model, cfg.data.image_size)
+    optimizer = make_optimizer(cfg, model.parameters())
+    batch = next(iter(train_loader(load_index(imbalanced_shards), cfg, num_workers=0, rank=0, world=1)))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1] != 24
+    train_step(model, optimizer, make_scheduler(cfg, optimizer, 1), batch, cfg, torch.device("cpu"),
+               make_objective(cfg, torch.device("cpu")))
+    assert len(seen) == 3 and set(seen) == {torch.float32}

@@ -153,8 +153,9 @@ def test_a_source_registered_by_the_test_runs_through_mtl_prepare(tmp_path, ray_
     assert unknown.exit_code == 2
     assert unknown.output.strip() == f"error: unknown source 'toy'; known: {', '.join(sorted(SOURCES.names()))}"
     with SOURCES.temporarily("toy", TOY):
-        result = CliRunner().invoke(main, command)
+        result = CliRunner().invoke(main, [*command, "--verify"])
     assert result.exit_code == 0, result.output
+    assert "2 shard(s) of " in result.output and "match index.json" in result.output  # --verify re-read them
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
     assert index["summary"]["samples_per_source"] == {"toy": {"train": 2, "val": 1}}
     assert index["splits"]["train"]["stats"]["labelled"] == {"au": 0, "expr": 2, "va": 0}
