@@ -166,7 +166,7 @@ def ensemble_report(members: Sequence[dict], seed: int = 0, select: bool = False
 
 class MemberProbabilities(nn.Module):
     """A MultitaskNet (logits dict) -> (AU probabilities [B, 8], EXPR probabilities [B, 7], VA expectation
-    [B, 2]), as `mtl.models.multitask.predictions`, with the VA bin values as a buffer: a traced graph then follows the
+    [B, 2]), as `mtl.models.heads.predictions`, with the VA bin values as a buffer: a traced graph then follows the
     module to any device (`va_expectation`'s module-level constant would be baked in as a CPU tensor)."""
 
     def __init__(self, model: nn.Module):
