@@ -41,7 +41,7 @@ SHARD_PATTERN = "{split}-{number:06d}.tar"
 class UnitResult:
     """What one work unit produced: temporary shard files and statistics per split, and its skips."""
 
-    shards: list = field(default_factory=list)  # (split, tmp path, samples, labelled per task)
+    shards: list = field(default_factory=list)  # (split, tmp path, samples, labelled per task, bytes, sha256)
     stats: dict = field(default_factory=lambda: {s: LabelStats() for s in SPLITS})
     skipped: dict = field(default_factory=dict)
     skip_examples: list = field(default_factory=list)
@@ -105,7 +105,9 @@ class _PartWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            self._result.shards.append((self._split, str(self._path), self._count, dict(self._labelled)))
+            # size and checksum here, in the unit's Ray task: renaming the file later does not change its bytes
+            self._result.shards.append((self._split, str(self._path), self._count, dict(self._labelled),
+                                        self._path.stat().st_size, storage.sha256(self._path)))
             self._writer = None
 
 
@@ -227,13 +229,13 @@ def _finalise(out: Path, tmp_dir: Path, units: list[WorkUnit], results: list[Uni
         shards, stats = [], LabelStats()
         for result in results:
             stats.merge(result.stats[split])
-            for shard_split, tmp_path, samples, labelled in result.shards:
+            for shard_split, tmp_path, samples, labelled, nbytes, sha256 in result.shards:
                 if shard_split != split:
                     continue
                 name = SHARD_PATTERN.format(split=split, number=len(shards))
                 os.replace(tmp_path, out / name)
                 shards.append({"name": name, "samples": samples, "labelled": labelled,
-                               "bytes": (out / name).stat().st_size, "sha256": storage.sha256(out / name)})
+                               "bytes": nbytes, "sha256": sha256})
         keep = {s["name"] for s in shards}
         for stale in out.glob(f"{split}-*.tar"):
             if stale.name not in keep:
