@@ -1,0 +1,99 @@
+"""Data commands: `mtl synth`, `mtl prepare`, `mtl check-shards`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mtl.commands.options import address_option, format_mapping
+from mtl.config import PrepareConfig
+from mtl.data.sources.base import SOURCES
+
+
+@click.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--videos", default=24, show_default=True, type=click.IntRange(1), help="Number of videos.")
+@click.option("--frames", default=200, show_default=True, type=click.IntRange(1), help="Mean frames per video.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of everything generated.")
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(16), help="Face crop size.")
+def synth(out: str, videos: int, frames: int, seed: int, image_size: int) -> None:
+    """Synthetic dataset in the Aff-Wild2 ABAW-2020 layout (annotations/ + cropped_aligned/)."""
+    from mtl.data.synth.generator import synthesize
+
+    summary = synthesize(out, videos=videos, frames=frames, seed=seed, image_size=image_size)
+    click.echo(format_mapping(summary))
+    click.echo(f"wrote {out}")
+
+
+def source_options(function):
+    """One folder option per registered source (its `flag`, dest its name), and `--source NAME=DIR` for any."""
+    function = click.option("--source", "named", multiple=True, metavar="NAME=DIR",
+                            help="Root of any registered source, e.g. a plugin's (repeatable).")(function)
+    folder = click.Path(exists=True, file_okay=False)
+    for name, source in sorted(SOURCES.items(), reverse=True):  # the last applied is listed first
+        function = click.option(source.flag, name, type=folder, help=source.help)(function)
+    return function
+
+
+def source_roots(flags: dict, named: tuple) -> dict[str, str]:
+    """{source name: root} of the source flags given and the `--source NAME=DIR` pairs; at least one."""
+    roots = {name: root for name, root in flags.items() if root}
+    for pair in named:
+        name, _, root = pair.partition("=")
+        if not name or not root:
+            raise click.BadParameter(f"{pair!r} is not NAME=DIR", param_hint="--source")
+        if not Path(root).is_dir():
+            raise click.BadParameter(f"{root!r} is not a folder", param_hint="--source")
+        if name in roots:
+            raise click.UsageError(f"source {name!r} is given twice")
+        roots[name] = root
+    if not roots:
+        flags = ", ".join(source.flag for _, source in sorted(SOURCES.items()))
+        raise click.UsageError(f"give at least one source: {flags} or --source NAME=DIR")
+    return roots
+
+
+@click.command()
+@source_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard folder to write.")
+@click.option("--shard-size", default=PrepareConfig().shard_size, show_default=True, type=click.IntRange(1),
+              help="Samples per shard.")
+@click.option("--image-size", default=PrepareConfig().image_size, show_default=True, type=click.IntRange(16),
+              help="Stored face size (Aff-Wild2's 112 px faces are copied as they are).")
+@click.option("--verify", is_flag=True, help="Re-read every shard written and check it against index.json.")
+@address_option
+def prepare(named, out, shard_size, image_size, verify, address, **flags) -> None:
+    """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray."""
+    from mtl.data.prepare import format_summary, prepare as run_prepare
+
+    index = run_prepare(source_roots(flags, named), out, shard_size=shard_size, image_size=image_size,
+                        address=address)
+    click.echo(format_summary(index))
+    click.echo(f"wrote {out}/index.json")
+    if verify:
+        check_shards_command.callback(out)
+
+
+@click.command("check-shards")
+@click.argument("shards")
+def check_shards_command(shards: str) -> None:
+    """Check every shard of SHARDS (a folder or URI with index.json) against the sizes and SHA-256 checksums
+    index.json records; one line per bad shard, exit code 2 if any."""
+    from mtl.data.index import load_index
+    from mtl.data.verify import shard_problems, unverifiable
+
+    index = load_index(shards)
+    problems = shard_problems(index, checksum=True)
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    total = sum(len(index.shards[split]) for split in index.shards)
+    if problems:
+        sys.exit(2)
+    unchecked = unverifiable(index)
+    note = f" ({unchecked} without a recorded checksum: written by an older mtl prepare)" if unchecked else ""
+    click.echo(f"{total} shard(s) of {shards} match index.json{note}")
+
+
+COMMANDS = [synth, prepare, check_shards_command]

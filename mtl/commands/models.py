@@ -1,0 +1,5 @@
+"""Model-file commands: `mtl export`, `mtl ensemble`."""
+
+from __future__ import annotations
+
+COMMANDS: list = []

@@ -1,0 +1,146 @@
+"""Commands that run stages: `mtl demo`, `train`, `pipeline`, `tune`, `soft-labels`, `submit`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from mtl import storage
+from mtl.commands.options import address_option, config_option
+from mtl.jobs.submit import COMMANDS as SUBMITTABLE
+
+
+@click.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True, type=int)
+@address_option
+def demo(out: str, seed: int, address) -> None:
+    """Synthetic data through every stage available, on a local Ray (or --address)."""
+    from mtl.demo import run_demo
+
+    run_demo(Path(out), seed=seed, address=address)
+
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@config_option
+@click.argument("overrides", nargs=-1)
+@address_option
+def train(config_source: str, overrides: tuple, address) -> None:
+    """Train the role the config names (train.role) on Ray Train; OVERRIDES are dotted key=value pairs."""
+    from mtl.config import load_config
+    from mtl.train.driver import train as run_train
+
+    cfg = load_config(config_source, overrides)
+    outcome = run_train(cfg, address)
+    metrics = outcome["metrics"]
+    click.echo(f"best epoch {metrics.get('epoch')}: " + "  ".join(
+        f"{t} {metrics[f'val_{t}']:.4f}" for t in ("au", "expr", "va", "total") if f"val_{t}" in metrics))
+    click.echo(f"wrote {outcome['best']}")
+
+
+@click.command()
+@config_option
+@click.argument("overrides", nargs=-1)
+@address_option
+def pipeline(config_source: str, overrides: tuple, address) -> None:
+    """Teacher -> soft labels -> students -> ensemble -> report; re-run to resume."""
+    from mtl.config import load_config
+    from mtl.stages.pipeline import run_pipeline
+    from mtl.eval.report import format_table
+
+    cfg = load_config(config_source, overrides)
+    report = run_pipeline(cfg, address)
+    click.echo(format_table(report))
+    click.echo(f"report: {storage.join(cfg.run.dir, 'report.md')}")
+
+
+@click.command()
+@config_option
+@click.option("--space", "space_path", default=None, type=click.Path(dir_okay=False),
+              help="Search space YAML (tune/NAME.yaml); default: tune.space of the config.")
+@click.argument("overrides", nargs=-1)
+@address_option
+def tune(config_source: str, space_path: Optional[str], overrides: tuple, address) -> None:
+    """Ray Tune search over a space, every trial a Ray Train run; re-run the same command to resume."""
+    from mtl.stages.search import format_results, load_search, run_search
+
+    cfg, space = load_search(config_source, space_path, overrides)
+    click.echo(format_results(run_search(cfg, space, address)))
+
+
+@click.command("soft-labels")
+@config_option
+@click.argument("overrides", nargs=-1)
+@address_option
+def soft_labels(config_source: str, overrides: tuple, address) -> None:
+    """The teacher's outputs on every training sample (distill.teacher -> distill.soft_labels), on Ray."""
+    from mtl.config import load_config
+    from mtl.jobs.ray_session import ensure_ray
+    from mtl.stages.soft_labels import compute_soft_labels
+    from mtl.runs import soft_labels_dir, teacher_path
+
+    cfg = load_config(config_source, overrides)
+    ensure_ray(address)
+    manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu)
+    click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
+               f"{soft_labels_dir(cfg)}")
+
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("--address", default=None,
+              help="Ray job API address, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS).")
+@click.option("--command", "command", default="pipeline", show_default=True,
+              type=click.Choice(SUBMITTABLE), help="The mtl command the job runs.")
+@config_option
+@click.option("--run-dir", default=None, help="The run's storage location (sets run.dir): s3://, gs:// or a shared "
+                                              "absolute path.")
+@click.option("--shards", default=None, help="Shard location (sets data.shards).")
+@click.option("--working-dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder shipped as the job's working_dir (this checkout).")
+@click.option("--no-working-dir", is_flag=True, help="Ship nothing: run the code installed on the cluster.")
+@click.option("--pip", multiple=True, help="Extra pip requirement installed for the job (repeatable).")
+@click.option("--env", "env_pairs", multiple=True,
+              help="KEY=VALUE (or KEY: take it from this shell) set in the job's environment (repeatable).")
+@click.option("--runtime-env", "runtime_env_file", type=click.Path(dir_okay=False, exists=True),
+              help="A runtime_env YAML to start from (e.g. cluster/runtime_env.yaml).")
+@click.option("--submission-id", default=None, help="Job id (default: Ray picks one).")
+@click.option("--wait", is_flag=True, help="Stream the logs until the job ends; exit 1 unless it succeeded.")
+@click.option("--timeout", "timeout_s", default=None, type=click.FloatRange(0), help="With --wait: stop the job "
+                                                                                     "after this many seconds.")
+@click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing.")
+@click.argument("overrides", nargs=-1)
+def submit(address, command, config_source, run_dir, shards, working_dir, no_working_dir, pip, env_pairs,
+           runtime_env_file, submission_id, wait, timeout_s, dry_run, overrides) -> None:
+    """Run an mtl command (default: pipeline) as a Ray job on a running cluster, with a runtime environment."""
+    import os
+
+    import yaml
+
+    from mtl.jobs.submit import JobFailed, build_submission, describe, submit as run_submit
+
+    env = {}
+    for pair in env_pairs:
+        key, sep, value = pair.partition("=")
+        if not sep and key not in os.environ:
+            raise click.BadParameter(f"{key!r} is not set in this shell", param_hint="--env")
+        env[key] = value if sep else os.environ[key]
+    base = yaml.safe_load(Path(runtime_env_file).read_text()) if runtime_env_file else None
+    submission = build_submission(config_source, overrides, command, run_dir, shards,
+                                  None if no_working_dir else working_dir, pip, env, base, submission_id)
+    if dry_run:
+        click.echo(describe(submission, address))
+        return
+    try:
+        outcome = run_submit(submission, address, wait=wait, timeout_s=timeout_s)
+    except (JobFailed, ConnectionError) as err:  # ConnectionError: no job API at that address
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"job {outcome['submission_id']}: {outcome['status']}")
+
+
+COMMANDS = [demo, train, pipeline, tune, soft_labels, submit]
