@@ -21,6 +21,23 @@ INVALID_EXPR = -1
 INVALID_VA = -5.0
 
 SPLITS = ("train", "val")
+VA_LABEL_DECIMALS = 6  # labels are rounded to 1e-6 before binning: k/10 written in float32 or float64 bins alike
+
+
+def va_bin(values):
+    """VA values -> bin index 0..19 of the 20 bins of width 0.1 over [-1, 1] (the reference's np.digitize over
+    linspace(-1, 1, 21) minus 1, 1.0 in bin 19; docs/recipe.md §2), for a float, a numpy array or a torch tensor.
+
+    One rule for balancing and for the loss: the value is rounded to 1e-6 and binned in integer steps, so -0.9
+    lands in bin 1 whether it arrives as float32 or float64 (float edges disagree on 8 of the 21 values k/10).
+    Out-of-range values clip to bins 0 and 19. Returns the input's kind: int for a float, float-typed integral
+    values for arrays and tensors (cast them for indexing)."""
+    scale = 10 ** VA_LABEL_DECIMALS
+    micro = round(values * scale) if isinstance(values, (int, float)) else (values * scale).round()
+    index = (micro + scale) // (scale // 10)
+    if isinstance(index, (int, float)):
+        return int(min(max(index, 0), VA_BINS - 1))
+    return index.clip(0, VA_BINS - 1)
 
 
 class DataError(ValueError):

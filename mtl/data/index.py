@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS
+from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS, va_bin
 
 INDEX_NAME = "index.json"
 SCHEMA_VERSION = 1
@@ -22,12 +22,8 @@ VA_EDGES = np.linspace(-1.0, 1.0, VA_BINS + 1)
 
 
 def va_cell(valence: float, arousal: float) -> tuple[int, int]:
-    """Cell of the 20x20 grid over [-1, 1]^2 (bin edges linspace(-1, 1, 21); 1.0 falls in the last bin)."""
+    """Cell of the 20x20 grid over [-1, 1]^2 (`mtl.labels.va_bin` per axis: the loss's bins)."""
     return va_bin(valence), va_bin(arousal)
-
-
-def va_bin(value: float) -> int:
-    return min(int((value + 1.0) * VA_BINS / 2.0), VA_BINS - 1)
 
 
 def au_pattern(au) -> str:

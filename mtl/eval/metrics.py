@@ -6,8 +6,10 @@ floats. With no row left, every score is NaN (never an exception), so a task abs
 report without crashing it. A shape that does not fit raises ValueError naming the argument and the expected shape;
 a label or prediction outside its vocabulary raises ValueError too.
 
-F1 follows scikit-learn's defaults exactly: F1 = 2·TP / (2·TP + FP + FN), and 0 where that is 0/0 (a class or AU
-with no positive in truth nor prediction), so a class absent from a split drags the macro F1 down.
+F1 follows scikit-learn's defaults exactly: F1 = 2·TP / (2·TP + FP + FN), and 0 where that is 0/0 (an AU with
+no positive in truth nor prediction). The expression macro F1 averages, as scikit-learn's `f1_score(average=
+"macro")` and the official evaluation do, over the classes present in truth or prediction; `classes="all"` averages
+over all 7 (a class absent from both then counts 0), and every result names the variant in `f1_classes`.
 """
 
 from __future__ import annotations
@@ -36,24 +38,31 @@ def au_metric(y_true: ArrayLike, y_pred: ArrayLike) -> dict:
     return {"f1": f1, "acc": acc, "score": AU_WEIGHTS[0] * f1 + AU_WEIGHTS[1] * acc, "f1_per_au": per_au}
 
 
-def expr_metric(y_true: ArrayLike, y_pred: ArrayLike) -> dict:
-    """7 expressions: {"f1": macro F1 over all 7 classes, "acc", "score", "confusion": 7×7 (rows true, cols pred)}."""
+EXPR_F1_CLASSES = ("present", "all")
+
+
+def expr_metric(y_true: ArrayLike, y_pred: ArrayLike, classes: str = "present") -> dict:
+    """7 expressions: {"f1": macro F1 over the classes present in truth or prediction (`classes="all"`: over all 7),
+    "acc", "score", "confusion": 7×7 (rows true, cols pred), "f1_classes": the variant}."""
+    if classes not in EXPR_F1_CLASSES:
+        raise ValueError(f"classes must be one of {EXPR_F1_CLASSES}, got {classes!r}")
     true, pred = _pair(y_true, y_pred, ())
     keep = true != INVALID_EXPR
     true, pred = true[keep], pred[keep]
-    classes = tuple(range(NUM_EXPR))
-    _check_values(true, classes, "y_true")
-    _check_values(pred, classes, "y_pred")
+    vocabulary = tuple(range(NUM_EXPR))
+    _check_values(true, vocabulary, "y_true")
+    _check_values(pred, vocabulary, "y_pred")
     confusion = np.zeros((NUM_EXPR, NUM_EXPR), dtype=np.int64)
     np.add.at(confusion, (true.astype(np.int64), pred.astype(np.int64)), 1)
     if len(true) == 0:
-        return {"f1": np.nan, "acc": np.nan, "score": np.nan, "confusion": confusion.tolist()}
+        return {"f1": np.nan, "acc": np.nan, "score": np.nan, "confusion": confusion.tolist(), "f1_classes": classes}
     tp = np.diag(confusion)
     fp, fn = confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp
-    f1 = float(np.mean([_f1(int(a), int(b), int(c)) for a, b, c in zip(tp, fp, fn)]))
+    counted = (tp + fp + fn > 0) if classes == "present" else np.ones(NUM_EXPR, dtype=bool)
+    f1 = float(np.mean([_f1(int(a), int(b), int(c)) for a, b, c in zip(tp[counted], fp[counted], fn[counted])]))
     acc = float(tp.sum() / len(true))
     score = EXPR_WEIGHTS[0] * f1 + EXPR_WEIGHTS[1] * acc
-    return {"f1": f1, "acc": acc, "score": score, "confusion": confusion.tolist()}
+    return {"f1": f1, "acc": acc, "score": score, "confusion": confusion.tolist(), "f1_classes": classes}
 
 
 def va_metric(y_true: ArrayLike, y_pred: ArrayLike) -> dict:

@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl.labels import NUM_AU, NUM_EXPR, TASKS, VA_BINS
+from mtl.labels import NUM_AU, NUM_EXPR, TASKS, VA_BINS, va_bin
 from mtl.models.heads import va_expectation
 
 CCC_EPS = 1e-8
-VA_EDGES = torch.linspace(-1.0, 1.0, VA_BINS + 1, dtype=torch.float64)  # CE bin edges, width 0.1
 
 
 def au_loss(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -40,10 +39,9 @@ def expr_loss(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 def va_bins(values: Tensor) -> Tensor:
-    """VA values → int64 bin indices: bin i = [−1 + 0.1·i, −1 + 0.1·(i + 1)) and 1.0 in bin 19, i.e. the
-    reference's np.digitize over linspace(−1, 1, 21) minus 1, clipped; out-of-range values clip to bins 0 and 19."""
-    index = torch.bucketize(values.double(), VA_EDGES.to(values.device), right=True) - 1
-    return index.clamp(0, VA_BINS - 1)
+    """VA values → int64 bin indices by `mtl.labels.va_bin` (the balancer's rule): bin i = [−1 + 0.1·i,
+    −1 + 0.1·(i + 1)) after rounding to 1e-6, 1.0 in bin 19, out-of-range values clipped to bins 0 and 19."""
+    return va_bin(values.double()).long()
 
 
 def ccc_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

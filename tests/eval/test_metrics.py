@@ -92,8 +92,10 @@ def test_expr_matches_sklearn_on_random_data_with_missing_rows(seed):
     true[rng.random(400) < 0.25] = -1
     out = expr_metric(true, pred)
     t, p = true[true != -1], pred[true != -1]
-    f1 = sk(f1_score, t, p, average="macro", labels=range(7))
-    assert out["f1"] == pytest.approx(f1)
+    f1 = sk(f1_score, t, p, average="macro")  # scikit-learn's default: the classes present in truth or prediction
+    assert out["f1"] == pytest.approx(f1) and out["f1_classes"] == "present"
+    assert expr_metric(true, pred, classes="all")["f1"] == pytest.approx(
+        sk(f1_score, t, p, average="macro", labels=range(7)))
     assert out["acc"] == pytest.approx(accuracy_score(t, p))
     assert out["score"] == pytest.approx(0.67 * f1 + 0.33 * accuracy_score(t, p))
     assert out["confusion"] == confusion_matrix(t, p, labels=range(7)).tolist()
@@ -101,9 +103,11 @@ def test_expr_matches_sklearn_on_random_data_with_missing_rows(seed):
 
 def test_expr_hand_computed():
     out = expr_metric([0, 0, 1, 4, -1], [0, 1, 1, 4, 3])
-    # F1: class 0 -> 2/3, class 1 -> 2/3, class 4 -> 1, four classes absent from both -> 0.
-    f1 = (2 / 3 + 2 / 3 + 1) / 7
+    # F1: class 0 -> 2/3, class 1 -> 2/3, class 4 -> 1; class 3 is predicted only on a row without a label.
+    f1 = (2 / 3 + 2 / 3 + 1) / 3
     assert out["f1"] == pytest.approx(f1)
+    # over all 7 classes, the four absent from both count 0
+    assert expr_metric([0, 0, 1, 4, -1], [0, 1, 1, 4, 3], classes="all")["f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 7)
     assert out["acc"] == pytest.approx(3 / 4)
     assert out["score"] == pytest.approx(0.67 * f1 + 0.33 * 0.75)
     assert out["confusion"][0][:2] == [1, 1] and out["confusion"][1][1] == 1 and out["confusion"][4][4] == 1
