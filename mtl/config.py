@@ -118,6 +118,25 @@ class TuneConfig(_Section):
                                                      "train every student with the best distill.* and train.lr")
 
 
+class EvalConfig(_Section):
+    """How validation is scored and split (docs/recipe.md §7): epoch selection, Tune's metric and the tuned students
+    see only the selection half of the validation videos; reports are scored on the other half."""
+
+    selection: Literal["reference", "report"] = Field(
+        "reference", description="val_total for selection: reference = AU + EXPR + CCC_V + CCC_A (the paper's "
+                                 "train.py); report = AU + EXPR + mean CCC, the report's total")
+    expr_f1: Literal["present", "all"] = Field("present", description="EXPR macro F1 over the classes present in "
+                                                                      "truth or prediction (official), or all 7")
+    split_seed: int = Field(0, description="seed of the cut of the validation videos into selection/report halves")
+
+
+class EnsembleConfig(_Section):
+    threshold_rule: Literal["f1", "break_even"] = Field(
+        "f1", description="per-AU threshold on the selection half: best F1, or precision = recall (reference)")
+    bootstrap: int = Field(1000, ge=0, description="video-bootstrap replicates of each reported score's 95 % "
+                                                   "interval (0: no intervals)")
+
+
 class PrepareConfig(_Section):
     """`mtl prepare` (the same keys as its flags: --shard-size, --image-size)."""
 
@@ -151,6 +170,8 @@ class Config(_Section):
     distill: DistillConfig = DistillConfig()
     students: StudentsConfig = StudentsConfig()
     tune: TuneConfig = TuneConfig()
+    eval: EvalConfig = EvalConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     prepare: PrepareConfig = PrepareConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 

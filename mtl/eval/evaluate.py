@@ -83,10 +83,11 @@ def gather(preds: dict) -> Optional[dict]:
             **{name: np.concatenate([p[name] for p in everything]) for name in FIELDS}}
 
 
-def score(preds: dict, au_thresholds=0.5) -> dict:
-    """ABAW scores of gathered predictions: {"au", "expr", "va", "total"} plus each task's details."""
+def score(preds: dict, au_thresholds=0.5, expr_f1: str = "present") -> dict:
+    """ABAW scores of gathered predictions: {"au", "expr", "va", "total"} plus each task's details (`expr_f1`:
+    the classes EXPR's macro F1 averages over, `mtl.eval.metrics.expr_metric`)."""
     au = au_metric(preds["au_true"], (preds["au_prob"] >= np.asarray(au_thresholds)).astype(int))
-    expr = expr_metric(preds["expr_true"], preds["expr_prob"].argmax(axis=1))
+    expr = expr_metric(preds["expr_true"], preds["expr_prob"].argmax(axis=1), classes=expr_f1)
     va = va_metric(preds["va_true"], preds["va_pred"])
     scores = {"au": au["score"], "expr": expr["score"], "va": va["score"]}
     scores["total"] = float(np.nansum(list(scores.values())))

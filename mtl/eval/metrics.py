@@ -113,3 +113,20 @@ def _check_values(values: np.ndarray, allowed: tuple[int, ...], name: str) -> No
     bad = ~np.isin(values, allowed)
     if bad.any():
         raise ValueError(f"{name} holds {values[bad][0].item()!r}, expected one of {allowed}")
+
+
+
+VA_SELECTION_TERMS = {  # what VA adds to the selection total, from va_metric's result
+    "reference": lambda va: va["ccc_valence"] + va["ccc_arousal"],  # the paper's train.py: + CCC_V + CCC_A
+    "report": lambda va: va["score"],  # the report's total: + mean CCC
+}
+
+
+def selection_total(scores: dict, rule: str = "reference") -> float:
+    """The validation total that selects epochs, trials and students, from `mtl.eval.evaluate.score` output:
+    "reference" = AU + EXPR + CCC_V + CCC_A (the reference's train.py L229-244), "report" = AU + EXPR + mean CCC,
+    the report's total. A task with no labelled row adds 0, as in the report's total."""
+    if rule not in VA_SELECTION_TERMS:
+        raise ValueError(f"selection rule must be one of {tuple(VA_SELECTION_TERMS)}, got {rule!r}")
+    terms = (scores["au"], scores["expr"], VA_SELECTION_TERMS[rule](scores["details"]["va"]))
+    return float(np.nansum(terms))

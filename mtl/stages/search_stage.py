@@ -28,7 +28,7 @@ class SearchResult(StageResult):
 class SearchStage(Stage):
     name = "search"
     result_type = SearchResult
-    config_keys = ("data", "model", "train", "loss", "distill", "students", "tune")
+    config_keys = ("data", "model", "train", "loss", "distill", "students", "tune", "eval")
 
     def enabled(self, cfg: Config) -> bool:
         return cfg.tune.before_students

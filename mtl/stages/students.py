@@ -92,7 +92,7 @@ class StudentsResult(StageResult):
 class StudentsStage(Stage):
     name = "students"
     result_type = StudentsResult
-    config_keys = ("data", "model", "train", "loss", "distill", "students")
+    config_keys = ("data", "model", "train", "loss", "distill", "students", "eval")
 
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
         return [ctx.result(TeacherStage.name).best]  # the model their soft labels come from

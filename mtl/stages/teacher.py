@@ -17,7 +17,7 @@ def teacher_config(cfg: Config) -> Config:
 class TeacherStage(Stage):
     name = "teacher"
     result_type = TrainingResult
-    config_keys = ("data", "model", "train", "loss")
+    config_keys = ("data", "model", "train", "loss", "eval")
 
     def run(self, cfg: Config, ctx: StageContext) -> TrainingResult:
         from mtl.train.driver import train

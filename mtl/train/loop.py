@@ -25,6 +25,8 @@ from mtl.data.index import load_index
 from mtl.data.stream import train_loader
 from mtl.data.windows import window_loader
 from mtl.eval.evaluate import gather, predict, score
+from mtl.eval.metrics import selection_total
+from mtl.eval.split import selection_half
 from mtl.labels import TASKS
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
@@ -102,9 +104,10 @@ def train_loop(payload: dict) -> dict:
         metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done), "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
                    **{f"train_{k}": v / steps for k, v in sums.items()}}
-        if preds is not None:
-            result = score(preds)
-            metrics.update({f"val_{task}": result[task] for task in (*TASKS, "total")})
+        if preds is not None:  # scored on the selection half only: the reporting half stays unseen
+            result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1)
+            metrics.update({f"val_{task}": result[task] for task in TASKS})
+            metrics["val_total"] = selection_total(result, cfg.eval.selection)
         history.append(metrics)
         report_epoch(metrics, history, unwrapped, optimizer, scheduler, epoch, cfg, rank,
                      payload.get("local_checkpoints"))

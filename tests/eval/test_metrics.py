@@ -175,3 +175,24 @@ def test_va_shape_errors():
         va_metric([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=r"y_pred must have the shape of y_true \(1, 2\), got \(2, 2\)"):
         va_metric([[0.1, 0.2]], [[0.1, 0.2], [0.3, 0.4]])
+
+
+def test_the_selection_total_is_the_references_sum_of_both_cccs_or_the_reports_total():
+    from mtl.eval.evaluate import score
+    from mtl.eval.metrics import selection_total
+
+    rng = np.random.default_rng(0)
+    n = 200
+    preds = {"key": [f"s/v/{i:05d}" for i in range(n)], "au_true": (rng.random((n, 8)) < 0.3).astype(int),
+             "au_prob": rng.random((n, 8)), "expr_true": rng.integers(0, 7, n), "expr_prob": rng.random((n, 7)),
+             "va_true": rng.uniform(-1, 1, (n, 2))}
+    preds["va_pred"] = preds["va_true"] * 0.5 + rng.normal(0, 0.3, (n, 2))
+    s = score(preds)
+    v = reference_ccc(preds["va_true"][:, 0], preds["va_pred"][:, 0])
+    a = reference_ccc(preds["va_true"][:, 1], preds["va_pred"][:, 1])
+    assert selection_total(s) == pytest.approx(s["au"] + s["expr"] + v + a)
+    assert selection_total(s, "report") == pytest.approx(s["au"] + s["expr"] + (v + a) / 2)
+    preds["va_true"][:] = -5  # no VA label: the task adds nothing
+    assert selection_total(score(preds)) == pytest.approx(s["au"] + s["expr"])
+    with pytest.raises(ValueError, match="selection rule"):
+        selection_total(s, "best")

@@ -1,0 +1,31 @@
+"""The one cut of the validation videos into a selection half and a reporting half (docs/recipe.md §5, §7).
+
+Everything chosen on validation data (epochs, Tune's best trial, tuned students, AU thresholds, ensemble members)
+sees only the selection half; every reported score is measured on the reporting half. The cut depends only on
+the set of validation videos, which tasks each is labelled for (both halves carry every task) and
+`eval.split_seed`, so the training loop, the searches and the ensemble stage all draw the same line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtl.eval.ensemble import halve_videos, subset, task_strata
+from mtl.labels import video_of
+
+
+def halves(preds: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(selection, report) frame masks of a validation prediction (`mtl.eval.evaluate.predict` output)."""
+    return halve_videos(preds["key"], seed, task_strata(preds))
+
+
+def selection_half(preds: dict, seed: int = 0) -> dict:
+    """The frames of `preds` whose videos are in the selection half (all of them with fewer than 2 videos)."""
+    if len({video_of(key) for key in preds["key"]}) < 2:
+        return preds
+    return subset(preds, halves(preds, seed)[0])
+
+
+def video_names(preds: dict, mask: np.ndarray) -> list[str]:
+    """Sorted names of the videos of the frames in `mask`."""
+    return sorted({video_of(key) for key, keep in zip(preds["key"], mask) if keep})
