@@ -21,12 +21,11 @@ import numpy as np
 
 from mtl import storage
 from mtl.config import Config
-from mtl.data.soft_join import soft_label_path
+from mtl.data.soft_join import MANIFEST, soft_label_path
 from mtl.runs import soft_labels_dir
 from mtl.stages.base import Stage, StageContext, StageResult, register_stage
 from mtl.stages.teacher import TeacherStage  # the stage before this one (registered first)
 
-MANIFEST = "manifest.json"
 
 
 def write_npz_atomic(path: str | Path, **arrays) -> None:

@@ -25,6 +25,7 @@ from mtl.checkpoint import save_model_file
 from mtl.config import Config, ConfigError, config_dict
 from mtl.data.balance import BALANCERS
 from mtl.data.index import load_index
+from mtl.data.soft_join import check_soft_labels
 from mtl.data.verify import check_shards
 from mtl.jobs.ray_session import ensure_ray
 from mtl.objectives.objective import OBJECTIVES
@@ -38,14 +39,15 @@ def check_inputs(cfg: Config) -> None:
     """Fail here, in one line, not in a worker: shards, names looked up in registries, a student's teacher."""
     if not cfg.data.shards:
         raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
-    check_shards(load_index(cfg.data.shards))  # sizes against index.json: a truncated shard fails here
+    index = load_index(cfg.data.shards)
+    check_shards(index)  # sizes against index.json: a truncated shard fails here
     BALANCERS.get(cfg.data.balance, key="data.balance")
     OBJECTIVES.get(cfg.train.role, key="train.role")
     if cfg.train.role == "student":
-        needed = teacher_path(cfg) if cfg.distill.on_the_fly else storage.join(soft_labels_dir(cfg), "manifest.json")
-        if not storage.is_file(needed):
-            raise FileNotFoundError(f"{needed}: a student needs the teacher's " +
-                                    ("model" if cfg.distill.on_the_fly else "soft labels (run `mtl soft-labels`)"))
+        if not storage.is_file(teacher_path(cfg)) and cfg.distill.on_the_fly:
+            raise FileNotFoundError(f"{teacher_path(cfg)}: a student needs the teacher's model")
+        if not cfg.distill.on_the_fly:  # every training shard labelled, by the current teacher
+            check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), index)
 
 
 def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[list] = None,
