@@ -74,6 +74,8 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
     eval_batch_size: int = Field(128, ge=1)
+    compile: bool = Field(False, description="torch.compile the training model (the DDP-wrapped one, as "
+                                             "PyTorch recommends); validation and checkpoints use the plain module")
 
 
 class LossConfig(_Section):

@@ -33,15 +33,25 @@ def va_bin(values):
     Out-of-range values clip to bins 0 and 19. Returns the input's kind: int for a float, float-typed integral
     values for arrays and tensors (cast them for indexing)."""
     scale = 10 ** VA_LABEL_DECIMALS
-    micro = round(values * scale) if isinstance(values, (int, float)) else (values * scale).round()
-    index = (micro + scale) // (scale // 10)
-    if isinstance(index, (int, float)):
+    if not hasattr(values, "shape") or values.shape == ():  # a Python or numpy scalar
+        index = (round(float(values) * scale) + scale) // (scale // 10)
         return int(min(max(index, 0), VA_BINS - 1))
-    return index.clip(0, VA_BINS - 1)
+    micro = (values * scale).round()
+    return ((micro + scale) // (scale // 10)).clip(0, VA_BINS - 1)
 
 
 class DataError(ValueError):
     """Bad input data; the message names the file (and line) at fault."""
+
+
+def error_line(err: BaseException) -> str:
+    """The one-line message of an error, also when a DataLoader worker re-raised it with the worker's traceback
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ... mtl.labels.DataError: <message>")."""
+    text = str(err).strip()
+    if "Original Traceback" not in text:
+        return text
+    _, colon, message = text.splitlines()[-1].partition(": ")
+    return message if colon else text.splitlines()[-1]
 
 
 @dataclass(frozen=True)

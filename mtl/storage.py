@@ -8,7 +8,8 @@ that pyarrow understands (`s3://bucket/key`, `gs://bucket/key`, `file:///abs/pat
 Writes are atomic: a local file is written beside its target and renamed over it; an object-store PUT is atomic
 by itself (the object appears only when its upload completes), so objects are written in place. Credentials and
 endpoints come from the usual environment (AWS_* incl. AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...),
-which Ray workers must see too (a cluster's nodes, or the job's runtime_env env_vars).
+which Ray workers must see too (a cluster's nodes, or the job's runtime_env env_vars). http(s) files are asked
+for their existence and size with a HEAD request (urllib), and read through `gopen` (curl).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import posixpath
+import shutil
 import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
@@ -31,6 +33,8 @@ Location = Union[str, os.PathLike]
 STREAM_PREFIXES = ("pipe:", "http://", "https://")  # read through webdataset's gopen
 BUCKET_SCHEMES = ("s3", "gs", "gcs")  # netloc is the bucket; directories are implicit
 READ_BUFFER = 4 << 20
+HTTP_PREFIXES = ("http://", "https://")
+HTTP_TIMEOUT_S = 30
 
 
 def is_uri(location: Location) -> bool:
@@ -86,6 +90,40 @@ def filesystem(location: Location):
 
 def _local(location: str) -> bool:
     return not is_uri(location) and not is_stream(location)
+
+
+def local_path(location: Location) -> Optional[str]:
+    """The local path of a local path or a file:// URI; None for anything remote."""
+    location = str(location)
+    if _local(location):
+        return os.path.abspath(location)
+    if location.startswith("file://"):
+        return filesystem(location)[1]
+    return None
+
+
+def _http_stat(url: str) -> tuple[bool, Optional[int]]:
+    """(exists, size or None) of an http(s) file: a HEAD request, or a one-byte GET where HEAD is refused (a
+    presigned GET URL, a server without HEAD)."""
+    from urllib import error, request
+
+    for method, headers in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
+        try:
+            with request.urlopen(request.Request(url, method=method, headers=headers),
+                                 timeout=HTTP_TIMEOUT_S) as response:
+                length = response.headers.get("Content-Length")
+                if response.status == 206:
+                    length = response.headers.get("Content-Range", "").rpartition("/")[2]
+                return True, int(length) if length and length.isdigit() else None
+        except error.HTTPError as err:
+            if err.code in (404, 410):
+                return False, None
+            if method == "HEAD" and err.code in (403, 405, 501):
+                continue
+            raise OSError(f"{url}: HTTP {err.code} {err.reason}") from None
+        except error.URLError as err:
+            raise OSError(f"{url}: {err.reason}") from None
+    return False, None
 
 
 def open_read(location: Location) -> BinaryIO:
@@ -189,15 +227,20 @@ def is_file(location: Location) -> bool:
     location = str(location)
     if _local(location):
         return os.path.isfile(location)
+    if location.startswith(HTTP_PREFIXES):
+        return _http_stat(location)[0]
     fs, path = filesystem(location)
     return fs.get_file_info(path).type == pyarrow.fs.FileType.File
 
 
 def size(location: Location) -> Optional[int]:
-    """Bytes of the file at `location`; None when there is none (or a stream, whose size is unknown)."""
+    """Bytes of the file at `location`; None when there is none (or a `pipe:` stream, or an http file whose server
+    sends no length: see `is_file`)."""
     import pyarrow.fs
 
     location = str(location)
+    if location.startswith(HTTP_PREFIXES):
+        return _http_stat(location)[1]
     if is_stream(location):
         return None
     if _local(location):
@@ -213,6 +256,8 @@ def exists(location: Location) -> bool:
     location = str(location)
     if _local(location):
         return os.path.exists(location)
+    if location.startswith(HTTP_PREFIXES):
+        return _http_stat(location)[0]
     fs, path = filesystem(location)
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
@@ -254,6 +299,63 @@ def remove(location: Location) -> None:
     fs, path = filesystem(location)
     if exists(location):
         fs.delete_file(path)
+
+
+def remove_tree(location: Location) -> None:
+    """Delete a folder (an object-store prefix) and everything in it; a missing one is fine."""
+    location = str(location)
+    path = local_path(location)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    if exists(location):
+        filesystem(location)[0].delete_dir(filesystem(location)[1])
+
+
+def upload(source: Location, location: Location) -> str:
+    """Copy local file `source` to `location`: a local target through a temporary file renamed over it; an object
+    in one streamed upload, which appears when it completes (an interrupted one may leave a partial object: upload
+    to a temporary name and `move` it where readers look)."""
+    location = str(location)
+    path = local_path(location)
+    if path is not None:
+        with atomic_local_path(path) as tmp:
+            shutil.copyfile(source, tmp)
+        return location
+    if is_stream(location):
+        raise ValueError(f"{location}: a stream URL is read-only")
+    fs, path = filesystem(location)
+    with open(source, "rb") as reader, fs.open_output_stream(path) as writer:
+        shutil.copyfileobj(reader, writer, READ_BUFFER)
+    return location
+
+
+def move(source: Location, location: Location) -> str:
+    """Rename a file within one store: os.replace locally; on object stores a server-side copy (the new object
+    appears whole) and a delete."""
+    source, location = str(source), str(location)
+    src, dst = local_path(source), local_path(location)
+    if src is not None and dst is not None:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+        return location
+    fs, src = filesystem(source)
+    fs.copy_file(src, filesystem(location)[1])  # S3 and GCS: one server-side copy
+    fs.delete_file(src)
+    return location
+
+
+@contextmanager
+def scratch_folder(purpose: str, scratch: Optional[str] = None) -> Iterator[str]:
+    """A new local folder under `scratch` ($MTL_LOCAL_DIR, else the temp dir's mtl/) for files on their way to a
+    bucket; removed with its content when the block ends."""
+    root = scratch or os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl")
+    os.makedirs(root, exist_ok=True)
+    folder = tempfile.mkdtemp(dir=root, prefix=f"{purpose}-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def local_folder(location: Location, purpose: str, scratch: Optional[str] = None) -> str:

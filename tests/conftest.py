@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,3 +105,83 @@ def stream_config(batch_size: int = 32, seed: int = 0, augment: dict | None = No
     changes = {"train.batch_size": batch_size, "train.seed": seed, **{f"data.{k}": v for k, v in data.items()},
                **{f"data.augment.{k}": v for k, v in (augment or {}).items()}}
     return updated(Config(), changes)
+
+
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def moto_s3(bucket: str) -> Iterator[dict]:
+    """An S3 server (moto) on 127.0.0.1 with `bucket`; AWS_* point at it in this process inside the block.
+    Yields those variables (for other processes)."""
+    from mtl import storage
+
+    boto3 = pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(env)
+    storage._bucket_filesystem.cache_clear()
+    try:
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        storage._bucket_filesystem.cache_clear()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@contextmanager
+def http_folder(folder) -> Iterator[str]:
+    """A real http.server on 127.0.0.1 serving `folder` (GET and HEAD) in a thread; yields its base URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def job_env(variables: dict) -> dict:
+    """This process's environment plus `variables`, also handed to every Ray task and actor of a CLI subprocess
+    that joins the session's Ray (the job runtime_env `ray job submit` gives a driver, as `mtl submit --env` does
+    on a cluster): the session's Ray processes started before a test's S3 server and never saw its AWS_*."""
+    import json
+
+    return {**os.environ, **variables,
+            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"env_vars": variables}})}
+
+
+def bucket_named_folders(*roots) -> list[str]:
+    """Local folders or files named like a URI (`s3:`, `gs:`) in `roots` and below: a location turned into a path."""
+    found = []
+    for root in roots:
+        for folder, names, files in os.walk(root):
+            found += [os.path.join(folder, n) for n in names + files if n.startswith(("s3:", "gs:", "gcs:"))]
+    return found

@@ -41,7 +41,7 @@ def test_load_model_rebuilds_the_trained_network_from_its_file_alone(trained_wit
 
 def test_every_inference_stage_runs_without_the_pretrained_file(trained_without_its_weights_file, imbalanced_shards,
                                                                 ray_session):
-    from mtl.eval.ensemble import export_ensemble, load_exported
+    from mtl.serve.export import export_ensemble, load_predictor_file
     from mtl.eval.evaluate import evaluate_checkpoint
     from mtl.serve.predict import predict_folder
     from mtl.stages.soft_labels import compute_soft_labels
@@ -52,9 +52,9 @@ def test_every_inference_stage_runs_without_the_pretrained_file(trained_without_
     manifest = compute_soft_labels(best, imbalanced_shards, run / "soft_labels", progress=False)
     assert sum(manifest["shards"].values()) > 0
     model, cfg = load_model(best)
-    exported = run / "ensemble.pt"
+    exported = run / "ensemble.pt2"
     export_ensemble([model], [0.5] * 8, cfg.data.image_size, exported, stored_size=32)
-    assert load_exported(exported) is not None
+    assert load_predictor_file(exported, "cpu").image_size == cfg.data.image_size
     faces = run / "faces"
     for i in range(3):
         write_jpeg(faces / "v" / f"{i:05d}.jpg", seed=i)

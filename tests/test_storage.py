@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import pytest
 
+from tests.conftest import http_folder, moto_s3  # noqa: F401  (moto_s3: imported from here by other modules)
 from mtl import storage
 from mtl.config import load_config
 from mtl.data.index import load_index
@@ -19,40 +17,6 @@ from mtl.data.shards import tar_samples
 
 TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=0",
         "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.epochs=1")
-AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def moto_s3(bucket: str) -> Iterator[dict]:
-    """An S3 server (moto) on 127.0.0.1 with `bucket`; AWS_* point at it in this process inside the block.
-    Yields those variables (for other processes)."""
-    boto3 = pytest.importorskip("boto3")
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(env)
-    storage._bucket_filesystem.cache_clear()
-    try:
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        yield env
-    finally:
-        storage._bucket_filesystem.cache_clear()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +144,26 @@ def test_ray_train_soft_labels_and_report_on_a_file_uri(imbalanced_shards, tmp_p
     assert (tmp_path / "run/report.json").is_file() and (tmp_path / "run/report.md").is_file()
     assert (tmp_path / "run/plots/scores.png").is_file()
     shutil.rmtree(tmp_path / "run")
+
+
+def test_an_http_shard_root_serves_index_json_and_the_streams_read_the_same_samples(imbalanced_shards):
+    """A real http.server on loopback serving a shard folder: index.json (sizes by HEAD requests) and the train and
+    eval streams (shards through webdataset's gopen/curl) read exactly what they read from the folder."""
+    from tests.conftest import stream_config
+    from mtl.data.stream import EvalStream, TrainStream
+    from mtl.data.verify import check_shards
+
+    with http_folder(imbalanced_shards.parent) as base:
+        root = f"{base}/{imbalanced_shards.name}"
+        local, remote = load_index(imbalanced_shards), load_index(root)
+        assert remote.raw == local.raw and remote.shard_urls("val")[0] == f"{root}/val-000000.tar"
+        check_shards(remote)  # every shard's size from a HEAD request matches index.json
+        assert storage.size(remote.shard_urls("train")[0]) == local.shards["train"][0].nbytes
+        spec = stream_config(batch_size=8, shuffle_buffer=20, batch_mode="mixed")
+        batches = [next(iter(TrainStream(index, spec))) for index in (local, remote)]
+        assert batches[0]["key"] == batches[1]["key"] and np.array_equal(batches[0]["image"], batches[1]["image"])
+        keys = [[b["key"] for b in EvalStream(index, batch_size=16)] for index in (local, remote)]
+        assert keys[0] == keys[1] and sum(map(len, keys[1])) == local.stats["val"].samples
+        with pytest.raises(FileNotFoundError, match="no shard index"):
+            load_index(f"{base}/nowhere")
+        assert not storage.is_file(f"{root}/nowhere.tar") and storage.size(f"{root}/nowhere.tar") is None

@@ -21,32 +21,45 @@ def timed_steps(payload: dict) -> dict:
     from mtl.data.index import load_index
     from mtl.models.factory import create_model
     from mtl.objectives.objective import make_objective
-    from mtl.train.loop import make_loader, seed_everything, train_step
+    from mtl.train.loop import batch_samples, make_loader, merge_per_task, seed_everything, train_step
     from mtl.train.optim import make_optimizer
 
     cfg = payload["config"]
     seed_everything(cfg.train.seed)
     torch.set_num_threads(cfg.train.cpus_per_worker)
-    device = torch.device("cpu")
-    model = create_model(cfg.model, cfg.data.image_size)
+    device = torch.device(payload.get("device", "cpu"))
+    model = create_model(cfg.model, cfg.data.image_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats(device)
     if payload["ray"]:
         model = prepare_model(model, move_to_device=False)
+    if cfg.train.compile:
+        model = torch.compile(model)
     optimizer = make_optimizer(cfg, model.parameters())
     objective = make_objective(cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     loader = make_loader(cfg, load_index(cfg.data.shards), rank=0, world=1)
     loader.batches = payload["warmup"] + payload["steps"]
+    if payload.get("synthetic"):  # one stream batch, moved to the device once and repeated: compute only
+        first = merge_per_task(next(iter(loader)))
+        first = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
+        loader = [first] * loader.batches
     samples, started = 0, None
     for step, batch in enumerate(loader):
         if step == payload["warmup"]:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             started = time.perf_counter()
-        train_step(model, optimizer, scheduler, batch, cfg, device, objective)
+        train_step(model, optimizer, scheduler, batch, cfg, device, objective)  # its float(loss) syncs
         if started is not None:
-            samples += len(batch["key"])
-    return {"samples_per_s": samples / (time.perf_counter() - started)}
+            samples += batch_samples(batch)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"samples_per_s": samples / (time.perf_counter() - started), "peak_gib": peak}
 
 
-def bench_data(out: Path, address: Optional[str] = None) -> Path:
+def bench_data(out: Path, address: Optional[str] = None, videos: int = 16, frames: int = 100,
+               image_size: int = 112) -> Path:
     """Synthetic shards for the training benchmarks (made once under `out`)."""
     from mtl.data.prepare import prepare
     from mtl.jobs.ray_session import ensure_ray
@@ -54,10 +67,10 @@ def bench_data(out: Path, address: Optional[str] = None) -> Path:
 
     raw, shards = out / "raw", out / "shards"
     if not (raw / "annotations").is_dir():
-        synthesize(raw, videos=16, frames=100, seed=0, image_size=112)
+        synthesize(raw, videos=videos, frames=frames, seed=0, image_size=image_size, progress=False)
     ensure_ray(address)
     if not (shards / "index.json").is_file():
-        prepare({"affwild2": str(raw)}, shards, image_size=112)
+        prepare({"affwild2": str(raw)}, shards, image_size=image_size, progress=False)
     return shards
 
 

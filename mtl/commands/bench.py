@@ -64,4 +64,52 @@ def bench_distill(out, **options) -> None:
     run_distill_bench(Path(out), **options)
 
 
+@bench.command("gpu")
+@click.option("--out", default="runs/bench-gpu", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default="cuda", show_default=True, type=click.Choice(["cuda", "cpu"]))
+@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(16))
+@click.option("--steps", default=30, show_default=True, type=click.IntRange(1), help="Timed steps per training row.")
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--large-batch", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--loader-workers", default="2,4,8", show_default=True, help="Loader-worker counts of the stream rows.")
+@click.option("--cpus", default=4, show_default=True, type=click.IntRange(1), help="Threads of the training rows.")
+@click.option("--videos", default=16, show_default=True, type=click.IntRange(2), help="Synthetic videos.")
+@click.option("--frames", default=100, show_default=True, type=click.IntRange(1), help="Mean frames per video.")
+@click.option("--json", "json_file", default=None, type=click.Path(dir_okay=False), help="Also save the table.")
+@address_option
+def bench_gpu(out, loader_workers, json_file, **options) -> None:
+    """One GPU: training img/s (paper batch and a large one; synthetic vs stream; compile on/off; Ray Train vs
+    plain), JPEG decode CPU vs GPU, soft labels, predict, peak memory."""
+    from mtl.bench.gpu import run_gpu_bench
+
+    try:
+        workers = tuple(int(w) for w in loader_workers.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{loader_workers!r}: expected integers separated by commas",
+                                 param_hint="--loader-workers") from None
+    run_gpu_bench(Path(out), loader_workers=workers, json_file=Path(json_file) if json_file else None, **options)
+
+
+@bench.command("scale")
+@click.option("--out", default="runs/bench-scale", show_default=True, type=click.Path(file_okay=False))
+@click.option("--sizes", default="10000,30000,100000", show_default=True, help="Frame counts, comma separated.")
+@click.option("--image-size", default=48, show_default=True, type=click.IntRange(16),
+              help="Synthetic face size (Aff-Wild2's are 112).")
+@click.option("--backbone", default="test_resnet", show_default=True, help="Backbone of the untrained teacher.")
+@click.option("--json", "json_file", default=None, type=click.Path(dir_okay=False), help="Also save the table.")
+@address_option
+def bench_scale(out, sizes, image_size, backbone, json_file, address) -> None:
+    """Prepare, index, stream, soft labels, evaluation and memory at three data-set sizes; slopes and the
+    extrapolation to Aff-Wild2."""
+    from mtl.bench.scale import run_scale_bench
+
+    try:
+        frames = [int(size) for size in sizes.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{sizes!r}: expected integers separated by commas", param_hint="--sizes") from None
+    run_scale_bench(Path(out), frames, image_size=image_size, backbone=backbone, address=address,
+                    json_file=Path(json_file) if json_file else None)
+
+
 COMMANDS = [bench]

@@ -55,9 +55,26 @@ def source_roots(flags: dict, named: tuple) -> dict[str, str]:
     return roots
 
 
+class OutputLocation(click.ParamType):
+    """A folder to write, or a bucket URI (s3://, gs://, file://); stream URLs (http, pipe:) are read-only."""
+
+    name = "DIR|URI"
+
+    def convert(self, value, param, ctx):
+        from mtl import storage
+
+        value = str(value)
+        if storage.is_stream(value):
+            self.fail(f"{value!r} is read-only (http and pipe: shards can be read, not written)", param, ctx)
+        if storage.local_path(value) is not None and Path(storage.local_path(value)).is_file():
+            self.fail(f"{value!r} is a file, not a folder", param, ctx)
+        return value
+
+
 @click.command()
 @source_options
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard folder to write.")
+@click.option("--out", required=True, type=OutputLocation(),
+              help="Shard folder or bucket URI (s3://bucket/prefix, gs://...) to write.")
 @click.option("--shard-size", default=PrepareConfig().shard_size, show_default=True, type=click.IntRange(1),
               help="Samples per shard.")
 @click.option("--image-size", default=PrepareConfig().image_size, show_default=True, type=click.IntRange(16),
@@ -66,12 +83,13 @@ def source_roots(flags: dict, named: tuple) -> dict[str, str]:
 @address_option
 def prepare(named, out, shard_size, image_size, verify, address, **flags) -> None:
     """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray."""
+    from mtl import storage
     from mtl.data.prepare import format_summary, prepare as run_prepare
 
     index = run_prepare(source_roots(flags, named), out, shard_size=shard_size, image_size=image_size,
                         address=address)
     click.echo(format_summary(index))
-    click.echo(f"wrote {out}/index.json")
+    click.echo(f"wrote {storage.join(out, 'index.json')}")
     if verify:
         check_shards_command.callback(out)
 
@@ -79,8 +97,8 @@ def prepare(named, out, shard_size, image_size, verify, address, **flags) -> Non
 @click.command("check-shards")
 @click.argument("shards")
 def check_shards_command(shards: str) -> None:
-    """Check every shard of SHARDS (a folder or URI with index.json) against the sizes and SHA-256 checksums
-    index.json records; one line per bad shard, exit code 2 if any."""
+    """Check every shard of SHARDS (a folder, bucket or http(s) URI with index.json) against the sizes and SHA-256
+    checksums index.json records; one line per bad shard, exit code 2 if any."""
     from mtl.data.index import load_index
     from mtl.data.verify import shard_problems, unverifiable
 

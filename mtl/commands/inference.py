@@ -9,21 +9,67 @@ import click
 
 from mtl import storage
 
+ray_address_option = click.option(
+    "--address", default=None, envvar="RAY_ADDRESS",
+    help="Run on this Ray cluster ('local': start a local Ray). Default: RAY_ADDRESS, else in this process.")
+
 
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="An exported ensemble (RUN/ensemble/ensemble.pt) or one best.pt.")
-@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+              help="An exported ensemble (RUN/ensemble/ensemble.pt2), a .onnx or .pt2 from `mtl export`, an "
+                   "older TorchScript ensemble.pt, or one best.pt.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
               help="A folder of face images (one video) or of sub-folders (one video each).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Prediction folder to write.")
+@click.option("--media", multiple=True, type=click.Path(exists=True),
+              help="Photos and videos (mp4, mov, avi, mkv; folders of them): faces detected, tracked and aligned "
+                   "-> OUT/faces.csv. Takes several paths: --media a.mp4 b.jpg (local --out only).")
+@click.argument("more_media", nargs=-1, type=click.Path(exists=True))
+@click.option("--detector", help="Face detector for --media: mtcnn (default), haar, or a model file "
+                                 "(YuNet *.onnx, OpenCV cascade *.xml).")
+@click.option("--abaw-files", is_flag=True, help="With --media: also ABAW-2020 AU/EXPR/VA files per tracked face.")
+@click.option("--out", required=True, help="Prediction folder to write: a local folder or a URI (s3://bucket/prefix).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-def predict(model_path: str, images: str, out: str, batch_size: int) -> None:
-    """ABAW-2020 prediction files (AU/, EXPR/, VA/ per video) and predictions.csv for a folder of faces."""
-    from mtl.serve.predict import predict_folder
+@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),
+              help="Where the model runs [default: cuda when there is a GPU (on Ray: in the cluster), else cpu].")
+@ray_address_option
+@click.option("--workers", type=click.IntRange(1),
+              help="Ray actors predicting (runs on Ray; default with --address: one per GPU with cuda, else per CPU).")
+def predict(model_path: str, images: Optional[str], media: tuple[str, ...], more_media: tuple[str, ...],
+            detector: Optional[str], abaw_files: bool, out: str, batch_size: int, device: Optional[str],
+            address: Optional[str], workers: Optional[int]) -> None:
+    """ABAW-2020 prediction files (AU/, EXPR/, VA/ per video) and predictions.csv for a folder of faces; or, with
+    --media, faces.csv (per frame and face: box, track, AU/EXPR probabilities, valence, arousal) for photos and
+    videos."""
+    if bool(images) == bool(media) or (more_media and not media):
+        raise click.UsageError("give exactly one of --images FOLDER or --media PATH [PATH ...]")
+    if media:
+        predict_media_files([*media, *more_media], model_path, out, batch_size, device, detector, abaw_files)
+        return
+    if address or workers:
+        from mtl.serve.batch import predict_folder_on_ray
 
-    summary = predict_folder(model_path, images, out, batch_size)
+        summary = predict_folder_on_ray(model_path, images, out, batch_size, device, workers, address)
+        where = f"{summary['workers']} Ray actor(s)"
+    else:
+        from mtl.serve.predict import predict_folder
+
+        summary = predict_folder(model_path, images, out, batch_size, device)
+        where = "this process"
     click.echo(f"{summary['frames']} frames of {len(summary['videos'])} videos -> {out}; "
                f"{len(summary['unreadable'])} unreadable")
+    click.echo(f"{summary['frames_per_s']:.1f} frames/s ({summary['seconds']:.1f} s, {where})")
+
+
+def predict_media_files(paths: list[str], model_path: str, out: str, batch_size: int, device: Optional[str],
+                        detector: Optional[str], abaw_files: bool) -> None:
+    """`mtl predict --media`, in this process; prints the summary."""
+    from mtl.serve.faces import predict_media
+
+    if storage.is_uri(out):
+        raise click.UsageError("--media writes a local --out folder")
+    s = predict_media(model_path, paths, out, batch_size, device, detector, abaw_files)
+    click.echo(f"{s['files']} files, {s['frames']} frames, {s['faces']} faces in {s['tracks']} tracks -> {s['csv']}; "
+               f"{len(s['unreadable'])} unreadable, {len(s['truncated'])} truncated")
 
 
 @click.command()
@@ -32,12 +78,13 @@ def predict(model_path: str, images: str, out: str, batch_size: int) -> None:
 @click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
-              help="Where the model runs (cuda: bf16 autocast, channels_last).")
-def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str], device: str) -> None:
+              help="Where the model runs (cuda: bf16 autocast, channels_last; on Ray, a task with one GPU).")
+@ray_address_option
+def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str], device: str, address: Optional[str]) -> None:
     """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs."""
     from mtl.eval.evaluate import evaluate_checkpoint, format_scores
 
-    result = evaluate_checkpoint(checkpoint, shards, split, device=device)
+    result = evaluate_checkpoint(checkpoint, shards, split, device=device, on_ray=bool(address), address=address)
     click.echo(format_scores(result))
     if out:
         storage.write_json(Path(out), result)

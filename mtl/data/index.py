@@ -125,7 +125,8 @@ def shard_url(root: str, name: str) -> str:
 
 
 def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardIndex:
-    """Read `<root>/index.json` (or `path`; local or a storage URI); a missing or incompatible file is a clear error."""
+    """Read `<root>/index.json` (or `path`): local, a bucket URI or http(s) (read-only); a missing or incompatible
+    file is a clear error."""
     path = str(path) if path is not None else storage.join(root, INDEX_NAME)
     if not storage.is_file(path):
         raise FileNotFoundError(f"{path}: no shard index (run `mtl prepare` to write the shards first)")

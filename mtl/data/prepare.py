@@ -2,7 +2,10 @@
 
 Work fans out over Ray tasks, one per work unit (an Aff-Wild2 video, an AFEW-VA clip, a DISFA subject, a chunk of
 ExpW). Each task writes its own temporary shards, frames in video order; the driver then names them in a fixed
-order, so re-running on the same input writes byte-identical shards. Frames whose image is missing or unreadable,
+order, so re-running on the same input writes byte-identical shards. `out` may be a bucket (s3://, gs://): each
+task then writes its shards to a local scratch folder and uploads them under `out/.prepare-tmp/`, the driver
+renames them (a server-side copy: a shard appears whole or not at all), and index.json is written last, so no
+reader sees an index whose shards are not all there. Frames whose image is missing or unreadable,
 or that carry no valid label, are skipped and counted by reason in the summary and in index.json. Malformed
 annotations stop the run with an error naming file and line.
 """
@@ -13,7 +16,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +85,12 @@ def image_bytes(record: FrameRecord, size: int) -> Optional[bytes]:
 class _PartWriter:
     """Writes one split of one unit into numbered temporary tar parts of at most `shard_size` samples."""
 
-    def __init__(self, tmp_dir: Path, unit_number: int, split: str, shard_size: int, result: UnitResult):
+    def __init__(self, tmp_dir: Path, unit_number: int, split: str, shard_size: int, result: UnitResult,
+                 upload_to: Optional[str] = None):
         import webdataset as wds
 
         self._wds, self._tmp_dir, self._unit, self._split = wds, tmp_dir, unit_number, split
-        self._shard_size, self._result = shard_size, result
+        self._shard_size, self._result, self._upload_to = shard_size, result, upload_to
         self._writer, self._path, self._count, self._labelled, self._part = None, None, 0, {}, 0
 
     def write(self, key: str, jpg: bytes, labels: dict) -> None:
@@ -106,15 +109,27 @@ class _PartWriter:
         if self._writer is not None:
             self._writer.close()
             # size and checksum here, in the unit's Ray task: renaming the file later does not change its bytes
-            self._result.shards.append((self._split, str(self._path), self._count, dict(self._labelled),
-                                        self._path.stat().st_size, storage.sha256(self._path)))
+            nbytes, sha256, location = self._path.stat().st_size, storage.sha256(self._path), str(self._path)
+            if self._upload_to is not None:  # a bucket: the part goes up now, its local copy away
+                location = storage.upload(self._path, storage.join(self._upload_to, self._path.name))
+                self._path.unlink()
+            self._result.shards.append((self._split, location, self._count, dict(self._labelled), nbytes, sha256))
             self._writer = None
 
 
 def prepare_unit(unit_number: int, source: Source, unit: WorkUnit, tmp_dir: str, shard_size: int,
-                 image_size: int) -> UnitResult:
-    """Read one work unit of `source` and write its samples to temporary shards (runs as a Ray task). The source
-    comes as an argument, not from the registry: a worker does not see sources registered in the driver only."""
+                 image_size: int, scratch: Optional[str] = None) -> UnitResult:
+    """Read one work unit of `source` and write its samples to temporary shards in `tmp_dir` (runs as a Ray task);
+    a remote `tmp_dir` (a bucket) gets them from a local scratch folder of this task. The source comes as an
+    argument, not from the registry: a worker does not see sources registered in the driver only."""
+    if storage.local_path(tmp_dir) is None:
+        with storage.scratch_folder("prepare", scratch) as local:
+            return _write_unit(unit_number, source, unit, local, shard_size, image_size, upload_to=tmp_dir)
+    return _write_unit(unit_number, source, unit, storage.local_path(tmp_dir), shard_size, image_size)
+
+
+def _write_unit(unit_number: int, source: Source, unit: WorkUnit, folder: str, shard_size: int, image_size: int,
+                upload_to: Optional[str] = None) -> UnitResult:
     result = UnitResult()
     writers: dict[str, _PartWriter] = {}
     for record in source.read(unit):
@@ -131,7 +146,8 @@ def prepare_unit(unit_number: int, source: Source, unit: WorkUnit, tmp_dir: str,
             continue
         labels = record.labels()
         if record.split not in writers:
-            writers[record.split] = _PartWriter(Path(tmp_dir), unit_number, record.split, shard_size, result)
+            writers[record.split] = _PartWriter(Path(folder), unit_number, record.split, shard_size, result,
+                                                upload_to)
         writers[record.split].write(record.key, jpg, labels)
         result.stats[record.split].add(labels)
     for writer in writers.values():
@@ -161,10 +177,12 @@ _DEFAULTS = PrepareConfig()
 
 
 def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULTS.shard_size,
-            image_size: int = _DEFAULTS.image_size, progress: bool = True, address: Optional[str] = None) -> dict:
-    """Write shards and index.json for `sources` ({registered source name: root folder}) into `out`; returns the
-    index. Sources are resolved and discovered before Ray is joined (`address`, see ensure_ray), so bad names and
-    layouts fail fast.
+            image_size: int = _DEFAULTS.image_size, progress: bool = True, address: Optional[str] = None,
+            scratch: Optional[str] = None) -> dict:
+    """Write shards and index.json for `sources` ({registered source name: root folder}) into `out` (a folder, or a
+    bucket URI: the tasks then stage their shards in `scratch`, see storage.scratch_folder); returns the index.
+    Sources are resolved and discovered before Ray is joined (`address`, see ensure_ray), so bad names and layouts
+    fail fast.
 
     Every stored face is `image_size` square (Aff-Wild2's cropped_aligned faces are 112 x 112 and are copied
     as they are)."""
@@ -174,18 +192,20 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
     from mtl.jobs.ray_session import ensure_ray
 
     started = time.time()
-    out = Path(out)
+    out = storage.local_path(out) or str(out)
+    if storage.is_stream(out):
+        raise ConfigError(f"{out}: a stream URL is read-only; write the shards to a folder or a bucket")
     pairs = discover_units(resolve_sources(sources), sources)
     if not pairs:
         raise DataError(f"no work units found in {sources}")
     units = [unit for _, unit in pairs]
     ensure_ray(address)
-    tmp_dir = out / ".prepare-tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
+    tmp_dir = storage.join(out, ".prepare-tmp")
+    storage.remove_tree(tmp_dir)
+    storage.makedirs(tmp_dir)
     task = ray.remote(num_cpus=1)(prepare_unit)
     refs = {source.name: ray.put(source) for source, _ in pairs}  # pickled once, not once per unit
-    pending = {task.remote(i, refs[source.name], unit, str(tmp_dir), shard_size, image_size): i
+    pending = {task.remote(i, refs[source.name], unit, tmp_dir, shard_size, image_size, scratch): i
                for i, (source, unit) in enumerate(pairs)}
     results: dict[int, UnitResult] = {}
     bar = progress_bar(total=len(units), desc="prepare", unit="unit", enabled=progress)
@@ -199,14 +219,14 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        storage.remove_tree(tmp_dir)
         raise
     finally:
         bar.close()
     index = _finalise(out, tmp_dir, units, [results[i] for i in range(len(units))], sources)
     index["image_size"] = image_size
     index["summary"]["seconds"] = round(time.time() - started, 2)
-    storage.write_json(out / INDEX_NAME, index)
+    storage.write_json(storage.join(out, INDEX_NAME), index)  # last: every shard it names is there
     return index
 
 
@@ -221,9 +241,9 @@ def _get(ref):
         raise
 
 
-def _finalise(out: Path, tmp_dir: Path, units: list[WorkUnit], results: list[UnitResult], sources: dict) -> dict:
+def _finalise(out: str, tmp_dir: str, units: list[WorkUnit], results: list[UnitResult], sources: dict) -> dict:
     """Name the temporary shards in unit order, remove stale ones, and assemble the index."""
-    (out / INDEX_NAME).unlink(missing_ok=True)
+    storage.remove(storage.join(out, INDEX_NAME))
     splits = {}
     for split in SPLITS:
         shards, stats = [], LabelStats()
@@ -233,15 +253,15 @@ def _finalise(out: Path, tmp_dir: Path, units: list[WorkUnit], results: list[Uni
                 if shard_split != split:
                     continue
                 name = SHARD_PATTERN.format(split=split, number=len(shards))
-                os.replace(tmp_path, out / name)
+                storage.move(tmp_path, storage.join(out, name))
                 shards.append({"name": name, "samples": samples, "labelled": labelled,
                                "bytes": nbytes, "sha256": sha256})
         keep = {s["name"] for s in shards}
-        for stale in out.glob(f"{split}-*.tar"):
-            if stale.name not in keep:
-                stale.unlink()
+        for stale in storage.list_files(out, f"{split}-*.tar"):
+            if storage.name(stale) not in keep:
+                storage.remove(stale)
         splits[split] = {"shards": shards, "stats": stats.to_json()}
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    storage.remove_tree(tmp_dir)
     skipped: dict[str, int] = {}
     for result in results:
         for reason, count in result.skipped.items():

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterable, Iterator
 
+from mtl.labels import DataError
+
 BLOCK = 512
 
 
-class ShardError(ValueError):
-    """A shard is truncated or not a tar file; the message names it."""
+class ShardError(DataError):
+    """A shard is truncated or not a tar file; the message names it. A DataError: the CLI prints it in one line,
+    and a training run ends on it without a retry (see mtl.train.data_stop)."""
 
 
 def _octal(field: bytes) -> int:

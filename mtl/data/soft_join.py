@@ -44,30 +44,40 @@ class SoftLabels:
         return self.tables[name].get(key)
 
 
-def soft_label_problems(folder: str | Path, teacher: str | Path, index) -> list[str]:
-    """Why the stored soft labels in `folder` cannot train a student against `index` (a ShardIndex) with the
-    teacher file `teacher`: no manifest; another teacher's labels (the manifest's SHA-256 differs); training
-    shards with no labels file or fewer labelled samples than the shard holds. Empty when everything is there."""
+def soft_label_problems(folder: str | Path, teacher: str | Path, shards: dict[str, int], unit: str = "frame",
+                        seq_len: Optional[int] = None) -> list[str]:
+    """Why the stored soft labels in `folder` cannot train a student on the training shards `shards` ({name:
+    samples}) with the teacher file `teacher`: no manifest; labels of another kind (`unit` "frame", or "window" of
+    `seq_len` frames for a temporal student); another teacher's labels (the manifest's SHA-256 differs); shards
+    with no labels file or fewer labelled samples than they hold. Empty when everything is there."""
     manifest_path = storage.join(folder, MANIFEST)
     if not storage.is_file(manifest_path):
         return [f"{manifest_path}: no soft labels (run `mtl soft-labels`)"]
     manifest = storage.read_json(manifest_path)
+    stored = (manifest.get("unit", "frame"), manifest.get("seq_len"))
+    wanted = (unit, seq_len if unit == "window" else None)
+    if stored != wanted:
+        kind = {"frame": "per frame", "window": "per window of {} frames"}
+        return [f"{folder}: soft labels {kind[stored[0]].format(stored[1])}, but this student needs them "
+                f"{kind[unit].format(seq_len)} (re-run `mtl soft-labels` with a matching teacher)"]
     problems = []
     if storage.is_file(teacher) and manifest.get("teacher_sha256") != storage.sha256(teacher):
         problems.append(f"{folder}: soft labels of another teacher ({manifest.get('teacher')}, SHA-256 "
                         f"{str(manifest.get('teacher_sha256'))[:12]}…), not of {teacher}: re-run `mtl soft-labels`")
     labelled = manifest.get("shards", {})
-    missing = [info.name for info in index.shards["train"]
-               if labelled.get(info.name, -1) < info.samples or not storage.is_file(soft_label_path(folder, info.name))]
+    missing = [name for name, samples in shards.items() if labelled.get(name, -1) < samples
+               or (unit == "frame" and not storage.is_file(soft_label_path(folder, name)))]
     if missing:
         more = f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
-        problems.append(f"{folder}: {len(missing)} of {len(index.shards['train'])} training shards have no complete "
-                        f"soft labels: {', '.join(missing[:SHOWN])}{more} (re-run `mtl soft-labels` to finish them)")
+        problems.append(f"{folder}: {len(missing)} of {len(shards)} training shards have no complete soft labels: "
+                        f"{', '.join(missing[:SHOWN])}{more} (re-run `mtl soft-labels` to finish them)")
     return problems
 
 
-def check_soft_labels(folder: str | Path, teacher: str | Path, index) -> None:
-    """Raise DataError (one line) unless every training shard has soft labels from the current teacher."""
-    problems = soft_label_problems(folder, teacher, index)
+def check_soft_labels(folder: str | Path, teacher: str | Path, shards: dict[str, int], unit: str = "frame",
+                      seq_len: Optional[int] = None) -> None:
+    """Raise DataError (one line) unless every training shard has soft labels of the right kind from the
+    current teacher (`soft_label_problems`)."""
+    problems = soft_label_problems(folder, teacher, shards, unit, seq_len)
     if problems:
         raise DataError("; ".join(problems))

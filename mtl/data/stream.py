@@ -30,7 +30,7 @@ from mtl.data.augment import BatchDraws, centre_draws, cut_windows, decode, draw
 from mtl.config import Config
 from mtl.data.balance import Balancer, draw_repeats
 from mtl.data.index import ShardIndex
-from mtl.labels import NUM_AU, TASKS
+from mtl.labels import NUM_AU, TASKS, DataError
 from mtl.data.shards import tar_samples
 from mtl.data.soft_join import SoftLabels
 
@@ -75,12 +75,14 @@ def shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
 
 def with_labels(samples: Iterable[dict], soft=None) -> Iterator[tuple[str, bytes, dict]]:
     """(key, jpg, labels) of raw samples; with `soft` (a mtl.stages.soft_labels.SoftLabels), labels["soft"] holds the
-    teacher's stored outputs for the sample (None when it has none)."""
+    teacher's stored outputs for the sample (None when it has none). labels["__url__"] names the sample's shard
+    (for decode errors). A malformed sample raises DataError naming its shard and key."""
     for sample in samples:
         try:
             key, jpg, labels = sample["__key__"], sample["jpg"], json.loads(sample["json"])
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} is malformed: {err}") from None
+            labels["__url__"] = sample["__url__"]
+        except (KeyError, ValueError, TypeError) as err:
+            raise DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')!r} is malformed: {err}") from None
         if soft is not None:
             labels["soft"] = soft.lookup(sample["__url__"], key)
         yield key, jpg, labels
@@ -97,7 +99,8 @@ def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, d
     va = [lab["va"] for lab in labels]
     batch = {
         "key": list(keys),
-        "image": cut_windows([decode(jpg, stored_size) for jpg in jpgs], draws.offsets, side),
+        "image": cut_windows([decoded(jpg, stored_size, key, lab) for jpg, key, lab in zip(jpgs, keys, labels)],
+                             draws.offsets, side),
         "flip": draws.flip,
         "jitter": draws.jitter,
         "au": np.array([a if a is not None else [0] * NUM_AU for a in au], dtype=np.float32),
@@ -110,6 +113,15 @@ def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, d
     if "soft" in labels[0]:
         batch.update(collate_soft([lab["soft"] for lab in labels]))
     return batch
+
+
+def decoded(jpg: bytes, stored_size: int, key: str, labels: dict) -> np.ndarray:
+    """`decode` (strict: libjpeg's recoverable errors too); a JPEG that does not decode raises DataError naming
+    the shard and the sample."""
+    try:
+        return decode(jpg, stored_size)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{labels.get('__url__')}: sample {key!r}: its JPEG does not decode ({err})") from None
 
 
 def collate_soft(soft: list) -> dict:

@@ -1,7 +1,8 @@
 """Shards checked against index.json before anything reads them: sizes (cheap: one stat per shard, done before
 every training) and SHA-256 checksums (one read of every byte: `mtl check-shards`, `mtl prepare --verify`).
 
-A truncated copy, a half-finished upload or a flipped byte then stops the command with one line naming the shard,
+Shards may be local, in a bucket or on an http(s) server (sizes from HEAD requests). A truncated copy, a
+half-finished upload or a flipped byte then stops the command with one line naming the shard,
 instead of failing mid-epoch inside a DataLoader worker.
 """
 
@@ -15,12 +16,13 @@ from mtl.labels import SPLITS, DataError
 def shard_problem(root: str, shard: ShardInfo, checksum: bool) -> str | None:
     """What is wrong with one shard ("missing", a size or checksum mismatch), or None."""
     url = shard_url(root, shard.name)
-    if storage.is_stream(url):  # pipe:/http shards: their size cannot be asked cheaply
+    if url.startswith("pipe:"):  # a command's output: its size cannot be asked
         return None
-    found = storage.size(url)
+    found = storage.size(url)  # http(s): a HEAD request
     if found is None:
-        return f"{url}: missing"
-    if shard.nbytes is not None and found != shard.nbytes:
+        if not storage.is_file(url):
+            return f"{url}: missing"
+    elif shard.nbytes is not None and found != shard.nbytes:
         return f"{url}: {found} bytes, index.json says {shard.nbytes} (truncated or replaced)"
     if checksum and shard.sha256 is not None and storage.sha256(url) != shard.sha256:
         return f"{url}: SHA-256 differs from index.json (corrupt)"

@@ -28,6 +28,12 @@ frame in its video's windows, so that each frame is scored once. Only the source
 trained the CNN-RNN on Aff-Wild2 only; ExpW "videos" are still images).
 There is no label balancing (the reference used no sampler for the CNN-RNN): `data.balance` and
 `data.batch_mode` are ignored; every window carries all its frames' labels with masks.
+
+A student's training windows join stored soft labels per window (`soft_labels`, written for a temporal teacher by
+`mtl.stages.soft_labels`): the teacher's outputs on that same window of T frames, looked up by the window's first
+frame key in the file of the video's first shard, as soft_au [B, T, 8], soft_expr [B, T, 7], soft_va [B, T, 40]
+and soft_mask [B, T]. The training windows of a video are the same every epoch (only their order and crops
+change), so every window the student sees has its own stored teacher window.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from mtl.data.augment import BatchDraws, centre_draws, draw_batch, window_side
 from mtl.data.stream import (EpochLoader, as_tensors, collate, whole_batch, rank_and_world, shard_sequence, shuffled,
                       with_labels)
 from mtl.data.index import ShardIndex
+from mtl.data.soft_join import SoftLabels
 from mtl.data.sources.base import SOURCES
 from mtl.labels import video_of
 from mtl.data.shards import shard_samples, tar_samples
@@ -141,6 +148,18 @@ def collate_windows(windows: list[list[tuple]], stored_size: int, side: int, dra
     return batch
 
 
+SOFT_WIDTHS = {"soft_au": 8, "soft_expr": 7, "soft_va": 40}
+
+
+def collate_window_soft(records: Sequence[Optional[tuple]], length: int) -> dict:
+    """Stored teacher windows of a batch ((au [T, 8], expr [T, 7], va [T, 40]) or None) -> soft_* [B, T, ...]
+    (zeros where missing) and soft_mask [B, T]."""
+    out = {name: np.stack([r[i] if r is not None else np.zeros((length, width), np.float32) for r in records])
+           for i, (name, width) in enumerate(SOFT_WIDTHS.items())}
+    out["soft_mask"] = np.repeat(np.array([r is not None for r in records])[:, None], length, axis=1)
+    return out
+
+
 def worker_of() -> tuple[int, int]:
     """(worker id, workers) of this DataLoader worker; (0, 1) in the main process."""
     worker = get_worker_info()
@@ -151,11 +170,12 @@ class WindowStream(IterableDataset):
     """Endless shuffled, augmented batches of training windows of one rank; each DataLoader worker is one slot."""
 
     def __init__(self, index: ShardIndex, cfg: Config, length: int = 32, split: str = "train", rank: int = 0,
-                 world: int = 1, sources: Optional[Sequence[str]] = None):
+                 world: int = 1, sources: Optional[Sequence[str]] = None, soft_labels: Optional[str] = None):
         super().__init__()
         self.videos = {video.name: video for video in videos_of_split(index, split, sources)}
         self.stored_size = index.image_size
         self.cfg, self.length, self.rank, self.world, self.epoch = cfg, length, rank, world, 0
+        self.soft_labels = soft_labels
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -167,15 +187,18 @@ class WindowStream(IterableDataset):
         names = shard_sequence(list(self.videos), seed, self.epoch, self.rank * workers + worker_id,
                                self.world * workers)
         stride = training_stride(self.length)
-        windows = (window for name in names
-                   for window in video_windows(read_video(self.videos[name]), self.length, stride))
+        soft = SoftLabels(self.soft_labels) if self.soft_labels else None
+        windows = ((window, soft.lookup(self.videos[name].urls[0], window[0][0]) if soft else None)
+                   for name in names for window in video_windows(read_video(self.videos[name]), self.length, stride))
         side = window_side(self.stored_size, data.augment.crop_scale)
         batch = []
         for window in shuffled(windows, data.shuffle_buffer, rng):
             batch.append(window)
             if len(batch) == batch_size:
-                yield collate_windows(batch, self.stored_size, side,
+                frames, records = zip(*batch)
+                out = collate_windows(list(frames), self.stored_size, side,
                                       draw_batch(rng, len(batch), self.stored_size, data.augment))
+                yield {**out, **collate_window_soft(records, self.length)} if soft else out
                 batch = []
 
 
@@ -190,11 +213,12 @@ def window_batches_per_epoch(index: ShardIndex, cfg: Config, length: int, world:
 
 def window_loader(index: ShardIndex, cfg: Config, length: int = 32, num_workers: int = 2,
                   rank: Optional[int] = None, world: Optional[int] = None, split: str = "train",
-                  sources: Optional[Sequence[str]] = None) -> EpochLoader:
-    """The training loader of windows of this rank (rank and world default to the Ray Train context)."""
+                  sources: Optional[Sequence[str]] = None, soft_labels: Optional[str] = None) -> EpochLoader:
+    """The training loader of windows of this rank (rank and world default to the Ray Train context);
+    `soft_labels`: a folder of stored teacher windows joined to every window (a temporal student's)."""
     if rank is None or world is None:
         rank, world = rank_and_world()
-    stream = WindowStream(index, cfg, length, split, rank, world, sources)
+    stream = WindowStream(index, cfg, length, split, rank, world, sources, soft_labels)
     return EpochLoader(stream, window_batches_per_epoch(index, cfg, length, world, split, sources), num_workers)
 
 

@@ -1,5 +1,6 @@
 """Ensemble of students (docs/recipe.md §5): averaged predictions, AU thresholds and member selection tuned on one
-half of the validation videos and scored on the other half, and a TorchScript export for `mtl.serve.predict`.
+half of the validation videos and scored on the other half, and `EnsembleModule`, the averaged members as one
+module (exported by `mtl.serve.export`).
 
 Merge rule (the reference's submission rule): mean of the AU sigmoid probabilities (then per-AU thresholds), mean
 of the EXPR softmax probabilities (then argmax), mean of the VA expectations.
@@ -11,10 +12,7 @@ its thresholds on the whole validation set and reported on it too, which is opti
 
 from __future__ import annotations
 
-import copy
-import io
 from collections import defaultdict
-from pathlib import Path
 from typing import Hashable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
@@ -213,36 +211,4 @@ class EnsembleModule(nn.Module):
         return torch.stack(au).mean(0), torch.stack(expr).mean(0), torch.stack(va).mean(0)
 
 
-def export_ensemble(models: Sequence[nn.Module], thresholds: Sequence[float] | np.ndarray, image_size: int,
-                    path: str | Path, stored_size: int = 112, crop_scale: float = 1.2) -> Path:
-    """Write the ensemble as TorchScript (atomically): each member traced in eval mode (timm models do not
-    script), the averaging wrapper scripted so its attributes (`image_size`, `stored_size`, `crop_scale`,
-    `mean_rgb`) and the `au_thresholds` buffer survive. The export is checked against the eager ensemble on a
-    batch of another size before it is written. The given models are left untouched."""
-    ensemble = EnsembleModule([copy.deepcopy(model).cpu() for model in models], thresholds, image_size,
-                              stored_size, crop_scale).eval()
-    example = torch.zeros(2, 3, image_size, image_size)
-    check = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = ensemble(check)
-        ensemble.members = nn.ModuleList(torch.jit.trace(member, example, check_trace=False)
-                                         for member in ensemble.members)
-        scripted = torch.jit.script(ensemble)
-        for name, want, got in zip(("au", "expr", "va"), expected, scripted(check)):
-            if not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
-                raise RuntimeError(f"the traced ensemble's {name} output differs from the model's on another batch "
-                                   f"size (max difference {(want - got).abs().max().item():.3g}); not exported")
-    buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer)
-    storage.write_atomic(path, buffer.getvalue())  # a local path or a storage URI
-    return path
-
-
-def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """An `export_ensemble` file, in eval mode, with its attributes and `au_thresholds`."""
-    if not storage.is_file(path):
-        raise FileNotFoundError(f"{path}: no such exported ensemble")
-    return torch.jit.load(io.BytesIO(storage.read_bytes(path)), map_location=map_location).eval()
-
-
-atomic_path = storage.atomic_local_path  # used by mtl.serve.predict
+atomic_path = storage.atomic_local_path  # used by mtl.stages.search

@@ -126,10 +126,35 @@ def predict_model_file(location: str | Path, shards: str | Path, split: str = "v
                    seq_len=cfg.model.seq_len if cfg.model.temporal else None)
 
 
+def prediction_task_options(device: str) -> dict:
+    """Ray resources of one model's predictions on a split: a CPU, and a GPU when `device` is cuda."""
+    return {"num_cpus": 1, "num_gpus": 1 if torch.device(device).type == "cuda" else 0}
+
+
+def predictions_on_ray(locations: list[str | Path], shards: str | Path, split: str = "val", device: str = "cpu",
+                       batch_size: Optional[int] = None) -> list[dict]:
+    """`predict_model_file` of each model as its own Ray task (`prediction_task_options`), in parallel; Ray must be
+    up. Local paths are made absolute: the tasks may run elsewhere (a shared filesystem or URIs on a cluster)."""
+    import ray
+
+    from mtl import storage
+
+    task = ray.remote(**prediction_task_options(device))(predict_model_file)
+    return ray.get([task.remote(storage.absolute(location), storage.absolute(shards), split, device, batch_size)
+                    for location in locations])
+
+
 def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str = "val", batch_size: int = 128,
-                        device: str = "cpu") -> dict:
-    """Score a saved model on a split of a shard folder (`mtl evaluate`)."""
-    return score(predict_model_file(checkpoint, shards, split, device, batch_size))
+                        device: str = "cpu", on_ray: bool = False, address: Optional[str] = None) -> dict:
+    """Score a saved model on a split of a shard folder (`mtl evaluate`). The predictions run in this process, or
+    with `on_ray` as one Ray task (one GPU with cuda) on the cluster at `address` (`ensure_ray`); the same code
+    either way. Scoring itself is cheap and runs here."""
+    if not on_ray:
+        return score(predict_model_file(checkpoint, shards, split, device, batch_size))
+    from mtl.jobs.ray_session import ensure_ray
+
+    ensure_ray(address)
+    return score(predictions_on_ray([checkpoint], shards, split, device, batch_size)[0])
 
 
 def chance_scores(index: ShardIndex, split: str = "val") -> dict:

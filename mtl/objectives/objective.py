@@ -69,6 +69,4 @@ def batch_soft_targets(batch: dict, teacher: Optional[torch.nn.Module], x: torch
                 "soft_mask": batch["soft_mask"]}
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         out = teacher(x)
-    soft = soft_targets({task: out[task].float() for task in TASKS})
-    soft["soft_mask"] = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    return soft
+    return soft_targets({task: out[task].float() for task in TASKS})  # soft_mask [B] or, for windows, [B, T]

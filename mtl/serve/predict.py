@@ -1,12 +1,14 @@
 """`mtl predict`: AU, EXPR and VA predictions for folders of face images, as ABAW-2020 prediction files.
 
-The model is an exported ensemble (`mtl.eval.ensemble.export_ensemble`, TorchScript) or one training checkpoint
-(`best.pt`, thresholds 0.5). Faces are preprocessed as in evaluation: RGB, resized to the stored size R square,
+The model is an exported ensemble or model (`mtl.serve.export`: `.pt2`, `.onnx`, or an older TorchScript
+`ensemble.pt`) or one training checkpoint (`best.pt`, thresholds 0.5). Faces are preprocessed as in evaluation: RGB, resized to the stored size R square,
 the centre window of side R / crop_scale, resized to S and normalised (`mtl.data.augment.to_model_input`).
 
 Output in `out_dir`, per video: `AU/<video>.txt` (8 ints 0/1), `EXPR/<video>.txt` (one int), `VA/<video>.txt`
 (`valence,arousal`, 4 decimals), each a header line then one line per frame in frame order, no trailing newline
-(docs/recipe.md §6.1); and `predictions.csv` with every frame's probabilities. Every file is written atomically.
+(docs/recipe.md §6.1); and `predictions.csv` with every frame's probabilities. `out_dir` is a local folder or a
+storage URI (`s3://bucket/prefix`); every file is written atomically through `mtl.storage`. This module is the
+local, single-process path; `mtl.serve.batch` runs the same per-batch and per-video functions on Ray actors.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import io
 import logging
 import re
 import sys
-import zipfile
+import time
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import numpy as np
 import torch
@@ -27,21 +29,21 @@ from torch import nn
 from tqdm import tqdm
 
 from mtl.data.augment import to_model_input, window_side
-from mtl.checkpoint import load_model
-from mtl.eval.ensemble import EnsembleModule, atomic_path, load_exported
+from mtl import storage
+from mtl.serve.export import load_predictor_file
 from mtl.labels import AU_NAMES, EXPR_NAMES, HEADERS, VA_NAMES
 from mtl.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UNREADABLE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-DEFAULT_STORED_SIZE = 112
 
 log = logging.getLogger(__name__)
 
 
 def predict_folder(model_path: str | Path, folder: str | Path, out_dir: str | Path, batch_size: int = 64,
                    device: Optional[str | torch.device] = None, progress: bool = True) -> dict:
-    """Predict every frame of the videos in `folder` and write the prediction files (see the module docstring).
+    """Predict every frame of the videos in `folder` and write the prediction files (see the module docstring)
+    under `out_dir`, a local folder or a storage URI (`s3://bucket/prefix`, `mtl.storage`), in this process.
 
     `folder` holds image files directly (one video, named after the folder; sub-folders are then not read) or
     sub-folders of images (one video each). Frames are the image files in natural file-name order (2 < 10);
@@ -50,67 +52,62 @@ def predict_folder(model_path: str | Path, folder: str | Path, out_dir: str | Pa
     line for every frame. A video with no readable frame is reported and gets no files.
 
     Returns {"videos": {video: frames written}, "frames", "unreadable": [paths], "filled": count,
-    "skipped_videos": [videos], "out_dir"}."""
+    "skipped_videos": [videos], "out_dir", "seconds", "frames_per_s"}. `mtl.serve.batch` is the same on Ray."""
+    started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     videos = find_videos(Path(folder))
     model = load_predictor(model_path, device)
-    out_dir = Path(out_dir)
-    written: dict[str, int] = {}
-    unreadable: list[str] = []
-    skipped: list[str] = []
-    rows: list[list] = []
     bar = progress_bar(sum(len(frames) for frames in videos.values()), "predict", "frame", enabled=progress)
-    for video, frames in videos.items():
-        au, expr, va, readable = predict_video(model, frames, batch_size, device, bar)
-        bad = [str(path) for path, ok in zip(frames, readable) if not ok]
-        for path in bad:
+    outputs = ((video, predict_video(model, frames, batch_size, device, bar)) for video, frames in videos.items())
+    summary = write_predictions(out_dir, videos, outputs, model.au_thresholds.cpu().numpy(), started)
+    bar.close()
+    log.info("predicted %d frames of %d videos with %s on %s", summary["frames"], len(summary["videos"]),
+             model_path, device)
+    return summary
+
+
+def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], outputs, au_thresholds: np.ndarray,
+                      started: float) -> dict:
+    """Write each video's files as its `(video, (au, expr, va, readable))` arrives from `outputs` (in any order),
+    then predictions.csv in the order of `videos`; returns predict_folder's summary (`started`: perf_counter)."""
+    out_dir = str(out_dir)
+    rows: dict[str, list[list]] = {}
+    unreadable: dict[str, list[str]] = {}
+    skipped: list[str] = []
+    for video, (au, expr, va, readable) in outputs:
+        frames = videos[video]
+        unreadable[video] = [str(path) for path, ok in zip(frames, readable) if not ok]
+        for path in unreadable[video]:
             warn(f"unreadable image: {path}")
-        unreadable += bad
         if not readable.any():
             warn(f"video {video}: no readable frame, no prediction files written")
             skipped.append(video)
             continue
         source = fill_index(readable)
         au, expr, va = au[source], expr[source], va[source]
-        write_video_files(out_dir, video, (au >= model.au_thresholds.cpu().numpy()).astype(int),
-                          expr.argmax(axis=1), va)
-        rows += [[video, path.name, *a, *e, *v, int(not ok)]
-                 for path, a, e, v, ok in zip(frames, au.tolist(), expr.tolist(), va.tolist(), readable)]
-        written[video] = len(frames)
-    bar.close()
-    write_csv(out_dir / "predictions.csv", rows)
-    filled = sum(1 for row in rows if row[-1])
+        write_video_files(out_dir, video, (au >= au_thresholds).astype(int), expr.argmax(axis=1), va)
+        rows[video] = [[video, path.name, *a, *e, *v, int(not ok)]
+                       for path, a, e, v, ok in zip(frames, au.tolist(), expr.tolist(), va.tolist(), readable)]
+    ordered = [row for video in videos if video in rows for row in rows[video]]
+    write_csv(storage.join(out_dir, "predictions.csv"), ordered)
+    filled = sum(1 for row in ordered if row[-1])
     if filled:
         warn(f"{filled} unreadable frame(s) got the prediction of the previous readable frame of their video "
-               f"(the first readable one at a video's start)")
-    log.info("predicted %d frames of %d videos with %s; wrote AU/, EXPR/, VA/ and predictions.csv under %s",
-             sum(written.values()), len(written), model_path, out_dir)
-    return {"videos": written, "frames": sum(written.values()), "unreadable": unreadable, "filled": filled,
-            "skipped_videos": skipped, "out_dir": str(out_dir)}
+             f"(the first readable one at a video's start)")
+    written = {video: len(videos[video]) for video in videos if video in rows}
+    seconds = time.perf_counter() - started
+    log.info("wrote AU/, EXPR/, VA/ and predictions.csv under %s", out_dir)
+    return {"videos": written, "frames": sum(written.values()),
+            "unreadable": [path for video in videos for path in unreadable.get(video, [])], "filled": filled,
+            "skipped_videos": [video for video in videos if video in skipped], "out_dir": out_dir,
+            "seconds": round(seconds, 3), "frames_per_s": round(sum(len(f) for f in videos.values()) / seconds, 1)}
 
 
 def load_predictor(path: str | Path, device: torch.device) -> nn.Module:
-    """An exported ensemble, or a `best.pt` checkpoint as a one-member `EnsembleModule` (thresholds 0.5, stored
-    size 112, its config's image size and crop scale), in eval mode on `device`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    if is_torchscript(path):
-        return load_exported(path, map_location=device)
-    net, cfg = load_model(path)
-    if cfg.model.temporal:
-        raise ValueError(f"{path}: a temporal (CNN-RNN) checkpoint; predict runs frame models only")
-    ensemble = EnsembleModule([net], [0.5] * len(AU_NAMES), cfg.data.image_size, DEFAULT_STORED_SIZE,
-                              cfg.data.augment.crop_scale)
-    return ensemble.to(device).eval()
-
-
-def is_torchscript(path: Path) -> bool:
-    """A TorchScript archive holds code/ and constants.pkl; a `torch.save` file does not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    """The model `predict` runs, in eval mode on `device`: an exported ensemble or model (`.pt2`, `.onnx`, or the
+    TorchScript `ensemble.pt` of earlier versions) or a `best.pt` checkpoint as a one-member ensemble (thresholds
+    0.5, stored size 112), recognised by content (`mtl.serve.export.load_predictor_file`)."""
+    return load_predictor_file(path, device)
 
 
 def natural_key(name: str) -> list:
@@ -140,11 +137,11 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def read_window(path: Path, stored_size: int, side: int) -> Optional[np.ndarray]:
-    """The evaluation window of an image file: RGB, resized to stored_size square, centre side x side, uint8
-    [side, side, 3]; None when the file cannot be decoded."""
+def read_window(source: Path | BinaryIO, stored_size: int, side: int) -> Optional[np.ndarray]:
+    """The evaluation window of an image (a file, or a binary stream of its bytes): RGB, resized to stored_size
+    square, centre side x side, uint8 [side, side, 3]; None when it cannot be decoded."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             rgb = image.convert("RGB")
     except UNREADABLE_ERRORS:
         return None
@@ -154,27 +151,37 @@ def read_window(path: Path, stored_size: int, side: int) -> Optional[np.ndarray]
     return np.asarray(rgb)[top:top + side, top:top + side]
 
 
-@torch.inference_mode()
 def predict_video(model: nn.Module, frames: list[Path], batch_size: int, device: torch.device,
                   bar: tqdm) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per frame AU probabilities [N, 8], EXPR probabilities [N, 7], VA [N, 2] (zeros where unreadable) and
-    the readable mask [N]."""
-    side = window_side(model.stored_size, model.crop_scale)
-    au = np.zeros((len(frames), len(AU_NAMES)), dtype=np.float32)
-    expr = np.zeros((len(frames), len(EXPR_NAMES)), dtype=np.float32)
-    va = np.zeros((len(frames), len(VA_NAMES)), dtype=np.float32)
-    readable = np.zeros(len(frames), dtype=bool)
+    the readable mask [N], predicted in consecutive batches of `batch_size` frames."""
+    parts = []
     for start in range(0, len(frames), batch_size):
-        windows = [read_window(path, model.stored_size, side) for path in frames[start:start + batch_size]]
-        rows = [start + i for i, window in enumerate(windows) if window is not None]
-        if rows:
-            batch = torch.from_numpy(np.stack([window for window in windows if window is not None])).to(device)
-            outputs = model(to_model_input(batch, model.image_size))
-            for target, output in zip((au, expr, va), outputs):
-                target[rows] = output.float().cpu().numpy()
-            readable[rows] = True
-        bar.update(len(windows))
-    return au, expr, va, readable
+        parts.append(predict_batch(model, frames[start:start + batch_size], device))
+        bar.update(len(parts[-1][-1]))
+    return join_batches(parts)
+
+
+@torch.inference_mode()
+def predict_batch(model: nn.Module, sources: list, device: torch.device) -> tuple[np.ndarray, ...]:
+    """(AU [n, 8], EXPR [n, 7], VA [n, 2], readable [n]) of one batch of images (paths or binary streams) in one
+    forward pass; zeros where an image is unreadable."""
+    side = window_side(model.stored_size, model.crop_scale)
+    windows = [read_window(source, model.stored_size, side) for source in sources]
+    outputs = [np.zeros((len(sources), len(names)), dtype=np.float32) for names in (AU_NAMES, EXPR_NAMES, VA_NAMES)]
+    rows = [i for i, window in enumerate(windows) if window is not None]
+    if rows:
+        batch = torch.from_numpy(np.stack([windows[i] for i in rows])).to(device)
+        for target, output in zip(outputs, model(to_model_input(batch, model.image_size))):
+            target[rows] = output.float().cpu().numpy()
+    readable = np.zeros(len(sources), dtype=bool)
+    readable[rows] = True
+    return (*outputs, readable)
+
+
+def join_batches(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """One video's batch outputs, in frame order, as whole-video arrays."""
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
 
 def fill_index(readable: np.ndarray) -> np.ndarray:
@@ -185,18 +192,16 @@ def fill_index(readable: np.ndarray) -> np.ndarray:
     return np.where(previous >= 0, previous, np.flatnonzero(readable)[0])
 
 
-def write_video_files(out_dir: Path, video: str, au: np.ndarray, expr: np.ndarray, va: np.ndarray) -> None:
+def write_video_files(out_dir: str, video: str, au: np.ndarray, expr: np.ndarray, va: np.ndarray) -> None:
     """AU/, EXPR/ and VA/ `<video>.txt`: the header, then one line per frame, no trailing newline."""
     lines = {"AU": [",".join(str(int(v)) for v in row) for row in au],
              "EXPR": [str(int(v)) for v in expr],
              "VA": [f"{v:.4f},{a:.4f}" for v, a in va]}
     for task, body in lines.items():
-        path = out_dir / task / f"{video}.txt"
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text("\n".join([HEADERS[task.lower()], *body]))
+        storage.write_text(storage.join(out_dir, task, f"{video}.txt"), "\n".join([HEADERS[task.lower()], *body]))
 
 
-def write_csv(path: Path, rows: list[list]) -> None:
+def write_csv(path: str, rows: list[list]) -> None:
     """predictions.csv: video, frame file, AU and EXPR probabilities, valence, arousal, filled (1 = the line
     repeats another frame's prediction because this image was unreadable)."""
     header = ["video", "frame", *(f"{name}_prob" for name in AU_NAMES), *(f"{name}_prob" for name in EXPR_NAMES),
@@ -205,8 +210,7 @@ def write_csv(path: Path, rows: list[list]) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([[*row[:2], *(f"{v:.6f}" for v in row[2:-1]), row[-1]] for row in rows])
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text.getvalue())
+    storage.write_text(path, text.getvalue())
 
 
 def warn(message: str) -> None:

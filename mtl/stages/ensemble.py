@@ -1,19 +1,29 @@
 """The ensemble stage: the teacher, each student and the students' ensemble scored alike on the reporting half of
-the validation videos, the AU thresholds (and members, with students.select) chosen on the other half; the
-ensemble is exported as TorchScript to RUN/ensemble/ensemble.pt (docs/recipe.md §5, `mtl.eval.ensemble`)."""
+the validation videos, the AU thresholds (ensemble.threshold_rule; and members, with students.select) chosen on
+the other half (the same `eval.split_seed` cut as the trainings'); the ensemble is exported as a torch.export
+program to RUN/ensemble/ensemble.pt2, and RUN/ensemble/ensemble.json records what it was built from
+(docs/recipe.md §5, `mtl.eval.ensemble`, `mtl.serve.export`). `mtl ensemble` runs `build_ensemble` on chosen
+member checkpoints.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Optional
 
 from mtl import storage
-from mtl.config import Config
+from mtl.config import Config, ConfigError
 from mtl.runs import stage_dir
+from mtl.serve.export import DEFAULT_FORMAT, FORMATS
 from mtl.stages.base import Stage, StageContext, StageResult, register_stage
 from mtl.stages.students import StudentsStage  # the stage before this one (registered first)
 from mtl.stages.teacher import TeacherStage
 
-EXPORTED = "ensemble.pt"
+EXPORTED = "ensemble" + FORMATS[DEFAULT_FORMAT]  # ensemble.pt2
+RECORD = "ensemble.json"
+
+log = logging.getLogger(__name__)
 
 
 def member_task_options(use_gpu: bool) -> dict:
@@ -34,38 +44,72 @@ def member_predictions(checkpoints: list[str], shards: str, use_gpu: bool = Fals
 
 @dataclass
 class EnsembleResult(StageResult):
-    teacher: dict  # scores (`ensemble_report` of one member), JSON types
+    teacher: dict  # scores (`ensemble_report` of one member), JSON types; {} without a teacher
     students: list[dict]
     ensemble: dict  # + "members", "thresholds"
-    exported: str
+    exported: str  # "" when the members are temporal (CNN-RNN) models, which are not exported
 
     def outputs(self) -> list[str]:
-        return [self.exported]
+        return [self.exported] if self.exported else []
+
+
+def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_best: Optional[str] = None,
+                   select: bool = False, rule: str = "f1", seed: int = 0, use_gpu: bool = False,
+                   fmt: str = DEFAULT_FORMAT) -> EnsembleResult:
+    """Score the teacher (if any), each student and their ensemble on the reporting half of the validation
+    videos of `shards` (thresholds, and members with `select`, from the other half, cut with `seed`); export the
+    ensemble as `fmt` to `out_dir`/ensemble<suffix> and record its sources in `out_dir`/ensemble.json."""
+    from mtl.eval.ensemble import ensemble_report
+
+    checkpoints = [*([teacher_best] if teacher_best else []), *student_bests]
+    preds = member_predictions(checkpoints, shards, use_gpu)
+    single = [storage.json_ready(ensemble_report([p], seed=seed, rule=rule)) for p in preds]
+    ensemble = ensemble_report(preds[len(checkpoints) - len(student_bests):], seed=seed, select=select, rule=rule)
+    location = storage.join(out_dir, "ensemble" + FORMATS[fmt])
+    exported = export_members([student_bests[i] for i in ensemble["members"]], ensemble["thresholds"],
+                              location, shards, fmt)
+    result = EnsembleResult(teacher=single[0] if teacher_best else {}, students=single[-len(student_bests):],
+                            ensemble=storage.json_ready(ensemble), exported=exported)
+    storage.write_json(storage.join(out_dir, RECORD), {
+        "students": student_bests, "teacher": teacher_best, "shards": str(shards), "select": select,
+        "threshold_rule": rule, "split_seed": seed, "members": [student_bests[i] for i in ensemble["members"]],
+        "exported": exported, "format": fmt if exported else None, "result": result.to_json()})
+    return result
+
+
+def export_members(checkpoints: list[str], thresholds: list[float], location: str, shards: str, fmt: str) -> str:
+    """Export the models of `checkpoints` with `thresholds` at their (shared) image size and crop scale and the
+    shards' stored face size; returns `location`, or "" for temporal models (frame models only export)."""
+    from mtl.checkpoint import load_model
+    from mtl.data.index import load_index
+    from mtl.serve.export import export_ensemble
+
+    loaded = [load_model(path) for path in checkpoints]
+    if any(cfg.model.temporal for _, cfg in loaded):
+        log.warning("the ensemble's members are temporal (CNN-RNN) models: no exported artefact is written")
+        return ""
+    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale) for _, cfg in loaded}
+    if len(inputs) > 1:
+        raise ConfigError(f"the members {', '.join(checkpoints)} take different inputs (data.image_size, "
+                          f"data.augment.crop_scale: {sorted(inputs)}); an ensemble needs one")
+    (image_size, crop_scale), = inputs
+    export_ensemble([model for model, _ in loaded], thresholds, image_size, location,
+                    stored_size=load_index(shards).image_size, crop_scale=crop_scale, fmt=fmt)
+    return location
 
 
 def ensemble_stage(cfg: Config, teacher_best: str, student_bests: list[str]) -> EnsembleResult:
     """Score teacher, students and their ensemble on the reported half; export the ensemble."""
-    from mtl.checkpoint import load_model
-    from mtl.data.index import load_index
-    from mtl.eval.ensemble import ensemble_report, export_ensemble
-
-    preds = member_predictions([teacher_best, *student_bests], cfg.data.shards, cfg.train.use_gpu)
-    seed = cfg.train.seed
-    single = [ensemble_report([p], seed=seed) for p in preds]
-    ensemble = ensemble_report(preds[1:], seed=seed, select=cfg.students.select)
-    models = [load_model(student_bests[i])[0] for i in ensemble["members"]]
-    exported = storage.join(stage_dir(cfg, EnsembleStage.name), EXPORTED)
-    export_ensemble(models, ensemble["thresholds"], cfg.data.image_size, exported,
-                    stored_size=load_index(cfg.data.shards).image_size, crop_scale=cfg.data.augment.crop_scale)
-    return EnsembleResult(teacher=storage.json_ready(single[0]), students=storage.json_ready(single[1:]),
-                          ensemble=storage.json_ready(ensemble), exported=exported)
+    return build_ensemble(student_bests, cfg.data.shards, stage_dir(cfg, EnsembleStage.name), teacher_best,
+                          select=cfg.students.select, rule=cfg.ensemble.threshold_rule, seed=cfg.eval.split_seed,
+                          use_gpu=cfg.train.use_gpu)
 
 
 @register_stage
 class EnsembleStage(Stage):
     name = "ensemble"
     result_type = EnsembleResult
-    config_keys = ("data", "students.select", "train.seed")
+    config_keys = ("data", "students.select", "ensemble.threshold_rule", "eval.split_seed")
 
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
         return [ctx.result(TeacherStage.name).best, *(s.best for s in ctx.result(StudentsStage.name).students)]

@@ -7,18 +7,20 @@ callback, with `epochs` (epochs done) as the scheduler's clock. Scheduler: ASHA 
 random/grid (Tune's variant generator seeded by train.seed) or Optuna (seeded; extra `mtl[optuna]`). A trial whose
 loss goes NaN/inf ends itself (`diverged`) and the search goes on. Re-running the same command restores the search
 (`Tuner.restore`): finished trials are kept, unfinished ones resume. Outputs in RUN/tune/<name>/: results.csv
-(best first), best.yaml (the best trial's full config, for `mtl train` / `mtl pipeline`), summary.json.
+(best first), best.yaml (the best trial's full config, for `mtl train` / `mtl pipeline`), summary.json. RUN may be
+a bucket (s3://, gs://): Tune then keeps its experiment there too (RunConfig.storage_path as a URI), and restores
+from there.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import io
 import logging
 import math
+import posixpath
 import threading
-from pathlib import Path
 from typing import Optional
 
 import yaml
@@ -58,8 +60,9 @@ def search_name(cfg: Config, space: Space) -> str:
     return cfg.tune.name or space.name
 
 
-def search_dir(cfg: Config, name: str) -> Path:
-    return Path(cfg.run.dir).absolute() / "tune" / name
+def search_dir(cfg: Config, name: str) -> str:
+    """RUN/tune/<name>: an absolute local path or a URI (Ray's storage_path must be absolute)."""
+    return storage.join(storage.absolute(cfg.run.dir), "tune", name)
 
 
 def check_settings(cfg: Config, space: Space) -> None:
@@ -119,7 +122,8 @@ def run_trial(values: dict, base: Config, name: str, pbt: bool) -> None:
 
     def fit() -> None:
         try:
-            outcome["result"] = train(cfg, callbacks=[Forward(queue)], wandb_group=f"{Path(cfg.run.dir).name}-{name}",
+            outcome["result"] = train(cfg, callbacks=[Forward(queue)],
+                                      wandb_group=f"{storage.name(cfg.run.dir)}-{name}",
                                       init_checkpoint=start.path if start is not None else None)
         except BaseException as err:  # re-raised in the trial's thread below
             outcome["error"] = err
@@ -198,14 +202,14 @@ def search_record(cfg: Config, space: Space) -> dict:
                                                   "search": {p.key: {p.kind: list(p.args)} for p in space.params}}}
 
 
-def check_same_search(record: dict, folder: Path) -> None:
+def check_same_search(record: dict, folder: str) -> None:
     """Refuse to resume a search stored in `folder` with another config or space."""
     from mtl.runs import RESUMABLE_CHANGES, flatten
 
-    path = folder / "search.json"
-    if not path.is_file():
+    path = storage.join(folder, "search.json")
+    if not storage.is_file(path):
         return
-    stored = json.loads(path.read_text())
+    stored = storage.read_json(path)
     allowed = RESUMABLE_CHANGES | RESUMABLE_SEARCH_CHANGES
     old, new = flatten(config_dict(validate(stored["config"]))), flatten(record["config"])
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in allowed)
@@ -233,20 +237,20 @@ def run_search(cfg: Config, space: Space, address: Optional[str] = None) -> dict
     folder = search_dir(cfg, name)
     record = search_record(cfg, space)
     check_same_search(record, folder)
-    if (folder / "summary.json").is_file():
+    if storage.is_file(storage.join(folder, "summary.json")):
         log.info("%s: search already done", folder)
-        return json.loads((folder / "summary.json").read_text())
-    folder.mkdir(parents=True, exist_ok=True)
-    storage.write_json(folder / "search.json", record)
+        return storage.read_json(storage.join(folder, "summary.json"))
+    storage.makedirs(folder)
+    storage.write_json(storage.join(folder, "search.json"), record)
     ensure_ray(address)
     pbt = cfg.tune.scheduler == "pbt"
     trainable = ray.tune.with_resources(  # the trial only drives its Train run: a token request
         ray.tune.with_parameters(run_trial, base=cfg, name=name, pbt=pbt), {"memory": 1})
-    experiment = folder / "ray"
+    experiment = storage.join(folder, "ray")  # a URI stays one: Tune stores and restores through pyarrow
     random.seed(cfg.train.seed)  # PBT draws its explore/exploit choices from `random`
-    if ray.tune.Tuner.can_restore(str(experiment)):
+    if ray.tune.Tuner.can_restore(experiment):
         log.info("resuming the search stored in %s", experiment)
-        tuner = ray.tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(
             trainable, param_space=space.to_tune(),
@@ -255,19 +259,19 @@ def run_search(cfg: Config, space: Space, address: Optional[str] = None) -> dict
                                             search_alg=make_searcher(cfg, concurrency(cfg)),
                                             trial_dirname_creator=lambda trial: f"tune_{trial.trial_id}"),
             run_config=ray.tune.RunConfig(
-                name=experiment.name, storage_path=str(folder),
+                name=storage.name(experiment), storage_path=folder,
                 failure_config=ray.tune.FailureConfig(max_failures=1),
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=4) if pbt else None))
     grid = tuner.fit()
     rows = result_rows(grid, space, cfg.train.epochs)
-    write_results(folder / "results.csv", rows, space)
+    write_results(storage.join(folder, "results.csv"), rows, space)
     summary = {"name": name, "dir": str(folder), "rows": rows, "best": None, "best_config": None}
     finite = [r for r in rows if r["status"] in ("finished", "stopped") and math.isfinite(r[METRIC])]
     if finite:
         summary["best"] = finite[0]
-        summary["best_config"] = str(write_best_config(cfg, space, finite[0], folder / "best.yaml"))
+        summary["best_config"] = write_best_config(cfg, space, finite[0], storage.join(folder, "best.yaml"))
     if all(r["status"] != "error" for r in rows):  # a search with errored trials is resumed by the next run
-        storage.write_json(folder / "summary.json", summary)
+        storage.write_json(storage.join(folder, "summary.json"), summary)
     return summary
 
 
@@ -287,7 +291,7 @@ def result_rows(grid, space: Space, epochs: int) -> list[dict]:
         target = int(result.config.get("train.epochs", epochs))  # train.epochs may be searched too
         status = ("error" if result.error else "diverged" if diverged is not None
                   else "finished" if done >= target else "stopped")
-        trial_id = Path(result.path).name.removeprefix("tune_")
+        trial_id = storage.name(result.path).removeprefix("tune_")
         rows.append({"trial": trial_id, "status": status, CLOCK: done,
                      "best_epoch": top.get("epoch"), METRIC: top.get(METRIC, math.nan),
                      **{f"val_{t}": top.get(f"val_{t}", math.nan) for t in ("au", "expr", "va")},
@@ -297,32 +301,27 @@ def result_rows(grid, space: Space, epochs: int) -> list[dict]:
     return sorted(rows, key=lambda r: (order[r["status"]], -r[METRIC] if math.isfinite(r[METRIC]) else math.inf))
 
 
-def write_results(path: Path, rows: list[dict], space: Space) -> None:
-    from mtl.eval.ensemble import atomic_path
-
+def write_results(path: str, rows: list[dict], space: Space) -> None:
     columns = ["trial", "status", CLOCK, "best_epoch", METRIC, "val_au", "val_expr", "val_va",
                *(p.key for p in space.params), "note"]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(path, text.getvalue())
 
 
 def best_values(row: dict, space: Space) -> dict:
     return {p.key: row[p.key] for p in space.params}
 
 
-def write_best_config(cfg: Config, space: Space, row: dict, path: Path) -> Path:
+def write_best_config(cfg: Config, space: Space, row: dict, path: str) -> str:
     """The best trial's full config as YAML: trains where the search's config would (train.name as there), and
     the search is not run again by `mtl pipeline` (tune.before_students off)."""
-    from mtl.eval.ensemble import atomic_path
-
     data = config_dict(updated(space.apply(cfg, best_values(row, space)), {"tune.before_students": False}))
-    header = (f"# best trial {row['trial']} of search {path.parent.name} ({space.path}): "
+    header = (f"# best trial {row['trial']} of search {storage.name(posixpath.dirname(path))} ({space.path}): "
               f"val_total {row[METRIC]:.4f} at epoch {row['best_epoch']}\n")
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(header + yaml.safe_dump(data, sort_keys=False))
-    return path
+    return storage.write_text(path, header + yaml.safe_dump(data, sort_keys=False))
 
 
 def format_results(summary: dict) -> str:
@@ -339,7 +338,7 @@ def format_results(summary: dict) -> str:
     best = summary["best"]
     lines.append(f"best: trial {best['trial']} (val_total {best[METRIC]:.4f}) -> {summary['best_config']}"
                  if best else "best: none (no trial finished with a finite val_total)")
-    lines.append(f"results: {Path(summary['dir']) / 'results.csv'}")
+    lines.append(f"results: {storage.join(summary['dir'], 'results.csv')}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,11 @@ the others under `RUN/soft_labels/`: sample keys, AU probabilities [N, 8], EXPR 
 samples by shard and key (`SoftLabels`). `manifest.json` records the teacher file's digest: a re-run skips the
 shards already done for the same teacher and redoes everything for another one.
 
+A temporal (CNN-RNN) teacher is run on windows, not frames: one Ray task per training video labels each of its
+training windows (`mtl.data.windows`: T frames every T/2, the windows a temporal student's stream draws, centre
+view) and writes the teacher's [T, ...] outputs per window, keyed by the window's first frame, into the file of
+the video's first shard; the manifest then says `"unit": "window"` and the window length.
+
 `SoftLabelsStage` is this step in the pipeline (docs/recipe.md §3): the teacher stage's model, RUN/soft_labels/.
 """
 
@@ -20,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from mtl import storage
-from mtl.config import Config
+from mtl.checkpoint import read_model_file
+from mtl.config import Config, validate
 from mtl.data.soft_join import MANIFEST, soft_label_path
 from mtl.runs import soft_labels_dir
 from mtl.stages.base import Stage, StageContext, StageResult, register_stage
@@ -34,8 +40,10 @@ def write_npz_atomic(path: str | Path, **arrays) -> None:
     storage.write_atomic(path, buffer.getvalue())
 
 
-def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: int, batch_size: int = 128) -> int:
-    """Teacher outputs for one shard -> `out_path` (.npz); returns the number of samples (a Ray task)."""
+def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: int, device: str = "cpu",
+                batch_size: int = 128) -> int:
+    """Teacher outputs for one shard -> `out_path` (.npz); returns the number of samples (a Ray task; `device`
+    is "cuda" when the task was given a GPU)."""
     import torch
 
     from mtl.checkpoint import load_model
@@ -43,9 +51,7 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
     from mtl.data.shards import tar_samples
     from mtl.data.stream import as_tensors, collate, with_labels
 
-    model, cfg = load_model(teacher_path)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.use_gpu else "cpu")
-    model.to(device)
+    model, cfg = load_model(teacher_path, device)
     items = list(with_labels(tar_samples([shard_url])))
     stored, side = stored_size, window_side(stored_size, cfg.data.augment.crop_scale)
     keys, au, expr, va = [], [], [], []
@@ -67,6 +73,51 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
     return len(keys)
 
 
+def label_video_windows(teacher_path: str, urls: list[str], out_path: str, stored_size: int, device: str = "cpu",
+                        batch_size: int = 16) -> int:
+    """A temporal teacher's outputs on every training window of one video (its shards `urls`) -> `out_path`
+    (.npz: "keys" = first frame key of each window, au [W, T, 8] probabilities, expr [W, T, 7] and va [W, T, 40]
+    logits, float16); returns the number of windows (a Ray task)."""
+    import torch
+
+    from mtl.checkpoint import load_model
+    from mtl.data.augment import centre_draws, model_input, window_side
+    from mtl.data.stream import as_tensors
+    from mtl.data.windows import Video, collate_windows, first_key, read_video, training_stride, video_windows
+    from mtl.labels import video_of
+
+    model, cfg = load_model(teacher_path, device)
+    length = cfg.model.seq_len
+    frames = read_video(Video(video_of(first_key(urls[0])), tuple(urls)))
+    windows = video_windows(frames, length, training_stride(length))
+    side = window_side(stored_size, cfg.data.augment.crop_scale)
+    keys, au, expr, va = [], [], [], []
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            batch = as_tensors(collate_windows(chunk, stored_size, side,
+                                               centre_draws(len(chunk), stored_size, cfg.data.augment.crop_scale)))
+            out = model(model_input(batch["image"].to(device), cfg.data.image_size))
+            keys += [window[0][0] for window in chunk]
+            au.append(torch.sigmoid(out["au"].float()).cpu().numpy())
+            expr.append(out["expr"].float().cpu().numpy())
+            va.append(out["va"].float().cpu().numpy())
+    write_npz_atomic(out_path, keys=np.array(keys, dtype=str), au=np.concatenate(au).astype(np.float16),
+                     expr=np.concatenate(expr).astype(np.float16), va=np.concatenate(va).astype(np.float16))
+    return len(keys)
+
+
+def labelling_units(teacher_cfg, index) -> dict[str, tuple[list[str], list[str]]]:
+    """{output file name: (the shard urls one task reads, the training shard names it covers)}: one unit per
+    training shard for a frame teacher, one per training video (its shards) for a temporal one."""
+    if not teacher_cfg.model.temporal:
+        return {storage.name(url): ([url], [storage.name(url)]) for url in index.shard_urls("train")}
+    from mtl.data.windows import videos_of_split
+
+    return {storage.name(video.urls[0]): (list(video.urls), [storage.name(u) for u in video.urls])
+            for video in videos_of_split(index, "train")}
+
+
 def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str | Path, use_gpu: bool = False,
                         progress: bool = True) -> dict:
     """Soft labels of every training shard of `shards` into `out`; resumable per shard. Returns the manifest."""
@@ -81,26 +132,36 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     storage.makedirs(out)
     teacher_path = storage.absolute(teacher_path)
     digest = storage.sha256(teacher_path)
+    teacher_cfg = validate(read_model_file(teacher_path)["config"])
+    unit = {"unit": "window", "seq_len": teacher_cfg.model.seq_len} if teacher_cfg.model.temporal else {"unit": "frame"}
     manifest_path = storage.join(out, MANIFEST)
     manifest = storage.read_json(manifest_path) if storage.is_file(manifest_path) else {}
-    if manifest.get("teacher_sha256") != digest:
+    if manifest.get("teacher_sha256") != digest or manifest.get("unit", "frame") != unit["unit"]:
         for stale in storage.list_files(out, "*.npz"):
             storage.remove(stale)
-        manifest = {"teacher": teacher_path, "teacher_sha256": digest, "shards": {}}
+        manifest = {"teacher": teacher_path, "teacher_sha256": digest, **unit, "shards": {}}
     index = load_index(shards)
-    todo = [url for url in index.shard_urls("train")
-            if storage.name(url) not in manifest["shards"] or not storage.is_file(soft_label_path(out, url))]
+    samples = dict(zip((storage.name(u) for u in index.shard_urls("train")), index.shard_sizes("train")))
+    units = labelling_units(teacher_cfg, index)
+    todo = [name for name, (urls, covered) in units.items()
+            if any(shard not in manifest["shards"] for shard in covered) or not storage.is_file(soft_label_path(out, name))]
     ensure_ray()
-    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(label_shard)
-    pending = {task.remote(teacher_path, url, soft_label_path(out, url), index.image_size): url for url in todo}
-    bar = progress_bar(total=len(index.shard_urls("train")), desc="soft labels", unit="shard", enabled=progress)
-    bar.update(len(index.shard_urls("train")) - len(todo))
+    label = label_video_windows if teacher_cfg.model.temporal else label_shard
+    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(label)
+    pending = {task.remote(teacher_path, units[name][0] if teacher_cfg.model.temporal else units[name][0][0],
+                           soft_label_path(out, name), index.image_size, "cuda" if use_gpu else "cpu"): name
+               for name in todo}
+    bar = progress_bar(total=len(units), desc="soft labels", unit="video" if teacher_cfg.model.temporal else "shard",
+                       enabled=progress)
+    bar.update(len(units) - len(todo))
     try:
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
-            url = pending.pop(done)
-            manifest["shards"][storage.name(url)] = ray.get(done)
-            storage.write_json(manifest_path, manifest)  # progress survives a kill: finished shards are kept
+            name = pending.pop(done)
+            count = ray.get(done)
+            for shard in units[name][1]:  # a frame shard: its samples; a video's shards: covered by its windows
+                manifest["shards"][shard] = count if not teacher_cfg.model.temporal else samples[shard]
+            storage.write_json(manifest_path, manifest)  # progress survives a kill: finished units are kept
             bar.update(1)
     finally:
         bar.close()

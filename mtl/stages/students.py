@@ -15,6 +15,7 @@ from typing import Optional
 
 from mtl import storage
 from mtl.config import Config, ConfigError, updated
+from mtl.labels import DataError
 from mtl.runs import training_outcome
 from mtl.stages import search_stage  # noqa: F401  the stage before this one (registered first)
 from mtl.stages.base import Stage, StageContext, StageResult, TrainingResult, register_stage
@@ -31,12 +32,17 @@ def student_config(cfg: Config, i: int) -> Config:
 
 
 def student_trial(params: dict, cfg: Config) -> None:
-    """One Tune trial: train student `params["index"]` and report its best validation scores."""
+    """One Tune trial: train student `params["index"]` and report its best validation scores. A data error is
+    reported as {"data_error": its line} and the trial ends normally: Tune does not retry it (the bytes stay bad)."""
     import ray.tune
 
     from mtl.train.driver import train
 
-    outcome = train(student_config(cfg, params["index"]))
+    try:
+        outcome = train(student_config(cfg, params["index"]))
+    except DataError as err:
+        ray.tune.report({"data_error": str(err), "val_total": float("nan")})
+        return
     metrics = outcome["metrics"]
     ray.tune.report({"val_total": metrics.get("val_total", float("nan")), "best": outcome["best"],
                      **{k: v for k, v in metrics.items() if k.startswith("val_")}})
@@ -66,6 +72,9 @@ def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
     print(f"[students] {cfg.students.count} students, {min(concurrent, cfg.students.count)} at a time "
           f"(Ray Tune; every epoch is logged by its Ray Train run)", flush=True)
     grid = tuner.fit()
+    data_errors = [r.metrics["data_error"] for r in grid if r.metrics and r.metrics.get("data_error")]
+    if data_errors:
+        raise DataError(data_errors[0])
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
     outcomes = [training_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]

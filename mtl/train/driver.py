@@ -4,10 +4,11 @@ or from ground truth and the teacher's soft labels (a student, train.role=studen
 `train(cfg)` is the thin driver: it checks what the run needs before any worker starts, builds a `TorchTrainer`
 with `train.workers` DDP ranks (gloo on CPU, NCCL on GPU; 0 runs the loop in this process, Ray Train's local
 mode) around `mtl.train.loop.train_loop`, keeps the best `train.keep_checkpoints` checkpoints by validation total,
-restarts the worker group from the last checkpoint up to `train.max_failures` times, and copies the best model to
-`RUN/<train.name or role>/best.pt`. Re-running the same command resumes the run stored under `RUN/<role>/ray` at
-the epoch after its last checkpoint (a changed config is refused, see `mtl.runs.check_resumable`; local mode does
-not resume); a finished run is not retrained.
+restarts the worker group from the last checkpoint up to `train.max_failures` times (not for a data error: a bad
+shard or sample ends the run at once and is raised as one DataError line, see `mtl.train.data_stop`), and copies
+the best model to `RUN/<train.name or role>/best.pt`. Re-running the same command resumes the run stored under
+`RUN/<role>/ray` at the epoch after its last checkpoint (a changed config is refused, see
+`mtl.runs.check_resumable`; local mode does not resume); a finished run is not retrained.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mtl.data.index import load_index
 from mtl.data.soft_join import check_soft_labels
 from mtl.data.verify import check_shards
 from mtl.jobs.ray_session import ensure_ray
+from mtl.labels import DataError, error_line
 from mtl.objectives.objective import OBJECTIVES
 from mtl.runs import check_resumable, finished_training, soft_labels_dir, teacher_path, training_dir
 from mtl.train.loop import STATE_FILE, Diverged, train_loop
@@ -47,7 +49,20 @@ def check_inputs(cfg: Config) -> None:
         if not storage.is_file(teacher_path(cfg)) and cfg.distill.on_the_fly:
             raise FileNotFoundError(f"{teacher_path(cfg)}: a student needs the teacher's model")
         if not cfg.distill.on_the_fly:  # every training shard labelled, by the current teacher
-            check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), index)
+            check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), *student_shards(cfg, index))
+
+
+def student_shards(cfg: Config, index) -> tuple[dict[str, int], str, Optional[int]]:
+    """({training shard name: samples} a student's stream reads, soft-label unit, window length): every training
+    shard for a frame student; the shards of the windowed videos, labelled per window, for a temporal one."""
+    if not cfg.model.temporal:
+        return {info.name: info.samples for info in index.shards["train"]}, "frame", None
+    from mtl.data.windows import videos_of_split
+
+    samples = {info.name: info.samples for info in index.shards["train"]}
+    shards = {storage.name(url): samples[storage.name(url)] for video in videos_of_split(index, "train")
+              for url in video.urls}
+    return shards, "window", cfg.model.seq_len
 
 
 def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[list] = None,
@@ -91,8 +106,10 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute="val_total",
                                                          checkpoint_score_order="max")))
-    result = trainer.fit()
+    result = fit(trainer)
     final = result.return_value or {}
+    if final.get("data_error"):  # every rank stopped at a bad shard or sample: not retried, one line
+        raise DataError(final["data_error"])
     if final.get("diverged"):
         storage.write_json(storage.join(folder, "history.json"),
                            {"history": final["history"], "diverged": final["diverged"]})
@@ -106,6 +123,22 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
     storage.write_json(storage.join(folder, "history.json"), {"history": full_history, "best_epoch": state["epoch"]})
     return {"best": storage.join(folder, "best.pt"), "metrics": export["metrics"], "history": full_history,
             "start_epoch": final.get("start_epoch")}
+
+
+def fit(trainer):
+    """trainer.fit(). A data error a worker raised outside the points where the ranks agree on one (see
+    mtl.train.data_stop; Ray has retried it then) still reaches the caller as one DataError line."""
+    import ray.train
+
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        failures = getattr(err, "worker_failures", {}) or {}
+        causes = [getattr(e, "_base_exc", e) for _, e in sorted(failures.items())]
+        data_errors = [c for c in causes if isinstance(c, DataError)]
+        if not data_errors:
+            raise
+        raise DataError(error_line(data_errors[0])) from None
 
 
 def best_state(result, local_folder: Optional[Path]) -> dict:

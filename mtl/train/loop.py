@@ -31,6 +31,7 @@ from mtl.labels import TASKS
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
 from mtl.runs import stored_soft_labels
+from mtl.train.data_stop import DataStop, agreed, agreed_batches
 from mtl.train.optim import make_optimizer, make_scheduler
 
 STATE_FILE = "state.pt"
@@ -42,7 +43,21 @@ class Diverged(FloatingPointError):
 
 def train_loop(payload: dict) -> dict:
     """Per-rank training function (Ray Train worker, or this process in local mode). `payload`: {"config": the
-    Config, "run_id", "run_name", "wandb_group", "init_checkpoint" (PBT), "local_checkpoints" (local mode)}."""
+    Config, "run_id", "run_name", "wandb_group", "init_checkpoint" (PBT), "local_checkpoints" (local mode)}.
+    A data error on any rank ends the run on all of them with a normal return {"data_error": its message}, so Ray
+    Train does not retry it (mtl.train.data_stop)."""
+    try:
+        return train_rank(payload)
+    except DataStop as stop:
+        import sys
+
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].run.finish(exit_code=2)
+        return {"start_epoch": None, "history": [], "diverged": None, "data_error": str(stop)}
+
+
+def train_rank(payload: dict) -> dict:
+    """train_loop's work on this rank (a DataError at a batch or in validation raises DataStop on every rank)."""
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
@@ -77,6 +92,8 @@ def train_loop(payload: dict) -> dict:
     model = prepare_model(model, move_to_device=False) if world > 1 else model
     objective = make_objective(cfg, device)
     unwrapped = model.module if hasattr(model, "module") else model
+    if cfg.train.compile:  # after DDP wrapping, so DDP's graph breaks keep the gradient all-reduce overlapped
+        model = torch.compile(model)
     run = open_wandb(cfg, payload["run_id"], payload["run_name"], payload.get("wandb_group")) if rank == 0 else None
     diverged = None
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -85,7 +102,7 @@ def train_loop(payload: dict) -> dict:
         sums: dict[str, float] = {}
         samples, done, started = 0, 0, time.perf_counter()
         try:
-            for batch in loader:
+            for batch in agreed_batches(loader):
                 for key, value in train_step(model, optimizer, scheduler, batch, cfg, device, objective).items():
                     sums[key] = sums.get(key, 0.0) + value
                 samples += batch_samples(batch)
@@ -97,10 +114,10 @@ def train_loop(payload: dict) -> dict:
                 print(f"[{cfg.train.role}] diverged at {diverged}; training stopped", flush=True)
             break
         seconds = time.perf_counter() - started
-        preds = gather(predict(unwrapped, index, "val", cfg.data.image_size, cfg.train.eval_batch_size, device,
-                               cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
-                               autocast=device.type == "cuda",
-                               seq_len=cfg.model.seq_len if cfg.model.temporal else None))
+        preds = gather(agreed(predict, unwrapped, index, "val", cfg.data.image_size, cfg.train.eval_batch_size,
+                              device, cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
+                              autocast=device.type == "cuda",
+                              seq_len=cfg.model.seq_len if cfg.model.temporal else None))
         metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done), "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
                    **{f"train_{k}": v / steps for k, v in sums.items()}}
@@ -179,7 +196,8 @@ def seed_everything(seed: int) -> None:
 def make_loader(cfg: Config, index, rank: int, world: int):
     """The training stream of this rank: frames (balanced), or windows of frames for the temporal model."""
     if cfg.model.temporal:
-        return window_loader(index, cfg, cfg.model.seq_len, cfg.data.loader_workers, rank, world)
+        return window_loader(index, cfg, cfg.model.seq_len, cfg.data.loader_workers, rank, world,
+                             soft_labels=stored_soft_labels(cfg))
     return train_loader(index, cfg, rank=rank, world=world, soft_labels=stored_soft_labels(cfg))
 
 

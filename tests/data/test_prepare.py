@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -8,7 +9,7 @@ import pytest
 import webdataset as wds
 from click.testing import CliRunner
 
-from tests.conftest import write_affwild2, write_jpeg
+from tests.conftest import bucket_named_folders, job_env, moto_s3, write_affwild2, write_jpeg
 from mtl.cli import main
 from mtl.data.index import load_index
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
@@ -167,3 +168,45 @@ def test_a_source_registered_by_the_test_runs_through_mtl_prepare(tmp_path, ray_
 def test_cli_needs_at_least_one_source(tmp_path):
     result = CliRunner().invoke(main, ["prepare", "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "Error: give at least one source: --afew-va, --affwild2" in result.output
+
+
+def test_prepare_into_a_bucket_writes_the_same_shards_and_index_last_and_check_shards_reads_them(
+        tmp_path, ray_session):
+    """`mtl prepare --out s3://... --verify` (a CLI joining the session's Ray, the bucket's variables in its job
+    runtime_env): byte-identical shards to a local prepare, nothing staged left behind (bucket, scratch, no folder
+    named `s3:`), and `mtl check-shards s3://...` on the result, a truncated upload named."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from mtl import storage
+
+    raw = write_affwild2(tmp_path / "raw", VIDEOS)
+    local = prepare({"affwild2": str(raw)}, tmp_path / "local", shard_size=2, image_size=32, progress=False)
+    (tmp_path / "cwd").mkdir()
+    with moto_s3("mtl-prepare") as aws:
+        root = "s3://mtl-prepare/data/shards"
+        storage.write_atomic(f"{root}/train-000009.tar", b"stale")  # from an earlier, larger prepare
+        done = subprocess.run([sys.executable, "-m", "mtl.cli", "prepare", "--affwild2", str(raw), "--out", root,
+                               "--shard-size", "2", "--image-size", "32", "--verify",
+                               "--address", ray.get_runtime_context().gcs_address],
+                              cwd=tmp_path / "cwd", capture_output=True, text=True, timeout=300,
+                              env=job_env({**aws, "MTL_LOCAL_DIR": str(tmp_path / "scratch")}))
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        names = [s["name"] for split in ("train", "val") for s in local["splits"][split]["shards"]]
+        assert f"wrote {root}/index.json" in done.stdout
+        assert f"{len(names)} shard(s) of {root} match" in done.stdout  # --verify re-read them
+        index = load_index(root)
+        assert {k: v for k, v in index.raw.items() if k != "summary"} == \
+            {k: v for k, v in local.items() if k != "summary"}  # same names, sizes and SHA-256 as local shards
+        assert [storage.name(f) for f in storage.list_files(root)] == sorted([*names, "index.json"])
+        assert not storage.exists(f"{root}/.prepare-tmp")
+        result = CliRunner().invoke(main, ["check-shards", root])
+        assert result.exit_code == 0 and f"{len(names)} shard(s) of {root} match" in result.output, result.output
+        victim = index.shard_urls("train")[1]
+        storage.write_atomic(victim, storage.read_bytes(victim)[:-512])
+        result = CliRunner().invoke(main, ["check-shards", root])
+        assert result.exit_code == 2 and result.output.startswith(f"error: {victim}: ") and "bytes" in result.output
+    assert os.listdir(tmp_path / "scratch") == []  # every task's staging folder removed
+    assert bucket_named_folders(tmp_path) == [] and not [n for n in os.listdir() if n.startswith("s3:")]

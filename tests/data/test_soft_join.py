@@ -29,12 +29,25 @@ def label_everything(folder: Path, index, teacher: Path, keys_per_shard: dict) -
     return manifest
 
 
+def train_shards(index) -> dict:
+    return {info.name: info.samples for info in index.shards["train"]}
+
+
+def test_labels_of_another_kind_are_refused(tmp_path, imbalanced_shards):
+    index = load_index(imbalanced_shards)
+    teacher = tmp_path / "best.pt"
+    teacher.write_bytes(b"teacher")
+    label_everything(tmp_path / "soft", index, teacher, {})  # per frame
+    with pytest.raises(DataError, match="soft labels per frame, but this student needs them per window of 4 frames"):
+        check_soft_labels(tmp_path / "soft", teacher, train_shards(index), unit="window", seq_len=4)
+
+
 def test_complete_labels_of_the_current_teacher_pass_and_join(tmp_path, imbalanced_shards):
     index = load_index(imbalanced_shards)
     teacher = tmp_path / "best.pt"
     teacher.write_bytes(b"teacher one")
     label_everything(tmp_path / "soft", index, teacher, {})
-    check_soft_labels(tmp_path / "soft", teacher, index)
+    check_soft_labels(tmp_path / "soft", teacher, train_shards(index))
     first = index.shards["train"][0].name
     assert SoftLabels(tmp_path / "soft").lookup(first, "k0") is not None
 
@@ -46,7 +59,7 @@ def test_another_teachers_labels_are_refused_naming_both(tmp_path, imbalanced_sh
     label_everything(tmp_path / "soft", index, teacher, {})
     teacher.write_bytes(b"teacher two: retrained")
     with pytest.raises(DataError, match=r"soft labels of another teacher .*not of .*best\.pt"):
-        check_soft_labels(tmp_path / "soft", teacher, index)
+        check_soft_labels(tmp_path / "soft", teacher, train_shards(index))
 
 
 def test_missing_or_partial_shards_are_refused_by_name(tmp_path, imbalanced_shards):
@@ -58,7 +71,7 @@ def test_missing_or_partial_shards_are_refused_by_name(tmp_path, imbalanced_shar
     label_everything(tmp_path / "soft", index, teacher, {names[0]: ["k0"]})  # one shard only partly labelled
     (tmp_path / "soft" / Path(soft_label_path(tmp_path / "soft", names[1])).name).unlink()  # one file lost
     with pytest.raises(DataError) as caught:
-        check_soft_labels(tmp_path / "soft", teacher, index)
+        check_soft_labels(tmp_path / "soft", teacher, train_shards(index))
     message = str(caught.value)
     assert "\n" not in message and f"2 of {len(names)} training shards" in message
     assert names[0] in message and names[1] in message
@@ -66,4 +79,4 @@ def test_missing_or_partial_shards_are_refused_by_name(tmp_path, imbalanced_shar
 
 def test_no_manifest_says_how_to_make_one(tmp_path, imbalanced_shards):
     with pytest.raises(DataError, match=r"no soft labels \(run `mtl soft-labels`\)"):
-        check_soft_labels(tmp_path / "nothing", tmp_path / "best.pt", load_index(imbalanced_shards))
+        check_soft_labels(tmp_path / "nothing", tmp_path / "best.pt", train_shards(load_index(imbalanced_shards)))

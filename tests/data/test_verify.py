@@ -6,6 +6,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import http_folder
 from mtl.cli import main
 from mtl.data.index import load_index
 from mtl.data.verify import check_shards, shard_problems
@@ -50,3 +51,22 @@ def test_a_flipped_byte_is_caught_by_the_checksum_check(shards):
     victim.unlink()
     result = CliRunner().invoke(main, ["check-shards", str(shards)])
     assert result.exit_code == 2 and f"{victim}: missing" in result.output
+
+
+def test_check_shards_over_http_names_a_truncated_and_a_corrupt_shard(shards):
+    """`mtl check-shards http://...`: sizes by HEAD requests, checksums over the shard bytes served; the other
+    shards pass."""
+    index = load_index(shards)
+    with http_folder(shards.parent) as base:
+        root = f"{base}/{shards.name}"
+        truncated, corrupt = (shards / index.shards["train"][0].name, shards / index.shards["val"][0].name)
+        truncated.write_bytes(truncated.read_bytes()[:-512])
+        data = bytearray(corrupt.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        corrupt.write_bytes(bytes(data))
+        result = CliRunner().invoke(main, ["check-shards", root])
+        assert result.exit_code == 2
+        assert result.output.splitlines() == [
+            f"error: {root}/{truncated.name}: {truncated.stat().st_size} bytes, index.json says "
+            f"{index.shards['train'][0].nbytes} (truncated or replaced)",
+            f"error: {root}/{corrupt.name}: SHA-256 differs from index.json (corrupt)"]

@@ -1,4 +1,5 @@
-"""Ensemble: video halves, averaging, AU thresholds, greedy selection, honest report, TorchScript export."""
+"""Ensemble: video halves, averaging, AU thresholds, greedy selection, honest report, the ensemble module (its
+export: tests/serve/test_export.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtl.data.augment import MEAN_RGB
 from mtl.labels import video_of
-from mtl.eval.ensemble import (EnsembleModule, average, ensemble_report, export_ensemble, greedy_selection,
-                          load_exported, halve_videos, task_strata, tune_thresholds)
+from mtl.eval.ensemble import (EnsembleModule, average, ensemble_report, greedy_selection, halve_videos,
+                          task_strata, tune_thresholds)
 from mtl.models.heads import predictions
 from mtl.models.multitask import MultitaskNet
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
 SIZE = 32
 
 
@@ -165,18 +164,3 @@ def test_ensemble_module_averages_member_predictions(nets):
     for name, value in zip(("au", "expr", "va"), got):
         torch.testing.assert_close(value, (each[0][name] + each[1][name]) / 2)
     torch.testing.assert_close(ensemble.au_thresholds, torch.linspace(0.1, 0.8, 8))
-
-
-def test_export_round_trip_equals_the_eager_ensemble(nets, tmp_path):
-    thresholds = np.linspace(0.1, 0.8, 8)
-    path = export_ensemble(nets, thresholds, SIZE, tmp_path / "ensemble.pt", stored_size=40, crop_scale=1.25)
-    assert [p.name for p in tmp_path.iterdir()] == ["ensemble.pt"]  # no temporary file left
-    assert all(not net.training for net in nets)
-    exported = load_exported(path)
-    assert (exported.image_size, exported.stored_size, exported.crop_scale) == (SIZE, 40, 1.25)
-    assert exported.mean_rgb == pytest.approx(MEAN_RGB)
-    torch.testing.assert_close(exported.au_thresholds, torch.tensor(thresholds, dtype=torch.float32))
-    x = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        for want, got in zip(EnsembleModule(nets, thresholds, SIZE).eval()(x), exported(x)):
-            torch.testing.assert_close(got, want)

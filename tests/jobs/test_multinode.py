@@ -128,7 +128,7 @@ def test_pipeline_job_on_two_nodes_trains_on_both_and_writes_to_s3(demo_shards, 
     assert all(nodes == {"node_a", "node_b"} for nodes in by_run.values()), by_run
 
     for name in ("report.json", "report.md", "teacher/best.pt", "teacher/history.json", "soft_labels/manifest.json",
-                 "students/student_0/best.pt", "ensemble/ensemble.pt", "plots/scores.png"):
+                 "students/student_0/best.pt", "ensemble/ensemble.pt2", "plots/scores.png"):
         assert storage.is_file(f"{run_dir}/{name}"), name
     report = storage.read_json(f"{run_dir}/report.json")
     assert set(report) == {"teacher", "students", "ensemble", "timings", "config"}

@@ -13,9 +13,9 @@ from PIL import Image
 
 from mtl.data.augment import to_model_input, window_side
 from mtl.config import config_dict, validate
-from mtl.eval.ensemble import export_ensemble
 from mtl.labels import HEADERS
 from mtl.models.factory import create_model
+from mtl.serve.export import export_ensemble
 from mtl.serve.predict import load_predictor, natural_key, predict_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
@@ -121,7 +121,7 @@ def test_exported_ensemble_on_a_folder_of_images(checkpoint, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
     net = create_model(validate(state["config"]).model.model_copy(update={"weights": None}), SIZE)
     net.load_state_dict(state["model"])
-    exported = export_ensemble([net], np.zeros(8), SIZE, tmp_path / "ensemble.pt", stored_size=40)
+    exported = export_ensemble([net], np.zeros(8), SIZE, tmp_path / "ensemble.pt2", stored_size=40)["path"]
     folder = tmp_path / "single"
     for i in (1, 2, 11):
         save_image(folder / f"{i:d}.png", "RGB", (40, 40), i, "PNG")

@@ -26,7 +26,7 @@ def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(t
                                                                           "ensemble"}
     for entry in (on_disk["teacher"], *on_disk["students"], on_disk["ensemble"]):
         assert {"au", "expr", "va", "total"} <= set(entry)
-    assert (tmp_path / "ensemble" / "ensemble.pt").is_file() and (tmp_path / "report.md").is_file()
+    assert (tmp_path / "ensemble" / "ensemble.pt2").is_file() and (tmp_path / "report.md").is_file()
     assert (tmp_path / "plots" / "scores.png").is_file()
     histories = [json.loads((tmp_path / f"students/student_{i}/history.json").read_text()) for i in range(2)]
     assert histories[0]["history"][0]["train_loss"] != histories[1]["history"][0]["train_loss"]  # own seeds

@@ -151,7 +151,7 @@ def test_a_stage_hands_its_config_to_the_later_stages(tmp_path):
     SearchResult(config=load_config("demo", ("distill.alpha=0.25",))),
     StudentsResult(students=[TrainingResult(name="student_0", best="/r/s/best.pt", metrics={}, history=[])]),
     EnsembleResult(teacher={"total": 0.4}, students=[{"total": 0.3}], ensemble={"members": [0], "total": 0.45},
-                   exported="/r/ensemble/ensemble.pt"),
+                   exported="/r/ensemble/ensemble.pt2"),
 ], ids=lambda r: type(r).__name__)
 def test_stage_results_round_trip_through_json(result):
     assert type(result).from_json(json.loads(json.dumps(result.to_json()))) == result

@@ -1,6 +1,7 @@
 """Training on Ray Train: local-mode logic, real 2-rank DDP, resume, a worker killed from outside, learning."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -8,9 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from tests.conftest import controller_registered_a_checkpoint
+from mtl.cli import main
 from mtl.config import ConfigError, load_config
+from mtl.data.index import load_index
+from mtl.data.verify import check_shards
+from mtl.labels import DataError
 from mtl.train.driver import train
 from mtl.train.loop import merge_per_task
 from mtl.train.optim import lr_factor
@@ -174,3 +180,68 @@ def test_a_short_teacher_run_on_synthetic_data_beats_chance_on_every_task(tmp_pa
     scores = {task: outcome["metrics"][f"val_{task}"] for task in MARGINS}
     for task, margin in MARGINS.items():
         assert scores[task] > chance[task] + margin, (task, scores, chance)
+
+
+def corrupt_member(shard: Path, field: str, change) -> str:
+    """Replace the payload of the first `field` member of a tar shard by `change(payload)` (same length: the size
+    check and the tar structure still pass); returns that sample's key."""
+    data = bytearray(shard.read_bytes())
+    offset = 0
+    while data[offset:offset + 512].strip(b"\0"):
+        name = data[offset:offset + 100].rstrip(b"\0").decode()
+        size = int(data[offset + 124:offset + 136].strip(b"\0 "), 8)
+        if name.endswith(f".{field}"):
+            new = change(bytes(data[offset + 512:offset + 512 + size]))
+            assert len(new) == size
+            data[offset + 512:offset + 512 + size] = new
+            shard.write_bytes(bytes(data))
+            return name.rsplit(".", 1)[0]
+        offset += 512 + (size + 511) // 512 * 512
+    raise AssertionError(f"no .{field} member in {shard}")
+
+
+@pytest.fixture
+def shards_copy(tmp_path, imbalanced_shards) -> Path:
+    copy = tmp_path / "shards"
+    shutil.copytree(imbalanced_shards, copy)
+    return copy
+
+
+def first_shard_read_by(shards: Path, rank: int, world: int, seed: int = 0) -> Path:
+    """The first training shard rank `rank` of `world` reads in epoch 0 (one DataLoader worker per rank)."""
+    from mtl.data.stream import shard_sequence
+
+    urls = load_index(shards).shard_urls("train")
+    return Path(next(shard_sequence(urls, seed, 0, rank, world)))
+
+
+def train_worker_actor_ids() -> set:
+    """Ids of the Ray Train worker actors this session's cluster has created (alive or dead)."""
+    import ray
+    from ray.util.state import list_actors
+
+    return {a.actor_id for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=10000,
+                                            filters=[("class_name", "=", "RayTrainWorker")])}
+
+
+def test_an_undecodable_image_on_one_rank_ends_the_ddp_run_in_one_line_without_a_restart(tmp_path, shards_copy,
+                                                                                         ray_session):
+    victim = first_shard_read_by(shards_copy, rank=1, world=2)
+    key = corrupt_member(victim, "jpg", lambda jpg: b"\0\0" + jpg[2:])  # no JPEG start marker: strict decode fails
+    assert check_shards(load_index(shards_copy)) is None  # same size: the up-front check passes
+    before = train_worker_actor_ids()
+    result = CliRunner().invoke(main, ["train", f"data.shards={shards_copy}", f"run.dir={tmp_path / 'run'}", *TINY,
+                                       "train.workers=2", "train.epochs=2", "train.max_failures=2"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {victim}: sample {key!r}: its JPEG does not decode " \
+                            f"(tjDecompressHeader3(): Could not determine subsampling level of JPEG image)\n"
+    assert len(train_worker_actor_ids() - before) == 2  # one worker group of 2 ranks: Ray Train did not restart it
+
+
+def test_a_malformed_sample_in_local_mode_is_one_data_error_naming_shard_and_key(tmp_path, shards_copy):
+    victim = first_shard_read_by(shards_copy, rank=0, world=1)
+    key = corrupt_member(victim, "json", lambda text: b"[" + text[1:])  # invalid JSON, the same length
+    with pytest.raises(DataError) as raised:
+        train(config(tmp_path / "run", shards_copy, "train.workers=0", "train.epochs=1"))
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{victim}: sample {key!r} is malformed: ")

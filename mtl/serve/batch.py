@@ -1,0 +1,144 @@
+"""`mtl predict --address ...`: folder prediction (`mtl.serve.predict`) on a Ray cluster, with the same output.
+
+Each video's frames are cut into the batches the local path uses (consecutive runs of `batch_size` frames from
+the video's start), and the batches are spread over a pool of Ray actors: one GPU each with `device="cuda"`, one
+CPU each otherwise. An actor loads the model once and then predicts batch after batch; the driver keeps two
+batches queued per actor, so an actor never waits for the round trip. The driver reads the image files and the
+model file and ships their bytes through Ray's object store, so the workers need no shared filesystem. A video's
+files are written as soon as its last batch is back (`mtl.serve.predict.write_predictions`, the local path's own
+writer), predictions.csv at the end: the files equal the local path's on the same device, byte for byte.
+
+Ray tasks over an actor pool were chosen over Ray Data `map_batches` by measurement (README: predict at scale).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from mtl.progress import progress_bar
+from mtl.serve.predict import find_videos, join_batches, load_predictor, predict_batch, write_predictions
+
+IN_FLIGHT = 2  # batches queued per actor
+log = logging.getLogger(__name__)
+
+
+def predict_actor_options(device: str) -> dict:
+    """Ray resources of one predicting actor: a CPU, and a GPU when `device` is cuda."""
+    return {"num_cpus": 1, "num_gpus": 1 if torch.device(device).type == "cuda" else 0}
+
+
+def default_workers(device: str, resources: dict) -> int:
+    """One actor per GPU of the cluster for cuda, per CPU otherwise (ray.cluster_resources()); at least 1."""
+    return max(1, int(resources.get("GPU" if torch.device(device).type == "cuda" else "CPU", 1)))
+
+
+def predictor_actor(device: str):
+    """The Ray actor class of `FramePredictor` with `predict_actor_options(device)` (inspectable, not started)."""
+    import ray
+
+    return ray.remote(**predict_actor_options(device))(FramePredictor)
+
+
+class FramePredictor:
+    """A Ray actor holding the model: built once from the model file's bytes, then predicting batches of encoded
+    images (`mtl.serve.predict.predict_batch`)."""
+
+    def __init__(self, model_bytes: bytes, model_name: str, device: str):
+        self.folder = tempfile.TemporaryDirectory(prefix="mtl-predict-")  # kept while the actor lives
+        path = Path(self.folder.name) / model_name
+        path.write_bytes(model_bytes)
+        self.device = torch.device(device)
+        self.model = load_predictor(path, self.device)
+
+    def au_thresholds(self) -> np.ndarray:
+        return self.model.au_thresholds.cpu().numpy()
+
+    def predict(self, images: list[bytes]) -> tuple[np.ndarray, ...]:
+        return predict_batch(self.model, [io.BytesIO(data) for data in images], self.device)
+
+
+def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: str | Path, batch_size: int = 64,
+                          device: Optional[str] = None, workers: Optional[int] = None, address: Optional[str] = None,
+                          progress: bool = True) -> dict:
+    """`mtl.serve.predict.predict_folder` on Ray actors (`workers` of them, default `default_workers`; joins
+    `address` or starts a local Ray); `device` None: cuda when the cluster has a GPU. Returns predict_folder's
+    summary plus "workers" and "device"."""
+    import ray
+
+    from mtl.jobs.ray_session import ensure_ray
+
+    started = time.perf_counter()
+    videos = find_videos(Path(folder))
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path}: no such model file")
+    batches = [(video, frames[start:start + batch_size]) for video, frames in videos.items()
+               for start in range(0, len(frames), batch_size)]
+    ensure_ray(address)
+    resources = ray.cluster_resources()
+    device = device or ("cuda" if resources.get("GPU") else "cpu")
+    count = min(workers or default_workers(device, resources), len(batches))
+    actor_class = predictor_actor(device)
+    model_bytes = ray.put(model_path.read_bytes())
+    actors = [actor_class.remote(model_bytes, model_path.name, device) for _ in range(count)]
+    bar = progress_bar(sum(len(frames) for frames in videos.values()), "predict", "frame", enabled=progress)
+    try:
+        thresholds = ray.get(actors[0].au_thresholds.remote())
+        outputs = video_outputs(actors, batches, bar)
+        summary = write_predictions(out_dir, videos, outputs, thresholds, started)
+    finally:
+        bar.close()
+        for actor in actors:
+            ray.kill(actor)
+    log.info("predicted %d frames of %d videos with %s on %d Ray actor(s) (%s): %.1f frames/s", summary["frames"],
+             len(summary["videos"]), model_path, count, device, summary["frames_per_s"])
+    return {**summary, "workers": count, "device": device}
+
+
+def video_outputs(actors: list, batches: list[tuple[str, list[Path]]], bar) -> Iterator[tuple[str, tuple]]:
+    """(video, (au, expr, va, readable)) for each video once all its batches are predicted; the batches go to the
+    actors in order, `IN_FLIGHT` queued per actor, each to the actor that finished one."""
+    import ray
+
+    remaining = Counter(video for video, _ in batches)
+    parts: dict[str, dict[int, tuple]] = {video: {} for video in remaining}
+    queue = iter(enumerate(batches))
+    pending: dict = {}
+
+    def submit(actor) -> None:
+        position, (video, frames) = next(queue, (None, (None, None)))
+        if position is not None:
+            pending[actor.predict.remote(read_images(frames))] = (actor, position, video, len(frames))
+
+    for actor in actors * IN_FLIGHT:
+        submit(actor)
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        actor, position, video, frames = pending.pop(done)
+        submit(actor)
+        parts[video][position] = ray.get(done)
+        bar.update(frames)
+        remaining[video] -= 1
+        if not remaining[video]:
+            video_parts = parts.pop(video)
+            yield video, join_batches([video_parts[p] for p in sorted(video_parts)])
+
+
+def read_images(frames: list[Path]) -> list[bytes]:
+    """The bytes of each frame file; empty (so: unreadable, reported by the writer) when the file cannot be read."""
+    images = []
+    for path in frames:
+        try:
+            images.append(path.read_bytes())
+        except OSError:
+            images.append(b"")
+    return images

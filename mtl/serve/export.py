@@ -1,0 +1,318 @@
+"""Model artefacts: a training checkpoint or an ensemble exported as a torch.export program (`.pt2`, the default
+the ensemble stage writes) or as ONNX (`.onnx`, run with onnxruntime), and the loaders `mtl predict` uses for
+these, for `best.pt` checkpoints and for the TorchScript `ensemble.pt` of earlier versions.
+
+The exported graph is `mtl.eval.ensemble.EnsembleModule.forward`: normalised float crops x [B, 3, S, S] (RGB on the
+0..255 scale minus `mean_rgb`, std 1: `mtl.data.augment.to_model_input`) -> (au_prob [B, 8], expr_prob [B, 7],
+va [B, 2]), with a dynamic batch dimension B. Every artefact carries its metadata as one JSON object (`.pt2`: the
+extra file `mtl.json`; ONNX: `metadata_props["mtl"]`, read by onnxruntime's `custom_metadata_map`): kind (model or
+ensemble), members, au_thresholds, image_size S, stored_size R and crop_scale (the window is the centre
+R / crop_scale square of a face resized to R, then resized to S), mean_rgb, the label schema (AU, EXPR, VA names)
+and the input and output names. An export is checked against the PyTorch model on a batch of another size
+before it is written (atomically, to a local path or a storage URI).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import pickle
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mtl import storage
+from mtl.eval.ensemble import EnsembleModule
+from mtl.labels import AU_NAMES, EXPR_NAMES, NUM_AU, VA_NAMES, DataError
+
+FORMATS = {"torch-export": ".pt2", "onnx": ".onnx"}  # format -> file suffix
+DEFAULT_FORMAT = "torch-export"
+METADATA_KEY = "mtl"  # ONNX metadata_props key; the .pt2 extra file is METADATA_KEY + ".json"
+INPUT_NAME = "x"
+OUTPUT_NAMES = ("au_prob", "expr_prob", "va")
+DEFAULT_STORED_SIZE = 112  # a checkpoint does not record the stored face size; Aff-Wild2's crops are 112 px
+TOLERANCE = 1e-4  # largest |exported - PyTorch| accepted on the check batch
+EXPORT_EXTRA = "pip install 'mtl[export]'"
+
+log = logging.getLogger(__name__)
+Outputs = tuple[Tensor, Tensor, Tensor]
+
+
+def metadata(module: EnsembleModule, kind: str) -> dict:
+    """What a user of the file needs to feed it and read its outputs (see the module docstring)."""
+    size = module.image_size
+    return {"kind": kind, "members": len(module.members), "au_thresholds": module.au_thresholds.tolist(),
+            "image_size": size, "stored_size": module.stored_size, "crop_scale": module.crop_scale,
+            "mean_rgb": list(module.mean_rgb),
+            "labels": {"au": list(AU_NAMES), "expr": list(EXPR_NAMES), "va": list(VA_NAMES)},
+            "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32",
+                      "layout": "NCHW RGB, 0..255 minus mean_rgb, std 1"},
+            "outputs": list(OUTPUT_NAMES), "torch": torch.__version__}
+
+
+def checkpoint_module(location: str | Path) -> EnsembleModule:
+    """A `best.pt` as a one-member `EnsembleModule` (thresholds 0.5, stored size 112, its config's image size and
+    crop scale), in eval mode on the CPU."""
+    from mtl.checkpoint import load_model
+
+    try:
+        net, cfg = load_model(location)
+    except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        raise DataError(f"{location}: not a model file mtl can read ({type(err).__name__}: {err})") from None
+    if cfg.model.temporal:
+        raise DataError(f"{location}: a temporal (CNN-RNN) checkpoint; predict and export take frame models only")
+    return EnsembleModule([net], [0.5] * NUM_AU, cfg.data.image_size, DEFAULT_STORED_SIZE,
+                          cfg.data.augment.crop_scale).eval()
+
+
+def export_ensemble(models: Sequence[nn.Module], thresholds: Sequence[float] | np.ndarray, image_size: int,
+                    location: str | Path, stored_size: int = DEFAULT_STORED_SIZE, crop_scale: float = 1.2,
+                    fmt: str = DEFAULT_FORMAT) -> dict:
+    """Write the ensemble of `models` (left untouched) with its thresholds as `fmt`; returns `export_module`'s."""
+    module = EnsembleModule([copy.deepcopy(model).cpu() for model in models], thresholds, image_size, stored_size,
+                            crop_scale).eval()
+    return export_module(module, location, fmt, kind="ensemble")
+
+
+def export_module(module: EnsembleModule, location: str | Path, fmt: str = DEFAULT_FORMAT,
+                  kind: str = "ensemble") -> dict:
+    """Export `module` (moved to the CPU, in eval mode) as `fmt` to `location`, checked against it first.
+
+    Returns {"path", "format", "bytes", "max_abs_diff" (on the check batch), "seconds"}."""
+    module = module.cpu().eval()
+    started = time.perf_counter()
+    size = module.image_size
+    example = torch.zeros(2, 3, size, size)
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    return write_program(program, metadata(module, kind), module, location, fmt, started)
+
+
+def write_program(program: torch.export.ExportedProgram, meta: dict, reference: Callable[[Tensor], Outputs],
+                  location: str | Path, fmt: str, started: Optional[float] = None) -> dict:
+    """Serialise `program` as `fmt` with `meta`, load the bytes back as `mtl predict` does, compare them with
+    `reference` on a random batch of 3 and write the file only when every output is within TOLERANCE."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    started = time.perf_counter() if started is None else started
+    meta = {**meta, "format": fmt}
+    data = SERIALISERS[fmt](program, meta)
+    size = meta["image_size"]
+    check = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0)) * 50
+    with torch.no_grad():
+        expected = reference(check)
+        got = predictor_from_bytes(data, str(location), torch.device("cpu"))(check)
+    diff = max((want - have).abs().max().item() for want, have in zip(expected, got))
+    if not diff <= TOLERANCE:
+        raise RuntimeError(f"the {fmt} export differs from the PyTorch model by {diff:.3g} (> {TOLERANCE}) on a "
+                           f"batch of 3; not written")
+    storage.write_atomic(location, data)
+    seconds = time.perf_counter() - started
+    log.info("exported %s (%s, %d member(s), %.1f MB, max |diff| %.2g) in %.1f s", location, fmt, meta["members"],
+             len(data) / 1e6, diff, seconds)
+    return {"path": str(location), "format": fmt, "bytes": len(data), "max_abs_diff": diff,
+            "seconds": round(seconds, 2)}
+
+
+def torch_export_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
+    return buffer.getvalue()
+
+
+def onnx_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
+    """The ONNX model (dynamo exporter, weights inside the file) with `meta` in its metadata_props."""
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError:
+        raise DataError(f"ONNX export needs onnx and onnxscript: {EXPORT_EXTRA}") from None
+    with quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO lines name every optimiser pass
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME],
+                                         output_names=list(OUTPUT_NAMES), external_data=False, verbose=False)
+    onnx_program.model.metadata_props[METADATA_KEY] = json.dumps(meta)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        onnx_program.save(path, external_data=False)
+        return path.read_bytes()
+
+
+@contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise the named loggers to WARNING for the duration of a with-block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+SERIALISERS = {"torch-export": torch_export_bytes, "onnx": onnx_bytes}
+
+
+def export_file(source: str | Path, location: str | Path, fmt: str) -> dict:
+    """`mtl export`: a `best.pt` (one model) or a `.pt2` artefact (a model or an ensemble) -> `fmt` at
+    `location`; returns `write_program`'s summary plus "kind" and "members"."""
+    data = read_model_bytes(source)
+    kind = artefact_kind(data)
+    if kind == "checkpoint":
+        module = checkpoint_module(source)
+        summary = export_module(module, location, fmt, kind="model")
+        return {**summary, "kind": "model", "members": 1}
+    if kind == "torch-export":
+        program, meta = load_program(data, source)
+        summary = write_program(program, meta, program.module(), location, fmt)
+        return {**summary, "kind": meta["kind"], "members": meta["members"]}
+    raise DataError(f"{source}: a {kind} file cannot be re-exported; export from the best.pt files or the .pt2 "
+                    f"(`mtl ensemble --members ...` rebuilds an ensemble's .pt2 from its members)")
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def read_model_bytes(location: str | Path) -> bytes:
+    if not storage.is_file(location):
+        raise FileNotFoundError(f"{location}: no such model file")
+    return storage.read_bytes(location)
+
+
+def artefact_kind(data: bytes) -> str:
+    """"torch-export", "torchscript", "checkpoint" (a torch.save zip) or "onnx" (anything else: the ONNX loader
+    decides) from the file's content, whatever its name."""
+    buffer = io.BytesIO(data)
+    if not zipfile.is_zipfile(buffer):
+        return "onnx"
+    try:
+        names = zipfile.ZipFile(buffer).namelist()
+    except zipfile.BadZipFile:
+        return "onnx"  # rejected by the ONNX loader with the file's name
+    if any(name.endswith("/archive_format") for name in names):
+        return "torch-export"
+    if any(name.endswith("/constants.pkl") for name in names):
+        return "torchscript"
+    return "checkpoint"
+
+
+def load_predictor_file(location: str | Path, device: torch.device) -> nn.Module:
+    """What `mtl predict` runs: a module on `device`, in eval mode, called on normalised crops [B, 3, S, S] and
+    returning (au_prob, expr_prob, va), with `au_thresholds` [8], `image_size`, `stored_size`, `crop_scale` and
+    `mean_rgb`. Reads `.pt2`, `.onnx`, TorchScript and `best.pt` files (by content); any other file is a
+    DataError naming it."""
+    device = torch.device(device)
+    data = read_model_bytes(location)
+    if artefact_kind(data) == "checkpoint":
+        return checkpoint_module(location).to(device)
+    return predictor_from_bytes(data, str(location), device)
+
+
+def predictor_from_bytes(data: bytes, name: str, device: torch.device) -> nn.Module:
+    kind = artefact_kind(data)
+    if kind == "torch-export":
+        program, meta = load_program(data, name)
+        if device.type != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, device)
+        return ExportedPredictor(program.module(), meta).to(device).eval()
+    if kind == "onnx":
+        return OnnxPredictor(data, name, device)
+    if kind == "torchscript":
+        return torch.jit.load(io.BytesIO(data), map_location=device).eval()
+    raise DataError(f"{name}: a checkpoint, not an exported model")
+
+
+def load_program(data: bytes, name: str) -> tuple[torch.export.ExportedProgram, dict]:
+    extra = {f"{METADATA_KEY}.json": ""}
+    try:
+        program = torch.export.load(io.BytesIO(data), extra_files=extra)
+    except (RuntimeError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{name}: not a torch.export file mtl can read ({type(err).__name__}: {err})") from None
+    if not extra[f"{METADATA_KEY}.json"]:
+        raise DataError(f"{name}: a torch.export file without mtl's metadata (not written by `mtl export`)")
+    return program, json.loads(extra[f"{METADATA_KEY}.json"])
+
+
+def read_metadata(location: str | Path) -> dict:
+    """The metadata of an exported `.pt2` or `.onnx` file (see the module docstring)."""
+    data = read_model_bytes(location)
+    kind = artefact_kind(data)
+    if kind == "torch-export":  # the extra file alone, without deserialising the program
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = [name for name in archive.namelist() if name.endswith(f"/extra/{METADATA_KEY}.json")]
+        if not names:
+            raise DataError(f"{location}: a torch.export file without mtl's metadata (not written by `mtl export`)")
+        return json.loads(archive.read(names[0]))
+    if kind == "onnx":
+        return OnnxPredictor(data, str(location), torch.device("cpu")).metadata
+    raise DataError(f"{location}: a {kind} file carries no export metadata")
+
+
+class _Described(nn.Module):
+    """The attributes `mtl predict` reads, from an export's metadata."""
+
+    def __init__(self, meta: dict):
+        super().__init__()
+        self.metadata = meta
+        self.register_buffer("au_thresholds", torch.tensor(meta["au_thresholds"], dtype=torch.float32))
+        self.image_size = int(meta["image_size"])
+        self.stored_size = int(meta["stored_size"])
+        self.crop_scale = float(meta["crop_scale"])
+        self.mean_rgb = [float(v) for v in meta["mean_rgb"]]
+
+
+class ExportedPredictor(_Described):
+    """A loaded `.pt2` program (a GraphModule) with its metadata."""
+
+    def __init__(self, program: nn.Module, meta: dict):
+        super().__init__(meta)
+        self.program = program
+
+    def train(self, mode: bool = True) -> ExportedPredictor:
+        """An exported program is always in eval mode (its module refuses `train()`)."""
+        self.training = mode
+        return self
+
+    def forward(self, x: Tensor) -> Outputs:
+        return tuple(self.program(x))
+
+
+class OnnxPredictor(_Described):
+    """An ONNX file run by onnxruntime (CUDA provider on a cuda `device` when onnxruntime has it), taking and
+    returning torch tensors on the input's device."""
+
+    def __init__(self, data: bytes, name: str, device: torch.device):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise DataError(f"{name}: not a torch file; an ONNX model needs onnxruntime ({EXPORT_EXTRA})") from None
+        wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
+        providers = [p for p in wanted if p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        try:
+            session = onnxruntime.InferenceSession(data, options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for unparsable files
+            raise DataError(f"{name}: neither a torch file nor an ONNX model ({str(err).splitlines()[0][:200]})") \
+                from None
+        meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if meta is None:
+            raise DataError(f"{name}: an ONNX model without mtl's metadata (not written by `mtl export`)")
+        super().__init__(json.loads(meta))
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, x: Tensor) -> Outputs:
+        outputs = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})
+        return tuple(torch.from_numpy(output).to(x.device) for output in outputs)

@@ -1,0 +1,71 @@
+"""A data error in a training run (a corrupt shard, an undecodable image, a malformed sample: `mtl.labels.DataError`)
+ends the run on every rank at the same point and cleanly, so that Ray Train does not restart the worker group (the
+error is deterministic: a retry would read the same bytes) and the driver raises it as one line.
+
+Ray Train 2.60 retries every exception a worker raises, up to FailureConfig.max_failures (its failure policy has no
+hook). So the ranks agree instead: at each batch fetch and around validation every rank says whether it hit a
+DataError (one all-reduce of a flag; the messages are gathered only when one did), and then all of them raise
+DataStop with the first such message. `mtl.train.loop.train_loop` returns it as {"data_error": message}; the driver
+raises that as DataError, which the CLI prints as `error: ...` (exit code 2).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
+
+import torch
+
+from mtl.labels import DataError, error_line
+
+T = TypeVar("T")
+
+
+class DataStop(Exception):
+    """Raised on every rank at the same point when any rank hit a DataError; the message is that error's line."""
+
+
+def first_data_error(message: Optional[str]) -> Optional[str]:
+    """The DataError message of the lowest rank that has one (None if no rank has): a collective, every rank calls
+    it at the same point. Without torch.distributed, `message` itself."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return message
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([float(message is not None)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    messages: list = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    return next(m for m in messages if m is not None)
+
+
+def agreed(function: Callable[..., T], *args, **kwargs) -> T:
+    """`function(*args, **kwargs)`, on every rank; a DataError on any rank raises DataStop on all of them."""
+    result, message = None, None
+    try:
+        result = function(*args, **kwargs)
+    except DataError as err:
+        message = error_line(err)
+    message = first_data_error(message)
+    if message is not None:
+        raise DataStop(message)
+    return result
+
+
+def agreed_batches(loader: Iterable[T]) -> Iterator[T]:
+    """The loader's batches; a DataError while any rank fetches its next batch raises DataStop on every rank at
+    that step. The loader must end at the same step on every rank (mtl.data.stream.EpochLoader does)."""
+    end = object()
+    iterator = iter(loader)
+    try:
+        while True:
+            batch = agreed(next, iterator, end)
+            if batch is end:
+                return
+            yield batch
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # EpochLoader's generator shuts its DataLoader workers down
+            close()
