@@ -18,6 +18,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mtl.labels import HEADERS  # noqa: E402
@@ -185,3 +186,18 @@ def bucket_named_folders(*roots) -> list[str]:
         for folder, names, files in os.walk(root):
             found += [os.path.join(folder, n) for n in names + files if n.startswith(("s3:", "gs:", "gcs:"))]
     return found
+
+
+def write_tiny_model_file(folder: Path, size: int) -> Path:
+    """`folder/best.pt`: a seeded, untrained test_resnet model at `size` px whose config names a weights file
+    that is gone (model files never read it)."""
+    from mtl.config import config_dict, validate
+    from mtl.models.factory import create_model
+
+    cfg = validate({"model": {"backbone": "test_resnet", "weights": "/nonexistent/backbone.pth"},
+                    "data": {"image_size": size}})
+    torch.manual_seed(0)
+    net = create_model(cfg.model.model_copy(update={"weights": None}), size)
+    path = Path(folder) / "best.pt"
+    torch.save({"model": net.state_dict(), "config": config_dict(cfg), "epoch": 0}, path)
+    return path

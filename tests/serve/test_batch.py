@@ -9,10 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import write_tiny_model_file
 from mtl import storage
 from mtl.cli import main
-from mtl.config import config_dict, validate
-from mtl.models.factory import create_model
 from mtl.serve.batch import predict_actor_options, predict_folder_on_ray, predictor_actor
 from mtl.serve.predict import predict_folder
 from tests.serve.test_predict import save_image
@@ -23,12 +22,7 @@ SIZE = 16
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    cfg = validate({"model": {"backbone": "test_resnet"}, "data": {"image_size": SIZE}})
-    torch.manual_seed(0)
-    net = create_model(cfg.model, SIZE)
-    path = tmp_path_factory.mktemp("model") / "best.pt"
-    torch.save({"model": net.state_dict(), "config": config_dict(cfg), "epoch": 0}, path)
-    return path
+    return write_tiny_model_file(tmp_path_factory.mktemp("model"), SIZE)
 
 
 @pytest.fixture(scope="module")

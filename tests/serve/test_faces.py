@@ -8,13 +8,11 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
+from tests.conftest import write_tiny_model_file
 from mtl.cli import main
-from mtl.config import config_dict, validate
 from mtl.labels import HEADERS
-from mtl.models.factory import create_model
 from mtl.serve.faces import HEADER
 from tests.serve.media_fixtures import FacePlacement, clip_frames, render_scene, save_photo, truncate, write_video
 
@@ -25,13 +23,7 @@ FRAMES = 8
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    cfg = validate({"model": {"backbone": "test_resnet", "weights": "/nonexistent/backbone.pth"},
-                    "data": {"image_size": SIZE}})
-    torch.manual_seed(0)
-    net = create_model(cfg.model.model_copy(update={"weights": None}), SIZE)
-    path = tmp_path_factory.mktemp("model") / "best.pt"
-    torch.save({"model": net.state_dict(), "config": config_dict(cfg), "epoch": 0}, path)
-    return path
+    return write_tiny_model_file(tmp_path_factory.mktemp("model"), SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import write_tiny_model_file
 from mtl.data.augment import to_model_input, window_side
-from mtl.config import config_dict, validate
+from mtl.config import validate
 from mtl.labels import HEADERS
 from mtl.models.factory import create_model
 from mtl.serve.export import export_ensemble
@@ -33,13 +34,7 @@ def save_image(path: Path, mode: str, size: tuple[int, int], seed: int, fmt: str
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A `best.pt`-like checkpoint of a tiny model at 32 px (its config names a weights file that is gone)."""
-    cfg = validate({"model": {"backbone": "test_resnet", "weights": "/nonexistent/backbone.pth"},
-                    "data": {"image_size": SIZE}})
-    torch.manual_seed(0)
-    net = create_model(cfg.model.model_copy(update={"weights": None}), SIZE)
-    path = tmp_path_factory.mktemp("model") / "best.pt"
-    torch.save({"model": net.state_dict(), "config": config_dict(cfg), "epoch": 0}, path)
-    return path
+    return write_tiny_model_file(tmp_path_factory.mktemp("model"), SIZE)
 
 
 @pytest.fixture
