@@ -68,7 +68,7 @@ class Registry(Generic[T]):
     def get(self, name: str, key: Optional[str] = None) -> T:
         self._load()
         if name not in self._entries:
-            where = f"config key {key!r}: " if key else ""
+            where = (f"{key}: " if key.startswith("-") else f"config key {key!r}: ") if key else ""  # option or key
             raise ConfigError(f"{where}unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._entries[name]
 

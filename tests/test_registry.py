@@ -19,6 +19,8 @@ def test_entries_are_registered_by_decorator_or_add_and_looked_up_by_name():
         things.add("second", 3)
     with pytest.raises(ConfigError, match=r"config key 'x.y': unknown thing 'third'; known: first, second"):
         things.get("third", key="x.y")
+    with pytest.raises(ConfigError, match=r"^--kind: unknown thing 'third'; known"):  # a command-line option
+        things.get("third", key="--kind")
 
 
 def test_temporarily_registers_for_a_with_block_only():

@@ -158,15 +158,19 @@ def peak_gib() -> Optional[float]:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def measure(rows: list[tuple[str, Callable[[], dict]]]) -> list[dict]:
-    """Run every row; a skip or a failure becomes the row's status (one line), never the end of the table."""
+def measure(rows: list[tuple[str, Callable[[], dict]]], skip: tuple[str, ...] = ()) -> list[dict]:
+    """Run every row; a skip or a failure becomes the row's status (one line), never the end of the table. A row
+    whose name contains one of `skip` is listed as skipped without running."""
     import warnings
 
     warnings.filterwarnings("ignore", message="The image decoding", category=DeprecationWarning)
     table = []
     for name, run in rows:
         started = time.perf_counter()
+        asked = [text for text in skip if text in name]
         try:
+            if asked:
+                raise Skipped(f"--skip {asked[0]}")
             table.append({"row": name, "status": "ok", **run()})
         except Skipped as why:
             table.append({"row": name, "status": f"skipped: {why}"})
@@ -188,7 +192,7 @@ def format_row(row: dict) -> str:
 def run_gpu_bench(out: Path, device: str = "cuda", backbone: str = "resnet50", image_size: int = 112,
                   steps: int = 30, warmup: int = 5, large_batch: int = 256, loader_workers: tuple = (2, 4, 8),
                   cpus: int = 4, videos: int = 16, frames: int = 100, address: Optional[str] = None,
-                  json_file: Optional[Path] = None) -> dict:
+                  json_file: Optional[Path] = None, skip: tuple[str, ...] = ()) -> dict:
     from mtl.bench.train import bench_data
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -199,7 +203,7 @@ def run_gpu_bench(out: Path, device: str = "cuda", backbone: str = "resnet50", i
           f"{warmup} warm-up + {steps} timed steps per training row; torch {torch.__version__}", flush=True)
     started = time.perf_counter()
     table = measure(gpu_rows(shards, out, device, backbone, image_size, steps, warmup, large_batch,
-                             list(loader_workers), cpus))
+                             list(loader_workers), cpus), skip)
     result = {"device": name, "backbone": backbone, "image_size": image_size, "steps": steps, "warmup": warmup,
               "seconds": time.perf_counter() - started, "rows": table}
     print(f"{len(table)} rows in {result['seconds']:.0f} s")

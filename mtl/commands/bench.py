@@ -77,6 +77,8 @@ def bench_distill(out, **options) -> None:
 @click.option("--videos", default=16, show_default=True, type=click.IntRange(2), help="Synthetic videos.")
 @click.option("--frames", default=100, show_default=True, type=click.IntRange(1), help="Mean frames per video.")
 @click.option("--json", "json_file", default=None, type=click.Path(dir_okay=False), help="Also save the table.")
+@click.option("--skip", multiple=True, metavar="TEXT", help="Skip the rows whose name contains TEXT (repeatable), "
+                                                             "e.g. --skip compiled.")
 @address_option
 def bench_gpu(out, loader_workers, json_file, **options) -> None:
     """One GPU: training img/s (paper batch and a large one; synthetic vs stream; compile on/off; Ray Train vs

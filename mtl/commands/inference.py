@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import click
@@ -43,6 +42,8 @@ def predict(model_path: str, images: Optional[str], media: tuple[str, ...], more
     if bool(images) == bool(media) or (more_media and not media):
         raise click.UsageError("give exactly one of --images FOLDER or --media PATH [PATH ...]")
     if media:
+        if address or workers:
+            raise click.UsageError("--media runs in this process: --address and --workers apply to --images only")
         predict_media_files([*media, *more_media], model_path, out, batch_size, device, detector, abaw_files)
         return
     if address or workers:
@@ -87,7 +88,7 @@ def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str], devic
     result = evaluate_checkpoint(checkpoint, shards, split, device=device, on_ray=bool(address), address=address)
     click.echo(format_scores(result))
     if out:
-        storage.write_json(Path(out), result)
+        storage.write_json(out, result)
         click.echo(f"wrote {out}")
 
 

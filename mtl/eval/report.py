@@ -129,7 +129,8 @@ def ensemble_lines(report: Mapping) -> list[str]:
             "AU thresholds: " + (", ".join(f"{n} {format_score(t)}" for n, t in zip(AU_NAMES, thresholds)) or "n/a"), "",
             f"The ensemble's scores are measured on {ensemble.get('reported_on_videos', 'n/a')} validation videos "
             f"not used to tune its thresholds and members (tuned on {ensemble.get('tuned_on_videos', 'n/a')} "
-            "other videos); teacher and student scores cover the whole validation split."]
+            "other videos); teacher and student scores are measured on the same reporting half, and every "
+            "epoch, trial and student was selected on the other half."]
 
 
 def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:

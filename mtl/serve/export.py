@@ -175,7 +175,8 @@ def export_file(source: str | Path, location: str | Path, fmt: str) -> dict:
         program, meta = load_program(data, source)
         summary = write_program(program, meta, program.module(), location, fmt)
         return {**summary, "kind": meta["kind"], "members": meta["members"]}
-    raise DataError(f"{source}: a {kind} file cannot be re-exported; export from the best.pt files or the .pt2 "
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise DataError(f"{source}: {article} {kind} file cannot be re-exported; export from the best.pt files or the .pt2 "
                     f"(`mtl ensemble --members ...` rebuilds an ensemble's .pt2 from its members)")
 
 

@@ -14,6 +14,7 @@ from typing import Optional
 
 from mtl import storage
 from mtl.config import Config, ConfigError
+from mtl.labels import DataError, video_of
 from mtl.runs import stage_dir
 from mtl.serve.export import DEFAULT_FORMAT, FORMATS
 from mtl.stages.base import Stage, StageContext, StageResult, register_stage
@@ -63,6 +64,10 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
 
     checkpoints = [*([teacher_best] if teacher_best else []), *student_bests]
     preds = member_predictions(checkpoints, shards, use_gpu)
+    videos = {video_of(key) for key in preds[0]["key"]}
+    if len(videos) < 2:
+        raise DataError(f"{shards}: {len(videos)} validation video(s); an honest ensemble needs at least 2 (its "
+                        "thresholds are tuned on one half of the videos and it is scored on the other)")
     single = [storage.json_ready(ensemble_report([p], seed=seed, rule=rule)) for p in preds]
     ensemble = ensemble_report(preds[len(checkpoints) - len(student_bests):], seed=seed, select=select, rule=rule)
     location = storage.join(out_dir, "ensemble" + FORMATS[fmt])

@@ -28,6 +28,7 @@ from ray.train import UserCallback
 
 from mtl import storage
 from mtl.config import Config, ConfigError, apply_override, config_dict, read_yaml, updated, validate
+from mtl.labels import DataError
 from mtl.stages.space import Space, check_space, load_space, python_value
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,9 @@ def run_trial(values: dict, base: Config, name: str, pbt: bool) -> None:
         reported += 1
     thread.join()
     error = outcome.get("error")
+    if isinstance(error, DataError):  # bad bytes stay bad: reported, not raised, so Tune does not retry the trial
+        report_to_tune({"epoch": -1, "data_error": str(error), METRIC: math.nan}, None)
+        return
     if isinstance(error, Diverged):
         if not reported:
             report_to_tune({"epoch": -1, "diverged": True, "divergence": str(error), METRIC: math.nan}, None)
@@ -263,6 +267,9 @@ def run_search(cfg: Config, space: Space, address: Optional[str] = None) -> dict
                 failure_config=ray.tune.FailureConfig(max_failures=1),
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=4) if pbt else None))
     grid = tuner.fit()
+    data_errors = [r.metrics["data_error"] for r in grid if r.metrics and r.metrics.get("data_error")]
+    if data_errors:  # no summary: the search runs again once the data is fixed
+        raise DataError(data_errors[0])
     rows = result_rows(grid, space, cfg.train.epochs)
     write_results(storage.join(folder, "results.csv"), rows, space)
     summary = {"name": name, "dir": str(folder), "rows": rows, "best": None, "best_config": None}

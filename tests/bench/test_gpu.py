@@ -12,7 +12,8 @@ def test_bench_gpu_on_cpu_prints_every_row_and_writes_the_json(tmp_path, ray_ses
     result = CliRunner().invoke(main, ["bench", "gpu", "--device", "cpu", "--out", str(tmp_path / "b"),
                                        "--backbone", "test_resnet", "--image-size", "32", "--steps", "2",
                                        "--warmup", "1", "--large-batch", "32", "--loader-workers", "0,1",
-                                       "--cpus", "1", "--videos", "4", "--frames", "30", "--json", str(out)])
+                                       "--cpus", "1", "--videos", "4", "--frames", "30", "--json", str(out),
+                                       "--skip", "compiled"])  # torch.compile: tests/train/test_compile.py
     assert result.exit_code == 0, result.output
     table = json.loads(out.read_text())
     assert table["device"] == "CPU" and len(table["rows"]) == 11
@@ -20,6 +21,8 @@ def test_bench_gpu_on_cpu_prints_every_row_and_writes_the_json(tmp_path, ray_ses
         assert row["row"] in result.output
         if "GPU" in row["row"]:
             assert row["status"] == "skipped: no CUDA"
+        elif "compiled" in row["row"]:
+            assert row["status"] == "skipped: --skip compiled" and "img_per_s" not in row
         else:
             assert row["status"] == "ok", row
             assert row["img_per_s"] > 0

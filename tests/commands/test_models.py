@@ -86,3 +86,19 @@ def test_missing_members_are_one_line_errors(tmp_path):
     assert result.exit_code == 2 and result.output.strip() == f"error: {tmp_path / 'nope.pt'}: no such model file"
     result = CliRunner().invoke(main, ["ensemble", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--members" in result.output
+
+
+def test_shards_with_one_validation_video_are_a_one_line_error(run, tmp_path, ray_session):
+    from mtl.data.prepare import prepare
+    from tests.conftest import imbalanced_videos, write_affwild2
+
+    videos = imbalanced_videos(videos=3, frames=10)
+    videos["v2"]["split"] = "train"  # v3 is the only validation video left
+    write_affwild2(tmp_path / "raw", videos, size=20)
+    prepare({"affwild2": str(tmp_path / "raw")}, tmp_path / "shards", shard_size=7, image_size=20, progress=False)
+    result = CliRunner().invoke(main, ["ensemble", "--run", str(run), "--shards", str(tmp_path / "shards"),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output == f"error: {tmp_path / 'shards'}: 1 validation video(s); an honest ensemble needs at " \
+                            "least 2 (its thresholds are tuned on one half of the videos and it is scored on the other)\n"
+    assert not (tmp_path / "out" / "ensemble.pt2").exists()

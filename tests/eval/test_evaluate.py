@@ -31,7 +31,7 @@ def test_evaluate_on_ray_equals_evaluate_in_process(imbalanced_shards, tmp_path,
     here = evaluate_checkpoint(checkpoint, imbalanced_shards)
     result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(checkpoint), "--shards",
                                        str(imbalanced_shards), "--address", "local", "--out",
-                                       str(tmp_path / "scores.json")])
+                                       (tmp_path / "scores.json").as_uri()])  # any storage location
     assert result.exit_code == 0, result.output
     on_ray = json.loads((tmp_path / "scores.json").read_text())
     assert on_ray["details"]["samples"] == here["details"]["samples"] > 0

@@ -92,3 +92,6 @@ def test_cli_needs_exactly_one_input(checkpoint, media, tmp_path):
     for extra in ([], ["--images", str(media), "--media", str(media / "pair.jpg")]):
         result = runner.invoke(main, ["predict", "--model", str(checkpoint), "--out", str(tmp_path), *extra])
         assert result.exit_code == 2 and "exactly one of --images" in result.output
+    result = runner.invoke(main, ["predict", "--model", str(checkpoint), "--out", str(tmp_path), "--workers", "2",
+                                  "--media", str(media / "pair.jpg")])
+    assert result.exit_code == 2 and "--address and --workers apply to --images only" in result.output

@@ -131,3 +131,25 @@ def test_a_search_killed_mid_way_resumes_with_the_same_command_keeping_finished_
     assert len(json.loads((long / "history.json").read_text())["history"]) == 8
     assert "resuming at epoch" in output  # the interrupted trial's Train run went on from its checkpoint
     assert (folder / "best.yaml").is_file() and "best: trial" in again.stdout
+
+
+def test_a_data_error_in_a_trial_ends_the_search_in_one_line_without_a_retry(tmp_path, imbalanced_shards,
+                                                                             ray_session):
+    import shutil
+
+    from mtl.labels import DataError
+    from tests.train.test_driver import corrupt_member, first_shard_read_by, train_worker_actor_ids
+
+    shards = tmp_path / "shards"
+    shutil.copytree(imbalanced_shards, shards)
+    victim = first_shard_read_by(shards, rank=0, world=1)
+    key = corrupt_member(victim, "json", lambda text: b"[" + text[1:])  # invalid JSON, the same length
+    (tmp_path / "one.yaml").write_text("fixed: {train.role: teacher}\nsearch:\n  train.lr: {grid: [1.0e-3]}\n")
+    cfg, space = load_search("demo", str(tmp_path / "one.yaml"), (
+        f"run.dir={tmp_path / 'run'}", f"data.shards={shards}", *TINY, "train.epochs=1", "tune.num_samples=1"))
+    before = train_worker_actor_ids()
+    with pytest.raises(DataError) as raised:
+        run_search(cfg, space)
+    assert str(raised.value).startswith(f"{victim}: sample {key!r} is malformed: ")
+    assert len(train_worker_actor_ids() - before) == 1  # one Train run: Tune did not retry the trial
+    assert not (tmp_path / "run" / "tune" / "one" / "summary.json").exists()  # the fixed data runs it again

@@ -31,7 +31,9 @@ def test_compiled_training_steps_match_the_plain_ones(tmp_path, imbalanced_shard
     plain = create_model(cfg.model, cfg.data.image_size)
     compiled_module = copy.deepcopy(plain)
     losses = {}
-    for name, model in (("plain", plain), ("compiled", torch.compile(compiled_module))):
+    # aot_eager: Dynamo's capture of the step and AOTAutograd's backward graph (where our step could break: graph
+    # breaks, BatchNorm's in-place statistics, the masked losses), without Inductor's minutes of C++ codegen on CPU
+    for name, model in (("plain", plain), ("compiled", torch.compile(compiled_module, backend="aot_eager"))):
         optimizer = make_optimizer(cfg, model.parameters())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         objective = make_objective(cfg, device)
@@ -40,6 +42,6 @@ def test_compiled_training_steps_match_the_plain_ones(tmp_path, imbalanced_shard
                         for batch in batches]
     assert losses["plain"][0] != losses["plain"][1]  # the second step sees updated weights and another batch
     assert losses["compiled"][0] == pytest.approx(losses["plain"][0], rel=1e-5)  # same weights, same batch
-    assert losses["compiled"][1] == pytest.approx(losses["plain"][1], rel=2e-3)  # fused kernels round otherwise
+    assert losses["compiled"][1] == pytest.approx(losses["plain"][1], rel=2e-3)  # graphs may round otherwise
     assert not torch.equal(next(compiled_module.parameters()), next(create_model(cfg.model, cfg.data.image_size)
                                                                     .parameters()))  # it trained in place

@@ -163,9 +163,10 @@ def synthetic_shards(tmp_path_factory, ray_session) -> Path:
 
 
 LEARN_VIDEOS, LEARN_FRAMES = 150, 32
-# Margins over predictors that ignore the image (no AU, the most frequent expression, the mean VA) on validation
-# videos of people never seen in training, for the model the run exports. Measured on this data (6 epochs, 48 px):
-# AU +0.19, EXPR +0.04, VA +0.31; expression is the slowest task to learn (the 8-epoch demo teacher: +0.10).
+# Margins over predictors that ignore the image (no AU, the most frequent expression, the mean VA) on the selection
+# half of validation videos of people never seen in training, for the model the run exports. Measured on this data
+# (8 epochs, 48 px, 2026-12-03): AU +0.25, EXPR +0.06, VA +0.32. Expression is the slowest task to learn: after 6
+# epochs it was only +0.02 over chance once EXPR F1 counted only the classes present.
 MARGINS = {"au": 0.10, "expr": 0.03, "va": 0.15}
 
 
@@ -174,9 +175,9 @@ def test_a_short_teacher_run_on_synthetic_data_beats_chance_on_every_task(tmp_pa
     from mtl.data.index import load_index
 
     cfg = load_config("demo", (f"run.dir={tmp_path}", f"data.shards={synthetic_shards}", "train.workers=0",
-                               "data.image_size=48", "train.epochs=6", "data.loader_workers=1"))
+                               "data.image_size=48", "train.epochs=8", "data.loader_workers=1"))
     outcome = train(cfg)
-    chance = chance_scores(load_index(synthetic_shards))
+    chance = chance_scores(load_index(synthetic_shards), half="selection", seed=cfg.eval.split_seed)  # as val_*
     scores = {task: outcome["metrics"][f"val_{task}"] for task in MARGINS}
     for task, margin in MARGINS.items():
         assert scores[task] > chance[task] + margin, (task, scores, chance)
