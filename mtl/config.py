@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mtl.labels import EXPR_NAMES
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,44 @@ class AugmentConfig(_Section):
     jitter: float = Field(0.3, ge=0.0, lt=1.0, description="brightness/contrast/saturation jitter strength")
 
 
+DOWNSAMPLE_PERIOD = 60  # every "1 in N" divides it: index.json buckets training labels by frame % 60
+
+
+def _one_in(n: int, what: str = "") -> int:
+    if n < 1 or DOWNSAMPLE_PERIOD % n:
+        raise ValueError(f"{what}keep 1 in N needs N >= 1 dividing {DOWNSAMPLE_PERIOD}, not {n}")
+    return n
+
+
+class DownsampleConfig(_Section):
+    """Thinning of the training frames of `sources`, per task and EXPR class, before balancing (docs/recipe.md §4.5;
+    the reference's Aff-Wild2 down-sampling). Of such a frame, the label of a task (class) thinned 1 in N is kept
+    iff (frame + phase) % N == 0, the phase drawn from `seed`; validation is never thinned."""
+
+    sources: list[str] = Field(["affwild2"], description="registered sources whose training frames are thinned")
+    expr: dict[str, int] = Field({}, description="EXPR class name (Neutral, ..., Surprise) -> keep 1 in N "
+                                                 "(N divides 60; paper: Neutral 10, Happiness 2, Sadness 2)")
+    va: int = Field(1, description="keep the VA label of 1 in N frames (N divides 60; paper: 5)")
+    au: int = Field(1, description="keep the AU label of 1 in N frames (N divides 60; paper: 1, none dropped)")
+    seed: int = Field(0, description="draws each label's phase: one thinned subset for the teacher and every "
+                                     "student, as the reference's one thinned list (not train.seed, which differs "
+                                     "per student)")
+
+    @field_validator("expr")
+    @classmethod
+    def _known_classes(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(EXPR_NAMES))
+        if unknown:
+            raise ValueError(f"unknown expression class {', '.join(map(repr, unknown))} (known: "
+                             f"{', '.join(EXPR_NAMES)})")
+        return {name: _one_in(n, f"{name}: ") for name, n in value.items()}
+
+    @field_validator("va", "au")
+    @classmethod
+    def _divides_period(cls, value: int) -> int:
+        return _one_in(value)
+
+
 class DataConfig(_Section):
     shards: str = ""
     image_size: int = Field(112, ge=8)
@@ -44,11 +84,19 @@ class DataConfig(_Section):
     mean_ir: float = Field(2.0, gt=0.0, description="ML-ROS target imbalance ratio for AUs (reference: 2.0)")
     max_clone_fraction: float = Field(0.5, ge=0.0, description="ML-ROS cap on clones, as a fraction of N")
     augment: AugmentConfig = AugmentConfig()
+    downsample: DownsampleConfig = DownsampleConfig()
 
 
 class ModelConfig(_Section):
-    backbone: str = "test_resnet"
-    weights: Optional[str] = None
+    backbone: str = Field("test_resnet", description="a timm model name or a registered backbone "
+                                                    "(mtl.models.backbones.BACKBONES), e.g. resnet50_ferplus")
+    backbone_args: dict[str, Any] = Field({}, description="keyword arguments of the backbone's constructor, e.g. "
+                                                          "{dropout: 0.0} for resnet50_ferplus, {drop_rate: 0.1} "
+                                                          "for a timm model")
+    weights: Optional[str] = Field(None, description="backbone or model state dict to start from: a local path or "
+                                                    "a storage URI (s3://, gs://, file://)")
+    require_weights: bool = Field(False, description="refuse to train without model.weights (paper preset: the "
+                                                     "FER+ backbone, docs/recipe.md §1.1)")
     temporal: bool = False
     seq_len: int = Field(32, ge=1, description="frames per window of the temporal (CNN-RNN) model")
     rnn_hidden: int = Field(64, ge=1, description="GRU hidden size of the temporal model")
@@ -94,6 +142,9 @@ class DistillConfig(_Section):
     on_the_fly: bool = Field(False, description="run the teacher on each augmented batch instead of stored labels")
     teacher: Optional[str] = Field(None, description="teacher model file (default RUN/teacher/best.pt)")
     soft_labels: Optional[str] = Field(None, description="stored soft labels (default RUN/soft_labels)")
+    views: int = Field(0, ge=0, description="stored augmentation views per sample: the teacher's outputs on K "
+                                            "crops/flips/jitters a student replays (0: the centre view only; "
+                                            "docs/recipe.md §3.1)")
 
 
 class StudentsConfig(_Section):

@@ -41,7 +41,7 @@ def stream_distributions(index, seed: int, balance: str) -> dict:
 
 def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
     from mtl.config import load_config
-    from mtl.eval.evaluate import chance_scores
+    from mtl.eval.chance import chance_scores
     from mtl.data.index import load_index
     from mtl.stages.pipeline import run_pipeline
     from mtl.data.prepare import format_summary, prepare

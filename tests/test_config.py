@@ -8,7 +8,8 @@ from mtl.config import ConfigError, load_config
 def test_the_paper_preset_is_the_reference_recipe_value_by_value():
     """docs/recipe.md §0 (Multitask-CNN), with §2-§4 for losses, distillation and balancing."""
     cfg = load_config("paper")
-    assert (cfg.model.backbone, cfg.model.weights, cfg.data.image_size) == ("resnet50", None, 112)
+    assert (cfg.model.backbone, cfg.model.weights, cfg.data.image_size) == ("resnet50_ferplus", None, 112)
+    assert cfg.model.require_weights and cfg.model.backbone_args == {"dropout": 0.5}  # FER+ weights, as the reference
     assert (cfg.data.batch_mode, cfg.train.batch_size) == ("per_task", 20)  # 20 frames of each task per step
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay) == ("adam", 1e-4, (0.5, 0.999),
                                                                                             0.0)

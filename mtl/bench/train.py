@@ -103,8 +103,10 @@ def run_train_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, 
 
 
 def run_distill_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2, repeats: int = 2,
-                      address: Optional[str] = None, overrides: tuple = ()) -> dict:
-    """Step cost of a student (stored soft labels; teacher on the fly) against a teacher step, same run."""
+                      address: Optional[str] = None, overrides: tuple = (), views: int = 0) -> dict:
+    """Step cost of a student (stored soft labels; teacher on the fly) against a teacher step, same run; with
+    `views` > 0 also a student replaying stored K-view soft labels (docs/recipe.md §3.1), its cost against the
+    centre-view student too."""
     from mtl.checkpoint import build_model, save_model_file
     from mtl.config import config_dict, load_config
     from mtl.stages.soft_labels import compute_soft_labels
@@ -119,6 +121,12 @@ def run_distill_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2
     variants = {"teacher (ground truth only)": base,
                 "student, stored soft labels": (*base, "train.role=student"),
                 "student, teacher on the fly": (*base, "train.role=student", "distill.on_the_fly=true")}
+    if views:
+        folder = out / "run" / f"soft_labels_views{views}"
+        compute_soft_labels(teacher_file, shards, folder, progress=False, views=views,
+                            augment=teacher_cfg.data.augment, seed=teacher_cfg.train.seed)
+        variants[f"student, stored {views} views"] = (*base, "train.role=student", f"distill.views={views}",
+                                                      f"distill.soft_labels={folder}")
     rates: dict[str, list] = {name: [] for name in variants}
     for _ in range(repeats):  # interleaved, so drifts of a shared machine hit every variant
         for name, overrides_ in variants.items():
@@ -126,8 +134,9 @@ def run_distill_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2
                        "ray": False}
             rates[name].append(timed_steps(payload)["samples_per_s"])
     best = {name: max(values) for name, values in rates.items()}
-    teacher_rate = best["teacher (ground truth only)"]
-    print(f"{'':32s} {'samples/s':>10s} {'step cost vs teacher':>22s}")
+    teacher_rate, centre_rate = best["teacher (ground truth only)"], best["student, stored soft labels"]
+    print(f"{'':32s} {'samples/s':>10s} {'step cost vs teacher':>22s} {'vs stored centre view':>22s}")
     for name, rate in best.items():
-        print(f"{name:32s} {rate:10.1f} {teacher_rate / rate:22.3f}")
-    return {"rates": rates, "cost_vs_teacher": {name: teacher_rate / rate for name, rate in best.items()}}
+        print(f"{name:32s} {rate:10.1f} {teacher_rate / rate:22.3f} {centre_rate / rate:22.3f}")
+    return {"rates": rates, "cost_vs_teacher": {name: teacher_rate / rate for name, rate in best.items()},
+            "cost_vs_centre_student": {name: centre_rate / rate for name, rate in best.items()}}

@@ -56,9 +56,12 @@ def bench_train(out, **options) -> None:
 
 @bench.command("distill")
 @click.option("--out", default="runs/bench-distill", show_default=True, type=click.Path(file_okay=False))
+@click.option("--views", default=0, show_default=True, type=click.IntRange(0),
+              help="Also a student replaying stored soft labels of this many augmentation views (distill.views).")
 @step_bench_options
 def bench_distill(out, **options) -> None:
-    """Student step cost (stored soft labels; teacher on the fly) against a teacher step, in one run."""
+    """Student step cost (stored soft labels: centre view, or K views; teacher on the fly) against a teacher
+    step, in one run."""
     from mtl.bench.train import run_distill_bench
 
     run_distill_bench(Path(out), **options)
@@ -112,6 +115,29 @@ def bench_scale(out, sizes, image_size, backbone, json_file, address) -> None:
         raise click.BadParameter(f"{sizes!r}: expected integers separated by commas", param_hint="--sizes") from None
     run_scale_bench(Path(out), frames, image_size=image_size, backbone=backbone, address=address,
                     json_file=Path(json_file) if json_file else None)
+
+
+@bench.command("predict")
+@click.option("--out", default="runs/bench-predict", show_default=True, type=click.Path(file_okay=False))
+@click.option("--images", default=1500, show_default=True, type=click.IntRange(1), help="Face images (frames).")
+@click.option("--videos", default=3, show_default=True, type=click.IntRange(1), help="Video folders they fill.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="Ray actors of both Ray rows.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--image-size", default=112, show_default=True, type=click.IntRange(16),
+              help="Face image size and the untrained model's input size.")
+@click.option("--model", default=None, help="A model file `mtl predict` reads (default: an untrained --backbone).")
+@click.option("--backbone", default="test_resnet", show_default=True, help="Backbone of the untrained model.")
+@click.option("--device", default=None, type=click.Choice(["cuda", "cpu"]), help="Default: cuda when available.")
+@click.option("--repeats", default=2, show_default=True, type=click.IntRange(1),
+              help="Rounds, rows interleaved; each row's fastest is kept.")
+@click.option("--json", "json_file", default=None, type=click.Path(dir_okay=False), help="Also save the table.")
+@address_option
+def bench_predict(out, json_file, **options) -> None:
+    """Folder prediction: in this process vs a Ray actor pool (`mtl predict --address`) vs Ray Data map_batches;
+    same images, model and device."""
+    from mtl.bench.predict import run_predict_bench
+
+    run_predict_bench(Path(out), json_file=Path(json_file) if json_file else None, **options)
 
 
 COMMANDS = [bench]

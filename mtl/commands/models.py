@@ -65,7 +65,8 @@ def ensemble(members: tuple, more_members: tuple, run_dir: Optional[str], teache
         students, shards or cfg.data.shards, out, teacher,
         select=cfg.students.select if select is None else select,
         rule=threshold_rule or cfg.ensemble.threshold_rule,
-        seed=cfg.eval.split_seed if split_seed is None else split_seed, use_gpu=use_gpu, fmt=fmt)
+        seed=cfg.eval.split_seed if split_seed is None else split_seed, use_gpu=use_gpu, fmt=fmt,
+        expr_f1=cfg.eval.expr_f1, bootstrap=cfg.ensemble.bootstrap)
     names = [Path(path).parent.name or str(i) for i, path in enumerate(students)]
     click.echo(format_table({"teacher": result.teacher or None, "ensemble": result.ensemble,
                              "students": [{**s, "name": n} for s, n in zip(result.students, names)]}))

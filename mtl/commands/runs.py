@@ -85,7 +85,8 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
 
     cfg = load_config(config_source, overrides)
     ensure_ray(address)
-    manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu)
+    manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu,
+                                   views=cfg.distill.views, augment=cfg.data.augment, seed=cfg.train.seed)
     click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
                f"{soft_labels_dir(cfg)}")
 

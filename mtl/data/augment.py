@@ -13,6 +13,7 @@ Resize(1.2 S) + CenterCrop(S)).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -58,6 +59,13 @@ def draw_batch(rng: np.random.Generator, count: int, stored_size: int, params: A
     flip = rng.random(count) < params.flip
     jitter = rng.uniform(1 - params.jitter, 1 + params.jitter, size=(count, 3)).astype(np.float32)
     return BatchDraws(offsets, flip, jitter)
+
+
+def sample_views(key: str, count: int, stored_size: int, params: AugmentConfig, seed: int) -> BatchDraws:
+    """`count` augmentation views of one sample, drawn as the stream draws a batch (`draw_batch`) from a generator
+    seeded by (seed, CRC-32 of the sample key): the same views whatever the shard order or the Ray task that
+    computes them (stored K-view soft labels, docs/recipe.md §3.1)."""
+    return draw_batch(np.random.default_rng([seed, zlib.crc32(key.encode())]), count, stored_size, params)
 
 
 def centre_draws(count: int, stored_size: int, crop_scale: float) -> BatchDraws:

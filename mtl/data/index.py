@@ -2,7 +2,8 @@
 
 Per split: the shard list with sample and label counts, and the label statistics that balancing uses
 (AU positives and AU label patterns, EXPR class counts, the 20x20 VA histogram). Also the prepare summary:
-samples per source, skipped frames by reason with examples.
+samples per source, skipped frames by reason with examples. The training split also holds `by_frame`, its labels
+bucketed by frame % 60 (`mtl.data.downsample.FrameBuckets`; absent from indexes written before it).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from PIL import Image
 
 from mtl import storage
 from mtl.config import ConfigError, PrepareConfig
+from mtl.data.downsample import FrameBuckets
 from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.labels import SPLITS, TASKS, DataError, FrameRecord
@@ -45,6 +46,7 @@ class UnitResult:
 
     shards: list = field(default_factory=list)  # (split, tmp path, samples, labelled per task, bytes, sha256)
     stats: dict = field(default_factory=lambda: {s: LabelStats() for s in SPLITS})
+    by_frame: FrameBuckets = field(default_factory=FrameBuckets)  # training labels by frame % 60 (data.downsample)
     skipped: dict = field(default_factory=dict)
     skip_examples: list = field(default_factory=list)
     frames: int = 0
@@ -150,6 +152,8 @@ def _write_unit(unit_number: int, source: Source, unit: WorkUnit, folder: str, s
                                                 upload_to)
         writers[record.split].write(record.key, jpg, labels)
         result.stats[record.split].add(labels)
+        if record.split == "train":
+            result.by_frame.add(labels)
     for writer in writers.values():
         writer.close()
     return result
@@ -261,6 +265,10 @@ def _finalise(out: str, tmp_dir: str, units: list[WorkUnit], results: list[UnitR
             if storage.name(stale) not in keep:
                 storage.remove(stale)
         splits[split] = {"shards": shards, "stats": stats.to_json()}
+    by_frame = FrameBuckets()
+    for result in results:
+        by_frame.merge(result.by_frame)
+    splits["train"]["by_frame"] = by_frame.to_json()  # exact statistics after any data.downsample
     storage.remove_tree(tmp_dir)
     skipped: dict[str, int] = {}
     for result in results:

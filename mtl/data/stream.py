@@ -6,7 +6,8 @@ so every slot always has data whatever the shard count. An epoch is a fixed numb
 from index.json, so every DDP rank takes the same number of steps (no hang on uneven shards). The stream
 reads top to bottom in `TrainStream.__iter__`:
 
-  shards -> tar samples -> shuffle -> labels -> balance (repeat) -> shuffle -> decode + crop/flip -> batch
+  shards -> tar samples -> shuffle -> labels -> down-sample -> balance (repeat) -> shuffle -> decode + crop/flip
+  -> batch
 
 Batches are dicts of tensors (uint8 image windows [B, h, w, 3] with each image's flip and jitter draws, to be
 applied on the device by `mtl.data.augment.to_model_input`, labels with masks, keys):
@@ -29,10 +30,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mtl.data.augment import BatchDraws, centre_draws, cut_windows, decode, draw_batch, window_side
 from mtl.config import Config
 from mtl.data.balance import Balancer, draw_repeats
+from mtl.data.downsample import Thinning, training_stats
 from mtl.data.index import ShardIndex
 from mtl.labels import NUM_AU, TASKS, DataError
 from mtl.data.shards import tar_samples
-from mtl.data.soft_join import SoftLabels
+from mtl.data.soft_join import SoftLabels, replay_views
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -156,7 +158,9 @@ class TrainStream(IterableDataset):
         self.stored_size = index.image_size
         self.data, self.batch_size, self.seed = cfg.data, cfg.train.batch_size, cfg.train.seed
         self.soft_labels, self.rank, self.world, self.epoch = soft_labels, rank, world, 0
-        self.balancer = Balancer.from_stats(index.stats[split], cfg.data, equalise_tasks=cfg.data.batch_mode == "per_task")
+        self.thinning = Thinning.from_config(cfg, split)  # data.downsample, docs/recipe.md §4.5
+        self.balancer = Balancer.from_stats(training_stats(index, cfg, split), cfg.data,
+                                            equalise_tasks=cfg.data.batch_mode == "per_task")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -168,7 +172,7 @@ class TrainStream(IterableDataset):
         urls = shard_sequence(self.urls, self.seed, self.epoch, self.rank * workers + worker_id, self.world * workers)
         soft = SoftLabels(self.soft_labels) if self.soft_labels else None
         buffer = self.data.shuffle_buffer
-        samples = with_labels(shuffled(tar_samples(urls), buffer, rng), soft)
+        samples = self.thinning.thin(with_labels(shuffled(tar_samples(urls), buffer, rng), soft))
         copies = shuffled(self._repeat(samples, rng), buffer, rng)
         if self.data.batch_mode == "mixed":
             yield from self._mixed_batches(copies, rng)
@@ -193,7 +197,9 @@ class TrainStream(IterableDataset):
     def _collate(self, items: list, rng: np.random.Generator) -> dict:
         augment = self.data.augment
         draws = draw_batch(rng, len(items), self.stored_size, augment)
-        return collate(items, self.stored_size, window_side(self.stored_size, augment.crop_scale), draws)
+        items, draws, views = replay_views(items, draws, rng)  # K-view soft labels: a stored view each (§3.1)
+        batch = collate(items, self.stored_size, window_side(self.stored_size, augment.crop_scale), draws)
+        return batch if views is None else {**batch, "soft_view": views}
 
     def _mixed_batches(self, copies, rng) -> Iterator[dict]:
         batch = []
@@ -215,8 +221,9 @@ class TrainStream(IterableDataset):
 
 
 def batches_per_epoch(index: ShardIndex, cfg: Config, world: int, split: str = "train") -> int:
-    """Batches each rank takes per epoch: one pass over the samples (mixed) or over the smallest task (per_task)."""
-    stats = index.stats[split]
+    """Batches each rank takes per epoch: one pass over the samples (mixed) or over the smallest task (per_task),
+    counted after data.downsample."""
+    stats = training_stats(index, cfg, split)
     if cfg.data.batch_mode == "mixed":
         samples = stats.samples
     else:

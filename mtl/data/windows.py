@@ -5,7 +5,8 @@ windows of `length` frames every `stride` frames (length // 2 in training, lengt
 would run past the end is shifted back to end at the last frame; a video shorter than `length` gives one window
 padded by repeating its last frame. A frame is valid when it has any label (prepare dropped the others), so a
 window runs over frames labelled for different tasks and each task's loss is masked per frame; the reference
-windowed each task's labelled frames separately (one window dataset per task).
+windowed each task's labelled frames separately (one window dataset per task). Windows are never down-sampled
+(`data.downsample` thins the frame stream only; the reference's CNN-RNN used no resampling, docs/recipe.md §4.4).
 
 The unit of work is a video, not a shard. prepare writes each video into its own shards, in frame order, a long
 video over consecutive shards, so at construction each stream reads only the first sample of every shard of the

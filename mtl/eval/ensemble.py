@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from mtl import storage
 from mtl.data.augment import MEAN_RGB
+from mtl.eval.bootstrap import bootstrap_interval
 from mtl.eval.evaluate import FIELDS, score
 from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, VA_BINS, video_of
 from mtl.models.heads import VA_SUPPORT
@@ -106,15 +107,21 @@ def _best_threshold(positives: np.ndarray, prob: np.ndarray, rule: ThresholdRule
     return float(candidates[len(gap) - 1 - np.argmin(gap[::-1])])
 
 
-def tuned_score(preds: dict, tune_mask: np.ndarray, report_mask: np.ndarray, rule: ThresholdRule = "f1") -> dict:
+def tuned_score(preds: dict, tune_mask: np.ndarray, report_mask: np.ndarray, rule: ThresholdRule = "f1",
+                expr_f1: str = "present") -> dict:
     """`score` on the report frames with AU thresholds tuned on the tune frames, plus "thresholds" [8]."""
     tune = subset(preds, tune_mask)
     thresholds = tune_thresholds(tune["au_true"], tune["au_prob"], rule)
-    return {**score(subset(preds, report_mask), thresholds), "thresholds": thresholds.tolist()}
+    return {**score(subset(preds, report_mask), thresholds, expr_f1), "thresholds": thresholds.tolist()}
+
+
+def scorer(thresholds: Sequence[float], expr_f1: str = "present"):
+    """preds -> `score` with these AU thresholds (what the bootstrap replicates are scored with)."""
+    return lambda preds: score(preds, np.asarray(thresholds), expr_f1)
 
 
 def greedy_selection(members: Sequence[dict], tune_mask: np.ndarray, max_members: Optional[int] = None,
-                     rule: ThresholdRule = "f1") -> list[int]:
+                     rule: ThresholdRule = "f1", expr_f1: str = "present") -> list[int]:
     """Forward selection on the tuning frames: each step adds the member (without replacement) whose addition
     gives the highest total score, AU thresholds re-tuned on those frames; it stops when no addition raises the
     total or at `max_members`. Returns member indices in the order chosen."""
@@ -122,7 +129,8 @@ def greedy_selection(members: Sequence[dict], tune_mask: np.ndarray, max_members
     chosen: list[int] = []
     best = -np.inf
     while len(chosen) < limit:
-        totals = {i: tuned_score(average([members[j] for j in [*chosen, i]]), tune_mask, tune_mask, rule)["total"]
+        totals = {i: tuned_score(average([members[j] for j in [*chosen, i]]), tune_mask, tune_mask, rule,
+                                 expr_f1)["total"]
                   for i in range(len(members)) if i not in chosen}
         candidate = max(totals, key=totals.get)
         if totals[candidate] <= best:
@@ -144,22 +152,33 @@ def task_strata(preds: dict) -> dict[str, tuple[bool, bool, bool]]:
     return {video: tuple(bool(v) for v in row) for video, row in strata.items()}
 
 
-def ensemble_report(members: Sequence[dict], seed: int = 0, select: bool = False,
-                    rule: ThresholdRule = "f1") -> dict:
+def ensemble_report(members: Sequence[dict], seed: int = 0, select: bool = False, rule: ThresholdRule = "f1",
+                    expr_f1: str = "present", bootstrap: int = 0) -> dict:
     """Honest ensemble scores: the validation videos are halved (`halve_videos`, stratified by which tasks each
     video is labelled for); members (all, or `greedy_selection` with `select`) and AU thresholds are chosen on
     the tuning half, and `score` runs on the other half with them.
 
-    Returns {"members", "thresholds", "au", "expr", "va", "total", "details", "tuned_on_videos",
-    "reported_on_videos"}. A single member gives that model's score on the same reporting half."""
+    Returns {"members", "thresholds", "au", "expr", "va", "total", "details", "selected_on_videos",
+    "reported_on_videos" (sorted video names of the two halves), "expr_f1", "preds" (the merged predictions of the
+    reporting half, for plots and paired intervals; not JSON)}, and with `bootstrap` replicates "intervals": each
+    score's 95 % video-bootstrap interval over the reporting half (`mtl.eval.bootstrap`, docs/recipe.md §7). A
+    single member gives that model's score on the same reporting half."""
     if not members:
         raise ValueError("ensemble_report needs at least one member")
     tune_mask, report_mask = halve_videos(members[0]["key"], seed, task_strata(members[0]))
-    chosen = greedy_selection(members, tune_mask, rule=rule) if select else list(range(len(members)))
-    result = tuned_score(average([members[i] for i in chosen]), tune_mask, report_mask, rule)
-    keys = np.array([video_of(key) for key in members[0]["key"]])
-    return {"members": chosen, **result, "tuned_on_videos": len(set(keys[tune_mask].tolist())),
-            "reported_on_videos": len(set(keys[report_mask].tolist()))}
+    chosen = (greedy_selection(members, tune_mask, rule=rule, expr_f1=expr_f1) if select
+              else list(range(len(members))))
+    merged = average([members[i] for i in chosen])
+    result = tuned_score(merged, tune_mask, report_mask, rule, expr_f1)
+    videos = np.array([video_of(key) for key in members[0]["key"]])
+    reported = subset(merged, report_mask)
+    out = {"members": chosen, **result, "expr_f1": expr_f1,
+           "selected_on_videos": sorted(set(videos[tune_mask].tolist())),
+           "reported_on_videos": sorted(set(videos[report_mask].tolist())), "preds": reported}
+    if bootstrap:
+        out["intervals"] = bootstrap_interval(reported, scorer(result["thresholds"], expr_f1), replicates=bootstrap,
+                                              seed=seed)
+    return out
 
 
 class MemberProbabilities(nn.Module):

@@ -1,10 +1,11 @@
 """The run report (README "Students, ensemble, pipeline"; schema in CONTRIBUTING.md): `report.json`, a short `report.md` and `plots/*.png`.
 
-Inputs are `mtl.eval.evaluate.score` results. The teacher and each student may carry "name" and "history" (per-epoch
-dicts with "epoch", "train_loss", "val_au", "val_expr", "val_va", "val_total"); the ensemble carries "members",
-"thresholds", "tuned_on_videos", "reported_on_videos" and optionally "preds" (its predictions on the reporting
-half, as `mtl.eval.evaluate.predict` returns them), which feed the plots but never report.json. Missing models and NaN
-scores are shown as "n/a" (null in JSON).
+Inputs are `mtl.eval.ensemble.ensemble_report` results (scores on the reporting half of the validation videos). Every
+model may carry "selected_on_videos" and "reported_on_videos" (video names), "intervals" ({score: [low, high]}, 95 %
+video bootstrap) and "vs_teacher" ({score: {"delta", "interval", "outside_noise"}}, paired); the teacher and each
+student "name" and "history" (per-epoch dicts with "epoch", "train_loss", "val_au", "val_expr", "val_va",
+"val_total"); the ensemble "members", "thresholds" and optionally "preds" (its predictions on the reporting half),
+which feed the plots but never report.json. Missing models and NaN scores are shown as "n/a" (null in JSON).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mtl import storage
 from mtl.storage import json_ready
+from mtl.data.downsample import format_counts
 from mtl.labels import AU_NAMES, EXPR_NAMES, INVALID_VA, VA_NAMES
 
 COLUMNS = ("au", "expr", "va", "total")
@@ -31,10 +33,13 @@ NOT_IN_JSON = ("preds",)
 
 
 def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequence[Mapping],
-                 ensemble: Optional[Mapping], timings: Mapping[str, float], config: Any) -> dict:
+                 ensemble: Optional[Mapping], timings: Mapping[str, float], config: Any,
+                 data: Optional[Mapping] = None) -> dict:
     """Write report.json, report.md and plots/ into `run_dir`; return the report as written to JSON.
 
-    `config` is a mapping or a pydantic model (dumped with `model_dump(mode="json")`)."""
+    `config` is a mapping or a pydantic model (dumped with `model_dump(mode="json")`); `data`, when given, is
+    recorded as report["data"] (the pipeline's: {"downsample": `mtl.data.downsample.downsample_counts`} when
+    data.downsample thins the training labels)."""
     run_dir = storage.absolute(run_dir)  # a local path or a storage URI
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
@@ -42,6 +47,8 @@ def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequ
               "students": [_entry(s, f"student {i}") for i, s in enumerate(students)],
               "ensemble": _entry(ensemble, "ensemble"),
               "timings": json_ready(dict(timings)), "config": json_ready(config)}
+    if data is not None:
+        report["data"] = json_ready(dict(data))
     storage.write_json(storage.join(run_dir, "report.json"), report)
     plots = write_plots(storage.join(run_dir, PLOT_DIR), report, ensemble.get("preds") if ensemble else None)
     storage.write_text(storage.join(run_dir, "report.md"), markdown(report, plots))
@@ -90,29 +97,50 @@ def best(report: Mapping) -> dict[str, Optional[float]]:
     return out
 
 
+def interval_text(interval) -> str:
+    """" [low, high]" of a 95 % interval, or "" when there is none."""
+    if not interval or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in interval):
+        return ""
+    return f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def markdown_table(report: Mapping) -> list[str]:
-    """The score table in Markdown, the best of each column in bold."""
+    """The score table in Markdown, each score with its 95 % interval, the best of each column in bold."""
     top = best(report)
     lines = ["| model | " + " | ".join(HEADERS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name, entry in rows(report):
         cells = []
         for c in COLUMNS:
             v = value(entry, c)
-            cells.append(f"**{format_score(v)}**" if v is not None and v == top[c] else format_score(v))
+            text = f"**{format_score(v)}**" if v is not None and v == top[c] else format_score(v)
+            cells.append(text + (interval_text((entry.get("intervals") or {}).get(c)) if v is not None else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def beats_teacher(report: Mapping) -> list[str]:
-    """One line per student: the tasks (and total) on which it scores above the teacher."""
+    """One line per student (and the ensemble): the tasks (and total) on which it scores above the teacher, then
+    each paired difference with its 95 % interval, marked where the interval excludes 0 (outside the noise)."""
     teacher, students = report.get("teacher"), report.get("students") or []
     if not students:
         return ["No students yet."]
     lines = []
-    for s in students:
+    for s in [*students, *([report["ensemble"]] if report.get("ensemble") else [])]:
         won = [h for c, h in zip(COLUMNS, HEADERS)
                if (a := value(s, c)) is not None and (b := value(teacher, c)) is not None and a > b]
-        lines.append(f"- {s['name']}: " + (", ".join(won) if won else "none"))
+        line = f"- {s['name']}: above the teacher on " + (", ".join(won) if won else "none")
+        paired = s.get("vs_teacher") or {}
+        if paired:
+            parts = [f"{h} {d['delta']:+.3f}{interval_text(d['interval'])}" + (" outside the noise"
+                                                                              if d["outside_noise"] else "")
+                     for c, h in zip(COLUMNS, HEADERS) if (d := paired.get(c)) and d.get("delta") is not None
+                     and math.isfinite(d["delta"])]
+            who = "ensemble" if s is report.get("ensemble") else "student"
+            line += f"; {who} − teacher: " + ", ".join(parts)
+        lines.append(line)
+    if any(s.get("vs_teacher") for s in students):
+        lines += ["", "Intervals: 95 %, resampling the reporting half's videos (paired: both models on the same "
+                      "replicates); a difference whose interval holds 0 is inside the noise of this many videos."]
     return lines
 
 
@@ -127,10 +155,16 @@ def ensemble_lines(report: Mapping) -> list[str]:
     thresholds = ensemble.get("thresholds") or []
     return [f"Members: {', '.join(members) if members else 'n/a'}", "",
             "AU thresholds: " + (", ".join(f"{n} {format_score(t)}" for n, t in zip(AU_NAMES, thresholds)) or "n/a"), "",
-            f"The ensemble's scores are measured on {ensemble.get('reported_on_videos', 'n/a')} validation videos "
-            f"not used to tune its thresholds and members (tuned on {ensemble.get('tuned_on_videos', 'n/a')} "
+            f"The ensemble's scores are measured on {count(ensemble.get('reported_on_videos'))} validation videos "
+            f"not used to tune its thresholds and members (tuned on {count(ensemble.get('selected_on_videos'))} "
             "other videos); teacher and student scores are measured on the same reporting half, and every "
-            "epoch, trial and student was selected on the other half."]
+            "epoch, trial and student was selected on the other half.",
+            "", f"Reporting videos: {', '.join(ensemble.get('reported_on_videos') or []) or 'n/a'}",
+            "", f"Selection videos: {', '.join(ensemble.get('selected_on_videos') or []) or 'n/a'}"]
+
+
+def count(videos) -> str:
+    return str(len(videos)) if isinstance(videos, list) else "n/a"
 
 
 def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:
@@ -138,7 +172,11 @@ def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:
     timings = report.get("timings") or {}
     lines = ["# Run report", "", "## Validation scores", "", *markdown_table(report), "",
              "## Students vs teacher", "", *beats_teacher(report), "",
-             "## Ensemble", "", *ensemble_lines(report), "", "## Timings", ""]
+             "## Ensemble", "", *ensemble_lines(report), ""]
+    downsample = (report.get("data") or {}).get("downsample")
+    if downsample:  # docs/recipe.md §4.5
+        lines += ["## Training data", "", format_counts(downsample) + ".", ""]
+    lines += ["## Timings", ""]
     if timings:
         lines += ["| stage | seconds |", "|---|---:|",
                   *(f"| {k} | {'n/a' if v is None else f'{v:.1f}'} |" for k, v in timings.items())]

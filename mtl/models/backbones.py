@@ -5,6 +5,7 @@ pooled features [B, C]; nothing is ever downloaded: pretrained weights come from
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -12,47 +13,68 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from mtl import storage
 from mtl.registry import Registry
 
 BACKBONES: Registry[Callable[[], nn.Module]] = Registry("backbone", discover="mtl.models.zoo")
 
 
-def create_backbone(name: str, weights: Optional[str | Path] = None) -> nn.Module:
+def create_backbone(name: str, weights: Optional[str | Path] = None, **options) -> nn.Module:
     """A registered backbone, else timm's `name` with its classifier removed (num_classes=0), randomly
-    initialised; `weights`: a local state dict file loaded into it (its classifier tensors ignored)."""
+    initialised; `options` go to its constructor (`model.backbone_args`). `weights`: a local state dict file loaded
+    into it, every tensor accounted for (`matching_state`; the file's classifier tensors are dropped)."""
     if name in BACKBONES:
-        backbone = BACKBONES.get(name)()
+        backbone = BACKBONES.get(name)(**options)
     else:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub (timm reads it when imported)
         import timm
 
         try:
-            backbone = timm.create_model(name, pretrained=False, num_classes=0)
+            backbone = timm.create_model(name, pretrained=False, num_classes=0, **options)
         except RuntimeError as err:  # timm: "Unknown model (...)"
             raise ValueError(f"backbone {name!r}: {err}") from None
     if weights is not None:
-        state = read_state_dict(weights)
-        own = backbone.state_dict()
         classifier = tuple(p[len("backbone."):] for p in classifier_prefixes(backbone))
-        state = {k: v for k, v in state.items() if k in own or not k.startswith(classifier)}
-        missing, unused = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unused:
-            raise ValueError(f"{weights}: keys do not match backbone {name!r}: missing {missing[:5]}, "
-                             f"unexpected {unused[:5]}")
-        backbone.load_state_dict(state)
+        state = matching_state(backbone.state_dict(), read_state_dict(weights), classifier, f"{weights}", name)
+        backbone.load_state_dict(state, strict=False)  # strict but for BatchNorm step counters, see matching_state
     return backbone
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A local .pth/.pt (a state dict, or a dict holding one under "model"/"state_dict") or .safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+FERPLUS_KEY = "conv1_7x7_s2.weight"  # the reference's resnet50_ferplus_dag.pth (docs/recipe.md §1.1)
 
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+
+def matching_state(own: dict[str, Tensor], state: dict[str, Tensor], classifier: tuple[str, ...], source: str,
+                   backbone: str) -> dict[str, Tensor]:
+    """`state` (a weights file's tensors) checked against a module's `own` state dict: keys under the
+    `classifier` prefixes that the module lacks are dropped; any other missing or unexpected key, or a shape
+    that differs, is a ValueError naming `source` and the keys. BatchNorm's `num_batches_tracked` counters may be
+    absent (files saved by old PyTorch versions, such as the reference's, lack them)."""
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(classifier)}
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unused = sorted(set(state) - set(own))
+    if missing or unused:
+        hint = (" (a resnet50_ferplus_dag file: use model.backbone=resnet50_ferplus)"
+                if FERPLUS_KEY in state and FERPLUS_KEY not in own else "")
+        raise ValueError(f"{source}: keys do not match backbone {backbone!r}{hint}: {len(missing)} missing "
+                         f"{missing[:5]}, {len(unused)} unexpected {unused[:5]}")
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
+    if shapes:
+        raise ValueError(f"{source}: {len(shapes)} tensor shapes differ from backbone {backbone!r}: "
+                         + "; ".join(shapes[:5]))
+    return state
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A .pth/.pt (a state dict, or a dict holding one under "model"/"state_dict") or .safetensors file at a local
+    path or a storage URI (`mtl.storage`: s3://, gs://, file://, so every node of a cluster reads the same file)."""
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"weights file {path} not found")
+    data = storage.read_bytes(path)
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load
+
+        return load(data)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -19,5 +19,5 @@ __all__ = ["create_backbone", "create_model"]
 
 
 def create_model(cfg: ModelConfig, image_size: int) -> nn.Module:
-    net = MultitaskNet(cfg.backbone, cfg.weights, image_size=image_size)
+    net = MultitaskNet(cfg.backbone, cfg.weights, image_size=image_size, backbone_args=cfg.backbone_args)
     return TemporalNet(net, hidden=cfg.rnn_hidden) if cfg.temporal else net

@@ -8,9 +8,12 @@ member checkpoints.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from typing import Optional
+
+import numpy as np
 
 from mtl import storage
 from mtl.config import Config, ConfigError
@@ -23,6 +26,7 @@ from mtl.stages.teacher import TeacherStage
 
 EXPORTED = "ensemble" + FORMATS[DEFAULT_FORMAT]  # ensemble.pt2
 RECORD = "ensemble.json"
+REPORT_PREDS = "report_preds.npz"
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +53,24 @@ class EnsembleResult(StageResult):
     students: list[dict]
     ensemble: dict  # + "members", "thresholds"
     exported: str  # "" when the members are temporal (CNN-RNN) models, which are not exported
+    preds: str = ""  # the ensemble's predictions on the reporting half (.npz), for the report's plots
 
     def outputs(self) -> list[str]:
-        return [self.exported] if self.exported else []
+        return [path for path in (self.exported, self.preds) if path]
 
 
 def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_best: Optional[str] = None,
                    select: bool = False, rule: str = "f1", seed: int = 0, use_gpu: bool = False,
-                   fmt: str = DEFAULT_FORMAT) -> EnsembleResult:
+                   fmt: str = DEFAULT_FORMAT, expr_f1: str = "present", bootstrap: int = 0) -> EnsembleResult:
     """Score the teacher (if any), each student and their ensemble on the reporting half of the validation
-    videos of `shards` (thresholds, and members with `select`, from the other half, cut with `seed`); export the
-    ensemble as `fmt` to `out_dir`/ensemble<suffix> and record its sources in `out_dir`/ensemble.json."""
-    from mtl.eval.ensemble import ensemble_report
+    videos of `shards` (thresholds, and members with `select`, from the other half, cut with `seed`), with
+    `bootstrap` replicates of 95 % intervals and, against the teacher, paired intervals of each difference
+    ("vs_teacher", `mtl.eval.bootstrap.paired_difference`); export the ensemble as `fmt` to
+    `out_dir`/ensemble<suffix>, its reporting-half predictions to `out_dir`/report_preds.npz, and record its
+    sources in `out_dir`/ensemble.json."""
+    from mtl.eval.bootstrap import paired_difference
+    from mtl.eval.ensemble import ensemble_report, scorer
+    from mtl.stages.soft_labels import write_npz_atomic
 
     checkpoints = [*([teacher_best] if teacher_best else []), *student_bests]
     preds = member_predictions(checkpoints, shards, use_gpu)
@@ -68,18 +78,41 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     if len(videos) < 2:
         raise DataError(f"{shards}: {len(videos)} validation video(s); an honest ensemble needs at least 2 (its "
                         "thresholds are tuned on one half of the videos and it is scored on the other)")
-    single = [storage.json_ready(ensemble_report([p], seed=seed, rule=rule)) for p in preds]
-    ensemble = ensemble_report(preds[len(checkpoints) - len(student_bests):], seed=seed, select=select, rule=rule)
+    options = {"seed": seed, "rule": rule, "expr_f1": expr_f1, "bootstrap": bootstrap}
+    single = [ensemble_report([p], **options) for p in preds]
+    ensemble = ensemble_report(preds[len(checkpoints) - len(student_bests):], select=select, **options)
+    if teacher_best and bootstrap:
+        teacher = single[0]
+        for entry in [*single[1:], ensemble]:
+            entry["vs_teacher"] = paired_difference(
+                entry["preds"], scorer(entry["thresholds"], expr_f1), teacher["preds"],
+                scorer(teacher["thresholds"], expr_f1), replicates=bootstrap, seed=seed)
+    preds_file = storage.join(out_dir, REPORT_PREDS)
+    write_npz_atomic(preds_file, **{name: np.asarray(v) for name, v in ensemble["preds"].items()})
+    single, ensemble = ([without_preds(e) for e in single], without_preds(ensemble))
     location = storage.join(out_dir, "ensemble" + FORMATS[fmt])
     exported = export_members([student_bests[i] for i in ensemble["members"]], ensemble["thresholds"],
                               location, shards, fmt)
     result = EnsembleResult(teacher=single[0] if teacher_best else {}, students=single[-len(student_bests):],
-                            ensemble=storage.json_ready(ensemble), exported=exported)
+                            ensemble=ensemble, exported=exported, preds=preds_file)
     storage.write_json(storage.join(out_dir, RECORD), {
         "students": student_bests, "teacher": teacher_best, "shards": str(shards), "select": select,
         "threshold_rule": rule, "split_seed": seed, "members": [student_bests[i] for i in ensemble["members"]],
         "exported": exported, "format": fmt if exported else None, "result": result.to_json()})
     return result
+
+
+def without_preds(entry: dict) -> dict:
+    """A model's `ensemble_report` in JSON types, without its in-memory predictions."""
+    return storage.json_ready({k: v for k, v in entry.items() if k != "preds"})
+
+
+def read_report_preds(location: str) -> Optional[dict]:
+    """The predictions `build_ensemble` kept for the report's plots, or None when there are none."""
+    if not location or not storage.is_file(location):
+        return None
+    with np.load(io.BytesIO(storage.read_bytes(location))) as data:
+        return {name: data[name] for name in data.files}
 
 
 def export_members(checkpoints: list[str], thresholds: list[float], location: str, shards: str, fmt: str) -> str:
@@ -107,14 +140,14 @@ def ensemble_stage(cfg: Config, teacher_best: str, student_bests: list[str]) -> 
     """Score teacher, students and their ensemble on the reported half; export the ensemble."""
     return build_ensemble(student_bests, cfg.data.shards, stage_dir(cfg, EnsembleStage.name), teacher_best,
                           select=cfg.students.select, rule=cfg.ensemble.threshold_rule, seed=cfg.eval.split_seed,
-                          use_gpu=cfg.train.use_gpu)
+                          use_gpu=cfg.train.use_gpu, expr_f1=cfg.eval.expr_f1, bootstrap=cfg.ensemble.bootstrap)
 
 
 @register_stage
 class EnsembleStage(Stage):
     name = "ensemble"
     result_type = EnsembleResult
-    config_keys = ("data", "students.select", "ensemble.threshold_rule", "eval.split_seed")
+    config_keys = ("data", "students.select", "ensemble", "eval.split_seed", "eval.expr_f1")
 
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
         return [ctx.result(TeacherStage.name).best, *(s.best for s in ctx.result(StudentsStage.name).students)]

@@ -21,7 +21,7 @@ from mtl.config import Config, config_dict
 from mtl.registry import Registry
 from mtl.stages import search_stage, soft_labels  # noqa: F401  the built-in stages register themselves at import
 from mtl.stages.base import STAGES, Stage, StageContext, done_result, record_result
-from mtl.stages.ensemble import EnsembleStage
+from mtl.stages.ensemble import EnsembleStage, read_report_preds
 from mtl.stages.students import StudentsStage
 from mtl.stages.teacher import TeacherStage
 
@@ -57,15 +57,21 @@ def run_stages(stages: Iterable[Stage], ctx: StageContext) -> dict[str, float]:
 
 
 def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
-    """report.json/.md and plots/ of the teacher, students and ensemble stages' results (`write_report`)."""
+    """report.json/.md and plots/ of the teacher, students and ensemble stages' results (`write_report`), and what
+    data.downsample left of the training labels (docs/recipe.md §4.5)."""
+    from mtl.data.downsample import downsample_counts
+    from mtl.data.index import load_index
     from mtl.eval.report import write_report
 
     trained, scores = ctx.result(TeacherStage.name), ctx.result(EnsembleStage.name)
     teacher_entry = {**scores.teacher, "name": trained.name, "history": trained.history}
     student_entries = [{**score, "name": s.name, "history": s.history}
                        for score, s in zip(scores.students, ctx.result(StudentsStage.name).students)]
-    return write_report(ctx.cfg.run.dir, teacher_entry, student_entries, scores.ensemble, timings,
-                        config_dict(ctx.cfg))
+    ensemble_entry = {**scores.ensemble, "preds": read_report_preds(scores.preds)}
+    cfg = ctx.cfg  # downsample: None when data.downsample is off or the models are temporal (never down-sampled)
+    downsample = None if cfg.model.temporal else downsample_counts(load_index(cfg.data.shards), cfg)
+    return write_report(ctx.cfg.run.dir, teacher_entry, student_entries, ensemble_entry, timings,
+                        config_dict(ctx.cfg), {"downsample": downsample} if downsample else None)
 
 
 def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:

@@ -12,6 +12,12 @@ training windows (`mtl.data.windows`: T frames every T/2, the windows a temporal
 view) and writes the teacher's [T, ...] outputs per window, keyed by the window's first frame, into the file of
 the video's first shard; the manifest then says `"unit": "window"` and the window length.
 
+With `distill.views: K` (docs/recipe.md §3.1) each training sample gets K augmentation views instead of the centre
+one, drawn as the training stream draws them (`mtl.data.augment.sample_views`: data.augment, seeded by train.seed
+and the key's CRC-32): the file then also holds each view's offsets [N, K, 2] (int32), flip [N, K] and jitter
+[N, K, 3] (float32, exact), and the outputs are [N, K, ...]; the manifest records `views`, `augment`,
+`stored_size` and `view_seed`, and a change of any of them redoes every shard. Frame teachers only.
+
 `SoftLabelsStage` is this step in the pipeline (docs/recipe.md §3): the teacher stage's model, RUN/soft_labels/.
 """
 
@@ -21,15 +27,16 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from mtl import storage
 from mtl.checkpoint import read_model_file
-from mtl.config import Config, validate
-from mtl.data.soft_join import MANIFEST, soft_label_path
+from mtl.config import AugmentConfig, Config, validate
+from mtl.data.soft_join import MANIFEST, refuse_windowed_views, soft_label_path, view_spec
 from mtl.runs import soft_labels_dir
-from mtl.stages.base import Stage, StageContext, StageResult, register_stage
+from mtl.stages.base import Stage, StageContext, StageResult, config_value, register_stage
 from mtl.stages.teacher import TeacherStage  # the stage before this one (registered first)
 
 
@@ -41,9 +48,10 @@ def write_npz_atomic(path: str | Path, **arrays) -> None:
 
 
 def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: int, device: str = "cpu",
-                batch_size: int = 128) -> int:
+                batch_size: int = 128, views: Optional[dict] = None) -> int:
     """Teacher outputs for one shard -> `out_path` (.npz); returns the number of samples (a Ray task; `device`
-    is "cuda" when the task was given a GPU)."""
+    is "cuda" when the task was given a GPU). `views`: {"views": K, "augment": data.augment, "seed"} for K
+    views per sample (`label_views`), None for the centre view."""
     import torch
 
     from mtl.checkpoint import load_model
@@ -53,6 +61,9 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
 
     model, cfg = load_model(teacher_path, device)
     items = list(with_labels(tar_samples([shard_url])))
+    if views:
+        return label_views(model, cfg.data.image_size, items, out_path, stored_size, device,
+                           max(1, batch_size // views["views"]), views)
     stored, side = stored_size, window_side(stored_size, cfg.data.augment.crop_scale)
     keys, au, expr, va = [], [], [], []
     with torch.no_grad():
@@ -71,6 +82,44 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
                      expr=np.concatenate(expr).astype(np.float16) if expr else empty.reshape(0, 7),
                      va=np.concatenate(va).astype(np.float16) if va else empty.reshape(0, 40))
     return len(keys)
+
+
+def label_views(model, image_size: int, items: list, out_path: str, stored_size: int, device: str,
+                batch_size: int, views: dict) -> int:
+    """`label_shard` with K views per sample: each view's window, flip and jitter (`sample_views`) turned into the
+    teacher's model input exactly as a training step turns the student's batch (`train_step`)."""
+    import torch
+
+    from mtl.data.augment import BatchDraws, cut_windows, model_input, sample_views, window_side
+    from mtl.data.stream import decoded
+
+    count, augment, seed = views["views"], AugmentConfig(**views["augment"]), views["seed"]
+    side = window_side(stored_size, augment.crop_scale)
+    draws = [sample_views(key, count, stored_size, augment, seed) for key, _, _ in items]
+    au, expr, va = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            images = [decoded(jpg, stored_size, key, labels) for key, jpg, labels in chunk]
+            view = BatchDraws(*(np.concatenate([getattr(d, f) for d in draws[start:start + batch_size]])
+                                for f in ("offsets", "flip", "jitter")))
+            windows = cut_windows([image for image in images for _ in range(count)], view.offsets, side)
+            out = model(model_input(windows.to(device), image_size, torch.from_numpy(view.flip),
+                                    torch.from_numpy(view.jitter) if augment.jitter > 0 else None))
+            au.append(torch.sigmoid(out["au"].float()).cpu().numpy())
+            expr.append(out["expr"].float().cpu().numpy())
+            va.append(out["va"].float().cpu().numpy())
+
+    def per_view(parts: list, *shape: int, dtype=np.float16) -> np.ndarray:  # rows [N * K, ...] -> [N, K, ...]
+        return (np.concatenate(parts).astype(dtype).reshape(len(items), count, *shape) if parts
+                else np.zeros((0, count, *shape), dtype))
+
+    write_npz_atomic(out_path, keys=np.array([key for key, _, _ in items], dtype=str),
+                     au=per_view(au, 8), expr=per_view(expr, 7), va=per_view(va, 40),
+                     offsets=per_view([d.offsets for d in draws], 2, dtype=np.int32),
+                     flip=per_view([d.flip for d in draws], dtype=bool),
+                     jitter=per_view([d.jitter for d in draws], 3, dtype=np.float32))
+    return len(items)
 
 
 def label_video_windows(teacher_path: str, urls: list[str], out_path: str, stored_size: int, device: str = "cpu",
@@ -118,9 +167,15 @@ def labelling_units(teacher_cfg, index) -> dict[str, tuple[list[str], list[str]]
             for video in videos_of_split(index, "train")}
 
 
+KIND_KEYS = ("unit", "seq_len", "views", "augment", "stored_size", "view_seed")  # manifest keys: what was computed
+
+
 def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str | Path, use_gpu: bool = False,
-                        progress: bool = True) -> dict:
-    """Soft labels of every training shard of `shards` into `out`; resumable per shard. Returns the manifest."""
+                        progress: bool = True, views: int = 0, augment: Optional[AugmentConfig] = None,
+                        seed: int = 0) -> dict:
+    """Soft labels of every training shard of `shards` into `out`; resumable per shard. Returns the manifest.
+    `views` > 0: that many augmentation views per sample, drawn with `augment` (data.augment) and `seed`
+    (train.seed); a temporal teacher then is a ConfigError, raised before any Ray task."""
     import ray
 
     from mtl.data.index import load_index
@@ -133,14 +188,18 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     teacher_path = storage.absolute(teacher_path)
     digest = storage.sha256(teacher_path)
     teacher_cfg = validate(read_model_file(teacher_path)["config"])
+    refuse_windowed_views(views, teacher_cfg.model.temporal, f"the teacher {teacher_path}")
+    index = load_index(shards)
     unit = {"unit": "window", "seq_len": teacher_cfg.model.seq_len} if teacher_cfg.model.temporal else {"unit": "frame"}
+    spec = view_spec(views, augment or AugmentConfig(), index.image_size)
+    kind = {**unit, **spec, **({"view_seed": seed} if views else {})}
     manifest_path = storage.join(out, MANIFEST)
     manifest = storage.read_json(manifest_path) if storage.is_file(manifest_path) else {}
-    if manifest.get("teacher_sha256") != digest or manifest.get("unit", "frame") != unit["unit"]:
+    stored_kind = {"unit": "frame", **{key: manifest[key] for key in KIND_KEYS if key in manifest}}
+    if manifest.get("teacher_sha256") != digest or stored_kind != kind:
         for stale in storage.list_files(out, "*.npz"):
             storage.remove(stale)
-        manifest = {"teacher": teacher_path, "teacher_sha256": digest, **unit, "shards": {}}
-    index = load_index(shards)
+        manifest = {"teacher": teacher_path, "teacher_sha256": digest, **kind, "shards": {}}
     samples = dict(zip((storage.name(u) for u in index.shard_urls("train")), index.shard_sizes("train")))
     units = labelling_units(teacher_cfg, index)
     todo = [name for name, (urls, covered) in units.items()
@@ -148,8 +207,9 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     ensure_ray()
     label = label_video_windows if teacher_cfg.model.temporal else label_shard
     task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(label)
+    extra = {"views": {"views": views, "augment": spec["augment"], "seed": seed}} if views else {}
     pending = {task.remote(teacher_path, units[name][0] if teacher_cfg.model.temporal else units[name][0][0],
-                           soft_label_path(out, name), index.image_size, "cuda" if use_gpu else "cpu"): name
+                           soft_label_path(out, name), index.image_size, "cuda" if use_gpu else "cpu", **extra): name
                for name in todo}
     bar = progress_bar(total=len(units), desc="soft labels", unit="video" if teacher_cfg.model.temporal else "shard",
                        enabled=progress)
@@ -185,7 +245,13 @@ class SoftLabelsStage(Stage):
 
     name = "soft_labels"
     result_type = SoftLabelsResult
-    config_keys = ("data.shards", "distill.soft_labels")
+    config_keys = ("data.shards", "distill.soft_labels", "distill.views")
+
+    def config_sections(self, cfg: Config) -> dict:
+        sections = super().config_sections(cfg)
+        if cfg.distill.views:  # what the views are drawn with (docs/recipe.md §3.1)
+            sections.update({key: config_value(cfg, key) for key in ("data.augment", "train.seed")})
+        return sections
 
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
         return [ctx.result(TeacherStage.name).best]
@@ -193,5 +259,6 @@ class SoftLabelsStage(Stage):
     def run(self, cfg: Config, ctx: StageContext) -> SoftLabelsResult:
         folder = storage.absolute(soft_labels_dir(cfg))
         manifest = compute_soft_labels(ctx.result(TeacherStage.name).best, cfg.data.shards, folder,
-                                       cfg.train.use_gpu)
+                                       cfg.train.use_gpu, views=cfg.distill.views, augment=cfg.data.augment,
+                                       seed=cfg.train.seed)
         return SoftLabelsResult(folder=folder, shards=manifest["shards"])

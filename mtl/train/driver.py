@@ -23,10 +23,11 @@ import torch
 
 from mtl import storage
 from mtl.checkpoint import save_model_file
-from mtl.config import Config, ConfigError, config_dict
+from mtl.config import Config, ConfigError, ModelConfig, config_dict
 from mtl.data.balance import BALANCERS
-from mtl.data.index import load_index
-from mtl.data.soft_join import check_soft_labels
+from mtl.data.downsample import downsample_counts, format_counts
+from mtl.data.index import ShardIndex, load_index
+from mtl.data.soft_join import check_soft_labels, view_spec
 from mtl.data.verify import check_shards
 from mtl.jobs.ray_session import ensure_ray
 from mtl.labels import DataError, error_line
@@ -37,10 +38,12 @@ from mtl.train.loop import STATE_FILE, Diverged, train_loop
 log = logging.getLogger(__name__)
 
 
-def check_inputs(cfg: Config) -> None:
-    """Fail here, in one line, not in a worker: shards, names looked up in registries, a student's teacher."""
+def check_inputs(cfg: Config) -> ShardIndex:
+    """Fail here, in one line, not in a worker: shards, names looked up in registries, a student's teacher; returns
+    the shards' index."""
     if not cfg.data.shards:
         raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
+    check_weights(cfg.model)
     index = load_index(cfg.data.shards)
     check_shards(index)  # sizes against index.json: a truncated shard fails here
     BALANCERS.get(cfg.data.balance, key="data.balance")
@@ -49,7 +52,25 @@ def check_inputs(cfg: Config) -> None:
         if not storage.is_file(teacher_path(cfg)) and cfg.distill.on_the_fly:
             raise FileNotFoundError(f"{teacher_path(cfg)}: a student needs the teacher's model")
         if not cfg.distill.on_the_fly:  # every training shard labelled, by the current teacher
-            check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), *student_shards(cfg, index))
+            check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), *student_shards(cfg, index),
+                              views=view_spec(cfg.distill.views, cfg.data.augment, index.image_size))
+    return index
+
+
+FERPLUS_SOURCE = ("`resnet50_ferplus_dag.pth`, folder `fer+` of Albanie's PyTorch model zoo "
+                  "(https://www.robots.ox.ac.uk/~albanie/pytorch-models.html)")
+
+
+def check_weights(model: ModelConfig) -> None:
+    """model.weights: required where model.require_weights says so (the paper preset's FER+ backbone, docs/recipe.md
+    §1.1), and a local file when given."""
+    if model.require_weights and not model.weights:
+        source = FERPLUS_SOURCE if model.backbone == "resnet50_ferplus" else "a local state dict file"
+        raise ConfigError(f"config key 'model.weights': required (model.require_weights): {model.backbone} starts "
+                          f"from pretrained weights, {source}; pass model.weights=PATH, or "
+                          "model.require_weights=false to start from random weights")
+    if model.weights and not storage.is_file(model.weights):
+        raise FileNotFoundError(f"config key 'model.weights': {model.weights}: no such file")
 
 
 def student_shards(cfg: Config, index) -> tuple[dict[str, int], str, Optional[int]]:
@@ -76,12 +97,16 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    check_inputs(cfg)
+    index = check_inputs(cfg)
+    # the window (CNN-RNN) stream is never down-sampled; an index without per-frame statistics fails here
+    downsample = None if cfg.model.temporal else downsample_counts(index, cfg)
     folder = training_dir(cfg)
     done = finished_training(cfg)
     if done is not None:
         log.info("%s: already trained for %d epochs, not retrained", folder, cfg.train.epochs)
         return done
+    if downsample:
+        print(f"[{cfg.train.role}] {format_counts(downsample)}", flush=True)
     if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
         check_resumable(cfg, folder)
     storage.makedirs(folder)

@@ -7,24 +7,32 @@ import pytest
 
 from mtl import storage
 from mtl.data.index import load_index
-from mtl.data.soft_join import MANIFEST, SoftLabels, check_soft_labels, soft_label_path
+from mtl.config import AugmentConfig, ConfigError
+from mtl.data.augment import BatchDraws
+from mtl.data.soft_join import MANIFEST, SoftLabels, check_soft_labels, replay_views, soft_label_path, view_spec
 from mtl.labels import DataError
 from mtl.stages.soft_labels import write_npz_atomic
 
 
-def label_everything(folder: Path, index, teacher: Path, keys_per_shard: dict) -> dict:
-    """Soft-label files and a manifest as the soft-labels stage writes them (random values)."""
+def label_everything(folder: Path, index, teacher: Path, keys_per_shard: dict, views: dict | None = None) -> dict:
+    """Soft-label files and a manifest as the soft-labels stage writes them (random values); `views`: a
+    `view_spec` of K-view labels."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     shards = {}
+    k = (views or {}).get("views")
     for info in index.shards["train"]:
         keys = keys_per_shard.get(info.name, [f"k{i}" for i in range(info.samples)])
         n = len(keys)
+        rows = (n, k) if k else (n,)
+        extra = {"offsets": rng.integers(0, 4, (*rows, 2)).astype(np.int32), "flip": rng.random(rows) < 0.5,
+                 "jitter": rng.random((*rows, 3)).astype(np.float32)} if k else {}
         write_npz_atomic(soft_label_path(folder, info.name), keys=np.array(keys, dtype=str),
-                         au=rng.random((n, 8)).astype(np.float16), expr=rng.random((n, 7)).astype(np.float16),
-                         va=rng.random((n, 40)).astype(np.float16))
+                         au=rng.random((*rows, 8)).astype(np.float16), expr=rng.random((*rows, 7)).astype(np.float16),
+                         va=rng.random((*rows, 40)).astype(np.float16), **extra)
         shards[info.name] = n
-    manifest = {"teacher": str(teacher), "teacher_sha256": storage.sha256(teacher), "shards": shards}
+    manifest = {"teacher": str(teacher), "teacher_sha256": storage.sha256(teacher), **(views or {}),
+                "shards": shards}
     storage.write_json(folder / MANIFEST, manifest)
     return manifest
 
@@ -80,3 +88,56 @@ def test_missing_or_partial_shards_are_refused_by_name(tmp_path, imbalanced_shar
 def test_no_manifest_says_how_to_make_one(tmp_path, imbalanced_shards):
     with pytest.raises(DataError, match=r"no soft labels \(run `mtl soft-labels`\)"):
         check_soft_labels(tmp_path / "nothing", tmp_path / "best.pt", train_shards(load_index(imbalanced_shards)))
+
+
+def test_views_must_match_what_the_student_asks(tmp_path, imbalanced_shards):
+    index = load_index(imbalanced_shards)
+    teacher = tmp_path / "best.pt"
+    teacher.write_bytes(b"teacher")
+    augment = AugmentConfig(crop_scale=1.2, flip=0.5, jitter=0.3)
+    label_everything(tmp_path / "soft", index, teacher, {}, view_spec(4, augment, index.image_size))
+    check_soft_labels(tmp_path / "soft", teacher, train_shards(index), views=view_spec(4, augment, index.image_size))
+    refused = {  # views the student asks -> what the one-line error says
+        0: r"soft labels with 4 augmentation views per sample, but this student asks distill.views=0",
+        2: r"soft labels with 4 augmentation views per sample, but this student asks distill.views=2"}
+    for k, message in refused.items():
+        with pytest.raises(DataError, match=message):
+            check_soft_labels(tmp_path / "soft", teacher, train_shards(index),
+                              views=view_spec(k, augment, index.image_size))
+    other = AugmentConfig(crop_scale=1.2, flip=0.5, jitter=0.0)
+    for spec in (view_spec(4, other, index.image_size), view_spec(4, augment, 2 * index.image_size)):
+        with pytest.raises(DataError, match=r"soft-label views drawn with data.augment .* but this student trains "
+                                            r"with .*re-run `mtl soft-labels`") as caught:
+            check_soft_labels(tmp_path / "soft", teacher, train_shards(index), views=spec)
+        assert "\n" not in str(caught.value)
+    label_everything(tmp_path / "centre", index, teacher, {})  # centre-view labels: a student asking views is refused
+    with pytest.raises(DataError, match=r"with 0 augmentation views per sample, but this student asks distill.views=4"):
+        check_soft_labels(tmp_path / "centre", teacher, train_shards(index), views=view_spec(4, augment, index.image_size))
+
+
+def test_a_temporal_student_asking_views_is_a_config_error(tmp_path, imbalanced_shards):
+    index = load_index(imbalanced_shards)
+    with pytest.raises(ConfigError, match=r"^config key 'distill.views': 3 stored views are per frame, but this "
+                                          r"student is temporal \(CNN-RNN windows are out of scope\)"):
+        check_soft_labels(tmp_path / "soft", tmp_path / "best.pt", train_shards(index), unit="window", seq_len=4,
+                          views=view_spec(3, AugmentConfig(), index.image_size))
+
+
+def test_replay_takes_a_stored_view_per_sample_and_leaves_the_others_drawn(tmp_path):
+    k = 5
+    outputs = [np.arange(k * w, dtype=np.float32).reshape(k, w) for w in (8, 7, 40)]
+    offsets = np.stack([np.arange(k), 10 + np.arange(k)], axis=1)
+    record = (*outputs, offsets, np.arange(k) % 2 == 1, np.tile(np.arange(k, dtype=np.float32)[:, None], 3))
+    items = [(f"k{i}", b"", {"soft": record}) for i in range(40)] + [("none", b"", {"soft": None})]
+    draws = BatchDraws(np.full((41, 2), -7), np.zeros(41, bool), np.full((41, 3), 9, np.float32))
+    rng = np.random.default_rng(0)
+    replayed, used, views = replay_views(items, draws, rng)
+    assert views[-1] == -1 and replayed[-1] is items[-1] and used.offsets[-1].tolist() == [-7, -7]
+    assert set(views[:-1].tolist()) == set(range(k))  # every view gets picked among 40 samples
+    for (_, _, labels), view, offset, flip, jitter in zip(replayed[:-1], views, used.offsets, used.flip, used.jitter):
+        assert offset.tolist() == [view, 10 + view] and flip == (view % 2 == 1) and jitter.tolist() == [view] * 3
+        assert [part.tolist() for part in labels["soft"]] == [part[view].tolist() for part in outputs]
+    assert items[0][2]["soft"] is record  # shared balancing copies are not modified
+    centre = [(f"k{i}", b"", {"soft": tuple(o[0] for o in outputs)}) for i in range(3)]
+    state = rng.bit_generator.state
+    assert replay_views(centre, draws, rng) == (centre, draws, None) and rng.bit_generator.state == state

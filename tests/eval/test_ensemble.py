@@ -116,7 +116,10 @@ def test_report_schema_and_tuning_never_sees_the_reported_half():
     labels = labelled()
     members = [member(labels, noise, seed) for seed, noise in enumerate((0.3, 0.5, 0.9))]
     first = ensemble_report(members, seed=0, select=True)
-    assert first["tuned_on_videos"] == first["reported_on_videos"] == 6
+    assert len(first["selected_on_videos"]) == len(first["reported_on_videos"]) == 6
+    assert not set(first["selected_on_videos"]) & set(first["reported_on_videos"])
+    assert first["preds"]["key"] == [k for k, r in zip(labels["key"], halve_videos(labels["key"], 0, task_strata(
+        members[0]))[1]) if r]  # the merged predictions of the reported half, for plots and paired intervals
     assert first["total"] == pytest.approx(first["au"] + first["expr"] + first["va"])
     assert len(first["thresholds"]) == 8 and first["members"][0] == 0
     assert first["details"]["samples"] == 6 * 30

@@ -49,10 +49,13 @@ def full_inputs() -> dict:
     preds = fake_preds()
     base = scored(preds)
     teacher = {**with_scores(base, 0.50, 0.40, 0.30), "history": history()}
-    students = [{**with_scores(base, 0.55, 0.35, 0.28), "name": "student 0", "history": history()},
+    paired = {"au": {"delta": 0.05, "interval": [0.01, 0.09], "outside_noise": True},
+              "expr": {"delta": -0.05, "interval": [-0.12, 0.02], "outside_noise": False}}
+    students = [{**with_scores(base, 0.55, 0.35, 0.28), "name": "student 0", "history": history(),
+                 "intervals": {"au": [0.5, 0.6], "total": [1.1, 1.25]}, "vs_teacher": paired},
                 {**with_scores(base, 0.45, 0.45, 0.25), "name": "student 1", "history": history(2)}]
     ensemble = {**with_scores(base, 0.60, 0.42, 0.30), "members": [0, 1], "thresholds": np.linspace(0.2, 0.6, 8),
-                "tuned_on_videos": 2, "reported_on_videos": 2, "preds": preds}
+                "selected_on_videos": ["v0", "v2"], "reported_on_videos": ["v1", "v3"], "preds": preds}
     timings = {"prepare": 1.5, "teacher": np.float32(30.25), "students": 60.0, "ensemble": 2.0}
     return {"teacher": teacher, "students": students, "ensemble": ensemble, "timings": timings,
             "config": {"run": {"dir": Path("/tmp/run")}, "train": {"lr": 3e-4, "epochs": 3}}}
@@ -71,8 +74,8 @@ def sparse(tmp_path_factory) -> tuple[Path, dict]:
     preds = fake_preds(va_missing=True)
     base = scored(preds)
     teacher = with_scores(base, 0.5, 0.4, float("nan"))
-    ensemble = {**with_scores(base, 0.45, 0.3, base["va"]), "members": [], "thresholds": [0.5] * 8, "tuned_on_videos": 2, "reported_on_videos": 2,
-                "preds": preds}
+    ensemble = {**with_scores(base, 0.45, 0.3, base["va"]), "members": [], "thresholds": [0.5] * 8,
+                "selected_on_videos": ["v0", "v2"], "reported_on_videos": ["v1", "v3"], "preds": preds}
     run = tmp_path_factory.mktemp("sparse")
     return run, write_report(run, teacher, [], ensemble, {}, {})
 
@@ -116,10 +119,13 @@ def test_report_markdown_and_plots(full):
     run, _ = full
     md = (run / "report.md").read_text()
     assert "| teacher | 0.5000 | 0.4000 | **0.3000** | 1.2000 |" in md
-    assert "| student 0 | 0.5500 | 0.3500 | 0.2800 | 1.1800 |" in md
+    assert "| student 0 | 0.5500 [0.500, 0.600] | 0.3500 | 0.2800 | 1.1800 [1.100, 1.250] |" in md
     assert "| student 1 | 0.4500 | **0.4500** | 0.2500 | 1.1500 |" in md
     assert "| ensemble | **0.6000** | 0.4200 | **0.3000** | **1.3200** |" in md
-    assert "- student 0: AU\n" in md and "- student 1: EXPR\n" in md
+    assert ("- student 0: above the teacher on AU; student − teacher: AU +0.050 [0.010, 0.090] outside the noise, "
+            "EXPR -0.050 [-0.120, 0.020]\n") in md
+    assert "- student 1: above the teacher on EXPR\n" in md and "inside the noise of this many videos" in md
+    assert "Reporting videos: v1, v3" in md and "Selection videos: v0, v2" in md
     assert "Members: student 0, student 1" in md and "AU12 0.4286" in md
     assert "not used to tune" in md and "| teacher | 30.2 |" in md
     for name in PLOTS:

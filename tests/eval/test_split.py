@@ -16,7 +16,8 @@ def test_the_halves_are_disjoint_videos_each_carrying_every_task_and_match_the_e
         assert (preds["au_true"][mask] != -1).all(axis=1).any()
         assert (preds["expr_true"][mask] != -1).any()
     ensemble = ensemble_report([preds], seed=5)
-    assert ensemble["tuned_on_videos"] == len(video_names(preds, selection))
+    assert ensemble["selected_on_videos"] == video_names(preds, selection)
+    assert ensemble["reported_on_videos"] == video_names(preds, report)
     chosen = selection_half(preds, seed=5)
     assert chosen["key"] == [k for k, s in zip(preds["key"], selection) if s]
     assert np.array_equal(chosen["au_prob"], preds["au_prob"][selection])

@@ -110,12 +110,12 @@ def test_backbone_state_dict_forms(teacher, tmp_path, form, caplog):
         assert torch.equal(teacher.backbone(x), student.backbone(x))
 
 
-def test_partial_state_dict_logs_missing_keys(teacher, tmp_path, caplog):
+def test_a_partial_state_dict_is_an_error_naming_the_missing_keys(teacher, tmp_path):
     state = {k: v for k, v in teacher.backbone.state_dict().items() if not k.startswith("layer4.")}
     torch.save(state, tmp_path / "partial.pth")
-    with caplog.at_level(logging.INFO, logger="mtl.models.multitask"):
+    with pytest.raises(ValueError, match=r"partial\.pth: keys do not match backbone 'test_resnet': 15 missing "
+                                         r"\['backbone\.layer4\.0\.bn1\.bias'"):
         MultitaskNet("test_resnet", weights=tmp_path / "partial.pth", image_size=SIZE)
-    assert "stay as initialised" in caplog.text and "backbone.layer4.0.conv1.weight" in caplog.text
 
 
 def test_bad_weights_files_raise_naming_the_file(teacher, tmp_path):

@@ -3,6 +3,8 @@ and a re-run that resumes instead of retraining."""
 
 import json
 
+import pytest
+
 from mtl.config import load_config
 from mtl.stages.pipeline import run_pipeline
 from mtl.train.driver import train
@@ -26,8 +28,20 @@ def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(t
                                                                           "ensemble"}
     for entry in (on_disk["teacher"], *on_disk["students"], on_disk["ensemble"]):
         assert {"au", "expr", "va", "total"} <= set(entry)
+        selected, reported = entry["selected_on_videos"], entry["reported_on_videos"]
+        assert selected and reported and not set(selected) & set(reported)  # disjoint video names
+        assert (selected, reported) == (on_disk["teacher"]["selected_on_videos"],
+                                        on_disk["teacher"]["reported_on_videos"])  # one cut for every model
+        for key in ("au", "total"):
+            low, high = entry["intervals"][key]
+            assert low <= entry[key] <= high or entry[key] is None
+    for entry in (*on_disk["students"], on_disk["ensemble"]):  # paired with the teacher on the same replicates
+        difference = entry["vs_teacher"]["total"]
+        assert difference["delta"] == pytest.approx(entry["total"] - on_disk["teacher"]["total"])
+        assert difference["interval"][0] <= difference["interval"][1]
+    assert "student − teacher: AU" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "ensemble" / "ensemble.pt2").is_file() and (tmp_path / "report.md").is_file()
-    assert (tmp_path / "plots" / "scores.png").is_file()
+    assert (tmp_path / "plots" / "scores.png").is_file() and (tmp_path / "plots" / "va_scatter.png").is_file()
     histories = [json.loads((tmp_path / f"students/student_{i}/history.json").read_text()) for i in range(2)]
     assert histories[0]["history"][0]["train_loss"] != histories[1]["history"][0]["train_loss"]  # own seeds
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("students/student_*/best.pt")}

@@ -38,6 +38,9 @@ def test_soft_labels_hold_the_teachers_outputs_for_every_training_sample(teacher
         with np.load(soft_label_path(run / "soft_labels", url)) as data:
             rows.update({k: (data["au"][i], data["expr"][i]) for i, k in enumerate(data["keys"].tolist())})
     assert len(rows) == index.stats["train"].samples
+    with np.load(soft_label_path(run / "soft_labels", index.shard_urls("train")[0])) as data:  # the centre view's format
+        assert sorted(data.files) == ["au", "expr", "keys", "va"] and data["va"].shape[1:] == (40,)
+    assert not {"views", "augment", "stored_size"} & set(manifest)
     state = read_model_file(best)
     model = create_model(load_config("demo", TINY).model, 16)
     model.load_state_dict(state["model"])
@@ -91,3 +94,170 @@ def test_a_student_trains_from_soft_labels_or_the_teacher_on_the_fly(teacher, im
     outcome = train(cfg)
     assert Path(outcome["best"]).parent.name == "student"
     assert np.isfinite(outcome["history"][0]["train_loss"]) and "val_total" in outcome["metrics"]
+
+
+# K stored augmentation views per sample (distill.views, docs/recipe.md §3.1)
+
+VIEWS, SEED = 3, 7
+AUGMENT = dict(crop_scale=1.2, flip=0.5, jitter=0.3)  # 20 px faces: 17 px windows, resized to the teacher's 16
+
+
+def shard_images(url: str) -> dict:
+    """{key: uint8 [R, R, 3]} of a shard, read with tarfile and PIL (not the stream's reader or decoder)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(url) as tar:
+        return {member.name.removesuffix(".jpg"): np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read()))
+                                                             .convert("RGB"))
+                for member in tar.getmembers() if member.name.endswith(".jpg")}
+
+
+def stored_views(folder: Path, index) -> dict:
+    table = {}
+    for url in index.shard_urls("train"):
+        with np.load(soft_label_path(folder, url)) as data:
+            table.update({k: {name: data[name][i] for name in data.files if name != "keys"}
+                          for i, k in enumerate(data["keys"].tolist())})
+    return table
+
+
+@pytest.fixture(scope="module")
+def views_folder(tmp_path_factory, imbalanced_shards, ray_session):
+    from mtl.config import AugmentConfig
+    from tests.conftest import write_tiny_model_file
+
+    root = tmp_path_factory.mktemp("views")
+    best = write_tiny_model_file(root, 16)
+    manifest = compute_soft_labels(best, imbalanced_shards, root / "soft", progress=False, views=VIEWS,
+                                   augment=AugmentConfig(**AUGMENT), seed=SEED)
+    return best, root / "soft", manifest
+
+
+def test_stored_views_hold_the_teachers_outputs_on_each_views_exact_input(views_folder, imbalanced_shards):
+    from mtl.checkpoint import load_model
+    from mtl.data.augment import to_model_input
+
+    best, folder, manifest = views_folder
+    index = load_index(imbalanced_shards)
+    assert manifest["views"] == VIEWS and manifest["augment"] == AUGMENT and manifest["stored_size"] == 20
+    table = stored_views(folder, index)
+    assert len(table) == index.stats["train"].samples
+    model, _ = load_model(best)
+    url = index.shard_urls("train")[1]
+    for key, image in shard_images(url).items():
+        row = table[key]
+        assert row["au"].shape == (VIEWS, 8) and row["va"].dtype == np.float16 and row["offsets"].shape == (VIEWS, 2)
+        assert len({tuple(o) for o in row["offsets"].tolist()}) > 1 or len(set(row["flip"].tolist())) > 1
+        windows = []
+        for (top, left), flip in zip(row["offsets"].tolist(), row["flip"].tolist()):
+            window = image[top:top + 17, left:left + 17]
+            windows.append(window[:, ::-1] if flip else window)  # the flip, applied here before resize
+        with torch.no_grad():
+            out = model(to_model_input(torch.from_numpy(np.ascontiguousarray(np.stack(windows))), 16,
+                                       jitter=torch.from_numpy(row["jitter"])))
+        assert np.allclose(row["au"], torch.sigmoid(out["au"]).numpy(), atol=2e-3)  # float16 storage
+        assert np.allclose(row["va"], out["va"].numpy(), atol=1e-2, rtol=2e-3)
+        assert float((out["va"][0] - out["va"][1:]).abs().max()) > 0.02  # the views differ, beyond the tolerance
+
+
+def test_views_are_the_same_on_every_run_whatever_the_shard(views_folder, imbalanced_shards, tmp_path):
+    import zlib
+
+    from mtl.config import AugmentConfig
+    from mtl.data.augment import draw_batch
+    from mtl.stages.soft_labels import label_shard
+
+    best, folder, _ = views_folder
+    index = load_index(imbalanced_shards)
+    compute_soft_labels(best, imbalanced_shards, tmp_path / "again", progress=False, views=VIEWS,
+                        augment=AugmentConfig(**AUGMENT), seed=SEED)
+    for url in index.shard_urls("train"):  # a second run of the stage (other Ray scheduling): the same files
+        with np.load(soft_label_path(folder, url)) as first, np.load(soft_label_path(tmp_path / "again", url)) as again:
+            assert sorted(first.files) == sorted(again.files) == ["au", "expr", "flip", "jitter", "keys", "offsets", "va"]
+            assert all(np.array_equal(first[name], again[name]) for name in first.files)
+    manifest = compute_soft_labels(best, imbalanced_shards, tmp_path / "again", progress=False, views=2,
+                                   augment=AugmentConfig(**AUGMENT), seed=SEED)  # another K: every shard redone
+    assert manifest["views"] == 2 and len(manifest["shards"]) == len(index.shard_urls("train"))
+    for url in index.shard_urls("train"):
+        with np.load(soft_label_path(tmp_path / "again", url)) as data:
+            assert data["au"].shape[1:] == (2, 8) and data["jitter"].shape[1:] == (2, 3)
+    url = index.shard_urls("train")[2]
+    views = {"views": VIEWS, "augment": AUGMENT, "seed": SEED}
+    label_shard(str(best), url, str(tmp_path / "alone.npz"), 20, batch_size=5, views=views)  # in-process, other chunks
+    with np.load(soft_label_path(folder, url)) as first, np.load(tmp_path / "alone.npz") as alone:
+        assert all(np.array_equal(first[name], alone[name]) for name in ("keys", "offsets", "flip", "jitter"))
+        assert np.allclose(first["va"], alone["va"], atol=1e-3)  # float16 rounding of other batch sizes, no more
+        for i, key in enumerate(first["keys"].tolist()):  # seeded by (train.seed, CRC-32 of the key), nothing else
+            drawn = draw_batch(np.random.default_rng([SEED, zlib.crc32(key.encode())]), VIEWS, 20,
+                               AugmentConfig(**AUGMENT))
+            assert np.array_equal(first["offsets"][i], drawn.offsets) and np.array_equal(first["jitter"][i], drawn.jitter)
+    label_shard(str(best), url, str(tmp_path / "other.npz"), 20, views={**views, "seed": SEED + 1})
+    with np.load(soft_label_path(folder, url)) as first, np.load(tmp_path / "other.npz") as other:
+        assert not np.array_equal(first["jitter"], other["jitter"])
+
+
+@pytest.mark.parametrize("mode", ["mixed", "per_task"])
+def test_the_stream_replays_a_stored_view_with_its_pixels_draws_and_outputs(views_folder, imbalanced_shards, mode):
+    _, folder, _ = views_folder
+    index = load_index(imbalanced_shards)
+    table = stored_views(folder, index)
+    images = {k: v for url in index.shard_urls("train") for k, v in shard_images(url).items()}
+    cfg = stream_config(batch_size=24, augment=AUGMENT, batch_mode=mode, shuffle_buffer=50, seed=3)
+    first = next(iter(TrainStream(index, cfg, soft_labels=str(folder))))
+    picked = []
+    for batch in (first.values() if mode == "per_task" else [first]):
+        batch = as_tensors(batch)
+        assert bool(batch["soft_mask"].all())
+        for i, key in enumerate(batch["key"]):
+            view = int(batch["soft_view"][i])
+            row, picked = table[key], picked + [view]
+            top, left = row["offsets"][view].tolist()
+            assert np.array_equal(batch["image"][i].numpy(), images[key][top:top + 17, left:left + 17])
+            assert bool(batch["flip"][i]) == bool(row["flip"][view])
+            assert np.array_equal(batch["jitter"][i].numpy(), row["jitter"][view])
+            for name in ("au", "expr", "va"):
+                assert np.array_equal(batch[f"soft_{name}"][i].numpy(), row[name][view].astype(np.float32))
+    assert set(picked) == set(range(VIEWS))  # a view drawn per sample, not always the first
+
+
+def test_a_temporal_teacher_with_views_is_refused_before_any_ray_task(tmp_path, imbalanced_shards):
+    from mtl.config import ConfigError, config_dict, validate
+
+    cfg = validate({"model": {"backbone": "test_resnet", "temporal": True, "seq_len": 4}})
+    torch.save({"model": {}, "config": config_dict(cfg), "epoch": 0}, tmp_path / "best.pt")
+    (tmp_path / "soft").mkdir()
+    (tmp_path / "soft" / "kept.npz").write_bytes(b"an earlier file")
+    with pytest.raises(ConfigError, match=r"^config key 'distill.views': 2 stored views are per frame, but the "
+                                          r"teacher .*best\.pt is temporal \(CNN-RNN windows are out of scope\)"):
+        compute_soft_labels(tmp_path / "best.pt", imbalanced_shards, tmp_path / "soft", progress=False, views=2)
+    assert [p.name for p in (tmp_path / "soft").iterdir()] == ["kept.npz"]  # nothing written, nothing wiped
+
+
+def test_the_stages_digest_follows_the_views_and_what_they_are_drawn_with():
+    from mtl.config import Config, updated
+    from mtl.stages.soft_labels import SoftLabelsStage
+
+    sections = SoftLabelsStage().config_sections
+    centre, views = Config(), updated(Config(), {"distill.views": 4})
+    assert sections(centre) != sections(views)
+    assert sections(updated(centre, {"data.augment.flip": 0.0, "train.seed": 5})) == sections(centre)  # unused at K=0
+    for change in ({"data.augment.flip": 0.0}, {"train.seed": 5}):
+        assert sections(updated(views, change)) != sections(views)
+
+
+def test_a_student_trains_from_stored_views_and_refuses_another_k(teacher, imbalanced_shards, ray_session):
+    from mtl.labels import DataError
+
+    run, best = teacher
+    cfg = load_config("demo", (f"run.dir={run}", f"data.shards={imbalanced_shards}", "train.epochs=1", *TINY,
+                               "train.role=student", "train.name=student_views", "distill.views=2",
+                               f"distill.soft_labels={run / 'soft_views'}"))
+    compute_soft_labels(best, imbalanced_shards, run / "soft_views", progress=False, views=2,
+                        augment=cfg.data.augment, seed=cfg.train.seed)
+    outcome = train(cfg)
+    assert np.isfinite(outcome["history"][0]["train_loss"]) and "val_total" in outcome["metrics"]
+    with pytest.raises(DataError, match="with 2 augmentation views per sample, but this student asks distill.views=3"):
+        train(cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"views": 3})}))

@@ -171,7 +171,7 @@ MARGINS = {"au": 0.10, "expr": 0.03, "va": 0.15}
 
 
 def test_a_short_teacher_run_on_synthetic_data_beats_chance_on_every_task(tmp_path, synthetic_shards):
-    from mtl.eval.evaluate import chance_scores
+    from mtl.eval.chance import chance_scores
     from mtl.data.index import load_index
 
     cfg = load_config("demo", (f"run.dir={tmp_path}", f"data.shards={synthetic_shards}", "train.workers=0",
