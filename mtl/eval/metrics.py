@@ -116,6 +116,63 @@ def _check_values(values: np.ndarray, allowed: tuple[int, ...], name: str) -> No
 
 
 
+# ABAW3 and later (docs/recipe.md §7.3): 12 AUs (AU1 AU2 AU4 AU6 AU7 AU10 AU12 AU15 AU23 AU24 AU25 AU26), 8 expressions
+# (the 7 of ABAW 2020 and Other); missing labels -1 (AU, per AU), -1 (EXPR), -5 (VA)
+ABAW3_NUM_AU, ABAW3_NUM_EXPR = 12, 8
+
+
+def masked_au_f1(y_true: ArrayLike, y_pred: ArrayLike, num_au: int = ABAW3_NUM_AU) -> dict:
+    """Binary AUs with a per-AU mask: AU j's F1 over the rows where its label is not -1 (a row may carry some AUs
+    and not others), {"f1": mean over the AUs with a labelled row (NaN without any), "f1_per_au": [num_au], NaN
+    for an AU never labelled}."""
+    true, pred = _pair(y_true, y_pred, (num_au,))
+    _check_values(true, (INVALID_AU, 0, 1), "y_true")
+    _check_values(pred, (0, 1), "y_pred")
+    per_au = []
+    for tj, pj in zip(true.T, pred.T):
+        keep = tj != INVALID_AU
+        t, p = tj[keep] == 1, pj[keep] == 1
+        per_au.append(_f1(int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())) if keep.any() else np.nan)
+    labelled = [f for f in per_au if not np.isnan(f)]
+    return {"f1": float(np.mean(labelled)) if labelled else np.nan, "f1_per_au": per_au}
+
+
+def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int = ABAW3_NUM_EXPR) -> dict:
+    """Expression classes 0..num_classes-1, rows with -1 dropped: {"f1": macro F1 over the classes present in truth
+    or prediction (scikit-learn's default, the official evaluation's), "f1_per_class": [num_classes], NaN for a
+    class in neither}."""
+    true, pred = _pair(y_true, y_pred, ())
+    keep = true != INVALID_EXPR
+    true, pred = true[keep], pred[keep]
+    vocabulary = tuple(range(num_classes))
+    _check_values(true, vocabulary, "y_true")
+    _check_values(pred, vocabulary, "y_pred")
+    per_class = []
+    for c in vocabulary:
+        tp, fp, fn = int(((true == c) & (pred == c)).sum()), int(((true != c) & (pred == c)).sum()), \
+            int(((true == c) & (pred != c)).sum())
+        per_class.append(_f1(tp, fp, fn) if tp + fp + fn else np.nan)
+    present = [f for f in per_class if not np.isnan(f)]
+    return {"f1": float(np.mean(present)) if present else np.nan, "f1_per_class": per_class}
+
+
+def mean_ccc(y_true: ArrayLike, y_pred: ArrayLike) -> dict:
+    """Valence-arousal, rows with -5 or NaN dropped: {"ccc_valence", "ccc_arousal", "ccc": their mean}."""
+    va = va_metric(y_true, y_pred)
+    return {"ccc_valence": va["ccc_valence"], "ccc_arousal": va["ccc_arousal"], "ccc": va["score"]}
+
+
+def abaw3_mtl_metric(au_true: ArrayLike, au_pred: ArrayLike, expr_true: ArrayLike, expr_pred: ArrayLike,
+                     va_true: ArrayLike, va_pred: ArrayLike) -> dict:
+    """P_MTL of the ABAW3+ multi-task challenge: mean F1 over the 12 AUs (binary predictions, i.e. thresholded at
+    0.5 by the caller) + macro F1 over the 8 expressions + mean of the valence and arousal CCCs, each task on its
+    own labelled rows (`masked_au_f1`, `macro_f1`, `mean_ccc`): {"au_f1", "expr_f1", "va_ccc", "total"}; a task
+    without a labelled row is NaN and adds 0 to the total."""
+    scores = {"au_f1": masked_au_f1(au_true, au_pred)["f1"], "expr_f1": macro_f1(expr_true, expr_pred)["f1"],
+              "va_ccc": mean_ccc(va_true, va_pred)["ccc"]}
+    return {**scores, "total": float(np.nansum(list(scores.values())))}
+
+
 VA_SELECTION_TERMS = {  # what VA adds to the selection total, from va_metric's result
     "reference": lambda va: va["ccc_valence"] + va["ccc_arousal"],  # the paper's train.py: + CCC_V + CCC_A
     "report": lambda va: va["score"],  # the report's total: + mean CCC
