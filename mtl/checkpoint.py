@@ -31,7 +31,11 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 def load_model(location: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
     """(model in eval mode on `device`, its training config) from a model file."""
-    state = read_model_file(location)
+    return model_from_state(read_model_file(location), device)
+
+
+def model_from_state(state: dict, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
+    """(model in eval mode on `device`, its config) from a model file's {"model": state dict, "config": ...}."""
     cfg = validate(state["config"])
     model = build_model(cfg)
     model.load_state_dict(state["model"])

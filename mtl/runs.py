@@ -4,7 +4,8 @@ may be resumed or counts as finished.
     RUN/teacher/            best.pt, history.json, config.json, ray/ (Ray Train storage)
     RUN/soft_labels/        <shard>.npz per training shard + manifest.json
     RUN/students/student_i/ as the teacher
-    RUN/ensemble/           ensemble.pt2 (torch.export; mtl.serve.export), ensemble.json
+    RUN/ensemble/           ensemble.pt2 (torch.export; mtl.serve.export) or, for temporal members,
+                            ensemble_temporal.pt (mtl.serve.temporal); ensemble.json
     RUN/tune/<search>/      a search's trials, results.csv, best.yaml
     RUN/report.json         report.md, plots/
     RUN/<stage>/stage.json  a pipeline stage's digest and result (mtl.stages.base: the one "done" rule)

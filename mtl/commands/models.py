@@ -14,7 +14,8 @@ FORMAT_CHOICE = click.Choice(["torch-export", "onnx"])
 
 @click.command()
 @click.option("--model", "model_path", required=True,
-              help="A best.pt (one model) or an exported .pt2 (a model or an ensemble, e.g. RUN/ensemble/ensemble.pt2).")
+              help="A best.pt (one model) or an exported .pt2 (a model or an ensemble, e.g. "
+                   "RUN/ensemble/ensemble.pt2); frame models only.")
 @click.option("--format", "fmt", required=True, type=FORMAT_CHOICE,
               help="torch-export: a torch.export program (.pt2); onnx: an ONNX model for onnxruntime (.onnx).")
 @click.option("--out", required=True, help="File to write (a local path or a storage URI).")
@@ -45,7 +46,8 @@ def export(model_path: str, fmt: str, out: str) -> None:
 @click.option("--split-seed", type=int, help="Seed of the validation halves [default: the first member's "
                                              "eval.split_seed, the cut its training selected on].")
 @click.option("--format", "fmt", default="torch-export", show_default=True, type=FORMAT_CHOICE)
-@click.option("--out", required=True, help="Folder to write ensemble.pt2 (or .onnx) and ensemble.json to.")
+@click.option("--out", required=True, help="Folder to write ensemble.pt2 (or .onnx; ensemble_temporal.pt for "
+                                           "temporal members) and ensemble.json to.")
 @click.option("--use-gpu", is_flag=True, help="Member predictions on GPUs (one per Ray task).")
 @address_option
 def ensemble(members: tuple, more_members: tuple, run_dir: Optional[str], teacher: Optional[str], shards: Optional[str],
@@ -72,7 +74,7 @@ def ensemble(members: tuple, more_members: tuple, run_dir: Optional[str], teache
                              "students": [{**s, "name": n} for s, n in zip(result.students, names)]}))
     click.echo(f"members {[names[i] for i in result.ensemble['members']]}; thresholds "
                f"{[round(t, 3) for t in result.ensemble['thresholds']]}")
-    click.echo(f"wrote {result.exported or '(no exported model: temporal members)'} and "
+    click.echo(f"wrote {result.exported} and "
                f"{out.rstrip('/')}/ensemble.json")
 
 

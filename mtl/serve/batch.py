@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 from mtl import storage
+from mtl.labels import DataError
 from mtl.progress import progress_bar
+from mtl.serve.export import is_temporal_file
 from mtl.serve.predict import find_videos, join_batches, load_predictor, predict_batch, write_predictions
 
 IN_FLIGHT = 2  # batches queued per actor
@@ -81,7 +83,8 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
                           progress: bool = True) -> dict:
     """`mtl.serve.predict.predict_folder` on Ray actors (`workers` of them, default `default_workers`; joins
     `address` or starts a local Ray); `device` None: cuda when the cluster has a GPU. Returns predict_folder's
-    summary plus "workers" and "device"."""
+    summary plus "workers" and "device". Frame models only: a temporal one is a DataError (its windows span a
+    video, while the actors take batches of frames)."""
     import ray
 
     from mtl.jobs.ray_session import ensure_ray
@@ -90,6 +93,9 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
     videos = find_videos(Path(folder))
     if not storage.is_file(model_path):  # a local path or a URI: its bytes travel through the object store
         raise FileNotFoundError(f"{model_path}: no such model file")
+    if is_temporal_file(model_path):
+        raise DataError(f"{model_path}: a temporal (CNN-RNN) model; Ray prediction (--address, --workers) takes "
+                        "frame models only: predict in this process (without --address and --workers)")
     batches = [(video, frames[start:start + batch_size]) for video, frames in videos.items()
                for start in range(0, len(frames), batch_size)]
     ensure_ray(address)

@@ -1,6 +1,7 @@
 """Model artefacts: a training checkpoint or an ensemble exported as a torch.export program (`.pt2`, the default
 the ensemble stage writes) or as ONNX (`.onnx`, run with onnxruntime), and the loaders `mtl predict` uses for
-these, for `best.pt` checkpoints and for the TorchScript `ensemble.pt` of earlier versions.
+these, for `best.pt` checkpoints, for the temporal ensemble file (`mtl.serve.temporal`: not exported, run as it
+is) and for the TorchScript `ensemble.pt` of earlier versions.
 
 The exported graph is `mtl.eval.ensemble.EnsembleModule.forward`: normalised float crops x [B, 3, S, S] (RGB on the
 0..255 scale minus `mean_rgb`, std 1: `mtl.data.augment.to_model_input`) -> (au_prob [B, 8], expr_prob [B, 7],
@@ -59,19 +60,60 @@ def metadata(module: EnsembleModule, kind: str) -> dict:
             "outputs": list(OUTPUT_NAMES), "torch": torch.__version__}
 
 
-def checkpoint_module(location: str | Path) -> EnsembleModule:
-    """A `best.pt` as a one-member `EnsembleModule` (thresholds 0.5, stored size 112, its config's image size and
-    crop scale), in eval mode on the CPU."""
-    from mtl.checkpoint import load_model
+MODEL_FILE_ERRORS = (KeyError, TypeError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
+NOT_EXPORTED = ("{}: a temporal (CNN-RNN) model: `mtl export` writes frame models only (a torch.export or ONNX "
+                "program of the GRUs over windows is out of scope); run it with `mtl predict --images`")
 
+
+def read_torch_state(location: str | Path, data: Optional[bytes] = None) -> dict:
+    """A torch.save file's content, loaded with weights_only=True; a DataError naming the file unless a dict."""
+    data = read_model_bytes(location) if data is None else data
     try:
-        net, cfg = load_model(location)
-    except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except MODEL_FILE_ERRORS as err:
         raise DataError(f"{location}: not a model file mtl can read ({type(err).__name__}: {err})") from None
-    if cfg.model.temporal:
-        raise DataError(f"{location}: a temporal (CNN-RNN) checkpoint; predict and export take frame models only")
+    if not isinstance(state, dict):
+        raise DataError(f"{location}: not a model file mtl can read (a torch file holding a {type(state).__name__})")
+    return state
+
+
+def torch_file_module(location: str | Path, data: Optional[bytes] = None, temporal: bool = True) -> nn.Module:
+    """A torch.save model file (read by content) in eval mode on the CPU: a frame `best.pt` as a one-member
+    `EnsembleModule` (thresholds 0.5, stored size 112, its config's image size and crop scale); a temporal
+    `best.pt` (alike) or ensemble_temporal.pt as a `mtl.serve.temporal.TemporalEnsemble`, refused with
+    `temporal=False`. Anything else is a DataError naming the file."""
+    from mtl.checkpoint import model_from_state
+    from mtl.serve.temporal import is_temporal_state, temporal_predictor
+
+    state = read_torch_state(location, data)
+    if is_temporal_state(state) and not temporal:
+        raise DataError(NOT_EXPORTED.format(location))
+    try:
+        if is_temporal_state(state):
+            return temporal_predictor(state, DEFAULT_STORED_SIZE)
+        net, cfg = model_from_state(state)
+    except MODEL_FILE_ERRORS as err:
+        raise DataError(f"{location}: not a model file mtl can read ({type(err).__name__}: {err})") from None
     return EnsembleModule([net], [0.5] * NUM_AU, cfg.data.image_size, DEFAULT_STORED_SIZE,
                           cfg.data.augment.crop_scale).eval()
+
+
+def checkpoint_module(location: str | Path) -> EnsembleModule:
+    """A frame `best.pt` as a one-member `EnsembleModule` (`torch_file_module`); a temporal file is a DataError."""
+    return torch_file_module(location, temporal=False)
+
+
+def is_temporal_file(location: str | Path) -> bool:
+    """Whether a model file is a temporal (CNN-RNN) `best.pt` or ensemble_temporal.pt (by content)."""
+    from mtl.serve.temporal import is_temporal_state
+
+    data = read_model_bytes(location)
+    if artefact_kind(data) != "checkpoint":
+        return False
+    try:
+        return is_temporal_state(read_torch_state(location, data))
+    except DataError:
+        return False  # the loader reports it
 
 
 def export_ensemble(models: Sequence[nn.Module], thresholds: Sequence[float] | np.ndarray, image_size: int,
@@ -210,11 +252,12 @@ def load_predictor_file(location: str | Path, device: torch.device) -> nn.Module
     """What `mtl predict` runs: a module on `device`, in eval mode, called on normalised crops [B, 3, S, S] and
     returning (au_prob, expr_prob, va), with `au_thresholds` [8], `image_size`, `stored_size`, `crop_scale` and
     `mean_rgb`. Reads `.pt2`, `.onnx`, TorchScript and `best.pt` files (by content); any other file is a
-    DataError naming it."""
+    DataError naming it. A temporal `best.pt` or ensemble_temporal.pt gives a `mtl.serve.temporal.TemporalEnsemble`
+    instead, called on windows [B, T, 3, S, S] and carrying `seq_len` too."""
     device = torch.device(device)
     data = read_model_bytes(location)
     if artefact_kind(data) == "checkpoint":
-        return checkpoint_module(location).to(device)
+        return torch_file_module(location, data).to(device)
     return predictor_from_bytes(data, str(location), device)
 
 

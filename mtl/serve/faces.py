@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mtl.data.augment import to_model_input, window_side
-from mtl.labels import AU_NAMES, EXPR_NAMES, VA_NAMES
+from mtl.labels import AU_NAMES, EXPR_NAMES, VA_NAMES, DataError
 from mtl.progress import progress_bar
 from mtl.serve.align import align
 from mtl.serve.detect import make_detector
@@ -79,8 +79,11 @@ def predict_media(model_path: str | Path, paths: list[str | Path], out_dir: str 
     "reports": [MediaReport], "csv"}."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     files = find_media(paths)
-    find_faces = make_detector(detector)
     model = load_predictor(model_path, device)
+    if getattr(model, "seq_len", None):
+        raise DataError(f"{model_path}: a temporal (CNN-RNN) model; --media takes frame models only (its crops "
+                        "come per detected face, not as a video's consecutive frames): use --images")
+    find_faces = make_detector(detector)
     out_dir = Path(out_dir)
     names = display_names(files)
     reports = [MediaReport(path, kind_of(path)) for path in files]

@@ -1,8 +1,12 @@
 """`mtl predict`: AU, EXPR and VA predictions for folders of face images, as ABAW-2020 prediction files.
 
 The model is an exported ensemble or model (`mtl.serve.export`: `.pt2`, `.onnx`, or an older TorchScript
-`ensemble.pt`) or one training checkpoint (`best.pt`, thresholds 0.5). Faces are preprocessed as in evaluation: RGB, resized to the stored size R square,
-the centre window of side R / crop_scale, resized to S and normalised (`mtl.data.augment.to_model_input`).
+`ensemble.pt`) or one training checkpoint (`best.pt`, thresholds 0.5). Faces are preprocessed as in evaluation: RGB,
+resized to the stored size R square, the centre window of side R / crop_scale, resized to S and normalised
+(`mtl.data.augment.to_model_input`). A temporal (CNN-RNN) model, a temporal `best.pt` or the ensemble stage's
+ensemble_temporal.pt (`mtl.serve.temporal`), reads each video as the evaluation does: unreadable frames filled from
+the previous readable one, windows of seq_len frames covering every frame once, each frame's prediction from its
+first occurrence (`mtl.serve.temporal.predict_video_windows`).
 
 Output in `out_dir`, per video: `AU/<video>.txt` (8 ints 0/1), `EXPR/<video>.txt` (one int), `VA/<video>.txt`
 (`valence,arousal`, 4 decimals), each a header line then one line per frame in frame order, no trailing newline
@@ -31,6 +35,7 @@ from tqdm import tqdm
 from mtl.data.augment import to_model_input, window_side
 from mtl import storage
 from mtl.serve.export import load_predictor_file
+from mtl.serve.temporal import predict_video_windows
 from mtl.labels import AU_NAMES, EXPR_NAMES, HEADERS, VA_NAMES
 from mtl.progress import progress_bar
 
@@ -106,7 +111,8 @@ def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], output
 def load_predictor(path: str | Path, device: torch.device) -> nn.Module:
     """The model `predict` runs, in eval mode on `device`: an exported ensemble or model (`.pt2`, `.onnx`, or the
     TorchScript `ensemble.pt` of earlier versions) or a `best.pt` checkpoint as a one-member ensemble (thresholds
-    0.5, stored size 112), recognised by content (`mtl.serve.export.load_predictor_file`)."""
+    0.5, stored size 112), or a temporal `best.pt` or ensemble_temporal.pt (a model with `seq_len`, run on
+    windows), recognised by content (`mtl.serve.export.load_predictor_file`)."""
     return load_predictor_file(path, device)
 
 
@@ -154,7 +160,12 @@ def read_window(source: Path | BinaryIO, stored_size: int, side: int) -> Optiona
 def predict_video(model: nn.Module, frames: list[Path], batch_size: int, device: torch.device,
                   bar: tqdm) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per frame AU probabilities [N, 8], EXPR probabilities [N, 7], VA [N, 2] (zeros where unreadable) and
-    the readable mask [N], predicted in consecutive batches of `batch_size` frames."""
+    the readable mask [N], predicted in consecutive batches of `batch_size` frames; a temporal model (one with
+    `seq_len`) in batches of windows of about `batch_size` frames (`predict_video_windows`)."""
+    if getattr(model, "seq_len", None):
+        side = window_side(model.stored_size, model.crop_scale)
+        return predict_video_windows(model, len(frames), lambda i: read_window(frames[i], model.stored_size, side),
+                                     batch_size, device, bar.update)
     parts = []
     for start in range(0, len(frames), batch_size):
         parts.append(predict_batch(model, frames[start:start + batch_size], device))

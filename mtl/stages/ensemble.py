@@ -1,15 +1,14 @@
 """The ensemble stage: the teacher, each student and the students' ensemble scored alike on the reporting half of
 the validation videos, the AU thresholds (ensemble.threshold_rule; and members, with students.select) chosen on
 the other half (the same `eval.split_seed` cut as the trainings'); the ensemble is exported as a torch.export
-program to RUN/ensemble/ensemble.pt2, and RUN/ensemble/ensemble.json records what it was built from
-(docs/recipe.md §5, `mtl.eval.ensemble`, `mtl.serve.export`). `mtl ensemble` runs `build_ensemble` on chosen
-member checkpoints.
+program to RUN/ensemble/ensemble.pt2 (temporal members: the plain torch file RUN/ensemble/ensemble_temporal.pt,
+`mtl.serve.temporal`), and RUN/ensemble/ensemble.json records what it was built from (docs/recipe.md §5,
+`mtl.eval.ensemble`, `mtl.serve.export`). `mtl ensemble` runs `build_ensemble` on chosen member checkpoints.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,6 +19,7 @@ from mtl.config import Config, ConfigError
 from mtl.labels import DataError, video_of
 from mtl.runs import stage_dir
 from mtl.serve.export import DEFAULT_FORMAT, FORMATS
+from mtl.serve.temporal import FILE_NAME as TEMPORAL_FILE  # ensemble_temporal.pt
 from mtl.stages.base import Stage, StageContext, StageResult, register_stage
 from mtl.stages.students import StudentsStage  # the stage before this one (registered first)
 from mtl.stages.teacher import TeacherStage
@@ -27,8 +27,6 @@ from mtl.stages.teacher import TeacherStage
 EXPORTED = "ensemble" + FORMATS[DEFAULT_FORMAT]  # ensemble.pt2
 RECORD = "ensemble.json"
 REPORT_PREDS = "report_preds.npz"
-
-log = logging.getLogger(__name__)
 
 
 def member_task_options(use_gpu: bool) -> dict:
@@ -52,7 +50,7 @@ class EnsembleResult(StageResult):
     teacher: dict  # scores (`ensemble_report` of one member), JSON types; {} without a teacher
     students: list[dict]
     ensemble: dict  # + "members", "thresholds"
-    exported: str  # "" when the members are temporal (CNN-RNN) models, which are not exported
+    exported: str  # ensemble.pt2 (or .onnx); ensemble_temporal.pt for temporal (CNN-RNN) members
     preds: str = ""  # the ensemble's predictions on the reporting half (.npz), for the report's plots
 
     def outputs(self) -> list[str]:
@@ -90,15 +88,15 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     preds_file = storage.join(out_dir, REPORT_PREDS)
     write_npz_atomic(preds_file, **{name: np.asarray(v) for name, v in ensemble["preds"].items()})
     single, ensemble = ([without_preds(e) for e in single], without_preds(ensemble))
-    location = storage.join(out_dir, "ensemble" + FORMATS[fmt])
     exported = export_members([student_bests[i] for i in ensemble["members"]], ensemble["thresholds"],
-                              location, shards, fmt)
+                              out_dir, shards, fmt)
     result = EnsembleResult(teacher=single[0] if teacher_best else {}, students=single[-len(student_bests):],
                             ensemble=ensemble, exported=exported, preds=preds_file)
     storage.write_json(storage.join(out_dir, RECORD), {
         "students": student_bests, "teacher": teacher_best, "shards": str(shards), "select": select,
         "threshold_rule": rule, "split_seed": seed, "members": [student_bests[i] for i in ensemble["members"]],
-        "exported": exported, "format": fmt if exported else None, "result": result.to_json()})
+        "exported": exported, "format": "torch" if exported.endswith(TEMPORAL_FILE) else fmt,
+        "result": result.to_json()})
     return result
 
 
@@ -115,24 +113,32 @@ def read_report_preds(location: str) -> Optional[dict]:
         return {name: data[name] for name in data.files}
 
 
-def export_members(checkpoints: list[str], thresholds: list[float], location: str, shards: str, fmt: str) -> str:
+def export_members(checkpoints: list[str], thresholds: list[float], out_dir: str, shards: str, fmt: str) -> str:
     """Export the models of `checkpoints` with `thresholds` at their (shared) image size and crop scale and the
-    shards' stored face size; returns `location`, or "" for temporal models (frame models only export)."""
-    from mtl.checkpoint import load_model
+    shards' stored face size to `out_dir`/ensemble<suffix of fmt>; temporal (CNN-RNN) members, which do not
+    export, are written to `out_dir`/ensemble_temporal.pt instead (`mtl.serve.temporal`). Returns the path."""
+    from mtl.checkpoint import model_from_state, read_model_file
+    from mtl.config import validate
     from mtl.data.index import load_index
     from mtl.serve.export import export_ensemble
+    from mtl.serve.temporal import write_temporal_ensemble
 
-    loaded = [load_model(path) for path in checkpoints]
-    if any(cfg.model.temporal for _, cfg in loaded):
-        log.warning("the ensemble's members are temporal (CNN-RNN) models: no exported artefact is written")
-        return ""
-    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale) for _, cfg in loaded}
+    states = [read_model_file(path) for path in checkpoints]
+    cfgs = [validate(state["config"]) for state in states]
+    if len({cfg.model.temporal for cfg in cfgs}) > 1:
+        raise ConfigError(f"the members {', '.join(checkpoints)} mix temporal (CNN-RNN) and frame models; an "
+                          "ensemble takes one kind")
+    stored_size = load_index(shards).image_size
+    if cfgs[0].model.temporal:
+        return write_temporal_ensemble(states, thresholds, storage.join(out_dir, TEMPORAL_FILE), stored_size)
+    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale) for cfg in cfgs}
     if len(inputs) > 1:
         raise ConfigError(f"the members {', '.join(checkpoints)} take different inputs (data.image_size, "
                           f"data.augment.crop_scale: {sorted(inputs)}); an ensemble needs one")
     (image_size, crop_scale), = inputs
-    export_ensemble([model for model, _ in loaded], thresholds, image_size, location,
-                    stored_size=load_index(shards).image_size, crop_scale=crop_scale, fmt=fmt)
+    location = storage.join(out_dir, "ensemble" + FORMATS[fmt])
+    export_ensemble([model_from_state(state)[0] for state in states], thresholds, image_size, location,
+                    stored_size=stored_size, crop_scale=crop_scale, fmt=fmt)
     return location
 
 

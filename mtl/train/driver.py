@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 
 from mtl import storage
-from mtl.checkpoint import save_model_file
-from mtl.config import Config, ConfigError, ModelConfig, config_dict
+from mtl.checkpoint import read_model_file, save_model_file
+from mtl.config import Config, ConfigError, ModelConfig, config_dict, validate
 from mtl.data.balance import BALANCERS
 from mtl.data.downsample import downsample_counts, format_counts
 from mtl.data.index import ShardIndex, load_index
@@ -51,10 +51,23 @@ def check_inputs(cfg: Config) -> ShardIndex:
     if cfg.train.role == "student":
         if not storage.is_file(teacher_path(cfg)) and cfg.distill.on_the_fly:
             raise FileNotFoundError(f"{teacher_path(cfg)}: a student needs the teacher's model")
-        if not cfg.distill.on_the_fly:  # every training shard labelled, by the current teacher
+        if cfg.distill.on_the_fly:
+            check_teacher_input(cfg)
+        else:  # every training shard labelled, by the current teacher
             check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), *student_shards(cfg, index),
                               views=view_spec(cfg.distill.views, cfg.data.augment, index.image_size))
     return index
+
+
+def check_teacher_input(cfg: Config) -> None:
+    """On the fly the teacher runs on the student's own input, frames [B, 3, S, S] or windows [B, T, 3, S, S]:
+    both must be frame models or both temporal (CNN-RNN) ones."""
+    teacher = validate(read_model_file(teacher_path(cfg))["config"]).model.temporal
+    if teacher != cfg.model.temporal:
+        kinds = {True: "a temporal (CNN-RNN) model", False: "a frame model"}
+        raise ConfigError(f"distill.on_the_fly: the teacher {teacher_path(cfg)} is {kinds[teacher]} but the student "
+                          f"(model.temporal={cfg.model.temporal}) is {kinds[cfg.model.temporal]}; the teacher runs "
+                          "on the student's inputs, so both must be of one kind")
 
 
 FERPLUS_SOURCE = ("`resnet50_ferplus_dag.pth`, folder `fer+` of Albanie's PyTorch model zoo "

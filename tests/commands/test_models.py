@@ -61,7 +61,7 @@ def test_ensemble_of_chosen_members_with_a_threshold_rule(run, imbalanced_shards
     meta = read_metadata(tmp_path / "out" / "ensemble.pt2")
     assert meta["members"] == 2 and meta["au_thresholds"] == pytest.approx(expected["thresholds"])
     assert (meta["image_size"], meta["stored_size"]) == (SIZE, 20)  # the members' input, the shards' faces
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ensemble.json", "ensemble.pt2"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ensemble.json", "ensemble.pt2", "report_preds.npz"]
 
 
 def test_ensemble_of_a_runs_students_with_selection(run, tmp_path, ray_session):
