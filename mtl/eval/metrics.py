@@ -46,14 +46,8 @@ def expr_metric(y_true: ArrayLike, y_pred: ArrayLike, classes: str = "present") 
     "acc", "score", "confusion": 7×7 (rows true, cols pred), "f1_classes": the variant}."""
     if classes not in EXPR_F1_CLASSES:
         raise ValueError(f"classes must be one of {EXPR_F1_CLASSES}, got {classes!r}")
-    true, pred = _pair(y_true, y_pred, ())
-    keep = true != INVALID_EXPR
-    true, pred = true[keep], pred[keep]
-    vocabulary = tuple(range(NUM_EXPR))
-    _check_values(true, vocabulary, "y_true")
-    _check_values(pred, vocabulary, "y_pred")
-    confusion = np.zeros((NUM_EXPR, NUM_EXPR), dtype=np.int64)
-    np.add.at(confusion, (true.astype(np.int64), pred.astype(np.int64)), 1)
+    true, pred = _labelled_classes(y_true, y_pred, NUM_EXPR)
+    confusion = _confusion(true, pred, NUM_EXPR)
     if len(true) == 0:
         return {"f1": np.nan, "acc": np.nan, "score": np.nan, "confusion": confusion.tolist(), "f1_classes": classes}
     tp = np.diag(confusion)
@@ -109,6 +103,23 @@ def _pair(y_true: ArrayLike, y_pred: ArrayLike, row: tuple[int, ...]) -> tuple[n
     return true, pred
 
 
+def _labelled_classes(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels 0..num_classes-1 of the rows whose truth is not -1, both checked against that vocabulary."""
+    true, pred = _pair(y_true, y_pred, ())
+    keep = true != INVALID_EXPR
+    true, pred = true[keep], pred[keep]
+    _check_values(true, tuple(range(num_classes)), "y_true")
+    _check_values(pred, tuple(range(num_classes)), "y_pred")
+    return true, pred
+
+
+def _confusion(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """num_classes × num_classes counts, rows true, columns predicted."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (true.astype(np.int64), pred.astype(np.int64)), 1)
+    return confusion
+
+
 def _check_values(values: np.ndarray, allowed: tuple[int, ...], name: str) -> None:
     bad = ~np.isin(values, allowed)
     if bad.any():
@@ -141,17 +152,10 @@ def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int = ABAW3_NUM_
     """Expression classes 0..num_classes-1, rows with -1 dropped: {"f1": macro F1 over the classes present in truth
     or prediction (scikit-learn's default, the official evaluation's), "f1_per_class": [num_classes], NaN for a
     class in neither}."""
-    true, pred = _pair(y_true, y_pred, ())
-    keep = true != INVALID_EXPR
-    true, pred = true[keep], pred[keep]
-    vocabulary = tuple(range(num_classes))
-    _check_values(true, vocabulary, "y_true")
-    _check_values(pred, vocabulary, "y_pred")
-    per_class = []
-    for c in vocabulary:
-        tp, fp, fn = int(((true == c) & (pred == c)).sum()), int(((true != c) & (pred == c)).sum()), \
-            int(((true == c) & (pred != c)).sum())
-        per_class.append(_f1(tp, fp, fn) if tp + fp + fn else np.nan)
+    confusion = _confusion(*_labelled_classes(y_true, y_pred, num_classes), num_classes)
+    tp = np.diag(confusion)
+    fp, fn = confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp
+    per_class = [_f1(int(a), int(b), int(c)) if a + b + c else np.nan for a, b, c in zip(tp, fp, fn)]
     present = [f for f in per_class if not np.isnan(f)]
     return {"f1": float(np.mean(present)) if present else np.nan, "f1_per_class": per_class}
 
