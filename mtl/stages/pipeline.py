@@ -77,7 +77,9 @@ def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
 def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:
     """All enabled stages for `cfg` (its train section configures the teacher), then the report; returns it."""
     from mtl.jobs.ray_session import ensure_ray
+    from mtl.train.driver import check_weights
 
+    check_weights(cfg.model)  # before Ray starts: the paper preset's FER+ weights (docs/recipe.md §1.1)
     ensure_ray(address)
     ctx = StageContext(cfg=cfg, address=address)
     timings = run_stages(enabled_stages(cfg), ctx)

@@ -147,3 +147,13 @@ def test_the_paper_preset_refuses_to_train_without_the_fer_weights(tmp_path):
     result = CliRunner().invoke(main, ["train", "--config", "paper", f"run.dir={tmp_path}",
                                        f"model.weights={tmp_path / 'absent.pth'}", f"data.shards={tmp_path}"])
     assert result.exit_code == 2 and f"{tmp_path / 'absent.pth'}: no such file" in result.output
+
+
+def test_the_pipeline_refuses_before_starting_ray(tmp_path):
+    import ray
+
+    was_up = ray.is_initialized()
+    result = CliRunner().invoke(main, ["pipeline", "--config", "paper", f"run.dir={tmp_path}",
+                                       f"data.shards={tmp_path}"])
+    assert result.exit_code == 2 and "config key 'model.weights': required" in result.output
+    assert ray.is_initialized() == was_up  # the check ran before any Ray start
