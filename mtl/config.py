@@ -7,7 +7,6 @@ and validates everything. Unknown keys and wrong types raise ConfigError naming 
 from __future__ import annotations
 
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mtl.labels import EXPR_NAMES
+from mtl.storage import scratch_root
 
 
 class ConfigError(ValueError):
@@ -211,7 +211,7 @@ class RuntimeConfig(_Section):
         return int(os.environ.get("MTL_DDP_TIMEOUT_S") or self.ddp_timeout_s)
 
     def scratch(self) -> str:
-        return os.environ.get("MTL_LOCAL_DIR") or self.local_dir or os.path.join(tempfile.gettempdir(), "mtl")
+        return scratch_root(os.environ.get("MTL_LOCAL_DIR") or self.local_dir)
 
 
 class Config(_Section):

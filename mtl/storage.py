@@ -6,10 +6,9 @@ that pyarrow understands (`s3://bucket/key`, `gs://bucket/key`, `file:///abs/pat
 (through webdataset's `gopen`), not writable.
 
 Writes are atomic: a local file is written beside its target and renamed over it; an object-store PUT is atomic
-by itself (the object appears only when its upload completes), so objects are written in place. Credentials and
-endpoints come from the usual environment (AWS_* incl. AWS_ENDPOINT_URL, GOOGLE_APPLICATION_CREDENTIALS, ...),
-which Ray workers must see too (a cluster's nodes, or the job's runtime_env env_vars). http(s) files are asked
-for their existence and size with a HEAD request (urllib), and read through `gopen` (curl).
+by itself, so objects are written in place. Credentials and endpoints come from the usual environment (AWS_*,
+GOOGLE_APPLICATION_CREDENTIALS, ...), which Ray workers must see too. http(s) files are asked for their existence
+and size with a HEAD request (urllib), and read through `gopen` (curl).
 """
 
 from __future__ import annotations
@@ -345,11 +344,17 @@ def move(source: Location, location: Location) -> str:
     return location
 
 
+def scratch_root(scratch: Optional[str] = None) -> str:
+    """Local scratch: `scratch`, else $MTL_LOCAL_DIR, else <temp dir>/mtl-scratch. Not "mtl": that folder in the
+    directory a Ray driver runs from (e.g. /tmp) would shadow the package in the driver's Ray workers."""
+    return scratch or os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl-scratch")
+
+
 @contextmanager
 def scratch_folder(purpose: str, scratch: Optional[str] = None) -> Iterator[str]:
-    """A new local folder under `scratch` ($MTL_LOCAL_DIR, else the temp dir's mtl/) for files on their way to a
-    bucket; removed with its content when the block ends."""
-    root = scratch or os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl")
+    """A new local folder under `scratch_root(scratch)` for files on their way to a bucket; removed with its
+    content when the block ends."""
+    root = scratch_root(scratch)
     os.makedirs(root, exist_ok=True)
     folder = tempfile.mkdtemp(dir=root, prefix=f"{purpose}-")
     try:
@@ -359,21 +364,16 @@ def scratch_folder(purpose: str, scratch: Optional[str] = None) -> Iterator[str]
 
 
 def local_folder(location: Location, purpose: str, scratch: Optional[str] = None) -> str:
-    """A local folder for tools that need one (wandb): `location/purpose` for a local run, else a folder under
-    `scratch` (runtime.scratch(): $MTL_LOCAL_DIR, runtime.local_dir, or the temp dir) named after the run."""
+    """A local folder for tools that need one (wandb): `location/purpose`, or one under `scratch_root` for a URI."""
     location = str(location)
-    if _local(location):
-        folder = os.path.join(os.path.abspath(location), purpose)
-    else:
-        root = scratch or os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl")
-        folder = os.path.join(root, location.replace("://", "/").strip("/"), purpose)
+    folder = (os.path.join(os.path.abspath(location), purpose) if _local(location)
+              else os.path.join(scratch_root(scratch), location.replace("://", "/").strip("/"), purpose))
     os.makedirs(folder, exist_ok=True)
     return folder
 
 
 def sha256(location: Location) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (which teacher made these soft labels, which members
-    made this ensemble)."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (which teacher made these soft labels, ...)."""
     digest = hashlib.sha256()
     with open_read(location) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -65,11 +65,11 @@ class FramePredictor:
     images (`mtl.serve.predict.predict_batch`)."""
 
     def __init__(self, model_bytes: bytes, model_name: str, device: str):
-        self.folder = tempfile.TemporaryDirectory(prefix="mtl-predict-")  # kept while the actor lives
-        path = Path(self.folder.name) / model_name
-        path.write_bytes(model_bytes)
         self.device = torch.device(device)
-        self.model = load_predictor(path, self.device)
+        with tempfile.TemporaryDirectory(prefix="mtl-predict-") as folder:  # the loaders read the file whole:
+            path = Path(folder) / model_name  # gone before `ray.kill` ends the actor without running finalisers
+            path.write_bytes(model_bytes)
+            self.model = load_predictor(path, self.device)
 
     def au_thresholds(self) -> np.ndarray:
         return self.model.au_thresholds.cpu().numpy()
