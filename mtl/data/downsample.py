@@ -177,11 +177,12 @@ def label_counts(stats: LabelStats) -> dict:
 
 def downsample_counts(index: ShardIndex, cfg: Config) -> Optional[dict]:
     """Training samples and labels per task and EXPR class, all sources, before and after data.downsample (with
-    data.downsample.seed's phases); None when it thins nothing. Unknown source names are a ConfigError."""
+    data.downsample.seed's phases); None when it thins nothing, or for a temporal (CNN-RNN) model, whose window
+    stream is never thinned. Unknown source names are a ConfigError."""
     from mtl.data.sources.base import SOURCES
 
     rule = Thinning.from_config(cfg)
-    if not rule.active:
+    if not rule.active or cfg.model.temporal:
         return None
     for name in sorted(rule.sources):
         SOURCES.get(name, key="data.downsample.sources")

@@ -10,8 +10,8 @@ from mtl.data.index import ShardIndex
 from mtl.data.stream import eval_loader
 from mtl.eval.evaluate import FIELDS, metric_labels
 from mtl.eval.metrics import au_metric, expr_metric, va_metric
-from mtl.eval.split import halves
-from mtl.labels import VA_BINS, video_of
+from mtl.eval.split import video_half
+from mtl.labels import VA_BINS
 
 
 def chance_scores(index: ShardIndex, split: str = "val", half: Optional[str] = None, seed: int = 0) -> dict:
@@ -26,12 +26,8 @@ def chance_scores(index: ShardIndex, split: str = "val", half: Optional[str] = N
     batches = list(eval_loader(index, split, batch_size=256, num_workers=0, rank=0, world=1))
     labels = {name: np.concatenate([metric_labels(b)[name] for b in batches]) for name in FIELDS[3:]}
     labels["key"] = [key for b in batches for key in b["key"]]
-    if half is not None and len({video_of(key) for key in labels["key"]}) >= 2:  # as selection_half
-        if half not in ("selection", "report"):
-            raise ValueError(f"half must be 'selection' or 'report', got {half!r}")
-        mask = halves(labels, seed)[0 if half == "selection" else 1]
-        labels = {name: [k for k, keep in zip(value, mask) if keep] if name == "key" else value[mask]
-                  for name, value in labels.items()}
+    if half is not None:
+        labels = video_half(labels, half, seed)
     au, expr, va = labels["au_true"], labels["expr_true"], labels["va_true"]
     scores = {"au": au_metric(au, np.zeros_like(au))["score"],
               "expr": expr_metric(expr, np.full_like(expr, int(np.argmax(train.expr_counts))))["score"],

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from mtl import storage
 from mtl.data.augment import MEAN_RGB
-from mtl.eval.bootstrap import bootstrap_interval
-from mtl.eval.evaluate import FIELDS, score
+from mtl.eval.bootstrap import bootstrap_interval, take
+from mtl.eval.evaluate import score
 from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, VA_BINS, video_of
 from mtl.models.heads import VA_SUPPORT
 
@@ -66,9 +66,8 @@ def average(members: Sequence[dict]) -> dict:
 
 
 def subset(preds: dict, mask: np.ndarray) -> dict:
-    """The frames of `preds` where `mask` is True."""
-    return {"key": [key for key, keep in zip(preds["key"], mask) if keep],
-            **{name: np.asarray(preds[name])[mask] for name in FIELDS}}
+    """The frames of `preds` (predictions or labels: every field, "key" a list) where `mask` is True."""
+    return take(preds, np.flatnonzero(mask))
 
 
 def tune_thresholds(au_true: np.ndarray, au_prob: np.ndarray, rule: ThresholdRule = "f1") -> np.ndarray:

@@ -19,11 +19,22 @@ def halves(preds: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return halve_videos(preds["key"], seed, task_strata(preds))
 
 
-def selection_half(preds: dict, seed: int = 0) -> dict:
-    """The frames of `preds` whose videos are in the selection half (all of them with fewer than 2 videos)."""
+HALVES = ("selection", "report")
+
+
+def video_half(preds: dict, half: str, seed: int = 0) -> dict:
+    """The frames of `preds` (predictions or labels) whose videos are in `half`, "selection" or "report" (all of
+    them with fewer than 2 videos: nothing to cut)."""
+    if half not in HALVES:
+        raise ValueError(f"half must be 'selection' or 'report', got {half!r}")
     if len({video_of(key) for key in preds["key"]}) < 2:
         return preds
-    return subset(preds, halves(preds, seed)[0])
+    return subset(preds, halves(preds, seed)[HALVES.index(half)])
+
+
+def selection_half(preds: dict, seed: int = 0) -> dict:
+    """The frames of `preds` whose videos are in the selection half (`video_half`)."""
+    return video_half(preds, "selection", seed)
 
 
 def video_names(preds: dict, mask: np.ndarray) -> list[str]:

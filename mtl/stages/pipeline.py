@@ -68,8 +68,7 @@ def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
     student_entries = [{**score, "name": s.name, "history": s.history}
                        for score, s in zip(scores.students, ctx.result(StudentsStage.name).students)]
     ensemble_entry = {**scores.ensemble, "preds": read_report_preds(scores.preds)}
-    cfg = ctx.cfg  # downsample: None when data.downsample is off or the models are temporal (never down-sampled)
-    downsample = None if cfg.model.temporal else downsample_counts(load_index(cfg.data.shards), cfg)
+    downsample = downsample_counts(load_index(ctx.cfg.data.shards), ctx.cfg)  # None when nothing is thinned
     return write_report(ctx.cfg.run.dir, teacher_entry, student_entries, ensemble_entry, timings,
                         config_dict(ctx.cfg), {"downsample": downsample} if downsample else None)
 

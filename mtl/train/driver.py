@@ -111,8 +111,7 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
     from ray.train.torch import TorchConfig, TorchTrainer
 
     index = check_inputs(cfg)
-    # the window (CNN-RNN) stream is never down-sampled; an index without per-frame statistics fails here
-    downsample = None if cfg.model.temporal else downsample_counts(index, cfg)
+    downsample = downsample_counts(index, cfg)  # an index without per-frame statistics fails here
     folder = training_dir(cfg)
     done = finished_training(cfg)
     if done is not None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import imbalanced_videos, stream_config
-from mtl.config import ConfigError, load_config
+from mtl.config import ConfigError, load_config, updated
 from mtl.data.balance import uniform_factors
 from mtl.data.downsample import (FrameBuckets, Thinning, downsample_counts, format_counts, thinned_stats,
                                  training_stats)
@@ -220,6 +220,7 @@ def test_counts_are_one_line_and_go_into_the_report(imbalanced_shards, tmp_path)
     index = load_index(imbalanced_shards)
     counts, raw, want = downsample_counts(index, config(0, PAPER)), brute_stats(0, {}), brute_stats(0, PAPER)
     assert downsample_counts(index, config()) is None
+    assert downsample_counts(index, updated(config(0, PAPER), {"model.temporal": True})) is None  # windows: never
     assert counts["before"]["expr"]["Neutral"] == raw["expr"][0] and counts["after"]["va"] == want["labelled"]["va"]
     line = format_counts(counts)
     assert "\n" not in line and f"Neutral {raw['expr'][0]} -> {want['expr'][0]}" in line
