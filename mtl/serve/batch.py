@@ -36,7 +36,7 @@ import torch
 from mtl import storage
 from mtl.labels import DataError
 from mtl.progress import progress_bar
-from mtl.serve.export import is_temporal_file
+from mtl.serve.export import is_temporal_file, read_model_bytes
 from mtl.serve.predict import find_videos, join_batches, load_predictor, predict_batch, write_predictions
 
 IN_FLIGHT = 2  # batches queued per actor
@@ -91,9 +91,8 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
 
     started = time.perf_counter()
     videos = find_videos(Path(folder))
-    if not storage.is_file(model_path):  # a local path or a URI: its bytes travel through the object store
-        raise FileNotFoundError(f"{model_path}: no such model file")
-    if is_temporal_file(model_path):
+    model_data = read_model_bytes(model_path)  # a local path or a URI: read once, shipped through the object store
+    if is_temporal_file(model_path, model_data):
         raise DataError(f"{model_path}: a temporal (CNN-RNN) model; Ray prediction (--address, --workers) takes "
                         "frame models only: predict in this process (without --address and --workers)")
     batches = [(video, frames[start:start + batch_size]) for video, frames in videos.items()
@@ -103,7 +102,7 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
     device = device or ("cuda" if resources.get("GPU") else "cpu")
     count = min(workers or default_workers(device, resources), len(batches))
     actor_class = predictor_actor(device)
-    model_bytes = ray.put(storage.read_bytes(model_path))
+    model_bytes = ray.put(model_data)
     actors = [actor_class.remote(model_bytes, storage.name(model_path), device) for _ in range(count)]
     bar = progress_bar(sum(len(frames) for frames in videos.values()), "predict", "frame", enabled=progress)
     try:

@@ -103,11 +103,12 @@ def checkpoint_module(location: str | Path) -> EnsembleModule:
     return torch_file_module(location, temporal=False)
 
 
-def is_temporal_file(location: str | Path) -> bool:
-    """Whether a model file is a temporal (CNN-RNN) `best.pt` or ensemble_temporal.pt (by content)."""
+def is_temporal_file(location: str | Path, data: Optional[bytes] = None) -> bool:
+    """Whether a model file (its bytes `data`, when already read) is a temporal (CNN-RNN) `best.pt` or
+    ensemble_temporal.pt (by content)."""
     from mtl.serve.temporal import is_temporal_state
 
-    data = read_model_bytes(location)
+    data = read_model_bytes(location) if data is None else data
     if artefact_kind(data) != "checkpoint":
         return False
     try:
