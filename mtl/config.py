@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mtl.labels import EXPR_NAMES
+from mtl.labels import PROTOCOLS, get_protocol
 from mtl.storage import scratch_root
 
 
@@ -62,10 +62,11 @@ class DownsampleConfig(_Section):
     @field_validator("expr")
     @classmethod
     def _known_classes(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(value) - set(EXPR_NAMES))
-        if unknown:
+        known = dict.fromkeys(name for protocol in PROTOCOLS.values() for name in protocol.expr_names)
+        unknown = sorted(set(value) - set(known))
+        if unknown:  # the class set of the chosen protocol is checked by DataConfig
             raise ValueError(f"unknown expression class {', '.join(map(repr, unknown))} (known: "
-                             f"{', '.join(EXPR_NAMES)})")
+                             f"{', '.join(known)})")
         return {name: _one_in(n, f"{name}: ") for name, n in value.items()}
 
     @field_validator("va", "au")
@@ -75,6 +76,8 @@ class DownsampleConfig(_Section):
 
 
 class DataConfig(_Section):
+    protocol: str = Field("abaw2020", description="label schema (mtl.labels.PROTOCOLS): abaw2020 (8 AUs, 7 "
+                                                  "expressions) | abaw3 (ABAW3+ releases: 12 AUs, 8 expressions)")
     shards: str = ""
     image_size: int = Field(112, ge=8)
     balance: str = Field("paper", description="a registered balancer (mtl.data.balance.BALANCERS): paper | none")
@@ -85,6 +88,26 @@ class DataConfig(_Section):
     max_clone_fraction: float = Field(0.5, ge=0.0, description="ML-ROS cap on clones, as a fraction of N")
     augment: AugmentConfig = AugmentConfig()
     downsample: DownsampleConfig = DownsampleConfig()
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        if value not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {value!r} (known: {', '.join(PROTOCOLS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _classes_of_protocol(self) -> "DataConfig":
+        names = get_protocol(self.protocol).expr_names
+        foreign = [name for name in self.downsample.expr if name not in names]
+        if foreign:
+            raise ValueError(f"downsample.expr: {', '.join(map(repr, foreign))} is not an expression class of "
+                             f"protocol {self.protocol} ({', '.join(names)})")
+        return self
+
+    def schema(self):
+        """The label schema (`mtl.labels.Protocol`) this config trains and scores in."""
+        return get_protocol(self.protocol)
 
 
 class ModelConfig(_Section):
@@ -276,7 +299,8 @@ def validate(data: dict) -> Config:
         key = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"config key {key!r}: unknown key") from None
-        raise ConfigError(f"config key {key!r}: {first['msg']} (got {first.get('input')!r})") from None
+        got = "" if isinstance(first.get("input"), dict) else f" (got {first.get('input')!r})"  # a section's rule
+        raise ConfigError(f"config key {key!r}: {first['msg']}{got}") from None
 
 
 def load_config(source: str = "demo", overrides: list[str] | tuple[str, ...] = ()) -> Config:

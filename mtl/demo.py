@@ -39,7 +39,7 @@ def stream_distributions(index, seed: int, balance: str) -> dict:
             "samples_per_s": samples / (time.perf_counter() - started)}
 
 
-def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
+def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides: tuple = ()) -> dict:
     from mtl.config import load_config
     from mtl.eval.chance import chance_scores
     from mtl.data.index import load_index
@@ -50,6 +50,7 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
     from mtl.data.synth.generator import synthesize
 
     started = time.time()
+    load_config("demo", overrides)  # a bad override fails now, not after the data is made
     out = out.absolute()
     raw, shards = out / "raw", out / "shards"
     if not (raw / "annotations").is_dir():
@@ -69,7 +70,7 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None) -> dict:
     for j, name in enumerate(AU_NAMES):
         print(f"  {name:10s} {raw_dist['au'][j]:7.3f} {balanced['au'][j]:7.3f}")
     print("[4/4] pipeline: teacher -> soft labels -> students -> ensemble -> report")
-    cfg = load_config("demo", (f"run.dir={out}", f"data.shards={shards}", f"train.seed={seed}"))
+    cfg = load_config("demo", (f"run.dir={out}", f"data.shards={shards}", f"train.seed={seed}", *overrides))
     report = run_pipeline(cfg, address)
     chance = chance_scores(index, half="report", seed=cfg.eval.split_seed)
     print(format_table(report))

@@ -20,6 +20,80 @@ INVALID_AU = -1
 INVALID_EXPR = -1
 INVALID_VA = -5.0
 
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A release's label schema (docs/recipe.md §7, §7.3): the AUs and expression classes it annotates, and the
+    metric its challenge scores. `data.protocol` names one; index.json records the one its shards were written in.
+
+    `partial_au`: a frame may carry some AUs and not others (-1 per AU), as when DISFA (8 of ABAW3's 12 AUs) is
+    merged in; without it, -1 anywhere means the frame has no AU label (ABAW 2020's files)."""
+
+    name: str
+    au_names: tuple[str, ...]
+    expr_names: tuple[str, ...]
+    metric: str  # "abaw2020": AU 0.5 F1 + 0.5 acc, EXPR 0.67 F1 + 0.33 acc, VA mean CCC; "abaw3": P_MTL
+    partial_au: bool
+
+    @property
+    def num_au(self) -> int:
+        return len(self.au_names)
+
+    @property
+    def num_expr(self) -> int:
+        return len(self.expr_names)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """First line of each per-task annotation file of the release."""
+        return {"au": ",".join(self.au_names), "expr": ",".join(self.expr_names), "va": ",".join(VA_NAMES)}
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Output width of each task head: AU logits, EXPR logits, VA bin logits (valence's 20, then arousal's)."""
+        return {"au": self.num_au, "expr": self.num_expr, "va": 2 * VA_BINS}
+
+    def check_au(self, values, where: str) -> Optional[tuple[int, ...]]:
+        """One frame's AU values (0/1, -1 = missing) -> tuple or None (no AU labelled); anything else raises
+        DataError. With `partial_au`, -1 entries stay in the tuple (that AU unlabelled)."""
+        if len(values) != self.num_au:
+            raise DataError(f"{where}: expected {self.num_au} AU values, got {len(values)}")
+        out = []
+        for v in values:
+            if v not in (0, 1, INVALID_AU):
+                raise DataError(f"{where}: AU value {v!r} is not 0, 1 or {INVALID_AU}")
+            out.append(int(v))
+        if all(v == INVALID_AU for v in out) or (INVALID_AU in out and not self.partial_au):
+            return None
+        return tuple(out)
+
+    def check_expr(self, value, where: str) -> Optional[int]:
+        """Expression index (or -1 = missing) -> int or None; anything else raises DataError."""
+        if value == INVALID_EXPR:
+            return None
+        if value not in range(self.num_expr):
+            raise DataError(f"{where}: expression {value!r} is not in 0..{self.num_expr - 1} or {INVALID_EXPR}")
+        return int(value)
+
+
+ABAW2020 = Protocol("abaw2020", AU_NAMES, EXPR_NAMES, metric="abaw2020", partial_au=False)
+ABAW3 = Protocol("abaw3", ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26"),
+                 (*EXPR_NAMES, "Other"), metric="abaw3", partial_au=True)
+PROTOCOLS = {p.name: p for p in (ABAW2020, ABAW3)}
+DEFAULT_PROTOCOL = ABAW2020.name
+
+
+def get_protocol(name: Optional[str]) -> Protocol:
+    """A registered protocol by name (None: the default, ABAW 2020, which shards written before protocols were
+    recorded hold); an unknown name raises DataError listing the known ones."""
+    if name is None:
+        return PROTOCOLS[DEFAULT_PROTOCOL]
+    if name not in PROTOCOLS:
+        raise DataError(f"unknown label protocol {name!r} (known: {', '.join(PROTOCOLS)})")
+    return PROTOCOLS[name]
+
+
 SPLITS = ("train", "val")
 VA_LABEL_DECIMALS = 6  # labels are rounded to 1e-6 before binning: k/10 written in float32 or float64 bins alike
 
@@ -100,24 +174,13 @@ def video_of(key: str) -> str:
 
 
 def check_au(values, where: str) -> Optional[tuple[int, ...]]:
-    """8 AU values (0/1, or -1 anywhere = missing) -> tuple or None; anything else raises DataError."""
-    if len(values) != NUM_AU:
-        raise DataError(f"{where}: expected {NUM_AU} AU values, got {len(values)}")
-    out = []
-    for v in values:
-        if v not in (0, 1, INVALID_AU):
-            raise DataError(f"{where}: AU value {v!r} is not 0, 1 or {INVALID_AU}")
-        out.append(int(v))
-    return None if INVALID_AU in out else tuple(out)
+    """8 AU values (0/1, or -1 anywhere = missing) -> tuple or None; anything else raises DataError (ABAW 2020)."""
+    return ABAW2020.check_au(values, where)
 
 
 def check_expr(value, where: str) -> Optional[int]:
-    """Expression index 0..6 (or -1 = missing) -> int or None; anything else raises DataError."""
-    if value == INVALID_EXPR:
-        return None
-    if value not in range(NUM_EXPR):
-        raise DataError(f"{where}: expression {value!r} is not in 0..{NUM_EXPR - 1} or {INVALID_EXPR}")
-    return int(value)
+    """Expression index 0..6 (or -1 = missing) -> int or None; anything else raises DataError (ABAW 2020)."""
+    return ABAW2020.check_expr(value, where)
 
 
 def check_va(valence: float, arousal: float, where: str) -> Optional[tuple[float, float]]:

@@ -16,12 +16,14 @@ from mtl.jobs.submit import COMMANDS as SUBMITTABLE
 @click.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.argument("overrides", nargs=-1)
 @address_option
-def demo(out: str, seed: int, address) -> None:
-    """Synthetic data through every stage available, on a local Ray (or --address)."""
+def demo(out: str, seed: int, overrides: tuple, address) -> None:
+    """Synthetic data through every stage available, on a local Ray (or --address); OVERRIDES (dotted key=value)
+    adjust the demo config of the pipeline, e.g. train.use_gpu=true."""
     from mtl.demo import run_demo
 
-    run_demo(Path(out), seed=seed, address=address)
+    run_demo(Path(out), seed=seed, address=address, overrides=overrides)
 
 
 
