@@ -2,7 +2,8 @@
 
 A model file (`best.pt`) is {"model": state dict, "config": the training's config, "epoch", "metrics"}. The state
 dict is the whole truth: `load_model` never reads the pretrained-weights file (`model.weights`) recorded at
-training time, so a model trained on one node loads on any other.
+training time, so a model trained on one node loads on any other. The config's `data.protocol` gives the heads'
+widths (a file written before protocols were recorded has none: ABAW 2020's).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ def read_model_file(location: str | Path) -> dict:
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    """The architecture `cfg` describes, randomly initialised: its `model.weights` file is not read."""
+    """The architecture `cfg` describes (heads of its label protocol's widths), randomly initialised: its
+    `model.weights` file is not read."""
     from mtl.models.factory import create_model
 
-    return create_model(cfg.model.model_copy(update={"weights": None}), cfg.data.image_size)
+    return create_model(cfg.model.model_copy(update={"weights": None}), cfg.data.image_size, cfg.data.schema().widths)
 
 
 def load_model(location: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:

@@ -252,15 +252,16 @@ class Config(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
 
 
-PRESETS = ("demo", "paper")
+PRESETS = ("demo", "paper", "abaw3")
 
 
 def preset_path(name: str) -> Path:
     return Path(str(resources.files("mtl.configs").joinpath(f"{name}.yaml")))
 
 
-def read_yaml(source: str) -> dict:
-    """A packaged preset name or a YAML file path -> dict."""
+def read_yaml(source: str, seen: tuple[str, ...] = ()) -> dict:
+    """A packaged preset name or a YAML file path -> dict. A top-level `extends: NAME_OR_PATH` starts from that
+    config and overrides it key by key (nested sections merged)."""
     path = preset_path(source) if source in PRESETS else Path(source)
     if not path.is_file():
         raise ConfigError(f"config {source!r}: no such file (packaged presets: {', '.join(PRESETS)})")
@@ -270,7 +271,25 @@ def read_yaml(source: str) -> dict:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends {base!r}: expected a preset name or a path")
+    if base not in PRESETS:
+        base = str((path.parent / base).resolve())  # relative to the file that names it
+    here = str(path.resolve())
+    if base in (*seen, here):
+        raise ConfigError(f"{path}: extends {base!r}: a cycle")
+    return merged(read_yaml(base, (*seen, here)), data)
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied: nested mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(data: dict, override: str) -> None:

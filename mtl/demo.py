@@ -14,7 +14,6 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.labels import AU_NAMES, EXPR_NAMES
 
 # Many short videos: many identities per task, so a model must learn the face, not who it is.
 DEMO_VIDEOS = 150
@@ -22,24 +21,31 @@ DEMO_FRAMES = 32
 
 
 def stream_distributions(index, seed: int, balance: str) -> dict:
-    """Label distributions of one epoch of the training stream."""
+    """Label distributions of one epoch of the training stream: EXPR class shares, and each AU's positive rate over
+    the frames that label it."""
     from mtl.config import Config, updated
     from mtl.data.stream import train_loader
 
-    cfg = updated(Config(), {"data.balance": balance, "train.batch_size": 64, "train.seed": seed})  # one epoch
-    expr_counts, au_sum, au_rows, samples = np.zeros(7), np.zeros(8), 0, 0
+    schema = index.protocol
+    cfg = updated(Config(), {"data.protocol": schema.name, "data.balance": balance, "train.batch_size": 64,
+                             "train.seed": seed})  # one epoch
+    expr_counts, au_sum, au_labelled, samples = np.zeros(schema.num_expr), np.zeros(schema.num_au), 0, 0
     started = time.perf_counter()
     for batch in train_loader(index, cfg, num_workers=1, rank=0, world=1):
         expr = batch["expr"].numpy()
-        expr_counts += np.bincount(expr[expr >= 0], minlength=7)
-        au_sum += batch["au"][batch["au_mask"]].numpy().sum(axis=0)
-        au_rows += int(batch["au_mask"].sum())
+        expr_counts += np.bincount(expr[expr >= 0], minlength=schema.num_expr)
+        valid = batch["au_valid"].numpy()
+        au_sum += (batch["au"].numpy() * valid).sum(axis=0)
+        au_labelled = au_labelled + valid.sum(axis=0)
         samples += len(batch["key"])
-    return {"expr": (expr_counts / max(expr_counts.sum(), 1)).tolist(), "au": (au_sum / max(au_rows, 1)).tolist(),
-            "samples_per_s": samples / (time.perf_counter() - started)}
+    return {"expr": (expr_counts / max(expr_counts.sum(), 1)).tolist(),
+            "au": (au_sum / np.maximum(au_labelled, 1)).tolist(), "samples_per_s": samples / (time.perf_counter() - started)}
 
 
-def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides: tuple = ()) -> dict:
+def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides: tuple = (),
+             protocol: str = "abaw2020") -> dict:
+    """The demo in `out`; `protocol` abaw3 makes the synthetic s-Aff-Wild2 (12 AUs, 8 expressions) and scores by
+    P_MTL."""
     from mtl.config import load_config
     from mtl.eval.chance import chance_scores
     from mtl.data.index import load_index
@@ -50,24 +56,26 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides:
     from mtl.data.synth.generator import synthesize
 
     started = time.time()
-    load_config("demo", overrides)  # a bad override fails now, not after the data is made
+    overrides = (f"data.protocol={protocol}", *overrides)
+    schema = load_config("demo", overrides).data.schema()  # a bad override fails now, not after the data is made
+    source = "affwild2" if schema.name == "abaw2020" else "s_affwild2"
     out = out.absolute()
     raw, shards = out / "raw", out / "shards"
-    if not (raw / "annotations").is_dir():
+    if not (raw / ("annotations" if source == "affwild2" else "train_set.txt")).exists():
         print(f"[1/4] synth: {DEMO_VIDEOS} videos x ~{DEMO_FRAMES} frames -> {raw}")
-        synthesize(raw, videos=DEMO_VIDEOS, frames=DEMO_FRAMES, seed=seed)
+        synthesize(raw, videos=DEMO_VIDEOS, frames=DEMO_FRAMES, seed=seed, protocol=schema.name)
     else:
         print(f"[1/4] synth: {raw} exists, kept")
     ensure_ray(address)
     print(f"[2/4] prepare: {raw} -> {shards}")
-    print(format_summary(prepare({"affwild2": str(raw)}, shards, shard_size=500)))
+    print(format_summary(prepare({source: str(raw)}, shards, shard_size=500, protocol=schema.name)))
     index = load_index(shards)
     print("[3/4] balanced stream: one epoch, raw vs paper balancing")
     raw_dist, balanced = (stream_distributions(index, seed, mode) for mode in ("none", "paper"))
     print(f"  {'':10s} {'raw':>7s} {'paper':>7s}")
-    for i, name in enumerate(EXPR_NAMES):
+    for i, name in enumerate(schema.expr_names):
         print(f"  {name:10s} {raw_dist['expr'][i]:7.3f} {balanced['expr'][i]:7.3f}")
-    for j, name in enumerate(AU_NAMES):
+    for j, name in enumerate(schema.au_names):
         print(f"  {name:10s} {raw_dist['au'][j]:7.3f} {balanced['au'][j]:7.3f}")
     print("[4/4] pipeline: teacher -> soft labels -> students -> ensemble -> report")
     cfg = load_config("demo", (f"run.dir={out}", f"data.shards={shards}", f"train.seed={seed}", *overrides))
@@ -76,7 +84,8 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides:
     print(format_table(report))
     print("chance level (reporting half of the validation videos, predictors that ignore the image): " +
           "  ".join(f"{k} {v:.3f}" for k, v in chance.items()))
-    summary = {"seconds": round(time.time() - started, 1), "shards": str(shards), "chance": chance,
+    summary = {"seconds": round(time.time() - started, 1), "protocol": schema.name, "shards": str(shards),
+               "chance": chance,
                "stream": {"raw": raw_dist, "paper": balanced}}
     storage.write_json(out / "demo-summary.json", summary)
     print(f"done in {summary['seconds']} s; report in {out / 'report.md'}")

@@ -1,9 +1,16 @@
-"""Public metric API (a stable import path whatever the package layout), from `mtl.eval.metrics`: ABAW 2020's
-`au_metric`, `expr_metric`, `va_metric` and `ccc`; the ABAW3+ challenges' `abaw3_mtl_metric` (P_MTL) and, per
-task, `masked_au_f1`, `macro_f1` and `mean_ccc`."""
+"""Public metric API (a stable import path whatever the package layout), from `mtl.eval.metrics`.
 
-from mtl.eval.metrics import (abaw3_mtl_metric, au_metric, ccc, expr_metric, macro_f1, masked_au_f1, mean_ccc,
-                              va_metric)
+- ABAW 2020 (`data.protocol: abaw2020`): `au_metric` (0.5 F1 + 0.5 accuracy over 8 AUs), `expr_metric` (0.67 macro
+  F1 + 0.33 accuracy over 7 classes), `va_metric` (mean CCC) and `ccc`.
+- ABAW3+ (`data.protocol: abaw3`): `abaw3_mtl_metric`, the multi-task challenge's P_MTL; the per-task challenges'
+  metrics are its terms: AU mean F1 = `masked_au_f1` (12 AUs, each on its labelled rows), EXPR macro F1 =
+  `macro_f1` (8 classes, Other included), VA mean CCC = `mean_ccc`.
+- `protocol_scores`: the three tasks scored by a protocol's metric (`PROTOCOL_METRICS`, keyed by
+  `mtl.labels.Protocol.metric`), what selection and the report use.
+"""
 
-__all__ = ["abaw3_mtl_metric", "au_metric", "ccc", "expr_metric", "macro_f1", "masked_au_f1", "mean_ccc",
-           "va_metric"]
+from mtl.eval.metrics import (PROTOCOL_METRICS, abaw3_mtl_metric, au_metric, ccc, expr_metric, macro_f1, masked_au_f1,
+                              mean_ccc, protocol_scores, va_metric)
+
+__all__ = ["PROTOCOL_METRICS", "abaw3_mtl_metric", "au_metric", "ccc", "expr_metric", "macro_f1", "masked_au_f1",
+           "mean_ccc", "protocol_scores", "va_metric"]

@@ -1,5 +1,6 @@
 """Public model API (a stable import path whatever the package layout): `create_backbone(name, weights=None)`
--> pooled features [B, C]; `create_model(cfg.model, image_size)` -> the multitask network."""
+-> pooled features [B, C]; `create_model(cfg.model, image_size, cfg.data.schema().widths)` -> the multitask network
+(heads sized by the label protocol; without widths, ABAW 2020's)."""
 
 from mtl.models.factory import create_backbone, create_model
 

@@ -61,3 +61,35 @@ def test_updated_sets_dotted_keys_on_a_copy_and_validates_each():
         updated(cfg, {"train.epochs": 0})
     with pytest.raises(ConfigError, match="'train.nope': unknown key"):
         updated(cfg, {"train.nope": 1})
+
+
+def test_the_abaw3_preset_is_the_paper_recipe_on_the_abaw3_protocol():
+    from mtl.config import config_dict
+
+    paper, abaw3 = config_dict(load_config("paper")), config_dict(load_config("abaw3"))
+    assert (abaw3["data"]["protocol"], paper["data"]["protocol"]) == ("abaw3", "abaw2020")
+    assert load_config("abaw3").data.schema().num_au == 12
+    differing = {(section, key) for section in paper for key in paper[section]
+                 if paper[section][key] != abaw3[section][key]}
+    assert differing == {("data", "protocol"), ("run", "dir")}
+
+
+def test_extends_merges_sections_key_by_key_and_refuses_cycles(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("train: {epochs: 3, lr: 0.01}\ndata: {image_size: 32}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\ntrain: {epochs: 5}\n")  # relative to the file naming it
+    cfg = load_config(str(child))
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.image_size) == (5, 0.01, 32)
+    base.write_text("extends: child.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(child))
+
+
+def test_expression_classes_of_another_protocol_are_refused_naming_it():
+    assert load_config("demo", ("data.protocol=abaw3", "data.downsample.expr={Other: 2}")).data.downsample.expr == \
+        {"Other": 2}
+    with pytest.raises(ConfigError, match="'Other' is not an expression class of protocol abaw2020"):
+        load_config("demo", ("data.downsample.expr={Other: 2}",))
+    with pytest.raises(ConfigError, match="unknown protocol 'abaw9'"):
+        load_config("demo", ("data.protocol=abaw9",))

@@ -64,6 +64,12 @@ def train_rate(payload: dict, out: Path) -> dict:
         from ray.train.torch import TorchTrainer
 
         cfg = payload["config"]
+        need = {"CPU": cfg.train.cpus_per_worker, "GPU": 1 if payload["device"] == "cuda" else 0}
+        have = ray.cluster_resources()
+        short = [f"{count} {kind}" for kind, count in need.items() if count > have.get(kind, 0)]
+        if short:  # Ray Train would wait for them without end
+            raise Skipped(f"one worker needs {' and '.join(short)}, the Ray cluster has "
+                          f"{have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU (--cpus)")
         scaling = ray.train.ScalingConfig(num_workers=1, use_gpu=payload["device"] == "cuda",
                                           resources_per_worker={"CPU": cfg.train.cpus_per_worker})
         result = TorchTrainer(timed_steps, train_loop_config=payload, scaling_config=scaling,

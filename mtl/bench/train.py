@@ -28,7 +28,7 @@ def timed_steps(payload: dict) -> dict:
     seed_everything(cfg.train.seed)
     torch.set_num_threads(cfg.train.cpus_per_worker)
     device = torch.device(payload.get("device", "cpu"))
-    model = create_model(cfg.model, cfg.data.image_size).to(device)
+    model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats(device)

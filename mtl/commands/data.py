@@ -10,6 +10,9 @@ import click
 from mtl.commands.options import address_option, format_mapping
 from mtl.config import PrepareConfig
 from mtl.data.sources.base import SOURCES
+from mtl.labels import DEFAULT_PROTOCOL, PROTOCOLS
+
+protocol_choice = click.Choice(sorted(PROTOCOLS))
 
 
 @click.command()
@@ -18,11 +21,15 @@ from mtl.data.sources.base import SOURCES
 @click.option("--frames", default=200, show_default=True, type=click.IntRange(1), help="Mean frames per video.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of everything generated.")
 @click.option("--image-size", default=112, show_default=True, type=click.IntRange(16), help="Face crop size.")
-def synth(out: str, videos: int, frames: int, seed: int, image_size: int) -> None:
-    """Synthetic dataset in the Aff-Wild2 ABAW-2020 layout (annotations/ + cropped_aligned/)."""
+@click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True, type=protocol_choice,
+              help="Label protocol: abaw2020 writes the ABAW-2020 layout, abaw3 the s-Aff-Wild2 one.")
+def synth(out: str, videos: int, frames: int, seed: int, image_size: int, protocol: str) -> None:
+    """Synthetic dataset in the Aff-Wild2 ABAW-2020 layout (annotations/ + cropped_aligned/), or with `--protocol
+    abaw3` the s-Aff-Wild2 layout (train_set.txt, validation_set.txt + cropped_aligned/; `mtl prepare
+    --s-affwild2`)."""
     from mtl.data.synth.generator import synthesize
 
-    summary = synthesize(out, videos=videos, frames=frames, seed=seed, image_size=image_size)
+    summary = synthesize(out, videos=videos, frames=frames, seed=seed, image_size=image_size, protocol=protocol)
     click.echo(format_mapping(summary))
     click.echo(f"wrote {out}")
 
@@ -55,6 +62,28 @@ def source_roots(flags: dict, named: tuple) -> dict[str, str]:
     return roots
 
 
+def resolve_protocol(given: str | None, roots: dict[str, str]) -> str:
+    """The protocol to prepare under: `given`, else the one the sources' folders hold (abaw3 for --s-affwild2 or
+    an ABAW3+ per-task --affwild2 release), else abaw2020. UsageError naming both when they disagree."""
+    detected: dict[str, str] = {}  # protocol -> the source option that holds it
+    for name, root in roots.items():
+        if name not in SOURCES:
+            continue  # prepare names every unknown source
+        source = SOURCES.get(name)
+        found = source.detected_protocol(Path(root))
+        if found is not None:
+            detected.setdefault(found, f"{source.flag} {root}")
+    if given is not None:
+        for found, where in detected.items():
+            if found != given:
+                raise click.UsageError(f"--protocol {given}, but {where} holds {found} labels")
+        return given
+    if len(detected) > 1:
+        (a, where_a), (b, where_b) = sorted(detected.items())[:2]
+        raise click.UsageError(f"{where_a} holds {a} labels, but {where_b} holds {b} labels")
+    return next(iter(detected), DEFAULT_PROTOCOL)
+
+
 class OutputLocation(click.ParamType):
     """A folder to write, or a bucket URI (s3://, gs://, file://); stream URLs (http, pipe:) are read-only."""
 
@@ -79,15 +108,23 @@ class OutputLocation(click.ParamType):
               help="Samples per shard.")
 @click.option("--image-size", default=PrepareConfig().image_size, show_default=True, type=click.IntRange(16),
               help="Stored face size (Aff-Wild2's 112 px faces are copied as they are).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Image folder of --s-affwild2 when it is not DIR/cropped_aligned.")
+@click.option("--protocol", type=protocol_choice,
+              help="Label protocol [default: abaw3 with --s-affwild2 or an ABAW3+ --affwild2 release, else abaw2020].")
 @click.option("--verify", is_flag=True, help="Re-read every shard written and check it against index.json.")
 @address_option
-def prepare(named, out, shard_size, image_size, verify, address, **flags) -> None:
+def prepare(named, out, shard_size, image_size, images, protocol, verify, address, **flags) -> None:
     """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray."""
     from mtl import storage
     from mtl.data.prepare import format_summary, prepare as run_prepare
 
-    index = run_prepare(source_roots(flags, named), out, shard_size=shard_size, image_size=image_size,
-                        address=address)
+    roots = source_roots(flags, named)
+    if images and "s_affwild2" not in roots:
+        raise click.UsageError("--images is the image folder of --s-affwild2, which is not given")
+    index = run_prepare(roots, out, shard_size=shard_size, image_size=image_size, address=address,
+                        protocol=resolve_protocol(protocol, roots),
+                        images={"s_affwild2": images} if images else None)
     click.echo(format_summary(index))
     click.echo(f"wrote {storage.join(out, 'index.json')}")
     if verify:

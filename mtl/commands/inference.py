@@ -7,6 +7,7 @@ from typing import Optional
 import click
 
 from mtl import storage
+from mtl.labels import PROTOCOLS
 
 ray_address_option = click.option(
     "--address", default=None, envvar="RAY_ADDRESS",
@@ -26,8 +27,23 @@ ray_address_option = click.option(
 @click.argument("more_media", nargs=-1, type=click.Path(exists=True))
 @click.option("--detector", help="Face detector for --media: mtcnn (default), haar, or a model file "
                                  "(YuNet *.onnx, OpenCV cascade *.xml).")
-@click.option("--abaw-files", is_flag=True, help="With --media: also ABAW-2020 AU/EXPR/VA files per tracked face.")
+@click.option("--abaw-files", is_flag=True, help="With --media: also the per-task ABAW AU/EXPR/VA files per tracked "
+                                                 "face.")
 @click.option("--out", required=True, help="Prediction folder to write: a local folder or a URI (s3://bucket/prefix).")
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)),
+              help="The label protocol the predictions must follow: abaw2020 (8 AUs, 7 classes) or abaw3 (12 AUs, 8 "
+                   "classes with Other). The model's (its config's data.protocol) must be this one, else a usage "
+                   "error naming both. Default: the model's.")
+@click.option("--submission", metavar="FILE",
+              help="With --images: also write the ABAW3+ multi-task challenge submission file here (a local path or a "
+                   "URI; header 'image,valence,arousal,expression,aus', then 'video/00001.jpg,valence,arousal,"
+                   "expression,AU...' per frame, AUs 0/1 at the model's thresholds); abaw3 models only (ABAW 2020's "
+                   "submission is the AU/, EXPR/, VA/ files under --out).")
+@click.option("--test-list", type=click.Path(exists=True, dir_okay=False),
+              help="With --submission: the challenge's test list (one video/frame.jpg a line, header optional). Only "
+                   "its frames are predicted, and the file follows its order [default: every frame under --images, "
+                   "sorted]. A listed image missing under --images is an error naming it (no skip: the file needs "
+                   "a line for every test frame).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),
               help="Where the model runs [default: cuda when there is a GPU (on Ray: in the cluster), else cpu].")
@@ -36,40 +52,54 @@ ray_address_option = click.option(
               help="Ray actors predicting (runs on Ray; default with --address: one per GPU with cuda, else per CPU).")
 def predict(model_path: str, images: Optional[str], media: tuple[str, ...], more_media: tuple[str, ...],
             detector: Optional[str], abaw_files: bool, out: str, batch_size: int, device: Optional[str],
-            address: Optional[str], workers: Optional[int]) -> None:
-    """ABAW-2020 prediction files (AU/, EXPR/, VA/ per video) and predictions.csv for a folder of faces; or, with
-    --media, faces.csv (per frame and face: box, track, AU/EXPR probabilities, valence, arousal) for photos and
-    videos."""
+            protocol: Optional[str], submission: Optional[str], test_list: Optional[str], address: Optional[str],
+            workers: Optional[int]) -> None:
+    """ABAW prediction files (AU/, EXPR/, VA/ per video, in the model's label protocol) and predictions.csv for a
+    folder of faces, and with --submission the ABAW3+ multi-task challenge file; or, with --media, faces.csv (per
+    frame and face: box, track, AU/EXPR probabilities, valence, arousal) for photos and videos."""
+    from mtl.serve.submission import ProtocolError
+
     if bool(images) == bool(media) or (more_media and not media):
         raise click.UsageError("give exactly one of --images FOLDER or --media PATH [PATH ...]")
-    if media:
+    if test_list and not submission:
+        raise click.UsageError("--test-list orders the --submission file: give --submission FILE too")
+    try:
+        if media:
+            if address or workers:
+                raise click.UsageError("--media runs in this process: --address and --workers apply to --images only")
+            if submission:
+                raise click.UsageError("--media writes faces.csv: --submission applies to --images only")
+            predict_media_files([*media, *more_media], model_path, out, batch_size, device, detector, abaw_files,
+                                protocol)
+            return
+        extra = {"protocol": protocol, "submission": submission, "test_list": test_list}
         if address or workers:
-            raise click.UsageError("--media runs in this process: --address and --workers apply to --images only")
-        predict_media_files([*media, *more_media], model_path, out, batch_size, device, detector, abaw_files)
-        return
-    if address or workers:
-        from mtl.serve.batch import predict_folder_on_ray
+            from mtl.serve.batch import predict_folder_on_ray
 
-        summary = predict_folder_on_ray(model_path, images, out, batch_size, device, workers, address)
-        where = f"{summary['workers']} Ray actor(s)"
-    else:
-        from mtl.serve.predict import predict_folder
+            summary = predict_folder_on_ray(model_path, images, out, batch_size, device, workers, address, **extra)
+            where = f"{summary['workers']} Ray actor(s)"
+        else:
+            from mtl.serve.predict import predict_folder
 
-        summary = predict_folder(model_path, images, out, batch_size, device)
-        where = "this process"
+            summary = predict_folder(model_path, images, out, batch_size, device, **extra)
+            where = "this process"
+    except ProtocolError as err:
+        raise click.UsageError(str(err)) from None
     click.echo(f"{summary['frames']} frames of {len(summary['videos'])} videos -> {out}; "
                f"{len(summary['unreadable'])} unreadable")
+    if submission:
+        click.echo(f"submission file -> {summary['submission']}")
     click.echo(f"{summary['frames_per_s']:.1f} frames/s ({summary['seconds']:.1f} s, {where})")
 
 
 def predict_media_files(paths: list[str], model_path: str, out: str, batch_size: int, device: Optional[str],
-                        detector: Optional[str], abaw_files: bool) -> None:
+                        detector: Optional[str], abaw_files: bool, protocol: Optional[str]) -> None:
     """`mtl predict --media`, in this process; prints the summary."""
     from mtl.serve.faces import predict_media
 
     if storage.is_uri(out):
         raise click.UsageError("--media writes a local --out folder")
-    s = predict_media(model_path, paths, out, batch_size, device, detector, abaw_files)
+    s = predict_media(model_path, paths, out, batch_size, device, detector, abaw_files, protocol=protocol)
     click.echo(f"{s['files']} files, {s['frames']} frames, {s['faces']} faces in {s['tracks']} tracks -> {s['csv']}; "
                f"{len(s['unreadable'])} unreadable, {len(s['truncated'])} truncated")
 

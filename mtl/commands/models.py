@@ -20,7 +20,8 @@ FORMAT_CHOICE = click.Choice(["torch-export", "onnx"])
               help="torch-export: a torch.export program (.pt2); onnx: an ONNX model for onnxruntime (.onnx).")
 @click.option("--out", required=True, help="File to write (a local path or a storage URI).")
 def export(model_path: str, fmt: str, out: str) -> None:
-    """Export a model or an ensemble with its thresholds, input size and label schema as metadata."""
+    """Export a model or an ensemble with its thresholds, input size and label protocol (AU and expression names)
+    as metadata."""
     from mtl.serve.export import export_file
 
     summary = export_file(model_path, out, fmt)

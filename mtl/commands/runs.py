@@ -16,14 +16,17 @@ from mtl.jobs.submit import COMMANDS as SUBMITTABLE
 @click.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--protocol", default="abaw2020", show_default=True, type=click.Choice(["abaw2020", "abaw3"]),
+              help="Label schema: abaw2020 (the paper's: 8 AUs, 7 expressions, per-task files) or abaw3 (the "
+                   "synthetic s-Aff-Wild2 of the ABAW3+ multi-task challenge: 12 AUs, 8 expressions, P_MTL).")
 @click.argument("overrides", nargs=-1)
 @address_option
-def demo(out: str, seed: int, overrides: tuple, address) -> None:
+def demo(out: str, seed: int, protocol: str, overrides: tuple, address) -> None:
     """Synthetic data through every stage available, on a local Ray (or --address); OVERRIDES (dotted key=value)
     adjust the demo config of the pipeline, e.g. train.use_gpu=true."""
     from mtl.demo import run_demo
 
-    run_demo(Path(out), seed=seed, address=address, overrides=overrides)
+    run_demo(Path(out), seed=seed, address=address, overrides=overrides, protocol=protocol)
 
 
 

@@ -3,15 +3,17 @@
 A streaming worker cannot draw a multinomial over the whole dataset as the reference's samplers did, but it can
 emit each sample `r` times in expectation, where `r` depends only on the sample's label. Per task
 (docs/recipe.md §4, `data.balance: paper`; a new balancer is a function registered in `BALANCERS`):
-- EXPR: class-uniform, r = (N / 7) / count(class) over the classes present.
+- EXPR: class-uniform, r = (N / classes present) / count(class), over the protocol's classes (7 or 8).
 - VA: uniform over occupied cells of the 20x20 grid, r = (N / cells) / count(cell).
-- AU: ML-ROS in expectation. Minority AUs (IRLbl = max positives / positives > mean_ir) have positives cloned,
-  32 at a time spread over the AU label patterns in proportion to their current counts, until the AU's IRLbl
-  reaches mean_ir or the clones reach max_clone_fraction · N (the reference's 2.0 and 50 %). Cloning one AU can
-  raise the most frequent AU and so another AU's ratio: passes repeat until no minority AU is left (the
-  reference stopped after one pass). A pattern's factor is
+- AU: ML-ROS in expectation over the protocol's AUs. Minority AUs (IRLbl = max positives / positives > mean_ir)
+  have positives cloned, 32 at a time spread over the AU label patterns holding that AU positive, in proportion
+  to their current counts, until the AU's IRLbl reaches mean_ir or the clones reach max_clone_fraction · N (the
+  reference's 2.0 and 50 %). Cloning one AU can raise the most frequent AU and so another AU's ratio: passes
+  repeat until no minority AU is left (the reference stopped after one pass). A pattern's factor is
   (count + clones) / count, rescaled to mean 1; the reference's quirk of weighting a sample cloned once like an
-  uncloned one is not reproduced.
+  uncloned one is not reproduced. With per-AU masks (patterns with '-', an AU unlabelled on some frames) an AU's
+  frequency is its positive rate over the frames labelled for it: IRLbl = max rate / rate, rate = positives /
+  labelled (with every AU labelled on every frame this is the ratio of positives, ABAW 2020's numbers exactly).
 Each factor has mean 1 over the samples labelled for its task, so balancing reshapes the stream without changing
 its length.
 """
@@ -19,13 +21,13 @@ its length.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from mtl.config import DataConfig
-from mtl.data.index import LabelStats, au_pattern, va_cell
-from mtl.labels import NUM_AU, TASKS
+from mtl.data.index import UNLABELLED, LabelStats, au_pattern, va_cell
+from mtl.labels import TASKS
 from mtl.registry import Registry
 
 CLONE_STEP = 32
@@ -37,33 +39,45 @@ def uniform_factors(counts) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     occupied = counts > 0
     factors = np.zeros_like(counts)
-    factors[occupied] = counts.sum() / occupied.sum() / counts[occupied]
+    if occupied.any():
+        factors[occupied] = counts.sum() / occupied.sum() / counts[occupied]
     return factors
 
 
-def imbalance_ratios(positives: np.ndarray) -> np.ndarray:
-    """IRLbl per AU: most frequent AU's positives / this AU's positives (inf when it has none)."""
+def imbalance_ratios(positives: np.ndarray, labelled: Optional[np.ndarray] = None) -> np.ndarray:
+    """IRLbl per AU: the most frequent AU's frequency / this AU's (inf when it has no positive). Frequencies are
+    positives, or with `labelled` (per-AU masks) positive rates over the frames labelled for each AU."""
+    frequency = np.asarray(positives, dtype=np.float64)
+    if labelled is not None:
+        frequency = np.where(frequency > 0, frequency / np.maximum(labelled, 1e-12), 0.0)
     with np.errstate(divide="ignore"):
-        return np.where(positives > 0, positives.max() / np.maximum(positives, 1e-12), np.inf)
+        return np.where(frequency > 0, frequency.max() / np.maximum(frequency, 1e-12), np.inf)
 
 
 def mlros_factors(patterns: dict[str, int], mean_ir: float = 2.0, max_clone_fraction: float = 0.5) -> dict[str, float]:
-    """Expected ML-ROS repeat factor per AU label pattern (see module docstring)."""
+    """Expected ML-ROS repeat factor per AU label pattern (see module docstring): '1' positive, '0' negative, '-'
+    unlabelled; a pattern is cloned for the AUs it holds positive only."""
     names = sorted(patterns)
     if not names:
         return {}
     bits = np.array([[c == "1" for c in name] for name in names], dtype=np.float64)  # patterns x AUs
+    known = np.array([[c != UNLABELLED for c in name] for name in names], dtype=np.float64)
+    partial = not known.all()  # per-AU masks: frequencies are rates over the labelled frames
     original = np.array([patterns[n] for n in names], dtype=np.float64)
     counts = original.copy()
     budget = max_clone_fraction * original.sum()
     clones = 0.0
+
+    def ratios() -> np.ndarray:
+        return imbalance_ratios(bits.T @ counts, known.T @ counts if partial else None)
+
     while clones < budget:
-        ratios = imbalance_ratios(bits.T @ counts)
-        minority = [j for j in range(NUM_AU) if np.isfinite(ratios[j]) and ratios[j] > mean_ir]
+        current = ratios()
+        minority = [j for j in range(bits.shape[1]) if np.isfinite(current[j]) and current[j] > mean_ir]
         if not minority:
             break
         for j in minority:  # one pass in AU order, as the reference; repeated while cloning raised other ratios
-            while clones < budget and imbalance_ratios(bits.T @ counts)[j] > mean_ir:
+            while clones < budget and ratios()[j] > mean_ir:
                 holders = counts * bits[:, j]
                 step = min(CLONE_STEP, budget - clones)
                 counts += step * holders / holders.sum()

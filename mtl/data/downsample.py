@@ -23,9 +23,10 @@ import numpy as np
 from mtl import storage
 from mtl.config import DOWNSAMPLE_PERIOD, Config
 from mtl.data.index import INDEX_NAME, LabelStats, ShardIndex, au_pattern, va_cell
-from mtl.labels import EXPR_NAMES, TASKS, DataError
+from mtl.labels import PROTOCOLS, TASKS, DataError, Protocol, get_protocol
 
-SLOTS = ("au", "va", *(f"expr={c}" for c in range(len(EXPR_NAMES))))  # position = the phase's fixed id
+# position = the phase's fixed id: AU, VA, then EXPR class c at 2 + c (ABAW3's Other, class 7, after ABAW 2020's)
+SLOTS = ("au", "va", *(f"expr={c}" for c in range(max(p.num_expr for p in PROTOCOLS.values()))))
 
 
 def slot(task: str, value) -> int:
@@ -43,11 +44,14 @@ class Thinning:
 
     @classmethod
     def from_config(cls, cfg: Config, split: str = "train") -> "Thinning":
-        """data.downsample with its seed's phases; no thinning outside the training split."""
+        """data.downsample with its seed's phases (EXPR classes named as data.protocol's); no thinning outside the
+        training split."""
         down = cfg.data.downsample
         if split != "train":
             return cls()
-        periods = (down.au, down.va, *(down.expr.get(name, 1) for name in EXPR_NAMES))
+        names = cfg.data.schema().expr_names
+        periods = (down.au, down.va, *(down.expr.get(name, 1) for name in names))
+        periods += (1,) * (len(SLOTS) - len(periods))
         phases = tuple(int(np.random.default_rng([down.seed, i]).integers(n)) for i, n in enumerate(periods))
         return cls(frozenset(down.sources), periods, phases)
 
@@ -136,9 +140,10 @@ def frame_buckets(index: ShardIndex) -> FrameBuckets:
     return FrameBuckets.from_json(data)
 
 
-def thinned_stats(buckets: FrameBuckets, rule: Thinning) -> LabelStats:
-    """The training split's label statistics after `rule`, summed over the buckets."""
-    stats = LabelStats()
+def thinned_stats(buckets: FrameBuckets, rule: Thinning, protocol: Optional[Protocol] = None) -> LabelStats:
+    """The training split's label statistics after `rule`, summed over the buckets (sized for `protocol`, None:
+    ABAW 2020)."""
+    stats = LabelStats.empty(protocol or get_protocol(None))
     for source, residues in buckets.sources.items():
         rule_here = rule if source in rule.sources else Thinning()  # Thinning() keeps every label
         for residue, bucket in residues.items():
@@ -167,12 +172,14 @@ def training_stats(index: ShardIndex, cfg: Config, split: str = "train") -> Labe
     """The label statistics the training stream of `split` follows (balancing, epoch length): index.json's, after
     data.downsample."""
     rule = Thinning.from_config(cfg, split)
-    return thinned_stats(frame_buckets(index), rule) if rule.active else index.stats[split]
+    return thinned_stats(frame_buckets(index), rule, index.protocol) if rule.active else index.stats[split]
 
 
-def label_counts(stats: LabelStats) -> dict:
-    return {"samples": stats.samples, "au": stats.labelled["au"],
-            "expr": dict(zip(EXPR_NAMES, stats.expr_counts)), "va": stats.labelled["va"]}
+def label_counts(stats: LabelStats, protocol: Optional[Protocol] = None) -> dict:
+    """Samples and labels per task, per EXPR class named as `protocol`'s (None: ABAW 2020's)."""
+    names = (protocol or get_protocol(None)).expr_names
+    return {"samples": stats.samples, "au": stats.labelled["au"], "expr": dict(zip(names, stats.expr_counts)),
+            "va": stats.labelled["va"]}
 
 
 def downsample_counts(index: ShardIndex, cfg: Config) -> Optional[dict]:
@@ -189,8 +196,8 @@ def downsample_counts(index: ShardIndex, cfg: Config) -> Optional[dict]:
     down = cfg.data.downsample
     return {"sources": sorted(rule.sources), "seed": cfg.data.downsample.seed,
             "keep_1_in": {"au": down.au, "va": down.va, "expr": dict(down.expr)},
-            "before": label_counts(index.stats["train"]),
-            "after": label_counts(thinned_stats(frame_buckets(index), rule))}
+            "before": label_counts(index.stats["train"], index.protocol),
+            "after": label_counts(thinned_stats(frame_buckets(index), rule, index.protocol), index.protocol)}
 
 
 def format_counts(counts: dict) -> str:

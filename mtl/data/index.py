@@ -1,7 +1,9 @@
 """`index.json`: what a streaming worker needs to know about the shards without reading them.
 
 Per split: the shard list with sample and label counts, and the label statistics that balancing uses
-(AU positives and AU label patterns, EXPR class counts, the 20x20 VA histogram). Also the prepare summary:
+(AU positives and AU label patterns, EXPR class counts, the 20x20 VA histogram). The top-level "protocol" names the
+label protocol the shards were written in (`mtl.labels.Protocol`; absent in indexes written before protocols: ABAW
+2020's), which gives the AU and EXPR widths of everything read from them. Also the prepare summary:
 samples per source, skipped frames by reason with examples. The training split also holds `by_frame`, its labels
 bucketed by frame % 60 (`mtl.data.downsample.FrameBuckets`; absent from indexes written before it).
 """
@@ -15,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS, va_bin
+from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS, DataError, Protocol, get_protocol, va_bin
 
 INDEX_NAME = "index.json"
 SCHEMA_VERSION = 1
@@ -27,14 +29,20 @@ def va_cell(valence: float, arousal: float) -> tuple[int, int]:
     return va_bin(valence), va_bin(arousal)
 
 
+UNLABELLED = "-"  # an AU the frame carries no label for, in an AU pattern
+
+
 def au_pattern(au) -> str:
-    """AU labels -> pattern string like '10010000' (AU_NAMES order)."""
-    return "".join("1" if v else "0" for v in au)
+    """AU labels -> pattern string like '10010000' (the protocol's AU order); an unlabelled AU (-1, a partial_au
+    protocol's) is '-': '10-1'."""
+    return "".join("1" if v == 1 else "0" if v == 0 else UNLABELLED for v in au)
 
 
 @dataclass
 class LabelStats:
-    """Label counts of one split; `add` one sample's labels, `merge` partial stats from parallel workers."""
+    """Label counts of one split; `add` one sample's labels, `merge` partial stats from parallel workers. Widths
+    are the protocol's (`empty`): `expr_counts` has one count per class, `num_au` is the AU width when no pattern
+    gives it."""
 
     samples: int = 0
     labelled: dict = field(default_factory=lambda: {t: 0 for t in TASKS})
@@ -42,6 +50,12 @@ class LabelStats:
     expr_counts: list = field(default_factory=lambda: [0] * NUM_EXPR)
     va_hist: np.ndarray = field(default_factory=lambda: np.zeros((VA_BINS, VA_BINS), dtype=np.int64))
     tasks_per_sample: list = field(default_factory=lambda: [0] * (len(TASKS) + 1))
+    num_au: int = NUM_AU
+
+    @classmethod
+    def empty(cls, protocol: Protocol) -> "LabelStats":
+        """No samples yet, sized for `protocol`'s AUs and expression classes."""
+        return cls(expr_counts=[0] * protocol.num_expr, num_au=protocol.num_au)
 
     def add(self, labels: dict) -> None:
         self.samples += 1
@@ -70,12 +84,25 @@ class LabelStats:
         self.va_hist = self.va_hist + other.va_hist
         self.tasks_per_sample = [a + b for a, b in zip(self.tasks_per_sample, other.tasks_per_sample)]
 
-    def au_positives(self) -> list[int]:
-        positives = [0] * NUM_AU
+    @property
+    def au_width(self) -> int:
+        """AUs per pattern: the patterns' own width (one protocol's), else `num_au`."""
+        return len(next(iter(self.au_patterns))) if self.au_patterns else self.num_au
+
+    def au_counts(self, mark: str) -> list[int]:
+        """Per AU, the samples whose pattern holds `mark` there ("1": positives)."""
+        counts = [0] * self.au_width
         for pattern, count in self.au_patterns.items():
             for j, bit in enumerate(pattern):
-                positives[j] += count * (bit == "1")
-        return positives
+                counts[j] += count * (bit == mark)
+        return counts
+
+    def au_positives(self) -> list[int]:
+        return self.au_counts("1")
+
+    def au_labelled(self) -> list[int]:
+        """Per AU, the samples labelled for it (all AU-labelled samples under ABAW 2020; fewer with per-AU masks)."""
+        return [p + n for p, n in zip(self.au_positives(), self.au_counts("0"))]
 
     def to_json(self) -> dict:
         return {
@@ -92,7 +119,7 @@ class LabelStats:
         return cls(samples=data["samples"], labelled=dict(data["labelled"]),
                    au_patterns=dict(data["au"]["patterns"]), expr_counts=list(data["expr"]["counts"]),
                    va_hist=np.asarray(data["va"]["hist"], dtype=np.int64),
-                   tasks_per_sample=list(data["tasks_per_sample"]))
+                   tasks_per_sample=list(data["tasks_per_sample"]), num_au=len(data["au"]["positives"]))
 
 
 @dataclass(frozen=True)
@@ -113,6 +140,7 @@ class ShardIndex:
     stats: dict  # split -> LabelStats
     image_size: int  # every stored face is image_size x image_size
     raw: dict
+    protocol: Protocol = field(default_factory=lambda: get_protocol(None))  # the labels' (index.json "protocol")
 
     def shard_urls(self, split: str) -> list[str]:
         return [shard_url(self.root, s.name) for s in self.shards[split]]
@@ -137,4 +165,18 @@ def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardInde
     shards = {split: [ShardInfo(s["name"], s["samples"], s["labelled"], s.get("bytes"), s.get("sha256"))
                       for s in raw["splits"][split]["shards"]] for split in SPLITS}
     stats = {split: LabelStats.from_json(raw["splits"][split]["stats"]) for split in SPLITS}
-    return ShardIndex(root=str(root), shards=shards, stats=stats, image_size=int(raw["image_size"]), raw=raw)
+    try:
+        protocol = get_protocol(raw.get("protocol"))
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    return ShardIndex(root=str(root), shards=shards, stats=stats, image_size=int(raw["image_size"]), raw=raw,
+                      protocol=protocol)
+
+
+def check_protocol(index: ShardIndex, protocol_name: str, where: str = "data.protocol") -> None:
+    """Refuse shards written in another label protocol than `protocol_name` (what `where` names), in one line."""
+    if index.protocol.name != protocol_name:
+        hint = f" (set data.protocol={index.protocol.name}, or prepare shards under {protocol_name})" \
+            if where == "data.protocol" else ""
+        raise DataError(f"shards {index.root} hold protocol {index.protocol.name} labels, but {where} is "
+                        f"{protocol_name}{hint}")

@@ -8,6 +8,9 @@ renames them (a server-side copy: a shard appears whole or not at all), and inde
 reader sees an index whose shards are not all there. Frames whose image is missing or unreadable,
 or that carry no valid label, are skipped and counted by reason in the summary and in index.json. Malformed
 annotations stop the run with an error naming file and line.
+
+The label protocol (mtl.labels.Protocol, `protocol=`) is recorded as index.json's top-level "protocol"; readers
+that depend on it are told it, and a source that has no labels under it is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from mtl.config import ConfigError, PrepareConfig
 from mtl.data.downsample import FrameBuckets
 from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
-from mtl.labels import SPLITS, TASKS, DataError, FrameRecord
+from mtl.labels import DEFAULT_PROTOCOL, SPLITS, TASKS, DataError, FrameRecord, get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +123,19 @@ class _PartWriter:
 
 
 def prepare_unit(unit_number: int, source: Source, unit: WorkUnit, tmp_dir: str, shard_size: int,
-                 image_size: int, scratch: Optional[str] = None) -> UnitResult:
+                 image_size: int, scratch: Optional[str] = None, protocol: str = DEFAULT_PROTOCOL) -> UnitResult:
     """Read one work unit of `source` and write its samples to temporary shards in `tmp_dir` (runs as a Ray task);
     a remote `tmp_dir` (a bucket) gets them from a local scratch folder of this task. The source comes as an
     argument, not from the registry: a worker does not see sources registered in the driver only."""
     if storage.local_path(tmp_dir) is None:
         with storage.scratch_folder("prepare", scratch) as local:
-            return _write_unit(unit_number, source, unit, local, shard_size, image_size, upload_to=tmp_dir)
-    return _write_unit(unit_number, source, unit, storage.local_path(tmp_dir), shard_size, image_size)
+            return _write_unit(unit_number, source, unit, local, shard_size, image_size, protocol, upload_to=tmp_dir)
+    return _write_unit(unit_number, source, unit, storage.local_path(tmp_dir), shard_size, image_size, protocol)
 
 
 def _write_unit(unit_number: int, source: Source, unit: WorkUnit, folder: str, shard_size: int, image_size: int,
-                upload_to: Optional[str] = None) -> UnitResult:
-    result = UnitResult()
+                protocol: str = DEFAULT_PROTOCOL, upload_to: Optional[str] = None) -> UnitResult:
+    result = UnitResult(stats={split: LabelStats.empty(get_protocol(protocol)) for split in SPLITS})
     writers: dict[str, _PartWriter] = {}
     for record in source.read(unit):
         result.frames += 1
@@ -168,10 +171,21 @@ def resolve_sources(names) -> dict[str, Source]:
     return {name: SOURCES.get(name) for name in names}
 
 
-def discover_units(sources: dict[str, Source], roots: dict[str, str]) -> list[tuple[Source, WorkUnit]]:
+def discover_units(sources: dict[str, Source], roots: dict[str, str], protocol: str = DEFAULT_PROTOCOL,
+                   images: Optional[dict[str, str]] = None) -> list[tuple[Source, WorkUnit]]:
+    """Every source's work units under `protocol` (each source checked against it first), with the image folders
+    `images` names ({source name: folder}) for the sources that take one."""
+    get_protocol(protocol)
+    images = images or {}
+    stray = sorted(set(images) - set(roots))
+    if stray:
+        raise ConfigError(f"image folder given for source {', '.join(stray)}, which is not being prepared")
+    for name in roots:
+        sources[name].check_protocol(protocol)
     units = []
     for name, root in roots.items():
-        found = sources[name].discover(Path(root))
+        options = {"images": images[name]} if name in images else {}
+        found = sources[name].units(Path(root), protocol, **options)
         log.info("%s: %d work units under %s", name, len(found), root)
         units.extend((sources[name], unit) for unit in found)
     return units
@@ -182,11 +196,13 @@ _DEFAULTS = PrepareConfig()
 
 def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULTS.shard_size,
             image_size: int = _DEFAULTS.image_size, progress: bool = True, address: Optional[str] = None,
-            scratch: Optional[str] = None) -> dict:
+            scratch: Optional[str] = None, protocol: str = DEFAULT_PROTOCOL,
+            images: Optional[dict[str, str]] = None) -> dict:
     """Write shards and index.json for `sources` ({registered source name: root folder}) into `out` (a folder, or a
     bucket URI: the tasks then stage their shards in `scratch`, see storage.scratch_folder); returns the index.
     Sources are resolved and discovered before Ray is joined (`address`, see ensure_ray), so bad names and layouts
-    fail fast.
+    fail fast. `protocol` names the label protocol (recorded in index.json); `images` gives the image folder of the
+    sources whose images live outside their root ({source name: folder}, e.g. s_affwild2's `--images`).
 
     Every stored face is `image_size` square (Aff-Wild2's cropped_aligned faces are 112 x 112 and are copied
     as they are)."""
@@ -199,7 +215,7 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
     out = storage.local_path(out) or str(out)
     if storage.is_stream(out):
         raise ConfigError(f"{out}: a stream URL is read-only; write the shards to a folder or a bucket")
-    pairs = discover_units(resolve_sources(sources), sources)
+    pairs = discover_units(resolve_sources(sources), sources, protocol, images)
     if not pairs:
         raise DataError(f"no work units found in {sources}")
     units = [unit for _, unit in pairs]
@@ -209,7 +225,7 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
     storage.makedirs(tmp_dir)
     task = ray.remote(num_cpus=1)(prepare_unit)
     refs = {source.name: ray.put(source) for source, _ in pairs}  # pickled once, not once per unit
-    pending = {task.remote(i, refs[source.name], unit, tmp_dir, shard_size, image_size, scratch): i
+    pending = {task.remote(i, refs[source.name], unit, tmp_dir, shard_size, image_size, scratch, protocol): i
                for i, (source, unit) in enumerate(pairs)}
     results: dict[int, UnitResult] = {}
     bar = progress_bar(total=len(units), desc="prepare", unit="unit", enabled=progress)
@@ -227,7 +243,9 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
         raise
     finally:
         bar.close()
-    index = _finalise(out, tmp_dir, units, [results[i] for i in range(len(units))], sources)
+    index = _finalise(out, tmp_dir, units, [results[i] for i in range(len(units))], sources, protocol)
+    if images:
+        index["summary"]["images"] = dict(images)
     index["image_size"] = image_size
     index["summary"]["seconds"] = round(time.time() - started, 2)
     storage.write_json(storage.join(out, INDEX_NAME), index)  # last: every shard it names is there
@@ -245,12 +263,13 @@ def _get(ref):
         raise
 
 
-def _finalise(out: str, tmp_dir: str, units: list[WorkUnit], results: list[UnitResult], sources: dict) -> dict:
+def _finalise(out: str, tmp_dir: str, units: list[WorkUnit], results: list[UnitResult], sources: dict,
+              protocol: str = DEFAULT_PROTOCOL) -> dict:
     """Name the temporary shards in unit order, remove stale ones, and assemble the index."""
     storage.remove(storage.join(out, INDEX_NAME))
     splits = {}
     for split in SPLITS:
-        shards, stats = [], LabelStats()
+        shards, stats = [], LabelStats.empty(get_protocol(protocol))
         for result in results:
             stats.merge(result.stats[split])
             for shard_split, tmp_path, samples, labelled, nbytes, sha256 in result.shards:
@@ -281,6 +300,7 @@ def _finalise(out: str, tmp_dir: str, units: list[WorkUnit], results: list[UnitR
             counts[split] += result.stats[split].samples
     return {
         "schema": SCHEMA_VERSION,
+        "protocol": protocol,
         "splits": splits,
         "summary": {
             "sources": {name: str(root) for name, root in sources.items()},
@@ -295,8 +315,9 @@ def _finalise(out: str, tmp_dir: str, units: list[WorkUnit], results: list[UnitR
 
 
 def format_summary(index: dict) -> str:
-    summary = index["summary"]
-    lines = [f"read {summary['frames_read']} frames from {summary['units']} units in {summary.get('seconds', 0)} s"]
+    summary, protocol = index["summary"], get_protocol(index.get("protocol"))
+    lines = [f"read {summary['frames_read']} frames from {summary['units']} units in {summary.get('seconds', 0)} s",
+             f"protocol {protocol.name}: {protocol.num_au} AUs, {protocol.num_expr} expression classes"]
     for split in SPLITS:
         stats = index["splits"][split]["stats"]
         labelled = ", ".join(f"{t} {stats['labelled'][t]}" for t in TASKS)

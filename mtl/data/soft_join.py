@@ -1,7 +1,7 @@
 """Stored soft labels joined to stream samples: the teacher's outputs per training shard (`<shard>.npz` under
 RUN/soft_labels/, written by the soft-labels stage, `mtl.stages.soft_labels`), looked up by shard and key.
 With `distill.views: K` each sample has K stored augmentation views; the stream replays one of them
-(`replay_views`, docs/recipe.md §3.1)."""
+(`replay_views`, docs/recipe.md §3.1). Their AU and EXPR widths are the label protocol's (`check_widths`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from mtl import storage
 from mtl.config import AugmentConfig, ConfigError
 from mtl.data.augment import BatchDraws
-from mtl.labels import DataError
+from mtl.labels import DataError, Protocol
 
 MANIFEST = "manifest.json"
 SHOWN = 3  # names listed in an error before "and N more"
@@ -38,11 +38,21 @@ def soft_label_path(folder: str | Path, shard_url: str) -> str:
     return storage.join(folder, f"{storage.name(shard_url).removesuffix('.tar')}.npz")
 
 
-class SoftLabels:
-    """Joins stored soft labels to stream samples by shard and key; keeps the tables of the last `cache` shards."""
+def check_widths(path: str, au: np.ndarray, expr: np.ndarray, protocol: Optional[Protocol]) -> None:
+    """Stored teacher outputs (last axis: AUs, classes) must have `protocol`'s widths (None: not checked);
+    DataError naming the file otherwise."""
+    if protocol is not None and (au.shape[-1], expr.shape[-1]) != (protocol.num_au, protocol.num_expr):
+        raise DataError(f"{path}: soft labels of {au.shape[-1]} AUs and {expr.shape[-1]} expression classes, but "
+                        f"protocol {protocol.name} has {protocol.num_au} and {protocol.num_expr} (re-run `mtl "
+                        "soft-labels` with a teacher of that protocol)")
 
-    def __init__(self, folder: str | Path, cache: int = 64):
-        self.folder, self.cache = str(folder), cache
+
+class SoftLabels:
+    """Joins stored soft labels to stream samples by shard and key; keeps the tables of the last `cache` shards.
+    With `protocol` (the shards'), a file of other widths is a DataError (`check_widths`)."""
+
+    def __init__(self, folder: str | Path, cache: int = 64, protocol: Optional[Protocol] = None):
+        self.folder, self.cache, self.protocol = str(folder), cache, protocol
         self.tables: OrderedDict[str, dict] = OrderedDict()
 
     def lookup(self, shard_url: str, key: str) -> Optional[tuple]:
@@ -55,6 +65,7 @@ class SoftLabels:
             if storage.is_file(path):
                 with np.load(io.BytesIO(storage.read_bytes(path))) as data:
                     au, expr, va = (data[k].astype(np.float32) for k in ("au", "expr", "va"))
+                    check_widths(path, au, expr, self.protocol)
                     views = tuple(data[k] for k in ("offsets", "flip", "jitter") if k in data.files)
                     table = {k: (au[i], expr[i], va[i], *(v[i] for v in views))
                              for i, k in enumerate(data["keys"].tolist())}

@@ -10,7 +10,8 @@ reads top to bottom in `TrainStream.__iter__`:
   -> batch
 
 Batches are dicts of tensors (uint8 image windows [B, h, w, 3] with each image's flip and jitter draws, to be
-applied on the device by `mtl.data.augment.to_model_input`, labels with masks, keys):
+applied on the device by `mtl.data.augment.to_model_input`, labels with masks, keys; AU and EXPR widths are the
+label protocol's, `ShardIndex.protocol`):
 `mixed` mode yields one batch whose samples carry any labels (a balancing copy carries only the labels of the
 tasks it was drawn for); `per_task` mode (the paper's) yields {"au": batch, "expr": batch, "va": batch}, each
 batch drawn from the samples labelled for that task.
@@ -32,7 +33,7 @@ from mtl.config import Config
 from mtl.data.balance import Balancer, draw_repeats
 from mtl.data.downsample import Thinning, training_stats
 from mtl.data.index import ShardIndex
-from mtl.labels import NUM_AU, TASKS, DataError
+from mtl.labels import INVALID_AU, TASKS, DataError, Protocol, get_protocol
 from mtl.data.shards import tar_samples
 from mtl.data.soft_join import SoftLabels, replay_views
 
@@ -90,13 +91,20 @@ def with_labels(samples: Iterable[dict], soft=None) -> Iterator[tuple[str, bytes
         yield key, jpg, labels
 
 
-def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, draws: BatchDraws) -> dict:
+def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, draws: BatchDraws,
+            protocol: Optional[Protocol] = None) -> dict:
     """(key, jpg, labels) items -> batch: decoded uint8 windows [B, side, side, 3] (a tensor: it crosses to the
-    training process through shared memory), each image's flip and jitter draws, labels with masks (missing AU/VA
-    rows are zeros, missing EXPR is -1), keys. Small fields stay numpy arrays, pickled inline: a shared-memory
-    segment per small tensor costs more than the whole batch's decoding (see `as_tensors`)."""
+    training process through shared memory), each image's flip and jitter draws, labels with masks, keys. AU:
+    "au" [B, A] (unlabelled AUs and rows 0), "au_valid" [B, A] (this AU of this row labelled), "au_mask" [B] (any
+    AU labelled); A is the labels' width, else `protocol`'s (None: ABAW 2020's). Missing VA rows are zeros, missing
+    EXPR is -1. Small fields stay numpy arrays, pickled inline: a shared-memory segment per small tensor costs more
+    than the whole batch's decoding (see `as_tensors`)."""
     keys, jpgs, labels = zip(*items)
+    protocol = protocol or get_protocol(None)
     au = [lab["au"] for lab in labels]
+    width = next((len(a) for a in au if a is not None), protocol.num_au)
+    au_values = np.array([a if a is not None else [INVALID_AU] * width for a in au], dtype=np.int64).reshape(-1, width)
+    au_valid = au_values != INVALID_AU
     expr = [lab["expr"] for lab in labels]
     va = [lab["va"] for lab in labels]
     batch = {
@@ -105,15 +113,16 @@ def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, d
                              draws.offsets, side),
         "flip": draws.flip,
         "jitter": draws.jitter,
-        "au": np.array([a if a is not None else [0] * NUM_AU for a in au], dtype=np.float32),
-        "au_mask": np.array([a is not None for a in au]),
+        "au": np.where(au_valid, au_values, 0).astype(np.float32),
+        "au_mask": au_valid.any(axis=1),
+        "au_valid": au_valid,
         "expr": np.array([e if e is not None else -1 for e in expr], dtype=np.int64),
         "expr_mask": np.array([e is not None for e in expr]),
         "va": np.array([v if v is not None else [0.0, 0.0] for v in va], dtype=np.float32),
         "va_mask": np.array([v is not None for v in va]),
     }
     if "soft" in labels[0]:
-        batch.update(collate_soft([lab["soft"] for lab in labels]))
+        batch.update(collate_soft([lab["soft"] for lab in labels], protocol))
     return batch
 
 
@@ -126,10 +135,15 @@ def decoded(jpg: bytes, stored_size: int, key: str, labels: dict) -> np.ndarray:
         raise DataError(f"{labels.get('__url__')}: sample {key!r}: its JPEG does not decode ({err})") from None
 
 
-def collate_soft(soft: list) -> dict:
-    """Stored teacher outputs of a batch: soft_au [B, 8] probabilities, soft_expr [B, 7] and soft_va [B, 40]
-    logits (zeros where missing) and soft_mask [B]."""
-    widths = {"soft_au": 8, "soft_expr": 7, "soft_va": 40}
+def soft_widths(protocol: Protocol) -> dict[str, int]:
+    """Width of each stored teacher output: soft_au [A] probabilities, soft_expr [E] and soft_va [40] logits."""
+    return {f"soft_{task}": width for task, width in protocol.widths.items()}
+
+
+def collate_soft(soft: list, protocol: Optional[Protocol] = None) -> dict:
+    """Stored teacher outputs of a batch: soft_au [B, A] probabilities, soft_expr [B, E] and soft_va [B, 40]
+    logits (zeros where missing; widths of `protocol`, None: ABAW 2020's) and soft_mask [B]."""
+    widths = soft_widths(protocol or get_protocol(None))
     return {**{name: np.stack([s[i] if s is not None else np.zeros(width, np.float32) for s in soft])
                for i, (name, width) in enumerate(widths.items())},
             "soft_mask": np.array([s is not None for s in soft])}
@@ -155,7 +169,7 @@ class TrainStream(IterableDataset):
         self.urls = index.shard_urls(split)
         if not self.urls:
             raise ValueError(f"{index.root}: no {split} shards in index.json")
-        self.stored_size = index.image_size
+        self.stored_size, self.protocol = index.image_size, index.protocol
         self.data, self.batch_size, self.seed = cfg.data, cfg.train.batch_size, cfg.train.seed
         self.soft_labels, self.rank, self.world, self.epoch = soft_labels, rank, world, 0
         self.thinning = Thinning.from_config(cfg, split)  # data.downsample, docs/recipe.md §4.5
@@ -170,7 +184,7 @@ class TrainStream(IterableDataset):
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
         urls = shard_sequence(self.urls, self.seed, self.epoch, self.rank * workers + worker_id, self.world * workers)
-        soft = SoftLabels(self.soft_labels) if self.soft_labels else None
+        soft = SoftLabels(self.soft_labels, protocol=self.protocol) if self.soft_labels else None
         buffer = self.data.shuffle_buffer
         samples = self.thinning.thin(with_labels(shuffled(tar_samples(urls), buffer, rng), soft))
         copies = shuffled(self._repeat(samples, rng), buffer, rng)
@@ -198,7 +212,8 @@ class TrainStream(IterableDataset):
         augment = self.data.augment
         draws = draw_batch(rng, len(items), self.stored_size, augment)
         items, draws, views = replay_views(items, draws, rng)  # K-view soft labels: a stored view each (§3.1)
-        batch = collate(items, self.stored_size, window_side(self.stored_size, augment.crop_scale), draws)
+        batch = collate(items, self.stored_size, window_side(self.stored_size, augment.crop_scale), draws,
+                        self.protocol)
         return batch if views is None else {**batch, "soft_view": views}
 
     def _mixed_batches(self, copies, rng) -> Iterator[dict]:
@@ -275,22 +290,25 @@ class EvalStream(IterableDataset):
     def __init__(self, index: ShardIndex, split: str = "val", batch_size: int = 64, crop_scale: float = 1.2,
                  rank: int = 0, world: int = 1):
         super().__init__()
-        self.urls, self.stored_size = index.shard_urls(split), index.image_size
+        self.urls, self.stored_size, self.protocol = index.shard_urls(split), index.image_size, index.protocol
         self.batch_size, self.crop_scale, self.rank, self.world = batch_size, crop_scale, rank, world
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         slot, slots = self.rank * workers + worker_id, self.world * workers
-        side = window_side(self.stored_size, self.crop_scale)
         batch = []
         for item in with_labels(tar_samples(self.urls[slot::slots])):
             batch.append(item)
             if len(batch) == self.batch_size:
-                yield collate(batch, self.stored_size, side, centre_draws(len(batch), self.stored_size, self.crop_scale))
+                yield self._collate(batch)
                 batch = []
         if batch:
-            yield collate(batch, self.stored_size, side, centre_draws(len(batch), self.stored_size, self.crop_scale))
+            yield self._collate(batch)
+
+    def _collate(self, items: list) -> dict:
+        return collate(items, self.stored_size, window_side(self.stored_size, self.crop_scale),
+                       centre_draws(len(items), self.stored_size, self.crop_scale), self.protocol)
 
 
 def eval_loader(index: ShardIndex, split: str = "val", batch_size: int = 64, crop_scale: float = 1.2,

@@ -23,8 +23,9 @@ pass over the windows, not exactly each window once (a slot reading long videos 
 
 Batches are `mtl.data.stream.collate`'s with a time axis: uint8 image windows [B, T, h, w, 3] with one crop, flip and jitter
 draw per sequence ("flip" [B], "jitter" [B, 3]: a sequence stays temporally consistent), labels [B, T, ...] with
-masks [B, T], "key" B lists of T keys; evaluation batches add "valid" [B, T], true at the first occurrence of a
-frame in its video's windows, so that each frame is scored once. Only the sources in `sources` are windowed
+masks [B, T] (and the per-AU "au_valid" [B, T, A]; widths are the index's label protocol's), "key" B lists of T
+keys; evaluation batches add "valid" [B, T], true at the first occurrence of a frame in its video's windows, so
+that each frame is scored once. Only the sources in `sources` are windowed
 (by default the registered sources with `videos=True`, Aff-Wild2 only among the built-in ones: the reference
 trained the CNN-RNN on Aff-Wild2 only; ExpW "videos" are still images).
 There is no label balancing (the reference used no sampler for the CNN-RNN): `data.balance` and
@@ -32,9 +33,10 @@ There is no label balancing (the reference used no sampler for the CNN-RNN): `da
 
 A student's training windows join stored soft labels per window (`soft_labels`, written for a temporal teacher by
 `mtl.stages.soft_labels`): the teacher's outputs on that same window of T frames, looked up by the window's first
-frame key in the file of the video's first shard, as soft_au [B, T, 8], soft_expr [B, T, 7], soft_va [B, T, 40]
-and soft_mask [B, T]. The training windows of a video are the same every epoch (only their order and crops
-change), so every window the student sees has its own stored teacher window.
+frame key in the file of the video's first shard, as soft_au [B, T, A], soft_expr [B, T, E], soft_va [B, T, 40]
+and soft_mask [B, T] (A, E the protocol's: 8, 7 under ABAW 2020). The training windows of a video are the same
+every epoch (only their order and crops change), so every window the student sees has its own stored teacher
+window.
 """
 
 from __future__ import annotations
@@ -51,11 +53,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mtl.config import Config
 from mtl.data.augment import BatchDraws, centre_draws, draw_batch, window_side
 from mtl.data.stream import (EpochLoader, as_tensors, collate, whole_batch, rank_and_world, shard_sequence, shuffled,
-                      with_labels)
+                             soft_widths, with_labels)
 from mtl.data.index import ShardIndex
 from mtl.data.soft_join import SoftLabels
 from mtl.data.sources.base import SOURCES
-from mtl.labels import video_of
+from mtl.labels import Protocol, get_protocol, video_of
 from mtl.data.shards import shard_samples, tar_samples
 
 
@@ -137,26 +139,26 @@ def read_video(video: Video) -> list[tuple[str, bytes, dict]]:
     return frames
 
 
-def collate_windows(windows: list[list[tuple]], stored_size: int, side: int, draws: BatchDraws) -> dict:
-    """B windows of T (key, jpg, labels) frames, one draw per window -> `data.collate`'s batch with a time axis."""
+def collate_windows(windows: list[list[tuple]], stored_size: int, side: int, draws: BatchDraws,
+                    protocol: Optional[Protocol] = None) -> dict:
+    """B windows of T (key, jpg, labels) frames, one draw per window -> `data.collate`'s batch with a time axis
+    (AU width from the labels, else `protocol`'s)."""
     count, length = len(windows), len(windows[0])
     per_frame = BatchDraws(np.repeat(draws.offsets, length, axis=0), np.repeat(draws.flip, length),
                            np.repeat(draws.jitter, length, axis=0))
-    frames = collate([frame for window in windows for frame in window], stored_size, side, per_frame)
+    frames = collate([frame for window in windows for frame in window], stored_size, side, per_frame, protocol)
     keys = frames.pop("key")
     batch = {name: value.reshape(count, length, *value.shape[1:]) for name, value in frames.items()}
     batch.update(key=[keys[i:i + length] for i in range(0, len(keys), length)], flip=draws.flip, jitter=draws.jitter)
     return batch
 
 
-SOFT_WIDTHS = {"soft_au": 8, "soft_expr": 7, "soft_va": 40}
-
-
-def collate_window_soft(records: Sequence[Optional[tuple]], length: int) -> dict:
-    """Stored teacher windows of a batch ((au [T, 8], expr [T, 7], va [T, 40]) or None) -> soft_* [B, T, ...]
-    (zeros where missing) and soft_mask [B, T]."""
+def collate_window_soft(records: Sequence[Optional[tuple]], length: int, protocol: Optional[Protocol] = None) -> dict:
+    """Stored teacher windows of a batch ((au [T, A], expr [T, E], va [T, 40]) or None; `protocol`'s widths, None:
+    ABAW 2020's) -> soft_* [B, T, ...] (zeros where missing) and soft_mask [B, T]."""
+    widths = soft_widths(protocol or get_protocol(None))
     out = {name: np.stack([r[i] if r is not None else np.zeros((length, width), np.float32) for r in records])
-           for i, (name, width) in enumerate(SOFT_WIDTHS.items())}
+           for i, (name, width) in enumerate(widths.items())}
     out["soft_mask"] = np.repeat(np.array([r is not None for r in records])[:, None], length, axis=1)
     return out
 
@@ -174,7 +176,7 @@ class WindowStream(IterableDataset):
                  world: int = 1, sources: Optional[Sequence[str]] = None, soft_labels: Optional[str] = None):
         super().__init__()
         self.videos = {video.name: video for video in videos_of_split(index, split, sources)}
-        self.stored_size = index.image_size
+        self.stored_size, self.protocol = index.image_size, index.protocol
         self.cfg, self.length, self.rank, self.world, self.epoch = cfg, length, rank, world, 0
         self.soft_labels = soft_labels
 
@@ -188,7 +190,7 @@ class WindowStream(IterableDataset):
         names = shard_sequence(list(self.videos), seed, self.epoch, self.rank * workers + worker_id,
                                self.world * workers)
         stride = training_stride(self.length)
-        soft = SoftLabels(self.soft_labels) if self.soft_labels else None
+        soft = SoftLabels(self.soft_labels, protocol=self.protocol) if self.soft_labels else None
         windows = ((window, soft.lookup(self.videos[name].urls[0], window[0][0]) if soft else None)
                    for name in names for window in video_windows(read_video(self.videos[name]), self.length, stride))
         side = window_side(self.stored_size, data.augment.crop_scale)
@@ -198,8 +200,8 @@ class WindowStream(IterableDataset):
             if len(batch) == batch_size:
                 frames, records = zip(*batch)
                 out = collate_windows(list(frames), self.stored_size, side,
-                                      draw_batch(rng, len(batch), self.stored_size, data.augment))
-                yield {**out, **collate_window_soft(records, self.length)} if soft else out
+                                      draw_batch(rng, len(batch), self.stored_size, data.augment), self.protocol)
+                yield {**out, **collate_window_soft(records, self.length, self.protocol)} if soft else out
                 batch = []
 
 
@@ -230,7 +232,7 @@ class EvalWindowStream(IterableDataset):
                  crop_scale: float = 1.2, rank: int = 0, world: int = 1, sources: Optional[Sequence[str]] = None):
         super().__init__()
         self.videos = videos_of_split(index, split, sources)
-        self.stored_size = index.image_size
+        self.stored_size, self.protocol = index.image_size, index.protocol
         self.length, self.batch_size, self.crop_scale = length, batch_size, crop_scale
         self.rank, self.world = rank, world
 
@@ -251,7 +253,8 @@ class EvalWindowStream(IterableDataset):
     def _collate(self, batch: list[tuple[list, list[bool]]]) -> dict:
         windows, valid = zip(*batch)
         draws = centre_draws(len(windows), self.stored_size, self.crop_scale)
-        out = collate_windows(list(windows), self.stored_size, window_side(self.stored_size, self.crop_scale), draws)
+        out = collate_windows(list(windows), self.stored_size, window_side(self.stored_size, self.crop_scale), draws,
+                              self.protocol)
         out["valid"] = np.array(valid, dtype=bool)
         return out
 

@@ -3,7 +3,8 @@ half of the validation videos and scored on the other half, and `EnsembleModule`
 module (exported by `mtl.serve.export`).
 
 Merge rule (the reference's submission rule): mean of the AU sigmoid probabilities (then per-AU thresholds), mean
-of the EXPR softmax probabilities (then argmax), mean of the VA expectations.
+of the EXPR softmax probabilities (then argmax), mean of the VA expectations; the widths and the metric are the
+label protocol's (`protocol`: a `mtl.labels.Protocol` or its name, None: ABAW 2020).
 
 Honest scores (docs/recipe.md §5): `halve_videos` cuts the validation videos in two; thresholds and
 members are chosen on the tuning half only and `ensemble_report` scores the reporting half. The reference tuned
@@ -23,12 +24,14 @@ from mtl import storage
 from mtl.data.augment import MEAN_RGB
 from mtl.eval.bootstrap import bootstrap_interval, take
 from mtl.eval.evaluate import score
-from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, VA_BINS, video_of
+from mtl.eval.metrics import as_protocol, au_labelled
+from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, PROTOCOLS, VA_BINS, Protocol, video_of
 from mtl.models.heads import VA_SUPPORT
 
 PROBABILITIES = ("au_prob", "expr_prob", "va_pred")
 LABELS = ("au_true", "expr_true", "va_true")
 ThresholdRule = Literal["f1", "break_even"]
+ProtocolLike = Protocol | str | None
 
 
 def halve_videos(keys: Sequence[str], seed: int = 0,
@@ -70,22 +73,26 @@ def subset(preds: dict, mask: np.ndarray) -> dict:
     return take(preds, np.flatnonzero(mask))
 
 
-def tune_thresholds(au_true: np.ndarray, au_prob: np.ndarray, rule: ThresholdRule = "f1") -> np.ndarray:
-    """Per-AU thresholds [8] (an AU is on when probability >= threshold), chosen among the probabilities seen.
+def tune_thresholds(au_true: np.ndarray, au_prob: np.ndarray, rule: ThresholdRule = "f1",
+                    protocol: ProtocolLike = None) -> np.ndarray:
+    """Per-AU thresholds [A] (an AU is on when probability >= threshold; A the protocol's AUs), chosen among the
+    probabilities seen.
 
     "f1": the threshold that maximises that AU's F1 (the highest one on ties). "break_even": the reference's
     rule (val.py, sklearn `precision_recall_curve`), the threshold where |precision − recall| is smallest (the
-    lowest one on ties). Rows with a missing AU label (-1) are left out, as the metric does; an AU without
-    positives keeps 0.5."""
+    lowest one on ties). Missing AU labels (-1) are left out as the protocol's metric leaves them out
+    (`au_labelled`: per AU with a partial_au protocol, whole rows under ABAW 2020); an AU without positives keeps
+    0.5."""
+    protocol = as_protocol(protocol)
     au_true, au_prob = np.asarray(au_true), np.asarray(au_prob, dtype=np.float64)
-    if au_true.shape != au_prob.shape or au_true.ndim != 2 or au_true.shape[1] != NUM_AU:
-        raise ValueError(f"au_true and au_prob must both have shape (N, {NUM_AU}), got {au_true.shape} and "
+    if au_true.shape != au_prob.shape or au_true.ndim != 2 or au_true.shape[1] != protocol.num_au:
+        raise ValueError(f"au_true and au_prob must both have shape (N, {protocol.num_au}), got {au_true.shape} and "
                          f"{au_prob.shape}")
     if rule not in ("f1", "break_even"):
         raise ValueError(f"rule must be 'f1' or 'break_even', got {rule!r}")
-    keep = ~(au_true == INVALID_AU).any(axis=1)
-    thresholds = np.full(NUM_AU, 0.5)
-    for j in range(NUM_AU):
+    labelled = au_labelled(au_true, protocol.partial_au)
+    thresholds = np.full(protocol.num_au, 0.5)
+    for j, keep in enumerate(labelled.T):
         positives = au_true[keep, j] == 1
         if positives.any():
             thresholds[j] = _best_threshold(positives, au_prob[keep, j], rule)
@@ -107,20 +114,20 @@ def _best_threshold(positives: np.ndarray, prob: np.ndarray, rule: ThresholdRule
 
 
 def tuned_score(preds: dict, tune_mask: np.ndarray, report_mask: np.ndarray, rule: ThresholdRule = "f1",
-                expr_f1: str = "present") -> dict:
-    """`score` on the report frames with AU thresholds tuned on the tune frames, plus "thresholds" [8]."""
+                expr_f1: str = "present", protocol: ProtocolLike = None) -> dict:
+    """`score` on the report frames with AU thresholds tuned on the tune frames, plus "thresholds" [A]."""
     tune = subset(preds, tune_mask)
-    thresholds = tune_thresholds(tune["au_true"], tune["au_prob"], rule)
-    return {**score(subset(preds, report_mask), thresholds, expr_f1), "thresholds": thresholds.tolist()}
+    thresholds = tune_thresholds(tune["au_true"], tune["au_prob"], rule, protocol)
+    return {**score(subset(preds, report_mask), thresholds, expr_f1, protocol), "thresholds": thresholds.tolist()}
 
 
-def scorer(thresholds: Sequence[float], expr_f1: str = "present"):
+def scorer(thresholds: Sequence[float], expr_f1: str = "present", protocol: ProtocolLike = None):
     """preds -> `score` with these AU thresholds (what the bootstrap replicates are scored with)."""
-    return lambda preds: score(preds, np.asarray(thresholds), expr_f1)
+    return lambda preds: score(preds, np.asarray(thresholds), expr_f1, protocol)
 
 
 def greedy_selection(members: Sequence[dict], tune_mask: np.ndarray, max_members: Optional[int] = None,
-                     rule: ThresholdRule = "f1", expr_f1: str = "present") -> list[int]:
+                     rule: ThresholdRule = "f1", expr_f1: str = "present", protocol: ProtocolLike = None) -> list[int]:
     """Forward selection on the tuning frames: each step adds the member (without replacement) whose addition
     gives the highest total score, AU thresholds re-tuned on those frames; it stops when no addition raises the
     total or at `max_members`. Returns member indices in the order chosen."""
@@ -129,7 +136,7 @@ def greedy_selection(members: Sequence[dict], tune_mask: np.ndarray, max_members
     best = -np.inf
     while len(chosen) < limit:
         totals = {i: tuned_score(average([members[j] for j in [*chosen, i]]), tune_mask, tune_mask, rule,
-                                 expr_f1)["total"]
+                                 expr_f1, protocol)["total"]
                   for i in range(len(members)) if i not in chosen}
         candidate = max(totals, key=totals.get)
         if totals[candidate] <= best:
@@ -140,8 +147,9 @@ def greedy_selection(members: Sequence[dict], tune_mask: np.ndarray, max_members
 
 
 def task_strata(preds: dict) -> dict[str, tuple[bool, bool, bool]]:
-    """Video -> (has AU labels, has EXPR labels, has VA labels): which tasks it can be scored on."""
-    has = np.stack([~(np.asarray(preds["au_true"]) == INVALID_AU).any(axis=1),
+    """Video -> (has AU labels (any AU of a frame), has EXPR labels, has VA labels): which tasks it can be scored
+    on."""
+    has = np.stack([(np.asarray(preds["au_true"]) != INVALID_AU).any(axis=1),
                     np.asarray(preds["expr_true"]) != INVALID_EXPR,
                     ~(np.asarray(preds["va_true"]) == INVALID_VA).any(axis=1)], axis=1)
     strata: dict[str, np.ndarray] = {}
@@ -152,10 +160,10 @@ def task_strata(preds: dict) -> dict[str, tuple[bool, bool, bool]]:
 
 
 def ensemble_report(members: Sequence[dict], seed: int = 0, select: bool = False, rule: ThresholdRule = "f1",
-                    expr_f1: str = "present", bootstrap: int = 0) -> dict:
+                    expr_f1: str = "present", bootstrap: int = 0, protocol: ProtocolLike = None) -> dict:
     """Honest ensemble scores: the validation videos are halved (`halve_videos`, stratified by which tasks each
     video is labelled for); members (all, or `greedy_selection` with `select`) and AU thresholds are chosen on
-    the tuning half, and `score` runs on the other half with them.
+    the tuning half, and `score` runs on the other half with them, by `protocol`'s metric.
 
     Returns {"members", "thresholds", "au", "expr", "va", "total", "details", "selected_on_videos",
     "reported_on_videos" (sorted video names of the two halves), "expr_f1", "preds" (the merged predictions of the
@@ -165,23 +173,23 @@ def ensemble_report(members: Sequence[dict], seed: int = 0, select: bool = False
     if not members:
         raise ValueError("ensemble_report needs at least one member")
     tune_mask, report_mask = halve_videos(members[0]["key"], seed, task_strata(members[0]))
-    chosen = (greedy_selection(members, tune_mask, rule=rule, expr_f1=expr_f1) if select
+    chosen = (greedy_selection(members, tune_mask, rule=rule, expr_f1=expr_f1, protocol=protocol) if select
               else list(range(len(members))))
     merged = average([members[i] for i in chosen])
-    result = tuned_score(merged, tune_mask, report_mask, rule, expr_f1)
+    result = tuned_score(merged, tune_mask, report_mask, rule, expr_f1, protocol)
     videos = np.array([video_of(key) for key in members[0]["key"]])
     reported = subset(merged, report_mask)
     out = {"members": chosen, **result, "expr_f1": expr_f1,
            "selected_on_videos": sorted(set(videos[tune_mask].tolist())),
            "reported_on_videos": sorted(set(videos[report_mask].tolist())), "preds": reported}
     if bootstrap:
-        out["intervals"] = bootstrap_interval(reported, scorer(result["thresholds"], expr_f1), replicates=bootstrap,
-                                              seed=seed)
+        out["intervals"] = bootstrap_interval(reported, scorer(result["thresholds"], expr_f1, protocol),
+                                              replicates=bootstrap, seed=seed)
     return out
 
 
 class MemberProbabilities(nn.Module):
-    """A MultitaskNet (logits dict) -> (AU probabilities [B, 8], EXPR probabilities [B, 7], VA expectation
+    """A MultitaskNet (logits dict) -> (AU probabilities [B, A], EXPR probabilities [B, E], VA expectation
     [B, 2]), as `mtl.models.heads.predictions`, with the VA bin values as a buffer: a traced graph then follows the
     module to any device (`va_expectation`'s module-level constant would be baked in as a CPU tensor)."""
 
@@ -197,21 +205,23 @@ class MemberProbabilities(nn.Module):
 
 
 class EnsembleModule(nn.Module):
-    """Members' averaged predictions on normalised face crops x [B, 3, S, S] -> (AU probabilities [B, 8], EXPR
-    probabilities [B, 7], VA [B, 2]).
+    """Members' averaged predictions on normalised face crops x [B, 3, S, S] -> (AU probabilities [B, A], EXPR
+    probabilities [B, E], VA [B, 2]), A and E the members' widths (their label `protocol`'s).
 
-    Carries what a user needs to feed it and read it: `au_thresholds` (buffer [8]), `image_size` S, the stored
-    face size `stored_size` R and `crop_scale` (the evaluation window is the centre R/crop_scale square, resized
-    to S) and `mean_rgb` (subtracted from 0..255 RGB, std 1)."""
+    Carries what a user needs to feed it and read it: `protocol`, `au_thresholds` (buffer [A]), `image_size` S, the
+    stored face size `stored_size` R and `crop_scale` (the evaluation window is the centre R/crop_scale square,
+    resized to S) and `mean_rgb` (subtracted from 0..255 RGB, std 1). `protocol` None: the registered one with
+    as many AUs as `au_thresholds` has values (a single value: ABAW 2020)."""
 
     def __init__(self, models: Sequence[nn.Module], au_thresholds: Sequence[float] | np.ndarray | Tensor,
-                 image_size: int, stored_size: int = 112, crop_scale: float = 1.2):
+                 image_size: int, stored_size: int = 112, crop_scale: float = 1.2, protocol: ProtocolLike = None):
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(MemberProbabilities(model) for model in models)
-        thresholds = torch.as_tensor(au_thresholds, dtype=torch.float32).expand(NUM_AU).clone()
-        self.register_buffer("au_thresholds", thresholds)
+        thresholds = torch.as_tensor(au_thresholds, dtype=torch.float32)
+        self.protocol = threshold_protocol(thresholds, protocol)
+        self.register_buffer("au_thresholds", thresholds.expand(self.protocol.num_au).clone())
         self.image_size = int(image_size)
         self.stored_size = int(stored_size)
         self.crop_scale = float(crop_scale)
@@ -227,6 +237,21 @@ class EnsembleModule(nn.Module):
             expr.append(member_expr)
             va.append(member_va)
         return torch.stack(au).mean(0), torch.stack(expr).mean(0), torch.stack(va).mean(0)
+
+
+def threshold_protocol(thresholds: Tensor, protocol: ProtocolLike) -> Protocol:
+    """`protocol`, or (None) the registered protocol with one AU per value of `thresholds` (one value: ABAW
+    2020's); a ValueError when no protocol has that many AUs or the thresholds do not fit the given one."""
+    count = thresholds.numel()
+    if protocol is None and count > 1:
+        found = [p for p in PROTOCOLS.values() if p.num_au == count]
+        if len(found) != 1:
+            raise ValueError(f"{count} AU thresholds: name the label protocol ({len(found)} have {count} AUs)")
+        return found[0]
+    protocol = as_protocol(protocol)
+    if count not in (1, protocol.num_au):
+        raise ValueError(f"{count} AU thresholds for the {protocol.num_au} AUs of protocol {protocol.name}")
+    return protocol
 
 
 atomic_path = storage.atomic_local_path  # used by mtl.stages.search

@@ -1,4 +1,5 @@
-"""Validation predictions and ABAW scores: used every epoch by training and by `mtl evaluate`.
+"""Validation predictions and their scores by the label protocol's metric (ABAW 2020's or ABAW3's P_MTL,
+`mtl.eval.metrics.protocol_scores`): used every epoch by training and by `mtl evaluate`.
 
 Each rank predicts its share of the split (every sample exactly once across ranks, see `mtl.data.stream.eval_loader`);
 the predictions are gathered on rank 0, which scores the whole split.
@@ -15,9 +16,9 @@ import torch.distributed as dist
 
 from mtl.data.augment import model_input
 from mtl.data.stream import eval_loader
-from mtl.data.index import ShardIndex
-from mtl.labels import AU_NAMES, EXPR_NAMES, INVALID_VA
-from mtl.eval.metrics import au_metric, expr_metric, va_metric
+from mtl.data.index import ShardIndex, check_protocol, load_index
+from mtl.labels import INVALID_AU, INVALID_VA, Protocol
+from mtl.eval.metrics import METRIC_NAMES, as_protocol, protocol_scores
 from mtl.models.heads import predictions
 
 FIELDS = ("au_prob", "expr_prob", "va_pred", "au_true", "expr_true", "va_true")
@@ -28,8 +29,9 @@ def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: i
             device: torch.device, crop_scale: float = 1.2, rank: int = 0, world: int = 1,
             channels_last: bool = False, autocast: bool = False, seq_len: Optional[int] = None) -> dict:
     """This rank's predictions and labels on `split`: keys, AU/EXPR probabilities, VA expectations, and the
-    labels with missing ones as the metric markers (-1, -5). With `seq_len` the model is temporal: it reads
-    windows of that many frames, and each frame is scored once (its first occurrence in its video's windows)."""
+    labels with missing ones as the metric markers (-1, -5), in the widths of the shards' label protocol. With
+    `seq_len` the model is temporal: it reads windows of that many frames, and each frame is scored once (its
+    first occurrence in its video's windows)."""
     from mtl.data.windows import eval_window_loader
 
     was_training = model.training
@@ -54,20 +56,23 @@ def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: i
         for name, value in values.items():
             parts[name].append(value)
     model.train(was_training)
-    return {"key": parts["key"], **{name: _concat(parts[name], name) for name in FIELDS}}
+    return {"key": parts["key"], **{name: _concat(parts[name], name, index.protocol) for name in FIELDS}}
 
 
 def metric_labels(batch: dict) -> dict:
-    """A batch's labels as the metrics take them: missing AU rows -1, missing EXPR -1, missing VA rows -5."""
-    return {"au_true": np.where(batch["au_mask"][..., None].numpy(), batch["au"].numpy(), -1).astype(int),
+    """A batch's labels as the metrics take them: -1 for each unlabelled AU (`au_valid` [B, A] when the batch has
+    it, else the rows without `au_mask`), missing EXPR -1, missing VA rows -5."""
+    au_valid = batch["au_valid"] if "au_valid" in batch else batch["au_mask"][..., None]
+    return {"au_true": np.where(au_valid.numpy(), batch["au"].numpy(), INVALID_AU).astype(int),
             "expr_true": batch["expr"].numpy(),
             "va_true": np.where(batch["va_mask"][..., None].numpy(), batch["va"].numpy(), INVALID_VA)}
 
 
-def _concat(chunks: list, name: str) -> np.ndarray:
+def _concat(chunks: list, name: str, protocol: Protocol) -> np.ndarray:
     if chunks:
         return np.concatenate(chunks)
-    width = {"au_prob": 8, "au_true": 8, "expr_prob": 7, "va_pred": 2, "va_true": 2}.get(name)
+    width = {"au_prob": protocol.num_au, "au_true": protocol.num_au, "expr_prob": protocol.num_expr, "va_pred": 2,
+             "va_true": 2}.get(name)
     return np.zeros((0, width) if width else (0,))
 
 
@@ -83,52 +88,62 @@ def gather(preds: dict) -> Optional[dict]:
             **{name: np.concatenate([p[name] for p in everything]) for name in FIELDS}}
 
 
-def score(preds: dict, au_thresholds=0.5, expr_f1: str = "present") -> dict:
-    """ABAW scores of gathered predictions: {"au", "expr", "va", "total"} plus each task's details (`expr_f1`:
-    the classes EXPR's macro F1 averages over, `mtl.eval.metrics.expr_metric`)."""
-    au = au_metric(preds["au_true"], (preds["au_prob"] >= np.asarray(au_thresholds)).astype(int))
-    expr = expr_metric(preds["expr_true"], preds["expr_prob"].argmax(axis=1), classes=expr_f1)
-    va = va_metric(preds["va_true"], preds["va_pred"])
-    scores = {"au": au["score"], "expr": expr["score"], "va": va["score"]}
-    scores["total"] = float(np.nansum(list(scores.values())))
-    return {**scores, "details": {"au": au, "expr": expr, "va": va, "samples": len(preds["key"])}}
+def score(preds: dict, au_thresholds=0.5, expr_f1: str = "present", protocol: Protocol | str | None = None) -> dict:
+    """Scores of gathered predictions by `protocol`'s metric (None: ABAW 2020; `protocol_scores`), AUs on at
+    `au_thresholds`, the most probable class: {"au", "expr", "va", "total"} plus "details" (each task's results,
+    "protocol", "metric", "samples"). `expr_f1`: the classes EXPR's macro F1 averages over
+    (`mtl.eval.metrics.expr_metric`)."""
+    result = protocol_scores(protocol, preds["au_true"], (preds["au_prob"] >= np.asarray(au_thresholds)).astype(int),
+                             preds["expr_true"], preds["expr_prob"].argmax(axis=1), preds["va_true"],
+                             preds["va_pred"], expr_f1)
+    result["details"]["samples"] = len(preds["key"])
+    return result
 
 
 def format_scores(result: dict) -> str:
-    """Per-task metrics as text: F1 and accuracy per AU, EXPR confusion matrix, CCCs."""
+    """Per-task metrics as text: F1 (and, ABAW 2020, accuracy) per AU, EXPR confusion matrix, CCCs, the total
+    (P_MTL under abaw3), with the names of the result's protocol."""
     details = result["details"]
+    protocol = as_protocol(details.get("protocol"))
     au, expr, va = details["au"], details["expr"], details["va"]
-    lines = [f"samples: {details['samples']}",
-             f"AU   score {au['score']:.4f}  F1 {au['f1']:.4f}  acc {au['acc']:.4f}",
-             "     " + "  ".join(f"{n} {f:.3f}" for n, f in zip(AU_NAMES, au["f1_per_au"])),
-             f"EXPR score {expr['score']:.4f}  F1 {expr['f1']:.4f}  acc {expr['acc']:.4f}",
-             "     confusion (rows true, columns predicted):",
-             "     " + " ".join(f"{n[:5]:>6s}" for n in EXPR_NAMES)]
-    lines += ["     " + " ".join(f"{c:6d}" for c in row) + f"  {EXPR_NAMES[i]}"
-              for i, row in enumerate(expr["confusion"])]
+    if protocol.metric == "abaw2020":
+        heads = [f"AU   score {au['score']:.4f}  F1 {au['f1']:.4f}  acc {au['acc']:.4f}",
+                 f"EXPR score {expr['score']:.4f}  F1 {expr['f1']:.4f}  acc {expr['acc']:.4f}"]
+    else:
+        heads = [f"AU   mean F1 {au['f1']:.4f} over {protocol.num_au} AUs (each on its labelled frames)",
+                 f"EXPR macro F1 {expr['f1']:.4f} over {protocol.num_expr} classes"]
+    names = protocol.expr_names
+    lines = [f"samples: {details['samples']}", f"metric: {METRIC_NAMES[protocol.metric]} ({protocol.name})", heads[0],
+             "     " + "  ".join(f"{n} {f:.3f}" for n, f in zip(protocol.au_names, au["f1_per_au"])), heads[1],
+             "     confusion (rows true, columns predicted):", "     " + " ".join(f"{n[:5]:>6s}" for n in names)]
+    lines += ["     " + " ".join(f"{c:6d}" for c in row) + f"  {names[i]}" for i, row in enumerate(expr["confusion"])]
     lines.append(f"VA   score {va['score']:.4f}  CCC valence {va['ccc_valence']:.4f}  arousal {va['ccc_arousal']:.4f}"
                  f"  (sum {va['sum']:.4f})")
-    lines.append(f"total {result['total']:.4f}")
+    lines.append(f"{'total' if protocol.metric == 'abaw2020' else 'total (P_MTL)'} {result['total']:.4f}")
     return "\n".join(lines)
 
 
 def predict_model_file(location: str | Path, shards: str | Path, split: str = "val", device: str = "cpu",
                        batch_size: Optional[int] = None) -> dict:
     """`predict` of a saved model on a split of a shard folder, on `device` (bf16 autocast and channels_last on a
-    GPU); the batch size defaults to the model's train.eval_batch_size."""
+    GPU); the batch size defaults to the model's train.eval_batch_size. A model of another label protocol than
+    the shards' is a DataError naming both."""
     from mtl.checkpoint import load_model
-    from mtl.data.index import load_index
 
     model, cfg = load_model(location, device)
+    index = load_index(shards)
+    check_protocol(index, cfg.data.protocol, where=f"the model {location}'s data.protocol")
     on_gpu = torch.device(device).type == "cuda"
-    return predict(model, load_index(shards), split, cfg.data.image_size, batch_size or cfg.train.eval_batch_size,
+    return predict(model, index, split, cfg.data.image_size, batch_size or cfg.train.eval_batch_size,
                    torch.device(device), cfg.data.augment.crop_scale, channels_last=on_gpu, autocast=on_gpu,
                    seq_len=cfg.model.seq_len if cfg.model.temporal else None)
 
 
 def prediction_task_options(device: str) -> dict:
     """Ray resources of one model's predictions on a split: a CPU, and a GPU when `device` is cuda."""
-    return {"num_cpus": 1, "num_gpus": 1 if torch.device(device).type == "cuda" else 0}
+    from mtl.jobs.ray_session import task_options
+
+    return task_options(torch.device(device).type == "cuda")
 
 
 def predictions_on_ray(locations: list[str | Path], shards: str | Path, split: str = "val", device: str = "cpu",
@@ -148,10 +163,11 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str =
                         device: str = "cpu", on_ray: bool = False, address: Optional[str] = None) -> dict:
     """Score a saved model on a split of a shard folder (`mtl evaluate`). The predictions run in this process, or
     with `on_ray` as one Ray task (one GPU with cuda) on the cluster at `address` (`ensure_ray`); the same code
-    either way. Scoring itself is cheap and runs here."""
+    either way. Scoring itself is cheap and runs here, by the metric of the shards' label protocol."""
+    protocol = load_index(shards).protocol
     if not on_ray:
-        return score(predict_model_file(checkpoint, shards, split, device, batch_size))
+        return score(predict_model_file(checkpoint, shards, split, device, batch_size), protocol=protocol)
     from mtl.jobs.ray_session import ensure_ray
 
     ensure_ray(address)
-    return score(predictions_on_ray([checkpoint], shards, split, device, batch_size)[0])
+    return score(predictions_on_ray([checkpoint], shards, split, device, batch_size)[0], protocol=protocol)

@@ -1,4 +1,7 @@
-"""ABAW 2020 metrics for the three tasks (docs/recipe.md §7), in plain numpy.
+"""The metrics of the label protocols (docs/recipe.md §7, §7.3), in plain numpy: ABAW 2020's per-task scores
+(`au_metric`, `expr_metric`, `va_metric`), the ABAW3+ challenges' (`masked_au_f1`, `macro_f1`, `mean_ccc`, and
+P_MTL, `abaw3_mtl_metric`), and `protocol_scores`, which scores the three tasks by a protocol's metric
+(`PROTOCOL_METRICS`, keyed by `Protocol.metric`).
 
 Every metric takes ground truth and predictions as arrays (or nested lists), drops the rows whose ground truth is
 missing (AU: any of the 8 labels is -1; EXPR: -1; VA: -5 or NaN in either column) and returns a dict of python
@@ -17,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, NUM_EXPR
+from mtl.labels import ABAW3, INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, NUM_EXPR, Protocol, get_protocol
 
 AU_WEIGHTS = (0.5, 0.5)  # (F1, accuracy)
 EXPR_WEIGHTS = (0.67, 0.33)  # (macro F1, accuracy)
@@ -126,10 +129,9 @@ def _check_values(values: np.ndarray, allowed: tuple[int, ...], name: str) -> No
         raise ValueError(f"{name} holds {values[bad][0].item()!r}, expected one of {allowed}")
 
 
-
 # ABAW3 and later (docs/recipe.md §7.3): 12 AUs (AU1 AU2 AU4 AU6 AU7 AU10 AU12 AU15 AU23 AU24 AU25 AU26), 8 expressions
 # (the 7 of ABAW 2020 and Other); missing labels -1 (AU, per AU), -1 (EXPR), -5 (VA)
-ABAW3_NUM_AU, ABAW3_NUM_EXPR = 12, 8
+ABAW3_NUM_AU, ABAW3_NUM_EXPR = ABAW3.num_au, ABAW3.num_expr
 
 
 def masked_au_f1(y_true: ArrayLike, y_pred: ArrayLike, num_au: int = ABAW3_NUM_AU) -> dict:
@@ -151,13 +153,14 @@ def masked_au_f1(y_true: ArrayLike, y_pred: ArrayLike, num_au: int = ABAW3_NUM_A
 def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int = ABAW3_NUM_EXPR) -> dict:
     """Expression classes 0..num_classes-1, rows with -1 dropped: {"f1": macro F1 over the classes present in truth
     or prediction (scikit-learn's default, the official evaluation's), "f1_per_class": [num_classes], NaN for a
-    class in neither}."""
+    class in neither, "confusion": num_classes x num_classes (rows true, columns predicted)}."""
     confusion = _confusion(*_labelled_classes(y_true, y_pred, num_classes), num_classes)
     tp = np.diag(confusion)
     fp, fn = confusion.sum(axis=0) - tp, confusion.sum(axis=1) - tp
     per_class = [_f1(int(a), int(b), int(c)) if a + b + c else np.nan for a, b, c in zip(tp, fp, fn)]
     present = [f for f in per_class if not np.isnan(f)]
-    return {"f1": float(np.mean(present)) if present else np.nan, "f1_per_class": per_class}
+    return {"f1": float(np.mean(present)) if present else np.nan, "f1_per_class": per_class,
+            "confusion": confusion.tolist()}
 
 
 def mean_ccc(y_true: ArrayLike, y_pred: ArrayLike) -> dict:
@@ -172,9 +175,60 @@ def abaw3_mtl_metric(au_true: ArrayLike, au_pred: ArrayLike, expr_true: ArrayLik
     0.5 by the caller) + macro F1 over the 8 expressions + mean of the valence and arousal CCCs, each task on its
     own labelled rows (`masked_au_f1`, `macro_f1`, `mean_ccc`): {"au_f1", "expr_f1", "va_ccc", "total"}; a task
     without a labelled row is NaN and adds 0 to the total."""
-    scores = {"au_f1": masked_au_f1(au_true, au_pred)["f1"], "expr_f1": macro_f1(expr_true, expr_pred)["f1"],
-              "va_ccc": mean_ccc(va_true, va_pred)["ccc"]}
-    return {**scores, "total": float(np.nansum(list(scores.values())))}
+    result = protocol_scores(ABAW3, au_true, au_pred, expr_true, expr_pred, va_true, va_pred)
+    return {"au_f1": result["au"], "expr_f1": result["expr"], "va_ccc": result["va"], "total": result["total"]}
+
+
+def as_protocol(protocol: Protocol | str | None) -> Protocol:
+    """A label protocol given as itself, by name, or None (ABAW 2020, `mtl.labels.get_protocol`)."""
+    return protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
+
+
+def au_labelled(au_true: ArrayLike, partial_au: bool) -> np.ndarray:
+    """[N, A] bool, the AU labels a protocol's metric counts: with `partial_au` every entry that is not -1 (a
+    per-AU mask), else the whole rows without a -1 (ABAW 2020: a -1 anywhere means the row has no AU label)."""
+    known = np.asarray(au_true) != INVALID_AU
+    return known if partial_au else np.broadcast_to(known.all(axis=-1, keepdims=True), known.shape)
+
+
+def abaw2020_tasks(protocol: Protocol, au_true, au_pred, expr_true, expr_pred, va_true, va_pred,
+                   expr_f1: str = "present") -> dict:
+    """ABAW 2020's per-task results (`au_metric`, `expr_metric` with `expr_f1` classes, `va_metric`)."""
+    return {"au": au_metric(au_true, au_pred), "expr": expr_metric(expr_true, expr_pred, classes=expr_f1),
+            "va": va_metric(va_true, va_pred)}
+
+
+def abaw3_tasks(protocol: Protocol, au_true, au_pred, expr_true, expr_pred, va_true, va_pred,
+                expr_f1: str = "present") -> dict:
+    """P_MTL's terms, each result's "score": `masked_au_f1` (mean F1 over the protocol's AUs), `macro_f1` over its
+    classes (`expr_f1="all"`: over all of them, a class in neither truth nor prediction counting 0) and
+    `va_metric` (its "score" is `mean_ccc`'s mean CCC)."""
+    if expr_f1 not in EXPR_F1_CLASSES:
+        raise ValueError(f"classes must be one of {EXPR_F1_CLASSES}, got {expr_f1!r}")
+    au = masked_au_f1(au_true, au_pred, protocol.num_au)
+    expr = macro_f1(expr_true, expr_pred, protocol.num_expr)
+    if expr_f1 == "all" and np.sum(expr["confusion"]):
+        expr["f1"] = float(np.mean(np.nan_to_num(expr["f1_per_class"])))
+    return {"au": {**au, "score": au["f1"]}, "expr": {**expr, "score": expr["f1"], "f1_classes": expr_f1},
+            "va": va_metric(va_true, va_pred)}
+
+
+PROTOCOL_METRICS = {"abaw2020": abaw2020_tasks, "abaw3": abaw3_tasks}  # Protocol.metric -> per-task results
+METRIC_NAMES = {"abaw2020": "ABAW 2020 scores", "abaw3": "P_MTL"}
+
+
+def protocol_scores(protocol: Protocol | str | None, au_true: ArrayLike, au_pred: ArrayLike, expr_true: ArrayLike,
+                    expr_pred: ArrayLike, va_true: ArrayLike, va_pred: ArrayLike, expr_f1: str = "present") -> dict:
+    """The three tasks scored by `protocol`'s metric (`PROTOCOL_METRICS`) from binary AU and class predictions:
+    {"au", "expr", "va": each task's score, "total": their sum (a task without labelled rows adds 0), "details":
+    {"au", "expr", "va": the per-task results, "protocol": its name, "metric": Protocol.metric}}. ABAW 2020:
+    0.5 F1 + 0.5 acc, 0.67 F1 + 0.33 acc, mean CCC; abaw3: mean AU F1, EXPR macro F1, mean CCC (P_MTL)."""
+    protocol = as_protocol(protocol)
+    details = PROTOCOL_METRICS[protocol.metric](protocol, au_true, au_pred, expr_true, expr_pred, va_true, va_pred,
+                                                expr_f1)
+    scores = {task: details[task]["score"] for task in ("au", "expr", "va")}
+    scores["total"] = float(np.nansum(list(scores.values())))
+    return {**scores, "details": {**details, "protocol": protocol.name, "metric": protocol.metric}}
 
 
 VA_SELECTION_TERMS = {  # what VA adds to the selection total, from va_metric's result

@@ -6,6 +6,11 @@ video bootstrap) and "vs_teacher" ({score: {"delta", "interval", "outside_noise"
 student "name" and "history" (per-epoch dicts with "epoch", "train_loss", "val_au", "val_expr", "val_va",
 "val_total"); the ensemble "members", "thresholds" and optionally "preds" (its predictions on the reporting half),
 which feed the plots but never report.json. Missing models and NaN scores are shown as "n/a" (null in JSON).
+
+The scores are those of the run's label protocol (`mtl.eval.metrics.protocol_scores`): ABAW 2020's, or P_MTL's
+terms under abaw3; report.md names the metric, and its tables and plots use the protocol's AU and class names.
+report.json records "protocol" and "metric" for every protocol but ABAW 2020, whose report keeps the schema it
+always had (its protocol is the config's data.protocol, the default).
 """
 
 from __future__ import annotations
@@ -23,10 +28,19 @@ from matplotlib.ticker import MaxNLocator
 from mtl import storage
 from mtl.storage import json_ready
 from mtl.data.downsample import format_counts
-from mtl.labels import AU_NAMES, EXPR_NAMES, INVALID_VA, VA_NAMES
+from mtl.eval.metrics import METRIC_NAMES, as_protocol
+from mtl.labels import DEFAULT_PROTOCOL, INVALID_VA, VA_NAMES, Protocol
 
 COLUMNS = ("au", "expr", "va", "total")
 HEADERS = ("AU", "EXPR", "VA", "total")
+METRIC_HEADERS = {"abaw2020": HEADERS, "abaw3": ("AU F1", "EXPR F1", "VA CCC", "P_MTL")}  # by Protocol.metric
+METRIC_TEXT = {
+    "abaw2020": "AU 0.5·F1 + 0.5·accuracy over the {num_au} AUs, EXPR 0.67·macro F1 + 0.33·accuracy over the "
+                "{num_expr} classes, VA the mean of the valence and arousal CCCs; total = their sum "
+                "(docs/recipe.md §7)",
+    "abaw3": "the ABAW3+ multi-task challenge's: AU mean F1 over the {num_au} AUs (each on the frames labelled "
+             "for it), EXPR macro F1 over the {num_expr} classes (Other included), VA the mean of the valence and "
+             "arousal CCCs; total = P_MTL, their sum (docs/recipe.md §7.3)"}
 PLOT_DIR = "plots"
 DPI = 100
 NOT_IN_JSON = ("preds",)
@@ -34,12 +48,13 @@ NOT_IN_JSON = ("preds",)
 
 def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequence[Mapping],
                  ensemble: Optional[Mapping], timings: Mapping[str, float], config: Any,
-                 data: Optional[Mapping] = None) -> dict:
+                 data: Optional[Mapping] = None, protocol: Protocol | str | None = None) -> dict:
     """Write report.json, report.md and plots/ into `run_dir`; return the report as written to JSON.
 
     `config` is a mapping or a pydantic model (dumped with `model_dump(mode="json")`); `data`, when given, is
     recorded as report["data"] (the pipeline's: {"downsample": `mtl.data.downsample.downsample_counts`} when
-    data.downsample thins the training labels)."""
+    data.downsample thins the training labels). `protocol`: the scores' label protocol (None: the config's
+    data.protocol, ABAW 2020 without one)."""
     run_dir = storage.absolute(run_dir)  # a local path or a storage URI
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
@@ -47,6 +62,9 @@ def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequ
               "students": [_entry(s, f"student {i}") for i, s in enumerate(students)],
               "ensemble": _entry(ensemble, "ensemble"),
               "timings": json_ready(dict(timings)), "config": json_ready(config)}
+    protocol = as_protocol(protocol or ((config or {}).get("data") or {}).get("protocol"))
+    if protocol.name != DEFAULT_PROTOCOL:
+        report.update(protocol=protocol.name, metric=protocol.metric)
     if data is not None:
         report["data"] = json_ready(dict(data))
     storage.write_json(storage.join(run_dir, "report.json"), report)
@@ -61,6 +79,24 @@ def _entry(result: Optional[Mapping], name: str) -> Optional[dict]:
     entry = json_ready({k: v for k, v in result.items() if k not in NOT_IN_JSON})
     entry.setdefault("name", name)
     return entry
+
+
+def report_protocol(report: Mapping) -> Protocol:
+    """The label protocol of a report's scores: its "protocol", else its config's data.protocol, else ABAW 2020."""
+    return as_protocol(report.get("protocol") or ((report.get("config") or {}).get("data") or {}).get("protocol"))
+
+
+def headers(report: Mapping) -> tuple[str, ...]:
+    """The score columns' headers under the report's metric (ABAW 2020: AU, EXPR, VA, total)."""
+    return METRIC_HEADERS[report_protocol(report).metric]
+
+
+def metric_line(report: Mapping) -> str:
+    """Which metric the scores are, in one sentence."""
+    protocol = report_protocol(report)
+    text = METRIC_TEXT[protocol.metric].format(num_au=protocol.num_au, num_expr=protocol.num_expr)
+    return (f"Metric: {METRIC_NAMES[protocol.metric]} (label protocol {protocol.name}), {text}. AU decisions use "
+            "the thresholds tuned on the selection half.")
 
 
 def rows(report: Mapping) -> list[tuple[str, Optional[Mapping]]]:
@@ -83,7 +119,7 @@ def format_table(report: Mapping) -> str:
     """Plain-text score table (teacher / students / ensemble rows; AU, EXPR, VA, total; 4 decimals)."""
     table = [(name, *(format_score(value(entry, c)) for c in COLUMNS)) for name, entry in rows(report)]
     width = max(len("model"), *(len(r[0]) for r in table))
-    lines = [f"{'model':<{width}}" + "".join(f"{h:>9}" for h in HEADERS)]
+    lines = [f"{'model':<{width}}" + "".join(f"{h:>9}" for h in headers(report))]
     lines += [f"{r[0]:<{width}}" + "".join(f"{c:>9}" for c in r[1:]) for r in table]
     return "\n".join(lines)
 
@@ -107,7 +143,7 @@ def interval_text(interval) -> str:
 def markdown_table(report: Mapping) -> list[str]:
     """The score table in Markdown, each score with its 95 % interval, the best of each column in bold."""
     top = best(report)
-    lines = ["| model | " + " | ".join(HEADERS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    lines = ["| model | " + " | ".join(headers(report)) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name, entry in rows(report):
         cells = []
         for c in COLUMNS:
@@ -124,16 +160,16 @@ def beats_teacher(report: Mapping) -> list[str]:
     teacher, students = report.get("teacher"), report.get("students") or []
     if not students:
         return ["No students yet."]
-    lines = []
+    names, lines = headers(report), []
     for s in [*students, *([report["ensemble"]] if report.get("ensemble") else [])]:
-        won = [h for c, h in zip(COLUMNS, HEADERS)
+        won = [h for c, h in zip(COLUMNS, names)
                if (a := value(s, c)) is not None and (b := value(teacher, c)) is not None and a > b]
         line = f"- {s['name']}: above the teacher on " + (", ".join(won) if won else "none")
         paired = s.get("vs_teacher") or {}
         if paired:
             parts = [f"{h} {d['delta']:+.3f}{interval_text(d['interval'])}" + (" outside the noise"
                                                                               if d["outside_noise"] else "")
-                     for c, h in zip(COLUMNS, HEADERS) if (d := paired.get(c)) and d.get("delta") is not None
+                     for c, h in zip(COLUMNS, names) if (d := paired.get(c)) and d.get("delta") is not None
                      and math.isfinite(d["delta"])]
             who = "ensemble" if s is report.get("ensemble") else "student"
             line += f"; {who} − teacher: " + ", ".join(parts)
@@ -154,7 +190,8 @@ def ensemble_lines(report: Mapping) -> list[str]:
                for i in ensemble.get("members") or []]
     thresholds = ensemble.get("thresholds") or []
     return [f"Members: {', '.join(members) if members else 'n/a'}", "",
-            "AU thresholds: " + (", ".join(f"{n} {format_score(t)}" for n, t in zip(AU_NAMES, thresholds)) or "n/a"), "",
+            "AU thresholds: " + (", ".join(f"{n} {format_score(t)}" for n, t in
+                                            zip(report_protocol(report).au_names, thresholds)) or "n/a"), "",
             f"The ensemble's scores are measured on {count(ensemble.get('reported_on_videos'))} validation videos "
             f"not used to tune its thresholds and members (tuned on {count(ensemble.get('selected_on_videos'))} "
             "other videos); teacher and student scores are measured on the same reporting half, and every "
@@ -170,7 +207,7 @@ def count(videos) -> str:
 def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:
     """report.md: scores, students vs teacher, ensemble, timings, plots (or why a plot is missing)."""
     timings = report.get("timings") or {}
-    lines = ["# Run report", "", "## Validation scores", "", *markdown_table(report), "",
+    lines = ["# Run report", "", "## Validation scores", "", metric_line(report), "", *markdown_table(report), "",
              "## Students vs teacher", "", *beats_teacher(report), "",
              "## Ensemble", "", *ensemble_lines(report), ""]
     downsample = (report.get("data") or {}).get("downsample")
@@ -228,7 +265,7 @@ def plot_scores(report: Mapping) -> Figure:
     for i, (name, entry) in enumerate(entries):
         heights = [_nan(value(entry, c)) for c in COLUMNS]
         ax.bar(x + (i - (len(entries) - 1) / 2) * width, np.nan_to_num(heights), width, label=name)
-    ax.set_xticks(x, HEADERS)
+    ax.set_xticks(x, headers(report))
     ax.set_ylabel("score (validation)")
     ax.legend(fontsize="small", ncol=2)
     return figure
@@ -246,11 +283,12 @@ def plot_confusion(report: Mapping) -> Figure | str:
     counts = np.asarray(expr["confusion"], dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    names = report_protocol(report).expr_names
     figure, ax = new_figure(5.5, 4.5)
     image = ax.imshow(shares, vmin=0, vmax=1, cmap="Blues")
-    ticks = np.arange(len(EXPR_NAMES))
-    ax.set_xticks(ticks, EXPR_NAMES, rotation=45, ha="right")
-    ax.set_yticks(ticks, EXPR_NAMES)
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks, names, rotation=45, ha="right")
+    ax.set_yticks(ticks, names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for (r, c), share in np.ndenumerate(shares):
@@ -266,12 +304,13 @@ def plot_au_f1(report: Mapping) -> Figure | str:
               if (au := details(report.get(name), "au")) and au.get("f1_per_au") is not None]
     if not series:
         return "no per-AU F1 for the teacher or the ensemble"
+    names = report_protocol(report).au_names
     figure, ax = new_figure(7, 3.5)
-    x = np.arange(len(AU_NAMES))
+    x = np.arange(len(names))
     width = 0.8 / len(series)
     for i, (name, f1) in enumerate(series):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num([_nan(v) for v in f1]), width, label=name)
-    ax.set_xticks(x, AU_NAMES)
+    ax.set_xticks(x, names)
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1")
     ax.legend(fontsize="small")

@@ -1,7 +1,8 @@
 """The task heads (docs/recipe.md §1.3) and how their logits become predictions.
 
-Logits: "au" [.., 8], "expr" [.., 7], "va" [.., 40] (20 valence bins, then 20 arousal bins); the leading dims are
-[B] for frame models and [B, T] for the temporal one.
+Logits: "au" [.., A], "expr" [.., E], "va" [.., 40] (20 valence bins, then 20 arousal bins), A and E the label
+protocol's (`mtl.labels.Protocol.widths`: 8 and 7 for ABAW 2020, 12 and 8 for ABAW3); the leading dims are [B] for
+frame models and [B, T] for the temporal one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from mtl.labels import NUM_AU, NUM_EXPR, VA_BINS
 
-OUTPUTS = {"au": NUM_AU, "expr": NUM_EXPR, "va": 2 * VA_BINS}
+OUTPUTS = {"au": NUM_AU, "expr": NUM_EXPR, "va": 2 * VA_BINS}  # ABAW 2020's widths; models take the protocol's
 VA_SUPPORT = torch.linspace(-1.0, 1.0, VA_BINS)  # values the 20 VA bins stand for (reference: not the bin centres)
 
 
@@ -51,5 +52,5 @@ def va_expectation(va_logits: Tensor) -> Tensor:
 
 
 def predictions(outputs: dict) -> dict:
-    """Logits → {"au": sigmoid probabilities [.., 8], "expr": softmax [.., 7], "va": expectation [.., 2]}."""
+    """Logits → {"au": sigmoid probabilities [.., A], "expr": softmax [.., E], "va": expectation [.., 2]}."""
     return {"au": outputs["au"].sigmoid(), "expr": outputs["expr"].softmax(-1), "va": va_expectation(outputs["va"])}

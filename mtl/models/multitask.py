@@ -1,6 +1,7 @@
 """The multitask CNN (docs/recipe.md §1): a backbone's pooled features feed the AU, EXPR and VA heads.
 
-It returns a dict of logits ("au", "expr", "va", see `mtl.models.heads`) and "features": {task: the vector that
+It returns a dict of logits ("au", "expr", "va", see `mtl.models.heads`; their widths are the label protocol's,
+`widths`) and "features": {task: the vector that
 task's last Linear reads} (what the temporal model's GRUs read).
 """
 
@@ -12,9 +13,9 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from mtl.labels import TASKS
+from mtl.labels import TASKS, get_protocol
 from mtl.models.backbones import classifier_prefixes, create_backbone, matching_state, pooled_width, read_state_dict
-from mtl.models.heads import OUTPUTS, Head
+from mtl.models.heads import Head
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +23,18 @@ log = logging.getLogger(__name__)
 class MultitaskNet(nn.Module):
     """A timm backbone's pooled features feed three `Head`s ("au", "expr", "va").
 
-    `weights`: optional local checkpoint, see `load_weights`. Nothing is ever downloaded.
+    `weights`: optional local checkpoint, see `load_weights`. Nothing is ever downloaded. `widths`: {task: logits}
+    of the label protocol (`cfg.data.schema().widths`); None: ABAW 2020's.
     """
 
     def __init__(self, backbone: str, weights: str | Path | None = None, hidden: int = 128, image_size: int = 112,
-                 backbone_args: Optional[dict] = None):
+                 backbone_args: Optional[dict] = None, widths: Optional[dict[str, int]] = None):
         super().__init__()
         self.backbone = create_backbone(backbone, **(backbone_args or {}))
         self.backbone_name = backbone
         width = pooled_width(self.backbone, backbone, image_size)
-        self.heads = nn.ModuleDict({task: Head(width, hidden, OUTPUTS[task]) for task in TASKS})
+        widths = widths or get_protocol(None).widths
+        self.heads = nn.ModuleDict({task: Head(width, hidden, widths[task]) for task in TASKS})
         if weights is not None:
             self.load_weights(weights)
 

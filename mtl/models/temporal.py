@@ -11,7 +11,8 @@ from mtl.models.multitask import MultitaskNet
 
 class TemporalNet(nn.Module):
     """CNN-RNN: `base` runs on every frame of x [B, T, 3, S, S]; per task, a `GRUHead` reads that task's head
-    feature sequence [B, T, hidden_base] and gives per-frame logits [B, T, C].
+    feature sequence [B, T, hidden_base] and gives per-frame logits [B, T, C], C the width of the base's head (the
+    label protocol's).
 
     With `freeze_base` the base gets no gradient (it runs under no_grad) and stays in eval mode whatever
     `.train()` says, so its BatchNorm statistics are fixed. This departs from the reference, which left the frozen

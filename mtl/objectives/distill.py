@@ -1,9 +1,10 @@
 """Student losses: ground truth mixed with distillation from a teacher's soft labels (docs/recipe.md §3).
 
 Soft-label record, used everywhere (on-the-fly teacher or stored labels):
-    {"au": probabilities [.., 8] (sigmoid of teacher logits), "expr": logits [.., 7],
+    {"au": probabilities [.., A] (sigmoid of teacher logits), "expr": logits [.., E],
      "va": logits [.., 40] (20 valence bins, then 20 arousal bins), "soft_mask": bool [..]}
-`soft_mask` is True where a sample has soft labels; a sample without them gets no distillation term.
+with A, E the label protocol's (the logits' widths). `soft_mask` is True where a sample has soft labels; a sample
+without them gets no distillation term.
 
 Like `mtl.objectives.losses`, every function takes any leading shape ([B] or [B, T]) and flattens it to N rows; masks are
 applied arithmetically, rows outside a mask never contribute (whatever their targets hold), and an empty mask
@@ -37,8 +38,8 @@ def soft_targets(teacher_outputs: dict) -> dict:
 
 
 def au_kd(student_logits: Tensor, teacher_probs: Tensor, mask: Tensor) -> Tensor:
-    """BCE with logits against soft targets p = σ(teacher logits), mean over masked rows × 8 AUs, no temperature:
-    the AU ground-truth loss with p in place of the 0/1 labels."""
+    """BCE with logits against soft targets p = σ(teacher logits), mean over masked rows × A AUs (or masked
+    entries, for a per-AU mask), no temperature: the AU ground-truth loss with p in place of the 0/1 labels."""
     return au_loss(student_logits, teacher_probs, mask)
 
 
@@ -75,6 +76,10 @@ def student_loss(outputs: dict, batch: dict, soft: dict, alpha: float = PAPER_AL
         w · ccc_weight · Σ_d (1 − CCC_d over the g rows),   w = Σ_i g_i·(1 − α·s_i) / n,
     the share of GT weight the per-row terms give; w = 1 − α in a batch whose rows all have GT and soft labels.
 
+    AU with a per-AU ground-truth mask (batch["au_mask"] of the logits' shape, a batch's `au_valid`): the same rule
+    per entry (i, j), g_ij = AU j of row i labelled, s_ij = s_i, and L_au = Σ_ij (those terms) / #{ij: g_ij ∨ s_ij},
+    the per-row form when every row has all or none of its AUs.
+
     Reference equivalence: in a one-task batch (every row has the task's GT and soft labels) the task's head
     gets (1 − α)·G + α·D and the others D, as in docs/recipe.md §3; in `train.merge_per_task`'s concatenation of
     three equal per-task batches, L_k is the reference's Σ over those batches of head k's loss, divided by 3.
@@ -89,9 +94,12 @@ def student_loss(outputs: dict, batch: dict, soft: dict, alpha: float = PAPER_AL
                  "va": lambda z, t, m: va_kd(z, t, m, temperature, t_squared)}
     total, parts, gt_total, kd_total = 0.0, {}, 0.0, 0.0
     for task in TASKS:
-        logits, gt_mask = outputs[task], batch[f"{task}_mask"].reshape(-1)
-        both, gt_only, kd_only = gt_mask & soft_mask, gt_mask & ~soft_mask, soft_mask & ~gt_mask
-        rows = (gt_mask | soft_mask).sum().clamp_min(1)
+        logits, gt_mask, soft_rows = outputs[task], batch[f"{task}_mask"].reshape(-1), soft_mask
+        if task == "au" and gt_mask.numel() == logits.numel():  # per-AU: entries [N, A] in place of rows
+            gt_mask = gt_mask.reshape(-1, logits.shape[-1])
+            soft_rows = soft_mask[:, None].expand_as(gt_mask)
+        both, gt_only, kd_only = gt_mask & soft_rows, gt_mask & ~soft_rows, soft_rows & ~gt_mask
+        rows = (gt_mask | soft_rows).sum().clamp_min(1)
         gt_sum = partial(_masked_sum, gt_losses[task], logits, batch[task])
         kd_sum = partial(_masked_sum, kd_losses[task], logits, soft[task])
         gt = ((1 - alpha) * gt_sum(both) + gt_sum(gt_only)) / rows
@@ -107,7 +115,7 @@ def student_loss(outputs: dict, batch: dict, soft: dict, alpha: float = PAPER_AL
 
 def _masked_sum(loss: Callable[[Tensor, Tensor, Tensor], Tensor], logits: Tensor, target: Tensor,
                 mask: Tensor) -> Tensor:
-    """Σ over `mask` rows of a masked-mean loss: loss(logits, target, mask) · #mask."""
+    """Σ over `mask` rows (or entries) of a masked-mean loss: loss(logits, target, mask) · #mask."""
     return loss(logits, target, mask) * mask.sum()
 
 

@@ -2,8 +2,10 @@
 
 Every function takes logits/targets with any leading shape ([B, ..] from the CNN, [B, T, ..] from the CNN-RNN)
 and a boolean mask of that leading shape (True = the row has this task's label); leading dims are flattened to
-N rows. Rows outside the mask never contribute, whatever their target holds. With no labelled row a loss is a
-zero that is still connected to the logits' graph, so `backward()` works and gives zero gradients, never NaN.
+N rows (`au_loss` also takes a per-AU mask of the logits' shape, a batch's `au_valid`). Class counts are the
+logits' widths (the label protocol's). Rows outside the mask never contribute, whatever their target holds. With
+no labelled row a loss is a zero that is still connected to the logits' graph, so `backward()` works and gives
+zero gradients, never NaN.
 Masks are applied arithmetically (no boolean indexing), so nothing waits on the device.
 """
 
@@ -16,24 +18,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtl.labels import NUM_AU, NUM_EXPR, TASKS, VA_BINS, va_bin
+from mtl.labels import TASKS, VA_BINS, va_bin
 from mtl.models.heads import va_expectation
 
 CCC_EPS = 1e-8
 
 
 def au_loss(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """BCE with logits, mean over labelled rows × 8 AUs:
-    L = Σ_i m_i · (1/8) Σ_j −[y_ij log σ(z_ij) + (1 − y_ij) log(1 − σ(z_ij))] / Σ_i m_i."""
-    logits, mask = logits.reshape(-1, NUM_AU), mask.reshape(-1)
-    target = torch.where(mask[:, None], target.reshape(-1, NUM_AU).to(logits.dtype), 0.0)
-    per_row = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
-    return _masked_mean(per_row, mask)
+    """BCE with logits over the A AUs, B_ij = −[y_ij log σ(z_ij) + (1 − y_ij) log(1 − σ(z_ij))], mean over the
+    labelled entries. A row mask m (leading shape): L = Σ_i m_i · (1/A) Σ_j B_ij / Σ_i m_i. A per-AU mask v (the
+    logits' shape, True = AU j of row i is labelled): L = Σ_ij v_ij · B_ij / Σ_ij v_ij, the row form when v is a
+    row mask broadcast over the AUs."""
+    width = logits.shape[-1]
+    per_au = mask.numel() == logits.numel()
+    logits = logits.reshape(-1, width)
+    valid = mask.reshape(-1, width) if per_au else mask.reshape(-1)[:, None]
+    target = torch.where(valid, target.reshape(-1, width).to(logits.dtype), 0.0)
+    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return _masked_mean(losses, valid) if per_au else _masked_mean(losses.mean(-1), mask.reshape(-1))
 
 
 def expr_loss(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Cross-entropy, mean over labelled rows: L = Σ_i m_i · −log softmax(z_i)[y_i] / Σ_i m_i."""
-    logits, mask = logits.reshape(-1, NUM_EXPR), mask.reshape(-1)
+    logits, mask = logits.reshape(-1, logits.shape[-1]), mask.reshape(-1)
     target = torch.where(mask, target.reshape(-1), 0)
     return _masked_mean(F.cross_entropy(logits, target, reduction="none"), mask)
 
@@ -82,6 +89,7 @@ def va_loss(logits: Tensor, target: Tensor, mask: Tensor, ccc_weight: float = 1.
 def multitask_loss(outputs: dict, batch: dict, lambdas: dict[str, float], tasks: Iterable[str] = TASKS,
                    ccc_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
     """L = Σ_{t ∈ tasks} λ_t · L_t(outputs[t], batch[t], batch[t + "_mask"]); returns (L, {t: L_t detached}).
+    batch["au_mask"] may be per-AU ([.., A], see `au_loss`).
 
     `tasks` picks the supervised heads (per-task batches supervise only their own head, as in the reference);
     `ccc_weight` goes to `va_loss`."""
@@ -92,6 +100,6 @@ def multitask_loss(outputs: dict, batch: dict, lambdas: dict[str, float], tasks:
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Σ m_i·v_i / max(Σ m_i, 1): the mean over masked rows, 0 (with a graph) when there are none."""
+    """Σ m_i·v_i / max(Σ m_i, 1): the mean over masked entries, 0 (with a graph) when there are none."""
     weight = mask.to(values.dtype)
     return (values * weight).sum() / weight.sum().clamp_min(1.0)

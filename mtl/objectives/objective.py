@@ -5,7 +5,10 @@
   batch by the stream, or, with `distill.on_the_fly`, the frozen teacher run on the same augmented images.
 
 An objective is built by `make_objective(cfg, device)` and called as `objective(outputs, batch, x)` ->
-(loss, {task: part}). A new objective is a factory `(cfg, device) -> callable` registered in `OBJECTIVES`.
+(loss, {task: part}). Its ground-truth AU term reads the batch's per-AU mask `au_valid` [.., A] where the label
+protocol labels AUs one by one (`partial_au`, ABAW3); elsewhere `au_valid` is the row mask `au_mask` broadcast, and
+the row mask is what the losses get (`ground_truth`). A new objective is a factory `(cfg, device) -> callable`
+registered in `OBJECTIVES`.
 """
 
 from __future__ import annotations
@@ -32,12 +35,20 @@ def loss_weights(cfg: Config) -> dict:
     return {"au": cfg.loss.lambda_au, "expr": cfg.loss.lambda_expr, "va": cfg.loss.lambda_va}
 
 
+def ground_truth(batch: dict, per_au: bool) -> dict:
+    """The batch the losses read: with `per_au` (the protocol's partial_au) and a per-AU mask `au_valid` in the
+    batch, that mask as "au_mask"; otherwise the batch as it is (its row mask)."""
+    if per_au and "au_valid" in batch:
+        return {**batch, "au_mask": batch["au_valid"]}
+    return batch
+
+
 @OBJECTIVES.register("teacher")
 def teacher_objective(cfg: Config, device: torch.device) -> Objective:
-    lambdas = loss_weights(cfg)
+    lambdas, per_au = loss_weights(cfg), cfg.data.schema().partial_au
 
     def objective(outputs: dict, batch: dict, x: torch.Tensor) -> tuple:
-        return multitask_loss(outputs, batch, lambdas, ccc_weight=cfg.loss.ccc_weight)
+        return multitask_loss(outputs, ground_truth(batch, per_au), lambdas, ccc_weight=cfg.loss.ccc_weight)
     return objective
 
 
@@ -46,10 +57,12 @@ def student_objective(cfg: Config, device: torch.device) -> Objective:
     distill = cfg.distill
     teacher = load_teacher(cfg, device) if distill.on_the_fly else None
     lambdas = loss_weights(cfg) if distill.task_weights else None
+    per_au = cfg.data.schema().partial_au
 
     def objective(outputs: dict, batch: dict, x: torch.Tensor) -> tuple:
-        return student_loss(outputs, batch, batch_soft_targets(batch, teacher, x), distill.alpha, distill.temperature,
-                            lambdas=lambdas, t_squared=distill.t_squared, ccc_weight=cfg.loss.ccc_weight)
+        return student_loss(outputs, ground_truth(batch, per_au), batch_soft_targets(batch, teacher, x), distill.alpha,
+                            distill.temperature, lambdas=lambdas, t_squared=distill.t_squared,
+                            ccc_weight=cfg.loss.ccc_weight)
     return objective
 
 

@@ -36,8 +36,10 @@ import torch
 from mtl import storage
 from mtl.labels import DataError
 from mtl.progress import progress_bar
-from mtl.serve.export import is_temporal_file, read_model_bytes
+from mtl.labels import get_protocol
+from mtl.serve.export import is_temporal_file, protocol_of, read_model_bytes
 from mtl.serve.predict import find_videos, join_batches, load_predictor, predict_batch, write_predictions
+from mtl.serve.submission import check_protocol, plan_submission
 
 IN_FLIGHT = 2  # batches queued per actor
 log = logging.getLogger(__name__)
@@ -74,23 +76,27 @@ class FramePredictor:
     def au_thresholds(self) -> np.ndarray:
         return self.model.au_thresholds.cpu().numpy()
 
+    def protocol_name(self) -> str:
+        return protocol_of(self.model).name
+
     def predict(self, images: list[bytes]) -> tuple[np.ndarray, ...]:
         return predict_batch(self.model, [io.BytesIO(data) for data in images], self.device)
 
 
 def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: str | Path, batch_size: int = 64,
                           device: Optional[str] = None, workers: Optional[int] = None, address: Optional[str] = None,
-                          progress: bool = True) -> dict:
+                          progress: bool = True, protocol: Optional[str] = None, submission: Optional[str] = None,
+                          test_list: Optional[str | Path] = None) -> dict:
     """`mtl.serve.predict.predict_folder` on Ray actors (`workers` of them, default `default_workers`; joins
-    `address` or starts a local Ray); `device` None: cuda when the cluster has a GPU. Returns predict_folder's
-    summary plus "workers" and "device". Frame models only: a temporal one is a DataError (its windows span a
-    video, while the actors take batches of frames)."""
+    `address` or starts a local Ray); `device` None: cuda when the cluster has a GPU; `protocol`, `submission`
+    and `test_list` as there. Returns predict_folder's summary plus "workers" and "device". Frame models only: a
+    temporal one is a DataError (its windows span a video, while the actors take batches of frames)."""
     import ray
 
     from mtl.jobs.ray_session import ensure_ray
 
     started = time.perf_counter()
-    videos = find_videos(Path(folder))
+    videos, plan = plan_submission(find_videos(Path(folder)), folder, submission, test_list)
     model_data = read_model_bytes(model_path)  # a local path or a URI: read once, shipped through the object store
     if is_temporal_file(model_path, model_data):
         raise DataError(f"{model_path}: a temporal (CNN-RNN) model; Ray prediction (--address, --workers) takes "
@@ -107,8 +113,10 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
     bar = progress_bar(sum(len(frames) for frames in videos.values()), "predict", "frame", enabled=progress)
     try:
         thresholds = ray.get(actors[0].au_thresholds.remote())
+        schema = get_protocol(ray.get(actors[0].protocol_name.remote()))
+        check_protocol(schema, protocol, plan is not None, model_path)
         outputs = video_outputs(actors, batches, bar)
-        summary = write_predictions(out_dir, videos, outputs, thresholds, started)
+        summary = write_predictions(out_dir, videos, outputs, thresholds, started, schema, plan)
     finally:
         bar.close()
         for actor in actors:

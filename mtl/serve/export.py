@@ -4,13 +4,15 @@ these, for `best.pt` checkpoints, for the temporal ensemble file (`mtl.serve.tem
 is) and for the TorchScript `ensemble.pt` of earlier versions.
 
 The exported graph is `mtl.eval.ensemble.EnsembleModule.forward`: normalised float crops x [B, 3, S, S] (RGB on the
-0..255 scale minus `mean_rgb`, std 1: `mtl.data.augment.to_model_input`) -> (au_prob [B, 8], expr_prob [B, 7],
-va [B, 2]), with a dynamic batch dimension B. Every artefact carries its metadata as one JSON object (`.pt2`: the
-extra file `mtl.json`; ONNX: `metadata_props["mtl"]`, read by onnxruntime's `custom_metadata_map`): kind (model or
-ensemble), members, au_thresholds, image_size S, stored_size R and crop_scale (the window is the centre
-R / crop_scale square of a face resized to R, then resized to S), mean_rgb, the label schema (AU, EXPR, VA names)
-and the input and output names. An export is checked against the PyTorch model on a batch of another size
-before it is written (atomically, to a local path or a storage URI).
+0..255 scale minus `mean_rgb`, std 1: `mtl.data.augment.to_model_input`) -> (au_prob [B, A], expr_prob [B, E],
+va [B, 2]), with a dynamic batch dimension B; A and E are the label protocol's (`mtl.labels`: 8 and 7 for ABAW
+2020, 12 and 8 for ABAW3). Every artefact carries its metadata as one JSON object (`.pt2`: the extra file
+`mtl.json`; ONNX: `metadata_props["mtl"]`, read by onnxruntime's `custom_metadata_map`): kind (model or ensemble),
+members, au_thresholds, image_size S, stored_size R and crop_scale (the window is the centre R / crop_scale square
+of a face resized to R, then resized to S), mean_rgb, the label protocol and its schema (AU, EXPR, VA names) and
+the input and output names (a file without "protocol", written before protocols, is ABAW 2020's). An export is
+checked against the PyTorch model on a batch of another size before it is written (atomically, to a local path or
+a storage URI).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from torch import Tensor, nn
 
 from mtl import storage
 from mtl.eval.ensemble import EnsembleModule
-from mtl.labels import AU_NAMES, EXPR_NAMES, NUM_AU, VA_NAMES, DataError
+from mtl.labels import DataError, Protocol, get_protocol
+from mtl.serve.temporal import is_temporal_state, label_names, temporal_predictor
 
 FORMATS = {"torch-export": ".pt2", "onnx": ".onnx"}  # format -> file suffix
 DEFAULT_FORMAT = "torch-export"
@@ -51,13 +54,19 @@ Outputs = tuple[Tensor, Tensor, Tensor]
 def metadata(module: EnsembleModule, kind: str) -> dict:
     """What a user of the file needs to feed it and read its outputs (see the module docstring)."""
     size = module.image_size
+    protocol = protocol_of(module)
     return {"kind": kind, "members": len(module.members), "au_thresholds": module.au_thresholds.tolist(),
             "image_size": size, "stored_size": module.stored_size, "crop_scale": module.crop_scale,
-            "mean_rgb": list(module.mean_rgb),
-            "labels": {"au": list(AU_NAMES), "expr": list(EXPR_NAMES), "va": list(VA_NAMES)},
+            "mean_rgb": list(module.mean_rgb), "protocol": protocol.name, "labels": label_names(protocol),
             "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32",
                       "layout": "NCHW RGB, 0..255 minus mean_rgb, std 1"},
             "outputs": list(OUTPUT_NAMES), "torch": torch.__version__}
+
+
+def protocol_of(model: nn.Module) -> Protocol:
+    """The label protocol of a predictor (its `protocol`; a TorchScript ensemble.pt of earlier versions, which has
+    none, is ABAW 2020's)."""
+    return getattr(model, "protocol", None) or get_protocol(None)
 
 
 MODEL_FILE_ERRORS = (KeyError, TypeError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
@@ -79,11 +88,10 @@ def read_torch_state(location: str | Path, data: Optional[bytes] = None) -> dict
 
 def torch_file_module(location: str | Path, data: Optional[bytes] = None, temporal: bool = True) -> nn.Module:
     """A torch.save model file (read by content) in eval mode on the CPU: a frame `best.pt` as a one-member
-    `EnsembleModule` (thresholds 0.5, stored size 112, its config's image size and crop scale); a temporal
-    `best.pt` (alike) or ensemble_temporal.pt as a `mtl.serve.temporal.TemporalEnsemble`, refused with
+    `EnsembleModule` (thresholds 0.5, stored size 112, its config's image size, crop scale and label protocol); a
+    temporal `best.pt` (alike) or ensemble_temporal.pt as a `mtl.serve.temporal.TemporalEnsemble`, refused with
     `temporal=False`. Anything else is a DataError naming the file."""
     from mtl.checkpoint import model_from_state
-    from mtl.serve.temporal import is_temporal_state, temporal_predictor
 
     state = read_torch_state(location, data)
     if is_temporal_state(state) and not temporal:
@@ -94,8 +102,8 @@ def torch_file_module(location: str | Path, data: Optional[bytes] = None, tempor
         net, cfg = model_from_state(state)
     except MODEL_FILE_ERRORS as err:
         raise DataError(f"{location}: not a model file mtl can read ({type(err).__name__}: {err})") from None
-    return EnsembleModule([net], [0.5] * NUM_AU, cfg.data.image_size, DEFAULT_STORED_SIZE,
-                          cfg.data.augment.crop_scale).eval()
+    return EnsembleModule([net], 0.5, cfg.data.image_size, DEFAULT_STORED_SIZE, cfg.data.augment.crop_scale,
+                          protocol=cfg.data.schema()).eval()
 
 
 def checkpoint_module(location: str | Path) -> EnsembleModule:
@@ -106,8 +114,6 @@ def checkpoint_module(location: str | Path) -> EnsembleModule:
 def is_temporal_file(location: str | Path, data: Optional[bytes] = None) -> bool:
     """Whether a model file (its bytes `data`, when already read) is a temporal (CNN-RNN) `best.pt` or
     ensemble_temporal.pt (by content)."""
-    from mtl.serve.temporal import is_temporal_state
-
     data = read_model_bytes(location) if data is None else data
     if artefact_kind(data) != "checkpoint":
         return False
@@ -119,10 +125,12 @@ def is_temporal_file(location: str | Path, data: Optional[bytes] = None) -> bool
 
 def export_ensemble(models: Sequence[nn.Module], thresholds: Sequence[float] | np.ndarray, image_size: int,
                     location: str | Path, stored_size: int = DEFAULT_STORED_SIZE, crop_scale: float = 1.2,
-                    fmt: str = DEFAULT_FORMAT) -> dict:
-    """Write the ensemble of `models` (left untouched) with its thresholds as `fmt`; returns `export_module`'s."""
+                    fmt: str = DEFAULT_FORMAT, protocol: Protocol | str | None = None) -> dict:
+    """Write the ensemble of `models` (left untouched) with its thresholds as `fmt`; returns `export_module`'s.
+    `protocol`: the members' label protocol (their config's data.protocol; None: the one with as many AUs as
+    `thresholds` has values, `EnsembleModule`)."""
     module = EnsembleModule([copy.deepcopy(model).cpu() for model in models], thresholds, image_size, stored_size,
-                            crop_scale).eval()
+                            crop_scale, protocol=protocol).eval()
     return export_module(module, location, fmt, kind="ensemble")
 
 
@@ -251,10 +259,11 @@ def artefact_kind(data: bytes) -> str:
 
 def load_predictor_file(location: str | Path, device: torch.device) -> nn.Module:
     """What `mtl predict` runs: a module on `device`, in eval mode, called on normalised crops [B, 3, S, S] and
-    returning (au_prob, expr_prob, va), with `au_thresholds` [8], `image_size`, `stored_size`, `crop_scale` and
-    `mean_rgb`. Reads `.pt2`, `.onnx`, TorchScript and `best.pt` files (by content); any other file is a
-    DataError naming it. A temporal `best.pt` or ensemble_temporal.pt gives a `mtl.serve.temporal.TemporalEnsemble`
-    instead, called on windows [B, T, 3, S, S] and carrying `seq_len` too."""
+    returning (au_prob, expr_prob, va), with `au_thresholds` [A], `image_size`, `stored_size`, `crop_scale`,
+    `mean_rgb` and `protocol` (`protocol_of`: TorchScript files lack it). Reads `.pt2`, `.onnx`, TorchScript and
+    `best.pt` files (by content); any other file is a DataError naming it. A temporal `best.pt` or
+    ensemble_temporal.pt gives a `mtl.serve.temporal.TemporalEnsemble` instead, called on windows [B, T, 3, S, S]
+    and carrying `seq_len` too."""
     device = torch.device(device)
     data = read_model_bytes(location)
     if artefact_kind(data) == "checkpoint":
@@ -315,6 +324,7 @@ class _Described(nn.Module):
         self.stored_size = int(meta["stored_size"])
         self.crop_scale = float(meta["crop_scale"])
         self.mean_rgb = [float(v) for v in meta["mean_rgb"]]
+        self.protocol = get_protocol(meta.get("protocol"))
 
 
 class ExportedPredictor(_Described):

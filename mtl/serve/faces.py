@@ -6,9 +6,10 @@ crops from consecutive frames and files go through the model in batches of `batc
 `mtl predict --images` does (centre window, `to_model_input`).
 
 `faces.csv` (written atomically): `file, frame, time_s, face, x, y, w, h, score`, the AU probabilities
-(`AU1_prob` ...), the expression probabilities (`Neutral_prob` ...), `valence, arousal`; one row per face per
-frame, frames numbered from 1, and one row with empty face fields for a frame where no face was found. With
-`abaw_files`, each tracked face of each file also gets ABAW-2020 prediction files (AU/, EXPR/, VA/
+(`AU1_prob` ...), the expression probabilities (`Neutral_prob` ...), `valence, arousal`, the AUs and classes of the
+model's label protocol (`header`); one row per face per frame, frames numbered from 1, and one row with empty face
+fields for a frame where no face was found. With `abaw_files`, each tracked face of each file also gets the
+per-task ABAW prediction files (AU/, EXPR/, VA/
 `<file stem>_face<id>.txt`, one line per frame of its file; frames where that face was not seen repeat its
 previous prediction, or its first one before it appears)."""
 
@@ -23,18 +24,26 @@ import numpy as np
 import torch
 
 from mtl.data.augment import to_model_input, window_side
-from mtl.labels import AU_NAMES, EXPR_NAMES, VA_NAMES, DataError
+from mtl.labels import ABAW2020, VA_NAMES, DataError, Protocol
 from mtl.progress import progress_bar
 from mtl.serve.align import align
 from mtl.serve.detect import make_detector
 from mtl.serve.media import MediaReport, expected_frames, find_media, kind_of, read_media
-from mtl.serve.predict import fill_index, load_predictor, warn, write_video_files
+from mtl.serve.export import protocol_of
+from mtl.serve.submission import check_protocol
+from mtl.serve.predict import fill_index, load_predictor, probability_columns, warn, write_video_files
 from mtl.storage import atomic_local_path as atomic_path
 from mtl.serve.track import Tracker
 
 FACE_FIELDS = ["file", "frame", "time_s", "face", "x", "y", "w", "h", "score"]
-PREDICTION_FIELDS = [*(f"{name}_prob" for name in AU_NAMES), *(f"{name}_prob" for name in EXPR_NAMES), *VA_NAMES]
-HEADER = FACE_FIELDS + PREDICTION_FIELDS
+
+
+def header(protocol: Protocol) -> list[str]:
+    """faces.csv's columns for a model of `protocol`."""
+    return [*FACE_FIELDS, *probability_columns(protocol), *VA_NAMES]
+
+
+HEADER = header(ABAW2020)  # an ABAW 2020 model's
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ class Batcher:
 
     def __init__(self, model, device: torch.device, batch_size: int, writer, tracks: dict):
         self.model, self.device, self.batch_size, self.writer, self.tracks = model, device, batch_size, writer, tracks
+        self.width = len(header(protocol_of(model)))
         side = window_side(model.stored_size, model.crop_scale)
         self.top = (model.stored_size - side) // 2
         self.side = side
@@ -67,22 +77,23 @@ class Batcher:
             for (index, _, key), prediction in zip(self.crops, values):
                 self.rows[index] += [f"{v:.6f}" for v in prediction]
                 self.tracks.setdefault(key[:2], {})[key[2]] = prediction
-        self.writer.writerows(row + [""] * (len(HEADER) - len(row)) for row in self.rows)
+        self.writer.writerows(row + [""] * (self.width - len(row)) for row in self.rows)
         self.rows, self.crops = [], []
 
 
 def predict_media(model_path: str | Path, paths: list[str | Path], out_dir: str | Path, batch_size: int = 64,
                   device: Optional[str | torch.device] = None, detector: Optional[str] = None,
-                  abaw_files: bool = False, progress: bool = True) -> dict:
+                  abaw_files: bool = False, progress: bool = True, protocol: Optional[str] = None) -> dict:
     """Write `out_dir/faces.csv` (and the ABAW files when asked) for photo and video files (see the module
-    docstring). Returns {"files", "frames", "faces", "tracks", "unreadable": [paths], "truncated": [paths],
-    "reports": [MediaReport], "csv"}."""
+    docstring); `protocol`: the label protocol the model must have (None: any). Returns {"files", "frames",
+    "faces", "tracks", "unreadable": [paths], "truncated": [paths], "reports": [MediaReport], "csv"}."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     files = find_media(paths)
     model = load_predictor(model_path, device)
     if getattr(model, "seq_len", None):
         raise DataError(f"{model_path}: a temporal (CNN-RNN) model; --media takes frame models only (its crops "
                         "come per detected face, not as a video's consecutive frames): use --images")
+    check_protocol(protocol_of(model), protocol, False, model_path)
     find_faces = make_detector(detector)
     out_dir = Path(out_dir)
     names = display_names(files)
@@ -92,7 +103,7 @@ def predict_media(model_path: str | Path, paths: list[str | Path], out_dir: str 
     bar = progress_bar(sum(expected_frames(path) or 0 for path in files), "predict", "frame", enabled=progress)
     with atomic_path(out_dir / "faces.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(HEADER)
+        writer.writerow(header(protocol_of(model)))
         batcher = Batcher(model, device, batch_size, writer, tracks)
         for path, name, report in zip(files, names, reports):
             tracker = Tracker()
@@ -116,7 +127,7 @@ def predict_media(model_path: str | Path, paths: list[str | Path], out_dir: str 
     bar.close()
     if abaw_files:
         frames_of = {name: report.frames for name, report in zip(names, reports)}
-        write_track_files(out_dir, tracks, frames_of, model.au_thresholds.cpu().numpy())
+        write_track_files(out_dir, tracks, frames_of, model.au_thresholds.cpu().numpy(), protocol_of(model))
     summary = {"files": len(files), "frames": sum(r.frames for r in reports), "faces": faces, "tracks": track_count,
                "unreadable": [str(r.path) for r in reports if r.status == "unreadable"],
                "truncated": [str(r.path) for r in reports if r.status == "truncated"], "reports": reports,
@@ -140,16 +151,16 @@ def abaw_name(name: str) -> str:
 
 
 def write_track_files(out_dir: Path, tracks: dict[tuple[str, int], dict[int, np.ndarray]],
-                      frames_of: dict[str, int], thresholds: np.ndarray) -> None:
-    """ABAW-2020 AU/EXPR/VA files per tracked face, one line per frame of its file."""
-    au_end, expr_end = len(AU_NAMES), len(AU_NAMES) + len(EXPR_NAMES)
+                      frames_of: dict[str, int], thresholds: np.ndarray, protocol: Protocol) -> None:
+    """The protocol's per-task AU/EXPR/VA files per tracked face, one line per frame of its file."""
+    au_end, expr_end = protocol.num_au, protocol.num_au + protocol.num_expr
     for (name, track), predictions in tracks.items():
         count = frames_of[name]
         readable = np.zeros(count, dtype=bool)
-        values = np.zeros((count, len(PREDICTION_FIELDS)), dtype=np.float32)
+        values = np.zeros((count, expr_end + len(VA_NAMES)), dtype=np.float32)
         for frame, prediction in predictions.items():
             readable[frame - 1] = True
             values[frame - 1] = prediction
         values = values[fill_index(readable)]
         write_video_files(out_dir, f"{abaw_name(name)}_face{track}", (values[:, :au_end] >= thresholds).astype(int),
-                          values[:, au_end:expr_end].argmax(axis=1), values[:, expr_end:])
+                          values[:, au_end:expr_end].argmax(axis=1), values[:, expr_end:], protocol)

@@ -1,4 +1,4 @@
-"""`mtl predict`: AU, EXPR and VA predictions for folders of face images, as ABAW-2020 prediction files.
+"""`mtl predict`: AU, EXPR and VA predictions for folders of face images, as ABAW prediction files.
 
 The model is an exported ensemble or model (`mtl.serve.export`: `.pt2`, `.onnx`, or an older TorchScript
 `ensemble.pt`) or one training checkpoint (`best.pt`, thresholds 0.5). Faces are preprocessed as in evaluation: RGB,
@@ -8,11 +8,14 @@ ensemble_temporal.pt (`mtl.serve.temporal`), reads each video as the evaluation 
 the previous readable one, windows of seq_len frames covering every frame once, each frame's prediction from its
 first occurrence (`mtl.serve.temporal.predict_video_windows`).
 
-Output in `out_dir`, per video: `AU/<video>.txt` (8 ints 0/1), `EXPR/<video>.txt` (one int), `VA/<video>.txt`
-(`valence,arousal`, 4 decimals), each a header line then one line per frame in frame order, no trailing newline
-(docs/recipe.md §6.1); and `predictions.csv` with every frame's probabilities. `out_dir` is a local folder or a
-storage URI (`s3://bucket/prefix`); every file is written atomically through `mtl.storage`. This module is the
-local, single-process path; `mtl.serve.batch` runs the same per-batch and per-video functions on Ray actors.
+The label schema is the model file's (its config's data.protocol, an export's metadata; `mtl.labels`): ABAW 2020's
+8 AUs and 7 classes, or ABAW3's 12 AUs and 8 classes (with Other). Output in `out_dir`, per video: `AU/<video>.txt`
+(one int 0/1 per AU), `EXPR/<video>.txt` (one int), `VA/<video>.txt` (`valence,arousal`, 4 decimals), each the
+protocol's header line then one line per frame in frame order, no trailing newline (docs/recipe.md §6.1); and
+`predictions.csv` with every frame's probabilities; optionally the multi-task challenge's submission file
+(`mtl.serve.submission`; abaw3 models), of the frames of a test list when one is given. `out_dir` is a local folder
+or a storage URI (`s3://bucket/prefix`); every file is written atomically through `mtl.storage`. This module is
+the local, single-process path; `mtl.serve.batch` runs the same per-batch and per-video functions on Ray actors.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from tqdm import tqdm
 
 from mtl.data.augment import to_model_input, window_side
 from mtl import storage
-from mtl.serve.export import load_predictor_file
+from mtl.eval.ensemble import threshold_protocol
+from mtl.serve.export import load_predictor_file, protocol_of
+from mtl.serve.submission import Submission, check_protocol, plan_submission
 from mtl.serve.temporal import predict_video_windows
-from mtl.labels import AU_NAMES, EXPR_NAMES, HEADERS, VA_NAMES
+from mtl.labels import VA_NAMES, DataError, Protocol
 from mtl.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -46,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 def predict_folder(model_path: str | Path, folder: str | Path, out_dir: str | Path, batch_size: int = 64,
-                   device: Optional[str | torch.device] = None, progress: bool = True) -> dict:
+                   device: Optional[str | torch.device] = None, progress: bool = True, protocol: Optional[str] = None,
+                   submission: Optional[str] = None, test_list: Optional[str | Path] = None) -> dict:
     """Predict every frame of the videos in `folder` and write the prediction files (see the module docstring)
     under `out_dir`, a local folder or a storage URI (`s3://bucket/prefix`, `mtl.storage`), in this process.
 
@@ -56,15 +62,22 @@ def predict_folder(model_path: str | Path, folder: str | Path, out_dir: str | Pa
     frame's prediction (the first readable one for a video that starts unreadable), since a submission needs a
     line for every frame. A video with no readable frame is reported and gets no files.
 
+    `protocol`: the label protocol the model must have (`mtl.serve.submission.ProtocolError` otherwise; None:
+    any). `submission`: also write the multi-task challenge's file there (abaw3 models only); `test_list`: the
+    challenge's list of test images, the only frames predicted (`mtl.serve.submission.select_frames`).
+
     Returns {"videos": {video: frames written}, "frames", "unreadable": [paths], "filled": count,
-    "skipped_videos": [videos], "out_dir", "seconds", "frames_per_s"}. `mtl.serve.batch` is the same on Ray."""
+    "skipped_videos": [videos], "out_dir", "seconds", "frames_per_s"} (and "submission": its location).
+    `mtl.serve.batch` is the same on Ray."""
     started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    videos = find_videos(Path(folder))
+    videos, plan = plan_submission(find_videos(Path(folder)), folder, submission, test_list)
     model = load_predictor(model_path, device)
+    check_protocol(protocol_of(model), protocol, plan is not None, model_path)
     bar = progress_bar(sum(len(frames) for frames in videos.values()), "predict", "frame", enabled=progress)
     outputs = ((video, predict_video(model, frames, batch_size, device, bar)) for video, frames in videos.items())
-    summary = write_predictions(out_dir, videos, outputs, model.au_thresholds.cpu().numpy(), started)
+    summary = write_predictions(out_dir, videos, outputs, model.au_thresholds.cpu().numpy(), started,
+                                protocol_of(model), plan)
     bar.close()
     log.info("predicted %d frames of %d videos with %s on %s", summary["frames"], len(summary["videos"]),
              model_path, device)
@@ -72,14 +85,21 @@ def predict_folder(model_path: str | Path, folder: str | Path, out_dir: str | Pa
 
 
 def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], outputs, au_thresholds: np.ndarray,
-                      started: float) -> dict:
+                      started: float, protocol: Optional[Protocol] = None,
+                      submission: Optional[Submission] = None) -> dict:
     """Write each video's files as its `(video, (au, expr, va, readable))` arrives from `outputs` (in any order),
-    then predictions.csv in the order of `videos`; returns predict_folder's summary (`started`: perf_counter)."""
+    then predictions.csv in the order of `videos`, then the `submission` file if any; returns predict_folder's
+    summary (`started`: perf_counter). `protocol`: the model's (None: the one with as many AUs as `au_thresholds`
+    has values); the outputs must have its widths."""
     out_dir = str(out_dir)
     rows: dict[str, list[list]] = {}
     unreadable: dict[str, list[str]] = {}
     skipped: list[str] = []
     for video, (au, expr, va, readable) in outputs:
+        protocol = protocol or threshold_protocol(torch.as_tensor(au_thresholds), None)
+        if (au.shape[1], expr.shape[1]) != (protocol.num_au, protocol.num_expr):
+            raise DataError(f"the model gives {au.shape[1]} AUs and {expr.shape[1]} classes, but protocol "
+                            f"{protocol.name} has {protocol.num_au} and {protocol.num_expr}")
         frames = videos[video]
         unreadable[video] = [str(path) for path, ok in zip(frames, readable) if not ok]
         for path in unreadable[video]:
@@ -90,11 +110,11 @@ def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], output
             continue
         source = fill_index(readable)
         au, expr, va = au[source], expr[source], va[source]
-        write_video_files(out_dir, video, (au >= au_thresholds).astype(int), expr.argmax(axis=1), va)
+        write_video_files(out_dir, video, (au >= au_thresholds).astype(int), expr.argmax(axis=1), va, protocol)
         rows[video] = [[video, path.name, *a, *e, *v, int(not ok)]
                        for path, a, e, v, ok in zip(frames, au.tolist(), expr.tolist(), va.tolist(), readable)]
     ordered = [row for video in videos if video in rows for row in rows[video]]
-    write_csv(storage.join(out_dir, "predictions.csv"), ordered)
+    write_csv(storage.join(out_dir, "predictions.csv"), ordered, protocol)
     filled = sum(1 for row in ordered if row[-1])
     if filled:
         warn(f"{filled} unreadable frame(s) got the prediction of the previous readable frame of their video "
@@ -102,10 +122,14 @@ def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], output
     written = {video: len(videos[video]) for video in videos if video in rows}
     seconds = time.perf_counter() - started
     log.info("wrote AU/, EXPR/, VA/ and predictions.csv under %s", out_dir)
-    return {"videos": written, "frames": sum(written.values()),
-            "unreadable": [path for video in videos for path in unreadable.get(video, [])], "filled": filled,
-            "skipped_videos": [video for video in videos if video in skipped], "out_dir": out_dir,
-            "seconds": round(seconds, 3), "frames_per_s": round(sum(len(f) for f in videos.values()) / seconds, 1)}
+    summary = {"videos": written, "frames": sum(written.values()),
+               "unreadable": [path for video in videos for path in unreadable.get(video, [])], "filled": filled,
+               "skipped_videos": [video for video in videos if video in skipped], "out_dir": out_dir,
+               "seconds": round(seconds, 3), "frames_per_s": round(sum(len(f) for f in videos.values()) / seconds, 1)}
+    if submission is not None:
+        summary["submission"] = submission.write(ordered, au_thresholds, protocol, summary["skipped_videos"])
+        log.info("wrote the submission file %s", summary["submission"])
+    return summary
 
 
 def load_predictor(path: str | Path, device: torch.device) -> nn.Module:
@@ -159,7 +183,7 @@ def read_window(source: Path | BinaryIO, stored_size: int, side: int) -> Optiona
 
 def predict_video(model: nn.Module, frames: list[Path], batch_size: int, device: torch.device,
                   bar: tqdm) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame AU probabilities [N, 8], EXPR probabilities [N, 7], VA [N, 2] (zeros where unreadable) and
+    """Per frame AU probabilities [N, A], EXPR probabilities [N, E], VA [N, 2] (zeros where unreadable) and
     the readable mask [N], predicted in consecutive batches of `batch_size` frames; a temporal model (one with
     `seq_len`) in batches of windows of about `batch_size` frames (`predict_video_windows`)."""
     if getattr(model, "seq_len", None):
@@ -175,11 +199,13 @@ def predict_video(model: nn.Module, frames: list[Path], batch_size: int, device:
 
 @torch.inference_mode()
 def predict_batch(model: nn.Module, sources: list, device: torch.device) -> tuple[np.ndarray, ...]:
-    """(AU [n, 8], EXPR [n, 7], VA [n, 2], readable [n]) of one batch of images (paths or binary streams) in one
-    forward pass; zeros where an image is unreadable."""
+    """(AU [n, A], EXPR [n, E], VA [n, 2], readable [n]; A and E of the model's protocol) of one batch of images
+    (paths or binary streams) in one forward pass; zeros where an image is unreadable."""
     side = window_side(model.stored_size, model.crop_scale)
     windows = [read_window(source, model.stored_size, side) for source in sources]
-    outputs = [np.zeros((len(sources), len(names)), dtype=np.float32) for names in (AU_NAMES, EXPR_NAMES, VA_NAMES)]
+    protocol = protocol_of(model)
+    outputs = [np.zeros((len(sources), width), dtype=np.float32)
+               for width in (protocol.num_au, protocol.num_expr, len(VA_NAMES))]
     rows = [i for i, window in enumerate(windows) if window is not None]
     if rows:
         batch = torch.from_numpy(np.stack([windows[i] for i in rows])).to(device)
@@ -203,25 +229,31 @@ def fill_index(readable: np.ndarray) -> np.ndarray:
     return np.where(previous >= 0, previous, np.flatnonzero(readable)[0])
 
 
-def write_video_files(out_dir: str, video: str, au: np.ndarray, expr: np.ndarray, va: np.ndarray) -> None:
-    """AU/, EXPR/ and VA/ `<video>.txt`: the header, then one line per frame, no trailing newline."""
+def write_video_files(out_dir: str, video: str, au: np.ndarray, expr: np.ndarray, va: np.ndarray,
+                      protocol: Protocol) -> None:
+    """AU/, EXPR/ and VA/ `<video>.txt`: the protocol's header, then one line per frame, no trailing newline."""
     lines = {"AU": [",".join(str(int(v)) for v in row) for row in au],
              "EXPR": [str(int(v)) for v in expr],
              "VA": [f"{v:.4f},{a:.4f}" for v, a in va]}
     for task, body in lines.items():
-        storage.write_text(storage.join(out_dir, task, f"{video}.txt"), "\n".join([HEADERS[task.lower()], *body]))
+        storage.write_text(storage.join(out_dir, task, f"{video}.txt"),
+                           "\n".join([protocol.headers[task.lower()], *body]))
 
 
-def write_csv(path: str, rows: list[list]) -> None:
-    """predictions.csv: video, frame file, AU and EXPR probabilities, valence, arousal, filled (1 = the line
-    repeats another frame's prediction because this image was unreadable)."""
-    header = ["video", "frame", *(f"{name}_prob" for name in AU_NAMES), *(f"{name}_prob" for name in EXPR_NAMES),
-              *VA_NAMES, "filled"]
+def write_csv(path: str, rows: list[list], protocol: Protocol) -> None:
+    """predictions.csv: video, frame file, AU and EXPR probabilities (the protocol's names), valence, arousal,
+    filled (1 = the line repeats another frame's prediction because this image was unreadable)."""
+    header = ["video", "frame", *probability_columns(protocol), *VA_NAMES, "filled"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([[*row[:2], *(f"{v:.6f}" for v in row[2:-1]), row[-1]] for row in rows])
     storage.write_text(path, text.getvalue())
+
+
+def probability_columns(protocol: Protocol) -> list[str]:
+    """`<AU>_prob` per AU, then `<class>_prob` per expression class, of the protocol."""
+    return [f"{name}_prob" for name in (*protocol.au_names, *protocol.expr_names)]
 
 
 def warn(message: str) -> None:

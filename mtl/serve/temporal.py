@@ -4,10 +4,11 @@ into the evaluation windows.
 
 The ensemble stage writes temporal members as RUN/ensemble/ensemble_temporal.pt, a plain torch file that
 `torch.load(..., weights_only=True)` reads: {"kind": "temporal-ensemble", "version": 1, "members": [{"model":
-state dict, "config": training config}], "au_thresholds" [8], "image_size", "stored_size", "crop_scale",
-"seq_len", "mean_rgb", "labels"}. It is not a torch.export or ONNX program (exporting the GRUs over windows is out
-of scope): `mtl export` refuses it and `mtl predict --images`, in this process, runs it, as it runs a temporal
-`best.pt` (one member, thresholds 0.5).
+state dict, "config": training config}], "au_thresholds" [A], "image_size", "stored_size", "crop_scale",
+"seq_len", "mean_rgb", "protocol" (the members' label protocol, `mtl.labels`; a file without it: ABAW 2020's),
+"labels"}. It is not a torch.export or ONNX program (exporting the GRUs over windows is out of scope): `mtl export`
+refuses it and `mtl predict --images`, in this process, runs it, as it runs a temporal `best.pt` (one member,
+thresholds 0.5).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from mtl.checkpoint import model_from_state
 from mtl.config import ConfigError, validate
 from mtl.data.augment import MEAN_RGB, model_input
 from mtl.data.windows import first_occurrences, window_indices
-from mtl.labels import AU_NAMES, EXPR_NAMES, NUM_AU, VA_NAMES
+from mtl.eval.metrics import as_protocol
+from mtl.labels import Protocol, get_protocol
 from mtl.models.heads import predictions
 
 KIND = "temporal-ensemble"
@@ -35,18 +37,21 @@ Outputs = tuple[Tensor, Tensor, Tensor]
 
 class TemporalEnsemble(nn.Module):
     """Temporal members' averaged predictions on normalised windows x [B, T, 3, S, S] -> (AU probabilities
-    [B, T, 8], EXPR probabilities [B, T, 7], VA expectations [B, T, 2]): the frame ensemble's rule
-    (`mtl.eval.ensemble.EnsembleModule`) per frame. Carries what `mtl predict` reads (`au_thresholds`,
-    `image_size`, `stored_size`, `crop_scale`, `mean_rgb`) and `seq_len`, the window length T."""
+    [B, T, A], EXPR probabilities [B, T, E], VA expectations [B, T, 2]), A and E those of the label `protocol`
+    (None: ABAW 2020): the frame ensemble's rule (`mtl.eval.ensemble.EnsembleModule`) per frame. Carries what
+    `mtl predict` reads (`au_thresholds` [A], `image_size`, `stored_size`, `crop_scale`, `mean_rgb`, `protocol`)
+    and `seq_len`, the window length T."""
 
     def __init__(self, models: Sequence[nn.Module], au_thresholds: Sequence[float] | np.ndarray | Tensor,
-                 image_size: int, stored_size: int, crop_scale: float, seq_len: int):
+                 image_size: int, stored_size: int, crop_scale: float, seq_len: int,
+                 protocol: Protocol | str | None = None):
         super().__init__()
         if not models:
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(models)
-        self.register_buffer("au_thresholds", torch.as_tensor(au_thresholds, dtype=torch.float32).expand(NUM_AU)
-                             .clone())
+        self.protocol = as_protocol(protocol)
+        self.register_buffer("au_thresholds", torch.as_tensor(au_thresholds, dtype=torch.float32)
+                             .expand(self.protocol.num_au).clone())
         self.image_size, self.stored_size, self.seq_len = int(image_size), int(stored_size), int(seq_len)
         self.crop_scale = float(crop_scale)
         self.mean_rgb = [float(v) for v in MEAN_RGB]
@@ -70,29 +75,38 @@ def temporal_predictor(state: dict, stored_size: int) -> TemporalEnsemble:
     if state.get("kind") == KIND:
         members = [model_from_state(member)[0] for member in state["members"]]
         return TemporalEnsemble(members, state["au_thresholds"], state["image_size"], state["stored_size"],
-                                state["crop_scale"], state["seq_len"]).eval()
+                                state["crop_scale"], state["seq_len"], state.get("protocol")).eval()
     net, cfg = model_from_state(state)
-    return TemporalEnsemble([net], [0.5] * NUM_AU, cfg.data.image_size, stored_size, cfg.data.augment.crop_scale,
-                            cfg.model.seq_len).eval()
+    return TemporalEnsemble([net], 0.5, cfg.data.image_size, stored_size, cfg.data.augment.crop_scale,
+                            cfg.model.seq_len, cfg.data.schema()).eval()
+
+
+def label_names(protocol: Protocol) -> dict[str, list[str]]:
+    """The names of a model's outputs under `protocol`: {"au": AU names, "expr": class names, "va": [valence,
+    arousal]} (the "labels" of exported metadata and of the temporal ensemble file)."""
+    return {task: line.split(",") for task, line in protocol.headers.items()}
 
 
 def ensemble_file_state(members: Sequence[dict], au_thresholds: Sequence[float], stored_size: int) -> dict:
     """The temporal ensemble file's content from its members' model files ({"model", "config"}, read with
-    weights_only); ConfigError unless all are temporal with one image size, crop scale and window length."""
+    weights_only); ConfigError unless all are temporal with one image size, crop scale, window length and label
+    protocol."""
     cfgs = [validate(member["config"]) for member in members]
     if not all(cfg.model.temporal for cfg in cfgs):
         raise ConfigError("a temporal ensemble takes temporal (CNN-RNN) members only")
-    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale, cfg.model.seq_len) for cfg in cfgs}
+    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale, cfg.model.seq_len, cfg.data.protocol)
+              for cfg in cfgs}
     if len(inputs) > 1:
         raise ConfigError(f"the temporal members take different inputs (data.image_size, data.augment.crop_scale, "
-                          f"model.seq_len: {sorted(inputs)}); an ensemble needs one")
-    (image_size, crop_scale, seq_len), = inputs
+                          f"model.seq_len, data.protocol: {sorted(inputs)}); an ensemble needs one")
+    (image_size, crop_scale, seq_len, protocol), = inputs
+    schema = get_protocol(protocol)
     return {"kind": KIND, "version": VERSION,
             "members": [{"model": member["model"], "config": member["config"]} for member in members],
-            "au_thresholds": [float(t) for t in np.broadcast_to(au_thresholds, NUM_AU)],
+            "au_thresholds": [float(t) for t in np.broadcast_to(au_thresholds, schema.num_au)],
             "image_size": image_size, "stored_size": int(stored_size), "crop_scale": float(crop_scale),
-            "seq_len": seq_len, "mean_rgb": [float(v) for v in MEAN_RGB],
-            "labels": {"au": list(AU_NAMES), "expr": list(EXPR_NAMES), "va": list(VA_NAMES)}}
+            "seq_len": seq_len, "mean_rgb": [float(v) for v in MEAN_RGB], "protocol": schema.name,
+            "labels": label_names(schema)}
 
 
 def write_temporal_ensemble(members: Sequence[dict], au_thresholds: Sequence[float], location: str,
@@ -143,12 +157,14 @@ class FilledFrames:
 def predict_video_windows(model: TemporalEnsemble, count: int, read: Callable[[int], Optional[np.ndarray]],
                           batch_size: int, device: torch.device,
                           progress: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, ...]:
-    """(AU [N, 8], EXPR [N, 7], VA [N, 2], readable [N]) of a video of `count` frames read by `read(i)` (uint8
-    evaluation windows [side, side, 3], None when unreadable): unreadable frames filled (`FilledFrames`), the
-    evaluation's windows (`window_indices` with stride seq_len: every frame once, the last window shifted back,
-    a short video padded), `batch_size // seq_len` windows (at least 1) per forward pass, and each frame's
-    prediction from its first occurrence (`first_occurrences`). Zeros and no readable frame when none reads."""
-    outputs = [np.zeros((count, width), dtype=np.float32) for width in (len(AU_NAMES), len(EXPR_NAMES), 2)]
+    """(AU [N, A], EXPR [N, E], VA [N, 2], readable [N]; A and E of `model.protocol`) of a video of `count`
+    frames read by `read(i)` (uint8 evaluation windows [side, side, 3], None when unreadable): unreadable frames
+    filled (`FilledFrames`), the evaluation's windows (`window_indices` with stride seq_len: every frame once, the
+    last window shifted back, a short video padded), `batch_size // seq_len` windows (at least 1) per forward pass,
+    and each frame's prediction from its first occurrence (`first_occurrences`). Zeros and no readable frame when
+    none reads."""
+    outputs = [np.zeros((count, width), dtype=np.float32)
+               for width in (model.protocol.num_au, model.protocol.num_expr, 2)]
     frames = FilledFrames(count, read)
     if frames.first is None:
         progress(count)

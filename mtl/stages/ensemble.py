@@ -30,8 +30,10 @@ REPORT_PREDS = "report_preds.npz"
 
 
 def member_task_options(use_gpu: bool) -> dict:
-    """Ray resources of one member's predictions: a CPU, and a GPU with train.use_gpu."""
-    return {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0}
+    """Ray resources of one member's predictions: a CPU, and a GPU with train.use_gpu (`task_options`)."""
+    from mtl.jobs.ray_session import task_options
+
+    return task_options(use_gpu)
 
 
 def member_predictions(checkpoints: list[str], shards: str, use_gpu: bool = False) -> list[dict]:
@@ -65,7 +67,9 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     `bootstrap` replicates of 95 % intervals and, against the teacher, paired intervals of each difference
     ("vs_teacher", `mtl.eval.bootstrap.paired_difference`); export the ensemble as `fmt` to
     `out_dir`/ensemble<suffix>, its reporting-half predictions to `out_dir`/report_preds.npz, and record its
-    sources in `out_dir`/ensemble.json."""
+    sources in `out_dir`/ensemble.json. Scores and thresholds are those of the shards' label protocol (the
+    members' too: `predict_model_file` refuses a member of another)."""
+    from mtl.data.index import load_index
     from mtl.eval.bootstrap import paired_difference
     from mtl.eval.ensemble import ensemble_report, scorer
     from mtl.stages.soft_labels import write_npz_atomic
@@ -76,15 +80,16 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     if len(videos) < 2:
         raise DataError(f"{shards}: {len(videos)} validation video(s); an honest ensemble needs at least 2 (its "
                         "thresholds are tuned on one half of the videos and it is scored on the other)")
-    options = {"seed": seed, "rule": rule, "expr_f1": expr_f1, "bootstrap": bootstrap}
+    protocol = load_index(shards).protocol
+    options = {"seed": seed, "rule": rule, "expr_f1": expr_f1, "bootstrap": bootstrap, "protocol": protocol}
     single = [ensemble_report([p], **options) for p in preds]
     ensemble = ensemble_report(preds[len(checkpoints) - len(student_bests):], select=select, **options)
     if teacher_best and bootstrap:
         teacher = single[0]
         for entry in [*single[1:], ensemble]:
             entry["vs_teacher"] = paired_difference(
-                entry["preds"], scorer(entry["thresholds"], expr_f1), teacher["preds"],
-                scorer(teacher["thresholds"], expr_f1), replicates=bootstrap, seed=seed)
+                entry["preds"], scorer(entry["thresholds"], expr_f1, protocol), teacher["preds"],
+                scorer(teacher["thresholds"], expr_f1, protocol), replicates=bootstrap, seed=seed)
     preds_file = storage.join(out_dir, REPORT_PREDS)
     write_npz_atomic(preds_file, **{name: np.asarray(v) for name, v in ensemble["preds"].items()})
     single, ensemble = ([without_preds(e) for e in single], without_preds(ensemble))
@@ -93,10 +98,10 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     result = EnsembleResult(teacher=single[0] if teacher_best else {}, students=single[-len(student_bests):],
                             ensemble=ensemble, exported=exported, preds=preds_file)
     storage.write_json(storage.join(out_dir, RECORD), {
-        "students": student_bests, "teacher": teacher_best, "shards": str(shards), "select": select,
-        "threshold_rule": rule, "split_seed": seed, "members": [student_bests[i] for i in ensemble["members"]],
-        "exported": exported, "format": "torch" if exported.endswith(TEMPORAL_FILE) else fmt,
-        "result": result.to_json()})
+        "protocol": protocol.name, "students": student_bests, "teacher": teacher_best, "shards": str(shards),
+        "select": select, "threshold_rule": rule, "split_seed": seed,
+        "members": [student_bests[i] for i in ensemble["members"]], "exported": exported,
+        "format": "torch" if exported.endswith(TEMPORAL_FILE) else fmt, "result": result.to_json()})
     return result
 
 
@@ -114,9 +119,10 @@ def read_report_preds(location: str) -> Optional[dict]:
 
 
 def export_members(checkpoints: list[str], thresholds: list[float], out_dir: str, shards: str, fmt: str) -> str:
-    """Export the models of `checkpoints` with `thresholds` at their (shared) image size and crop scale and the
-    shards' stored face size to `out_dir`/ensemble<suffix of fmt>; temporal (CNN-RNN) members, which do not
-    export, are written to `out_dir`/ensemble_temporal.pt instead (`mtl.serve.temporal`). Returns the path."""
+    """Export the models of `checkpoints` with `thresholds` at their (shared) image size, crop scale and label
+    protocol and the shards' stored face size to `out_dir`/ensemble<suffix of fmt>; temporal (CNN-RNN) members,
+    which do not export, are written to `out_dir`/ensemble_temporal.pt instead (`mtl.serve.temporal`). Returns the
+    path."""
     from mtl.checkpoint import model_from_state, read_model_file
     from mtl.config import validate
     from mtl.data.index import load_index
@@ -131,14 +137,15 @@ def export_members(checkpoints: list[str], thresholds: list[float], out_dir: str
     stored_size = load_index(shards).image_size
     if cfgs[0].model.temporal:
         return write_temporal_ensemble(states, thresholds, storage.join(out_dir, TEMPORAL_FILE), stored_size)
-    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale) for cfg in cfgs}
+    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale, cfg.data.protocol) for cfg in cfgs}
     if len(inputs) > 1:
-        raise ConfigError(f"the members {', '.join(checkpoints)} take different inputs (data.image_size, "
-                          f"data.augment.crop_scale: {sorted(inputs)}); an ensemble needs one")
-    (image_size, crop_scale), = inputs
+        raise ConfigError(f"the members {', '.join(checkpoints)} take different inputs or give different outputs "
+                          f"(data.image_size, data.augment.crop_scale, data.protocol: {sorted(inputs)}); an "
+                          "ensemble needs one")
+    (image_size, crop_scale, protocol), = inputs
     location = storage.join(out_dir, "ensemble" + FORMATS[fmt])
     export_ensemble([model_from_state(state)[0] for state in states], thresholds, image_size, location,
-                    stored_size=stored_size, crop_scale=crop_scale, fmt=fmt)
+                    stored_size=stored_size, crop_scale=crop_scale, fmt=fmt, protocol=protocol)
     return location
 
 

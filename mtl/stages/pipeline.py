@@ -57,8 +57,8 @@ def run_stages(stages: Iterable[Stage], ctx: StageContext) -> dict[str, float]:
 
 
 def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
-    """report.json/.md and plots/ of the teacher, students and ensemble stages' results (`write_report`), and what
-    data.downsample left of the training labels (docs/recipe.md §4.5)."""
+    """report.json/.md and plots/ of the teacher, students and ensemble stages' results (`write_report`, by the
+    metric of data.protocol), and what data.downsample left of the training labels (docs/recipe.md §4.5)."""
     from mtl.data.downsample import downsample_counts
     from mtl.data.index import load_index
     from mtl.eval.report import write_report
@@ -70,7 +70,8 @@ def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
     ensemble_entry = {**scores.ensemble, "preds": read_report_preds(scores.preds)}
     downsample = downsample_counts(load_index(ctx.cfg.data.shards), ctx.cfg)  # None when nothing is thinned
     return write_report(ctx.cfg.run.dir, teacher_entry, student_entries, ensemble_entry, timings,
-                        config_dict(ctx.cfg), {"downsample": downsample} if downsample else None)
+                        config_dict(ctx.cfg), {"downsample": downsample} if downsample else None,
+                        protocol=ctx.cfg.data.schema())
 
 
 def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:

@@ -2,8 +2,9 @@
 
 One Ray task per training shard loads the teacher (CPU, or one GPU each with `train.use_gpu`), runs it on the
 shard's samples with the evaluation view (centre window, no augmentation) and writes `<shard name>.npz` next to
-the others under `RUN/soft_labels/`: sample keys, AU probabilities [N, 8], EXPR logits [N, 7] and VA bin logits
-[N, 40] (float16), atomically. Nothing of the images is copied; the training stream joins these rows to its
+the others under `RUN/soft_labels/`: sample keys, AU probabilities [N, A], EXPR logits [N, E] and VA bin logits
+[N, 40] (float16; A, E the label protocol's: 8, 7 for ABAW 2020, 12, 8 for ABAW3), atomically. A teacher of another
+protocol than the shards' is refused. Nothing of the images is copied; the training stream joins these rows to its
 samples by shard and key (`SoftLabels`). `manifest.json` records the teacher file's digest: a re-run skips the
 shards already done for the same teacher and redoes everything for another one.
 
@@ -61,33 +62,33 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
 
     model, cfg = load_model(teacher_path, device)
     items = list(with_labels(tar_samples([shard_url])))
+    widths = cfg.data.schema().widths
     if views:
         return label_views(model, cfg.data.image_size, items, out_path, stored_size, device,
-                           max(1, batch_size // views["views"]), views)
+                           max(1, batch_size // views["views"]), views, widths)
     stored, side = stored_size, window_side(stored_size, cfg.data.augment.crop_scale)
     keys, au, expr, va = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            batch = as_tensors(collate(chunk, stored, side, centre_draws(len(chunk), stored,
-                                                                         cfg.data.augment.crop_scale)))
+            draws = centre_draws(len(chunk), stored, cfg.data.augment.crop_scale)
+            batch = as_tensors(collate(chunk, stored, side, draws, cfg.data.schema()))
             out = model(model_input(batch["image"].to(device), cfg.data.image_size))
             keys += batch["key"]
             au.append(torch.sigmoid(out["au"].float()).cpu().numpy())
             expr.append(out["expr"].float().cpu().numpy())
             va.append(out["va"].float().cpu().numpy())
-    empty = np.zeros((0,))
-    write_npz_atomic(out_path, keys=np.array(keys, dtype=str),
-                     au=np.concatenate(au).astype(np.float16) if au else empty.reshape(0, 8),
-                     expr=np.concatenate(expr).astype(np.float16) if expr else empty.reshape(0, 7),
-                     va=np.concatenate(va).astype(np.float16) if va else empty.reshape(0, 40))
+    outputs = {task: np.concatenate(parts).astype(np.float16) if parts else np.zeros((0, widths[task]))
+               for task, parts in (("au", au), ("expr", expr), ("va", va))}
+    write_npz_atomic(out_path, keys=np.array(keys, dtype=str), **outputs)
     return len(keys)
 
 
 def label_views(model, image_size: int, items: list, out_path: str, stored_size: int, device: str,
-                batch_size: int, views: dict) -> int:
+                batch_size: int, views: dict, widths: dict) -> int:
     """`label_shard` with K views per sample: each view's window, flip and jitter (`sample_views`) turned into the
-    teacher's model input exactly as a training step turns the student's batch (`train_step`)."""
+    teacher's model input exactly as a training step turns the student's batch (`train_step`). `widths`: the
+    outputs' ({task: A, E, 40}, the teacher's label protocol)."""
     import torch
 
     from mtl.data.augment import BatchDraws, cut_windows, model_input, sample_views, window_side
@@ -114,8 +115,8 @@ def label_views(model, image_size: int, items: list, out_path: str, stored_size:
         return (np.concatenate(parts).astype(dtype).reshape(len(items), count, *shape) if parts
                 else np.zeros((0, count, *shape), dtype))
 
-    write_npz_atomic(out_path, keys=np.array([key for key, _, _ in items], dtype=str),
-                     au=per_view(au, 8), expr=per_view(expr, 7), va=per_view(va, 40),
+    outputs = {task: per_view(parts, widths[task]) for task, parts in (("au", au), ("expr", expr), ("va", va))}
+    write_npz_atomic(out_path, keys=np.array([key for key, _, _ in items], dtype=str), **outputs,
                      offsets=per_view([d.offsets for d in draws], 2, dtype=np.int32),
                      flip=per_view([d.flip for d in draws], dtype=bool),
                      jitter=per_view([d.jitter for d in draws], 3, dtype=np.float32))
@@ -125,7 +126,7 @@ def label_views(model, image_size: int, items: list, out_path: str, stored_size:
 def label_video_windows(teacher_path: str, urls: list[str], out_path: str, stored_size: int, device: str = "cpu",
                         batch_size: int = 16) -> int:
     """A temporal teacher's outputs on every training window of one video (its shards `urls`) -> `out_path`
-    (.npz: "keys" = first frame key of each window, au [W, T, 8] probabilities, expr [W, T, 7] and va [W, T, 40]
+    (.npz: "keys" = first frame key of each window, au [W, T, A] probabilities, expr [W, T, E] and va [W, T, 40]
     logits, float16); returns the number of windows (a Ray task)."""
     import torch
 
@@ -178,7 +179,7 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     (train.seed); a temporal teacher then is a ConfigError, raised before any Ray task."""
     import ray
 
-    from mtl.data.index import load_index
+    from mtl.data.index import check_protocol, load_index
     from mtl.progress import progress_bar
     from mtl.jobs.ray_session import ensure_ray
 
@@ -190,6 +191,7 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     teacher_cfg = validate(read_model_file(teacher_path)["config"])
     refuse_windowed_views(views, teacher_cfg.model.temporal, f"the teacher {teacher_path}")
     index = load_index(shards)
+    check_protocol(index, teacher_cfg.data.protocol, where=f"the teacher {teacher_path}'s data.protocol")
     unit = {"unit": "window", "seq_len": teacher_cfg.model.seq_len} if teacher_cfg.model.temporal else {"unit": "frame"}
     spec = view_spec(views, augment or AugmentConfig(), index.image_size)
     kind = {**unit, **spec, **({"view_seed": seed} if views else {})}
@@ -205,8 +207,10 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     todo = [name for name, (urls, covered) in units.items()
             if any(shard not in manifest["shards"] for shard in covered) or not storage.is_file(soft_label_path(out, name))]
     ensure_ray()
+    from mtl.jobs.ray_session import task_options
+
     label = label_video_windows if teacher_cfg.model.temporal else label_shard
-    task = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)(label)
+    task = ray.remote(**task_options(use_gpu))(label)
     extra = {"views": {"views": views, "augment": spec["augment"], "seed": seed}} if views else {}
     pending = {task.remote(teacher_path, units[name][0] if teacher_cfg.model.temporal else units[name][0][0],
                            soft_label_path(out, name), index.image_size, "cuda" if use_gpu else "cpu", **extra): name

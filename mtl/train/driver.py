@@ -26,7 +26,7 @@ from mtl.checkpoint import read_model_file, save_model_file
 from mtl.config import Config, ConfigError, ModelConfig, config_dict, validate
 from mtl.data.balance import BALANCERS
 from mtl.data.downsample import downsample_counts, format_counts
-from mtl.data.index import ShardIndex, load_index
+from mtl.data.index import ShardIndex, check_protocol, load_index
 from mtl.data.soft_join import check_soft_labels, view_spec
 from mtl.data.verify import check_shards
 from mtl.jobs.ray_session import ensure_ray
@@ -39,31 +39,35 @@ log = logging.getLogger(__name__)
 
 
 def check_inputs(cfg: Config) -> ShardIndex:
-    """Fail here, in one line, not in a worker: shards, names looked up in registries, a student's teacher; returns
-    the shards' index."""
+    """Fail here, in one line, not in a worker: shards (and their label protocol against data.protocol), names
+    looked up in registries, a student's teacher; returns the shards' index."""
     if not cfg.data.shards:
         raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
     check_weights(cfg.model)
     index = load_index(cfg.data.shards)
+    check_protocol(index, cfg.data.protocol)
     check_shards(index)  # sizes against index.json: a truncated shard fails here
     BALANCERS.get(cfg.data.balance, key="data.balance")
     OBJECTIVES.get(cfg.train.role, key="train.role")
     if cfg.train.role == "student":
         if not storage.is_file(teacher_path(cfg)) and cfg.distill.on_the_fly:
             raise FileNotFoundError(f"{teacher_path(cfg)}: a student needs the teacher's model")
-        if cfg.distill.on_the_fly:
-            check_teacher_input(cfg)
-        else:  # every training shard labelled, by the current teacher
+        if storage.is_file(teacher_path(cfg)):
+            check_teacher(cfg, index)
+        if not cfg.distill.on_the_fly:  # every training shard labelled, by the current teacher
             check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), *student_shards(cfg, index),
                               views=view_spec(cfg.distill.views, cfg.data.augment, index.image_size))
     return index
 
 
-def check_teacher_input(cfg: Config) -> None:
-    """On the fly the teacher runs on the student's own input, frames [B, 3, S, S] or windows [B, T, 3, S, S]:
-    both must be frame models or both temporal (CNN-RNN) ones."""
-    teacher = validate(read_model_file(teacher_path(cfg))["config"]).model.temporal
-    if teacher != cfg.model.temporal:
+def check_teacher(cfg: Config, index: ShardIndex) -> None:
+    """A student's teacher: of its shards' label protocol (its soft labels have that protocol's widths); on the
+    fly it runs on the student's own input, frames [B, 3, S, S] or windows [B, T, 3, S, S]: both must be frame
+    models or both temporal (CNN-RNN) ones."""
+    teacher_cfg = validate(read_model_file(teacher_path(cfg))["config"])
+    check_protocol(index, teacher_cfg.data.protocol, where=f"the teacher {teacher_path(cfg)}'s data.protocol")
+    teacher = teacher_cfg.model.temporal
+    if cfg.distill.on_the_fly and teacher != cfg.model.temporal:
         kinds = {True: "a temporal (CNN-RNN) model", False: "a frame model"}
         raise ConfigError(f"distill.on_the_fly: the teacher {teacher_path(cfg)} is {kinds[teacher]} but the student "
                           f"(model.temporal={cfg.model.temporal}) is {kinds[cfg.model.temporal]}; the teacher runs "

@@ -69,7 +69,7 @@ def train_rank(payload: dict) -> dict:
     torch.set_num_threads(cfg.train.cpus_per_worker)
     index = load_index(cfg.data.shards)
     loader = make_loader(cfg, index, rank, world)
-    model = create_model(cfg.model, cfg.data.image_size).to(device)
+    model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -122,7 +122,8 @@ def train_rank(payload: dict) -> dict:
                    "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
                    **{f"train_{k}": v / steps for k, v in sums.items()}}
         if preds is not None:  # scored on the selection half only: the reporting half stays unseen
-            result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1)
+            result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1,
+                           protocol=cfg.data.protocol)
             metrics.update({f"val_{task}": result[task] for task in TASKS})
             metrics["val_total"] = selection_total(result, cfg.eval.selection)
         history.append(metrics)
@@ -158,16 +159,17 @@ def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: to
 
 def merge_per_task(batch: dict) -> dict:
     """The paper's per-task batches -> one batch in which each sub-batch supervises only its own task's head
-    (the other tasks' masks are cleared). One forward pass over the concatenation: DDP needs one forward per
-    backward, and BatchNorm sees the three sub-batches together (the reference ran three forwards)."""
+    (the other tasks' masks, and `au_valid`, are cleared). One forward pass over the concatenation: DDP needs one
+    forward per backward, and BatchNorm sees the three sub-batches together (the reference ran three forwards)."""
     if "image" in batch:
         return batch
     parts = []
     for task, sub in batch.items():
         sub = dict(sub)
         for other in TASKS:
-            if other != task:
-                sub[f"{other}_mask"] = torch.zeros_like(sub[f"{other}_mask"])
+            for key in (f"{other}_mask", f"{other}_valid"):
+                if other != task and key in sub:
+                    sub[key] = torch.zeros_like(sub[key])
         parts.append(sub)
     return {key: ([k for p in parts for k in p[key]] if key == "key" else torch.cat([p[key] for p in parts]))
             for key in parts[0]}

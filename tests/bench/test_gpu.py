@@ -28,3 +28,17 @@ def test_bench_gpu_on_cpu_prints_every_row_and_writes_the_json(tmp_path, ray_ses
             assert row["img_per_s"] > 0
     names = " | ".join(row["row"] for row in table["rows"])
     assert "compiled" in names and "1 Ray Train worker" in names and "0 loader workers" in names
+
+
+def test_a_ray_row_that_the_cluster_cannot_hold_is_skipped_at_once(ray_session, tmp_path):
+    """Ray Train would wait for the missing CPUs without end (seen: a 5-minute hang of --cpus 4 on 2 cores)."""
+    import pytest
+    import ray
+
+    from mtl.bench.gpu import Skipped, train_rate
+    from mtl.config import load_config
+
+    cpus = int(ray.cluster_resources()["CPU"]) + 1
+    payload = {"config": load_config("demo", (f"train.cpus_per_worker={cpus}",)), "device": "cpu", "ray": True}
+    with pytest.raises(Skipped, match=f"one worker needs {cpus} CPU, the Ray cluster has"):
+        train_rate(payload, tmp_path)

@@ -36,3 +36,18 @@ def test_each_half_is_scored_on_its_own_videos_frames_only(imbalanced_shards):
     assert halves[0] != halves[1] and whole not in halves
     with pytest.raises(ValueError, match="half must be 'selection' or 'report'"):
         chance_scores(index, half="other")
+
+
+def test_under_p_mtl_the_blind_au_guess_is_every_au_active(tmp_path):
+    """P_MTL's AU term is F1 alone: "never active" scores 0, "always active" 2p / (1 + p) per AU."""
+    from mtl.eval.metrics import masked_au_f1
+    from mtl.eval.evaluate import FIELDS, metric_labels
+    from mtl.data.stream import eval_loader
+    from tests.data.test_protocol_masks import write_shards
+
+    index = load_index(write_shards(tmp_path / "shards"))
+    au_true = np.concatenate([metric_labels(b)["au_true"] for b in eval_loader(index, "val", batch_size=8,
+                                                                                num_workers=0, rank=0, world=1)])
+    assert FIELDS[3] == "au_true" and (au_true == -1).any() and (au_true == 1).any()  # per-AU gaps, positives
+    expected = masked_au_f1(au_true, np.ones_like(au_true))["f1"]
+    assert chance_scores(index)["au"] == pytest.approx(expected) and expected > 0

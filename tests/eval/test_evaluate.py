@@ -17,8 +17,8 @@ from mtl.models.factory import create_model
 def test_prediction_task_requests_a_gpu_only_for_cuda():
     import ray
 
-    assert prediction_task_options("cuda") == {"num_cpus": 1, "num_gpus": 1}
-    assert prediction_task_options("cpu") == {"num_cpus": 1, "num_gpus": 0}
+    assert prediction_task_options("cuda") == {"num_cpus": 1, "num_gpus": 1, "max_calls": 0}  # worker reused
+    assert prediction_task_options("cpu") == {"num_cpus": 1, "num_gpus": 0, "max_calls": 0}
     assert ray.remote(**prediction_task_options("cuda"))(predict_model_file)._default_options["num_gpus"] == 1
 
 

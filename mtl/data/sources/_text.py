@@ -61,6 +61,14 @@ def parse_float(text: str, what: str, where: str) -> float:
         raise DataError(f"{where}: {what} {text!r} is not a number") from None
 
 
+def parse_integral(text: str, what: str, where: str) -> int:
+    """An integer label written as `1` or `1.0`."""
+    value = parse_float(text, what, where)
+    if not value.is_integer():
+        raise DataError(f"{where}: {what} {text!r} is not an integer")
+    return int(value)
+
+
 def unique_names(candidates: dict[K, tuple[str, str]], where: str) -> dict[K, str]:
     """Each item's short name where no other item shares it, else its long name; DataError if still ambiguous."""
     short_count = Counter(short for short, _ in candidates.values())

@@ -4,8 +4,9 @@ Layout:
   ROOT/<part>/<clip>/<frame>.png     parts are any folders (the release has 01 … 12); frame ids are 5-digit (00000)
   ROOT/<part>/<clip>/<clip>.json     {"frames": {"00000": {"valence": v, "arousal": a, "landmarks": [[x, y] × 68]}}}
 
-Valence and arousal in [-10, 10] are divided by 10. A record's video is the clip name, or `<part>_<clip>` where two
-parts hold the same clip name; its frame the frame id. One work unit per clip.
+Valence and arousal in [-10, 10] are divided by 10 (VA only: the same records under every protocol). A record's
+video is the clip name, or `<part>_<clip>` where two parts hold the same clip name; its frame the frame id. One work
+unit per clip.
 
 Alignment (docs/recipe.md §4.3) from the 68 iBUG landmarks of each frame: rotate the image about its centre so the
 line between the eye centres (means of points 36-41 and 42-47) is level, by the smallest such angle (within ±90°),

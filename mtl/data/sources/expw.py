@@ -5,7 +5,8 @@ Layout:
                                 image_name face_id top left right bottom confidence expression
   ROOT/image/origin/<image_name>
 
-ExpW expression ids (0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral) are remapped to EXPR_NAMES.
+ExpW expression ids (0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral) are remapped to EXPR_NAMES,
+the same indices under every protocol (abaw3's eighth class, Other, is never an ExpW label).
 A record's video is the image's stem (its whole file name where two images share a stem), its frame the face_id,
 and its crop the box (left, top, right, bottom) in the original image, so the faces of a multi-face image get
 distinct keys. Work units are chunks of CHUNK_LINES lines of label.lst. `discover` parses the whole list (a few MB)

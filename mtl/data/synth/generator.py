@@ -1,10 +1,11 @@
-"""Synthetic Aff-Wild2 (ABAW 2020 layout): drawn faces with smooth, imbalanced, incompletely annotated labels.
+"""Synthetic Aff-Wild2: drawn faces with smooth, imbalanced, incompletely annotated labels, in a release's layout.
 
-Per video, an expression process (segments of 5-15 frames) drives AU intensities through noisy prototypes
-and valence-arousal through per-expression targets; both are exponentially smoothed, so labels change
-smoothly along the video. The face renderer (mtl.data.synth.face) draws the continuous AU intensities; the binary AU label
-is the intensity above AU_THRESHOLD. Videos carry identity, pose, light, occlusion, blur and JPEG nuisances,
-miss some face images, and (in training) are annotated for only some tasks, with scattered invalid lines.
+`protocol="abaw2020"` writes the ABAW 2020 layout (annotations/<task>_Set/<split>/<video>.txt, 8 AUs, 7 classes);
+`"abaw3"` the s-Aff-Wild2 one of ABAW3+ (train_set.txt and validation_set.txt, one line per frame with VA,
+expression and 12 AUs; 8 classes with Other). Both share cropped_aligned/<video>/<frame:05d>.jpg and everything
+else: the label processes (mtl.data.synth.expressions), whose continuous AU intensities and one-sided look the face
+renderer (mtl.data.synth.face) draws; identity, pose, light, occlusion, blur and JPEG nuisances; missing face
+images; training videos annotated for only some tasks; scattered invalid lines (missing markers).
 
 Every video draws from its own generators, keyed by (seed, video slot, person, stream), so the output is
 byte-identical for the same arguments whatever order the videos are produced in.
@@ -22,40 +23,19 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from mtl.data.synth.expressions import LabelTrack, label_model, runs, simulate_labels
 from mtl.data.synth.face import FaceRenderer
 from mtl.data.synth.looks import GRAIN_MARGIN, Look, Occluder, mix, random_background, random_identity
-from mtl.labels import HEADERS, INVALID_AU, INVALID_EXPR, INVALID_VA, NUM_AU, NUM_EXPR, TASKS
+from mtl.labels import (ABAW2020, HEADERS, INVALID_AU, INVALID_EXPR, INVALID_VA, TASKS, VA_NAMES, Protocol,
+                        get_protocol)
 
 SET_DIRS = {"au": "AU_Set", "expr": "EXPR_Set", "va": "VA_Set"}
 SPLIT_DIRS = {"train": "Training_Set", "val": "Validation_Set"}
+SPLIT_FILES = {"train": "train_set.txt", "val": "validation_set.txt"}  # the s-Aff-Wild2 layout's
+FRAME_TASKS = ("va", "expr", "au")  # column order of an s-Aff-Wild2 line after the image
 STAGING = ".synth-partial"  # folder inside `out` that holds a dataset while it is being written
 VAL_FRACTION = 0.22
 TASK_COUNT_PROBS = (0.6, 0.3, 0.1)  # a training video is annotated for 1, 2 or 3 tasks
-AU_THRESHOLD = 0.5
-SEGMENT_FRAMES = (5, 15)  # shortest and longest expression segment
-
-# Expression frequencies (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise), Aff-Wild2-like.
-EXPR_PRIOR = np.array([0.50, 0.06, 0.03, 0.03, 0.20, 0.12, 0.06])
-# P(AU active | expression), rows in EXPR_NAMES order, columns AU1 AU2 AU4 AU6 AU12 AU15 AU20 AU25; close to the
-# FACS prototypes (Happiness 6+12, Surprise 1+2+25, Sadness 1+4+15, Fear 1+2+4+20+25, Anger 4, Disgust 4+6+15).
-AU_PROTOTYPES = np.array([
-    [0.02, 0.01, 0.02, 0.02, 0.02, 0.01, 0.01, 0.05],    # Neutral
-    [0.03, 0.02, 0.95, 0.15, 0.02, 0.05, 0.10, 0.40],    # Anger
-    [0.03, 0.02, 0.80, 0.60, 0.03, 0.50, 0.05, 0.25],    # Disgust
-    [0.90, 0.60, 0.70, 0.05, 0.02, 0.05, 0.85, 0.85],    # Fear
-    [0.03, 0.01, 0.01, 0.90, 0.98, 0.01, 0.01, 0.50],    # Happiness
-    [0.80, 0.02, 0.70, 0.05, 0.01, 0.40, 0.02, 0.05],    # Sadness
-    [0.95, 0.85, 0.02, 0.02, 0.03, 0.01, 0.03, 0.95],    # Surprise
-])
-# Mean (valence, arousal) of a full-strength expression, same row order.
-VA_PROTOTYPES = np.array([
-    [0.00, 0.00], [-0.55, 0.55], [-0.50, 0.25], [-0.45, 0.60], [0.55, 0.30], [-0.45, -0.30], [0.15, 0.60],
-])
-# How each AU intensity nudges (valence, arousal) on top of the expression target.
-AU_TO_VA = np.array([
-    [0.00, 0.03], [0.00, 0.08], [-0.06, 0.04], [0.05, 0.02], [0.12, 0.03], [-0.10, -0.03], [-0.04, 0.08],
-    [0.00, 0.06],
-])
 
 # Generator streams of one video person.
 _SCENE, _LABELS, _LOOK, _GAPS = range(4)
@@ -70,20 +50,6 @@ class VideoPlan:
     tasks: tuple[str, ...]  # tasks it is annotated for, in TASKS order
     slot: int  # index of the source video; the two people of a `_left`/`_right` pair share it
     person: int  # 0, or 1 for the `_right` person
-
-
-@dataclass(frozen=True)
-class LabelTrack:
-    """Per-frame ground truth of one video person."""
-
-    expr: np.ndarray  # (n,) int in 0..6
-    au_intensity: np.ndarray  # (n, 8) float, what the renderer draws
-    va: np.ndarray  # (n, 2) float in [-1, 1]
-
-    @property
-    def au(self) -> np.ndarray:
-        """(n, 8) binary AU labels."""
-        return (self.au_intensity > AU_THRESHOLD).astype(np.int64)
 
 
 def _rng(seed: int, slot: int, person: int, stream: int) -> np.random.Generator:
@@ -126,60 +92,6 @@ def _draw_length(scene: np.random.Generator, frames: int) -> int:
 def video_length(seed: int, slot: int, frames: int) -> int:
     """Frame count of a source video: uniform in [0.5, 1.5] x `frames`, at least 1."""
     return _draw_length(_rng(seed, slot, 0, _SCENE), frames)
-
-
-def runs(rng: np.random.Generator, n: int, rate: float, shortest: int, longest: int) -> np.ndarray:
-    """(n,) bool mask covering about `rate` of the frames with runs of `shortest`..`longest` frames."""
-    mask = np.zeros(n, dtype=bool)
-    count = rng.poisson(rate * n / ((shortest + longest) / 2))
-    for start, length in zip(rng.integers(0, n, count), rng.integers(shortest, longest + 1, count)):
-        mask[start:start + length] = True
-    return mask
-
-
-def _segments(rng: np.random.Generator, n: int, probs: np.ndarray) -> list[tuple[int, int, int]]:
-    """(start, end, expression) segments of SEGMENT_FRAMES frames covering n frames."""
-    segments, start = [], 0
-    while start < n:
-        end = min(n, start + int(rng.integers(SEGMENT_FRAMES[0], SEGMENT_FRAMES[1] + 1)))
-        segments.append((start, end, int(rng.choice(NUM_EXPR, p=probs))))
-        start = end
-    return segments
-
-
-def _smooth(rng: np.random.Generator, target: np.ndarray, rate: float, jitter: float) -> np.ndarray:
-    """Exponential smoothing of target (n, d) toward each frame's value, with Gaussian steps of `jitter`."""
-    noise = rng.normal(0.0, jitter, target.shape)
-    out = np.empty_like(target)
-    state = target[0].copy()
-    for t in range(len(target)):
-        state += rate * (target[t] - state) + noise[t]
-        out[t] = state
-    return out
-
-
-def simulate_labels(rng: np.random.Generator, n: int) -> LabelTrack:
-    """Expression segments -> AU intensity and valence-arousal processes for one person over n frames."""
-    probs = 0.5 * EXPR_PRIOR + 0.5 * rng.dirichlet(EXPR_PRIOR * 10)  # this person's mood, EXPR_PRIOR on average
-    rest = rng.uniform(0.0, 0.25, NUM_AU)  # this person's resting AU intensities
-    va_bias = rng.normal(0.0, 0.06, 2)
-    expr = np.empty(n, dtype=np.int64)
-    au_target = np.empty((n, NUM_AU))
-    va_target = np.empty((n, 2))
-    for start, end, e in _segments(rng, n, probs):
-        strength = rng.uniform(0.4, 1.0)
-        active = rng.random(NUM_AU) < AU_PROTOTYPES[e]
-        expr[start:end] = e
-        au_target[start:end] = np.where(active, rng.uniform(0.6, 1.05, NUM_AU), rest + rng.uniform(0, 0.12, NUM_AU))
-        va_target[start:end] = VA_PROTOTYPES[e] * strength + rng.normal(0.0, 0.1 if e else 0.07, 2)
-    for j in range(NUM_AU):  # short spontaneous flips of single AUs
-        flip = runs(rng, n, 0.008, 3, 12)
-        on = au_target[flip, j] > AU_THRESHOLD
-        au_target[flip, j] = np.where(on, rest[j], rng.uniform(0.6, 1.0, on.size))
-    intensity = np.clip(_smooth(rng, au_target, 0.3, 0.03), 0.0, 1.2)
-    va_target += va_bias + intensity @ AU_TO_VA
-    va = np.clip(_smooth(rng, va_target, 0.15, 0.012), -1.0, 1.0)
-    return LabelTrack(expr, intensity, va)
 
 
 def _drift(rng: np.random.Generator, n: int, mean: float, std: float, keep: float = 0.97) -> np.ndarray:
@@ -237,10 +149,11 @@ def _per_run(rng: np.random.Generator, mask: np.ndarray, values: list,
         values[t] = value
 
 
-def annotation_lines(task: str, labels: LabelTrack, invalid: np.ndarray) -> list[str]:
-    """Header plus one line per frame, invalid frames written with the task's marker."""
+def task_fields(task: str, labels: LabelTrack, invalid: np.ndarray) -> list[str]:
+    """One field per frame for `task` ("v,a" for VA, the AU values joined by commas), invalid frames written with
+    the task's missing marker."""
     if task == "au":
-        marker = ",".join([str(INVALID_AU)] * NUM_AU)
+        marker = ",".join([str(INVALID_AU)] * labels.au.shape[1])
         body = [",".join(map(str, row)) for row in labels.au.tolist()]
     elif task == "expr":
         marker = str(INVALID_EXPR)
@@ -248,7 +161,29 @@ def annotation_lines(task: str, labels: LabelTrack, invalid: np.ndarray) -> list
     else:
         marker = f"{INVALID_VA:g},{INVALID_VA:g}"
         body = [f"{v + 0.0:.4f},{a + 0.0:.4f}" for v, a in np.round(labels.va, 4).tolist()]
-    return [HEADERS[task]] + [marker if bad else line for line, bad in zip(body, invalid.tolist())]
+    return [marker if bad else line for line, bad in zip(body, invalid.tolist())]
+
+
+def annotation_lines(task: str, labels: LabelTrack, invalid: np.ndarray) -> list[str]:
+    """An ABAW 2020 per-video annotation file: header plus one line per frame."""
+    return [HEADERS[task]] + task_fields(task, labels, invalid)
+
+
+def frame_header(protocol: Protocol) -> str:
+    """First line of an s-Aff-Wild2 annotation file: image, valence, arousal, expression, the AUs."""
+    return ",".join(("image", *VA_NAMES, "expression", *protocol.au_names))
+
+
+def frame_lines(name: str, labels: LabelTrack, invalid: dict[str, np.ndarray], tasks: tuple[str, ...]) -> list[str]:
+    """One s-Aff-Wild2 line per frame of video `name`; a task outside `tasks` is missing on every frame."""
+    missing = np.ones(len(labels.expr), dtype=bool)
+    columns = [task_fields(task, labels, invalid[task] if task in tasks else missing) for task in FRAME_TASKS]
+    return [",".join((f"{name}/{t + 1:05d}.jpg", *fields)) for t, fields in enumerate(zip(*columns))]
+
+
+def _per_task_files(protocol: Protocol) -> bool:
+    """Whether `protocol` is written in the ABAW 2020 layout (else the s-Aff-Wild2 one)."""
+    return protocol.name == ABAW2020.name
 
 
 def _write_text(path: Path, lines: list[str]) -> None:
@@ -259,33 +194,42 @@ def _write_text(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def write_video(out: Path, plan: VideoPlan, seed: int, frames: int, image_size: int) -> dict:
-    """Render and annotate one face track; returns its counts."""
+def write_video(out: Path, plan: VideoPlan, seed: int, frames: int, image_size: int,
+                protocol: str = ABAW2020.name) -> dict:
+    """Render one face track; returns its counts. Under ABAW 2020 it writes the track's annotation files, under
+    another protocol its s-Aff-Wild2 lines are returned under "lines" (synthesize writes them)."""
+    schema = get_protocol(protocol)
     scene = _rng(seed, plan.slot, 0, _SCENE)  # shared by both people of a pair
     n = _draw_length(scene, frames)
     quality = int(scene.integers(60, 96))
-    labels = simulate_labels(_rng(seed, plan.slot, plan.person, _LABELS), n)
+    labels = simulate_labels(_rng(seed, plan.slot, plan.person, _LABELS), n, label_model(schema))
     look_rng = _rng(seed, plan.slot, plan.person, _LOOK)
     renderer = FaceRenderer(random_identity(look_rng), random_background(look_rng, image_size),
-                            grain_std=float(look_rng.uniform(1.0, 6.0)), grain_rng=look_rng)
+                            grain_std=float(look_rng.uniform(1.0, 6.0)), grain_rng=look_rng,
+                            au_names=schema.au_names)
     looks = simulate_looks(scene, look_rng, n)
     gaps = _rng(seed, plan.slot, plan.person, _GAPS)
     no_face = runs(gaps, n, gaps.uniform(0.005, 0.035), 1, 4)
     folder = out / "cropped_aligned" / plan.name
     folder.mkdir(parents=True, exist_ok=True)
     for t in np.flatnonzero(~no_face):
-        renderer.render(labels.au_intensity[t], looks[t]).save(folder / f"{t + 1:05d}.jpg", quality=quality)
-    valid = {}
+        image = renderer.render(labels.au_intensity[t], looks[t], labels.smirk[t])
+        image.save(folder / f"{t + 1:05d}.jpg", quality=quality)
+    valid, invalid = {}, {}
     for task in TASKS:
-        invalid = runs(gaps, n, gaps.uniform(0.01, 0.04), 1, 8)  # drawn for every task: streams stay aligned
+        invalid[task] = runs(gaps, n, gaps.uniform(0.01, 0.04), 1, 8)  # drawn for every task: streams stay aligned
         if task in plan.tasks:
-            path = out / "annotations" / SET_DIRS[task] / SPLIT_DIRS[plan.split] / f"{plan.name}.txt"
-            _write_text(path, annotation_lines(task, labels, invalid))
-            valid[task] = int(n - invalid.sum())
-    return {"frames": n, "images": int(n - no_face.sum()), "valid": valid}
+            valid[task] = int(n - invalid[task].sum())
+            if _per_task_files(schema):
+                path = out / "annotations" / SET_DIRS[task] / SPLIT_DIRS[plan.split] / f"{plan.name}.txt"
+                _write_text(path, annotation_lines(task, labels, invalid[task]))
+    stats = {"frames": n, "images": int(n - no_face.sum()), "valid": valid}
+    if not _per_task_files(schema):
+        stats["lines"] = frame_lines(plan.name, labels, invalid, plan.tasks)
+    return stats
 
 
-def _summary(out: Path, plans: list[VideoPlan], stats: list[dict], seconds: float) -> dict:
+def _summary(out: Path, protocol: Protocol, plans: list[VideoPlan], stats: list[dict], seconds: float) -> dict:
     frames = sum(s["frames"] for s in stats)
     labels = {task: {"videos": {"train": 0, "val": 0}, "frames": {"train": 0, "val": 0}, "invalid": 0}
               for task in TASKS}
@@ -297,6 +241,7 @@ def _summary(out: Path, plans: list[VideoPlan], stats: list[dict], seconds: floa
     images = sum(s["images"] for s in stats)
     return {
         "out": str(out),
+        "protocol": protocol.name,
         "videos": {split: sum(p.split == split for p in plans) for split in ("train", "val")},
         "frames": frames,
         "images": images,
@@ -307,20 +252,39 @@ def _summary(out: Path, plans: list[VideoPlan], stats: list[dict], seconds: floa
     }
 
 
+def _finish(staging: Path, out: Path, protocol: Protocol, plans: list[VideoPlan], stats: list[dict]) -> None:
+    """Write what is written once all videos are (the s-Aff-Wild2 files; the empty ABAW 2020 folders), then move
+    the dataset from `staging` into `out`, images first, so annotations only exist when complete."""
+    if _per_task_files(protocol):
+        for task in TASKS:  # annotation folders exist even where a split has no video for a task
+            for split_dir in SPLIT_DIRS.values():
+                (staging / "annotations" / SET_DIRS[task] / split_dir).mkdir(parents=True, exist_ok=True)
+        parts = ["annotations"]
+    else:
+        for split, name in SPLIT_FILES.items():
+            lines = [line for plan, s in zip(plans, stats) if plan.split == split for line in s["lines"]]
+            _write_text(staging / name, [frame_header(protocol)] + lines)
+        parts = list(SPLIT_FILES.values())
+    for part in ["cropped_aligned"] + parts:
+        os.replace(staging / part, out / part)
+    staging.rmdir()
+
+
 def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_size: int = 112,
-               progress: bool = True) -> dict:
-    """Write a synthetic Aff-Wild2-layout dataset to `out` and return a summary.
+               progress: bool = True, protocol: str = ABAW2020.name) -> dict:
+    """Write a synthetic Aff-Wild2 dataset in the layout of `protocol` (module docstring) to `out`; return a summary.
 
     `videos` counts face tracks (each half of a `_left`/`_right` pair is one); `frames` is the mean video length.
     `out` must be absent or empty, except for the STAGING folder a crashed run leaves: everything is written
-    there first and moved into place at the end, annotations/ last, so annotations/ only exists when complete.
-    The summary holds videos per split, frames, images, frames without image, per-task label counts
+    there first and moved into place at the end, the annotations last, so they only exist when complete.
+    The summary holds the protocol, videos per split, frames, images, frames without image, per-task label counts
     (annotated videos and valid frames per split, invalid lines), seconds and frames per second.
     """
     for name, value, least in (("videos", videos, 1), ("frames", frames, 1), ("image_size", image_size, 16),
                                ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    schema = get_protocol(protocol)
     out = Path(out)
     staging = out / STAGING
     if out.exists() and any(entry.name != STAGING for entry in out.iterdir()):
@@ -332,7 +296,7 @@ def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_si
     plans = plan_videos(videos, seed)
     stats, done_frames = [], 0
     for i, plan in enumerate(plans):
-        stats.append(write_video(staging, plan, seed, frames, image_size))
+        stats.append(write_video(staging, plan, seed, frames, image_size, schema.name))
         done_frames += stats[-1]["frames"]
         if progress:
             rate = done_frames / (time.perf_counter() - start)
@@ -340,10 +304,5 @@ def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_si
                   end="\r" if tty else "\n", file=sys.stderr, flush=True)
     if progress and tty:
         print(file=sys.stderr)
-    for task in TASKS:  # annotation folders exist even where a split has no video for a task
-        for split_dir in SPLIT_DIRS.values():
-            (staging / "annotations" / SET_DIRS[task] / split_dir).mkdir(parents=True, exist_ok=True)
-    for part in ("cropped_aligned", "annotations"):
-        os.replace(staging / part, out / part)
-    staging.rmdir()
-    return _summary(out, plans, stats, time.perf_counter() - start)
+    _finish(staging, out, schema, plans, stats)
+    return _summary(out, schema, plans, stats, time.perf_counter() - start)

@@ -7,7 +7,8 @@ import mtl.data.sources
 from mtl.config import ConfigError
 from mtl.data.sources.base import SOURCES, Source
 
-BUILT_IN = {"affwild2": "--affwild2", "expw": "--expw", "afew_va": "--afew-va", "disfa": "--disfa"}
+BUILT_IN = {"affwild2": "--affwild2", "expw": "--expw", "afew_va": "--afew-va", "disfa": "--disfa",
+            "s_affwild2": "--s-affwild2"}
 
 
 def test_discovery_finds_every_built_in_source_module_with_its_flag():

@@ -230,9 +230,14 @@ def test_a_video_comes_out_the_same_when_written_alone(dataset, tmp_path):
 
 
 def test_a_crash_leaves_no_annotations_and_a_rerun_completes(tmp_path, monkeypatch):
+    crash_then_rerun(tmp_path, monkeypatch)
+
+
+def crash_then_rerun(tmp_path, monkeypatch, **options):
+    """A KeyboardInterrupt at the third video leaves only the staging folder; a rerun completes."""
     import mtl.data.synth.generator
 
-    args = dict(videos=4, frames=6, seed=2, image_size=24, progress=False)
+    args = dict(videos=4, frames=6, seed=2, image_size=24, progress=False, **options)
     synthesize(tmp_path / "clean", **args)
     real_write, calls = mtl.data.synth.generator.write_video, []
 
