@@ -84,9 +84,11 @@ PROTOCOLS = {p.name: p for p in (ABAW2020, ABAW3)}
 DEFAULT_PROTOCOL = ABAW2020.name
 
 
-def get_protocol(name: Optional[str]) -> Protocol:
-    """A registered protocol by name (None: the default, ABAW 2020, which shards written before protocols were
-    recorded hold); an unknown name raises DataError listing the known ones."""
+def get_protocol(name: "Protocol | str | None") -> Protocol:
+    """A registered protocol by name, or the one given (None: the default, ABAW 2020, which shards written before
+    protocols were recorded hold); an unknown name raises DataError listing the known ones."""
+    if isinstance(name, Protocol):
+        return name
     if name is None:
         return PROTOCOLS[DEFAULT_PROTOCOL]
     if name not in PROTOCOLS:

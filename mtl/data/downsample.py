@@ -143,7 +143,7 @@ def frame_buckets(index: ShardIndex) -> FrameBuckets:
 def thinned_stats(buckets: FrameBuckets, rule: Thinning, protocol: Optional[Protocol] = None) -> LabelStats:
     """The training split's label statistics after `rule`, summed over the buckets (sized for `protocol`, None:
     ABAW 2020)."""
-    stats = LabelStats.empty(protocol or get_protocol(None))
+    stats = LabelStats.empty(get_protocol(protocol))
     for source, residues in buckets.sources.items():
         rule_here = rule if source in rule.sources else Thinning()  # Thinning() keeps every label
         for residue, bucket in residues.items():
@@ -177,7 +177,7 @@ def training_stats(index: ShardIndex, cfg: Config, split: str = "train") -> Labe
 
 def label_counts(stats: LabelStats, protocol: Optional[Protocol] = None) -> dict:
     """Samples and labels per task, per EXPR class named as `protocol`'s (None: ABAW 2020's)."""
-    names = (protocol or get_protocol(None)).expr_names
+    names = get_protocol(protocol).expr_names
     return {"samples": stats.samples, "au": stats.labelled["au"], "expr": dict(zip(names, stats.expr_counts)),
             "va": stats.labelled["va"]}
 

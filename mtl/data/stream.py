@@ -100,7 +100,7 @@ def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, d
     EXPR is -1. Small fields stay numpy arrays, pickled inline: a shared-memory segment per small tensor costs more
     than the whole batch's decoding (see `as_tensors`)."""
     keys, jpgs, labels = zip(*items)
-    protocol = protocol or get_protocol(None)
+    protocol = get_protocol(protocol)
     au = [lab["au"] for lab in labels]
     width = next((len(a) for a in au if a is not None), protocol.num_au)
     au_values = np.array([a if a is not None else [INVALID_AU] * width for a in au], dtype=np.int64).reshape(-1, width)
@@ -143,7 +143,7 @@ def soft_widths(protocol: Protocol) -> dict[str, int]:
 def collate_soft(soft: list, protocol: Optional[Protocol] = None) -> dict:
     """Stored teacher outputs of a batch: soft_au [B, A] probabilities, soft_expr [B, E] and soft_va [B, 40]
     logits (zeros where missing; widths of `protocol`, None: ABAW 2020's) and soft_mask [B]."""
-    widths = soft_widths(protocol or get_protocol(None))
+    widths = soft_widths(get_protocol(protocol))
     return {**{name: np.stack([s[i] if s is not None else np.zeros(width, np.float32) for s in soft])
                for i, (name, width) in enumerate(widths.items())},
             "soft_mask": np.array([s is not None for s in soft])}

@@ -156,7 +156,7 @@ def collate_windows(windows: list[list[tuple]], stored_size: int, side: int, dra
 def collate_window_soft(records: Sequence[Optional[tuple]], length: int, protocol: Optional[Protocol] = None) -> dict:
     """Stored teacher windows of a batch ((au [T, A], expr [T, E], va [T, 40]) or None; `protocol`'s widths, None:
     ABAW 2020's) -> soft_* [B, T, ...] (zeros where missing) and soft_mask [B, T]."""
-    widths = soft_widths(protocol or get_protocol(None))
+    widths = soft_widths(get_protocol(protocol))
     out = {name: np.stack([r[i] if r is not None else np.zeros((length, width), np.float32) for r in records])
            for i, (name, width) in enumerate(widths.items())}
     out["soft_mask"] = np.repeat(np.array([r is not None for r in records])[:, None], length, axis=1)

@@ -24,8 +24,8 @@ from mtl import storage
 from mtl.data.augment import MEAN_RGB
 from mtl.eval.bootstrap import bootstrap_interval, take
 from mtl.eval.evaluate import score
-from mtl.eval.metrics import as_protocol, au_labelled
-from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, PROTOCOLS, VA_BINS, Protocol, video_of
+from mtl.eval.metrics import au_labelled
+from mtl.labels import INVALID_AU, INVALID_EXPR, INVALID_VA, PROTOCOLS, VA_BINS, Protocol, get_protocol, video_of
 from mtl.models.heads import VA_SUPPORT
 
 PROBABILITIES = ("au_prob", "expr_prob", "va_pred")
@@ -83,7 +83,7 @@ def tune_thresholds(au_true: np.ndarray, au_prob: np.ndarray, rule: ThresholdRul
     lowest one on ties). Missing AU labels (-1) are left out as the protocol's metric leaves them out
     (`au_labelled`: per AU with a partial_au protocol, whole rows under ABAW 2020); an AU without positives keeps
     0.5."""
-    protocol = as_protocol(protocol)
+    protocol = get_protocol(protocol)
     au_true, au_prob = np.asarray(au_true), np.asarray(au_prob, dtype=np.float64)
     if au_true.shape != au_prob.shape or au_true.ndim != 2 or au_true.shape[1] != protocol.num_au:
         raise ValueError(f"au_true and au_prob must both have shape (N, {protocol.num_au}), got {au_true.shape} and "
@@ -248,7 +248,7 @@ def threshold_protocol(thresholds: Tensor, protocol: ProtocolLike) -> Protocol:
         if len(found) != 1:
             raise ValueError(f"{count} AU thresholds: name the label protocol ({len(found)} have {count} AUs)")
         return found[0]
-    protocol = as_protocol(protocol)
+    protocol = get_protocol(protocol)
     if count not in (1, protocol.num_au):
         raise ValueError(f"{count} AU thresholds for the {protocol.num_au} AUs of protocol {protocol.name}")
     return protocol

@@ -17,8 +17,8 @@ import torch.distributed as dist
 from mtl.data.augment import model_input
 from mtl.data.stream import eval_loader
 from mtl.data.index import ShardIndex, check_protocol, load_index
-from mtl.labels import INVALID_AU, INVALID_VA, Protocol
-from mtl.eval.metrics import METRIC_NAMES, as_protocol, protocol_scores
+from mtl.labels import INVALID_AU, INVALID_VA, Protocol, get_protocol
+from mtl.eval.metrics import METRIC_NAMES, protocol_scores
 from mtl.models.heads import predictions
 
 FIELDS = ("au_prob", "expr_prob", "va_pred", "au_true", "expr_true", "va_true")
@@ -104,7 +104,7 @@ def format_scores(result: dict) -> str:
     """Per-task metrics as text: F1 (and, ABAW 2020, accuracy) per AU, EXPR confusion matrix, CCCs, the total
     (P_MTL under abaw3), with the names of the result's protocol."""
     details = result["details"]
-    protocol = as_protocol(details.get("protocol"))
+    protocol = get_protocol(details.get("protocol"))
     au, expr, va = details["au"], details["expr"], details["va"]
     if protocol.metric == "abaw2020":
         heads = [f"AU   score {au['score']:.4f}  F1 {au['f1']:.4f}  acc {au['acc']:.4f}",

@@ -179,11 +179,6 @@ def abaw3_mtl_metric(au_true: ArrayLike, au_pred: ArrayLike, expr_true: ArrayLik
     return {"au_f1": result["au"], "expr_f1": result["expr"], "va_ccc": result["va"], "total": result["total"]}
 
 
-def as_protocol(protocol: Protocol | str | None) -> Protocol:
-    """A label protocol given as itself, by name, or None (ABAW 2020, `mtl.labels.get_protocol`)."""
-    return protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
-
-
 def au_labelled(au_true: ArrayLike, partial_au: bool) -> np.ndarray:
     """[N, A] bool, the AU labels a protocol's metric counts: with `partial_au` every entry that is not -1 (a
     per-AU mask), else the whole rows without a -1 (ABAW 2020: a -1 anywhere means the row has no AU label)."""
@@ -223,7 +218,7 @@ def protocol_scores(protocol: Protocol | str | None, au_true: ArrayLike, au_pred
     {"au", "expr", "va": each task's score, "total": their sum (a task without labelled rows adds 0), "details":
     {"au", "expr", "va": the per-task results, "protocol": its name, "metric": Protocol.metric}}. ABAW 2020:
     0.5 F1 + 0.5 acc, 0.67 F1 + 0.33 acc, mean CCC; abaw3: mean AU F1, EXPR macro F1, mean CCC (P_MTL)."""
-    protocol = as_protocol(protocol)
+    protocol = get_protocol(protocol)
     details = PROTOCOL_METRICS[protocol.metric](protocol, au_true, au_pred, expr_true, expr_pred, va_true, va_pred,
                                                 expr_f1)
     scores = {task: details[task]["score"] for task in ("au", "expr", "va")}

@@ -28,8 +28,8 @@ from matplotlib.ticker import MaxNLocator
 from mtl import storage
 from mtl.storage import json_ready
 from mtl.data.downsample import format_counts
-from mtl.eval.metrics import METRIC_NAMES, as_protocol
-from mtl.labels import DEFAULT_PROTOCOL, INVALID_VA, VA_NAMES, Protocol
+from mtl.eval.metrics import METRIC_NAMES
+from mtl.labels import DEFAULT_PROTOCOL, INVALID_VA, VA_NAMES, Protocol, get_protocol
 
 COLUMNS = ("au", "expr", "va", "total")
 HEADERS = ("AU", "EXPR", "VA", "total")
@@ -62,7 +62,7 @@ def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequ
               "students": [_entry(s, f"student {i}") for i, s in enumerate(students)],
               "ensemble": _entry(ensemble, "ensemble"),
               "timings": json_ready(dict(timings)), "config": json_ready(config)}
-    protocol = as_protocol(protocol or ((config or {}).get("data") or {}).get("protocol"))
+    protocol = get_protocol(protocol or ((config or {}).get("data") or {}).get("protocol"))
     if protocol.name != DEFAULT_PROTOCOL:
         report.update(protocol=protocol.name, metric=protocol.metric)
     if data is not None:
@@ -83,7 +83,7 @@ def _entry(result: Optional[Mapping], name: str) -> Optional[dict]:
 
 def report_protocol(report: Mapping) -> Protocol:
     """The label protocol of a report's scores: its "protocol", else its config's data.protocol, else ABAW 2020."""
-    return as_protocol(report.get("protocol") or ((report.get("config") or {}).get("data") or {}).get("protocol"))
+    return get_protocol(report.get("protocol") or ((report.get("config") or {}).get("data") or {}).get("protocol"))
 
 
 def headers(report: Mapping) -> tuple[str, ...]:

@@ -66,7 +66,7 @@ def metadata(module: EnsembleModule, kind: str) -> dict:
 def protocol_of(model: nn.Module) -> Protocol:
     """The label protocol of a predictor (its `protocol`; a TorchScript ensemble.pt of earlier versions, which has
     none, is ABAW 2020's)."""
-    return getattr(model, "protocol", None) or get_protocol(None)
+    return get_protocol(getattr(model, "protocol", None))
 
 
 MODEL_FILE_ERRORS = (KeyError, TypeError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile)

@@ -25,7 +25,6 @@ from mtl.checkpoint import model_from_state
 from mtl.config import ConfigError, validate
 from mtl.data.augment import MEAN_RGB, model_input
 from mtl.data.windows import first_occurrences, window_indices
-from mtl.eval.metrics import as_protocol
 from mtl.labels import Protocol, get_protocol
 from mtl.models.heads import predictions
 
@@ -49,7 +48,7 @@ class TemporalEnsemble(nn.Module):
         if not models:
             raise ValueError("an ensemble needs at least one model")
         self.members = nn.ModuleList(models)
-        self.protocol = as_protocol(protocol)
+        self.protocol = get_protocol(protocol)
         self.register_buffer("au_thresholds", torch.as_tensor(au_thresholds, dtype=torch.float32)
                              .expand(self.protocol.num_au).clone())
         self.image_size, self.stored_size, self.seq_len = int(image_size), int(stored_size), int(seq_len)
