@@ -109,10 +109,16 @@ def test_summary_counts_match_the_files(dataset):
 
 def test_two_person_videos_are_separate_people(dataset):
     out, _ = dataset
+    assert_two_person_videos_differ(out)
+
+
+def assert_two_person_videos_differ(out):
+    """Every `<name>_left` face folder has its `<name>_right` twin, and their first common frames differ."""
     lefts = sorted((out / "cropped_aligned").glob("*_left"))
     assert lefts
     for left in lefts:
         right = left.with_name(left.name.replace("_left", "_right"))
+        assert right.is_dir()
         first = sorted(set(p.name for p in left.iterdir()) & set(p.name for p in right.iterdir()))[0]
         a, b = (np.asarray(Image.open(d / first), dtype=np.float32) for d in (left, right))
         assert np.abs(a - b).mean() > 10

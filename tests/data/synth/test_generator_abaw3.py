@@ -11,7 +11,7 @@ from PIL import Image
 
 from mtl.data.synth.expressions import label_model, simulate_labels
 from mtl.data.synth.generator import plan_videos, synthesize, video_length
-from tests.data.synth.test_generator import crash_then_rerun
+from tests.data.synth.test_generator import assert_two_person_videos_differ, crash_then_rerun
 from mtl.labels import ABAW3, ABAW2020, DataError, TASKS
 
 VIDEOS, FRAMES, SEED, SIZE = 14, 24, 5, 24
@@ -96,14 +96,7 @@ def test_missing_markers_follow_the_annotated_tasks(dataset):
 
 def test_two_person_videos_share_a_prefix_and_show_different_people(dataset):
     out, _ = dataset
-    lefts = sorted((out / "cropped_aligned").glob("*_left"))
-    assert lefts
-    for left in lefts:
-        right = left.with_name(left.name.replace("_left", "_right"))
-        assert right.is_dir()
-        first = sorted(set(p.name for p in left.iterdir()) & set(p.name for p in right.iterdir()))[0]
-        a, b = (np.asarray(Image.open(d / first), dtype=np.float32) for d in (left, right))
-        assert np.abs(a - b).mean() > 10
+    assert_two_person_videos_differ(out)
 
 
 def test_labels_are_imbalanced_with_a_rare_other_class():
