@@ -62,7 +62,8 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
 
     model, cfg = load_model(teacher_path, device)
     items = list(with_labels(tar_samples([shard_url])))
-    widths = cfg.data.schema().widths
+    schema = cfg.data.schema()
+    widths = schema.widths
     if views:
         return label_views(model, cfg.data.image_size, items, out_path, stored_size, device,
                            max(1, batch_size // views["views"]), views, widths)
@@ -72,7 +73,7 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             draws = centre_draws(len(chunk), stored, cfg.data.augment.crop_scale)
-            batch = as_tensors(collate(chunk, stored, side, draws, cfg.data.schema()))
+            batch = as_tensors(collate(chunk, stored, side, draws, schema))
             out = model(model_input(batch["image"].to(device), cfg.data.image_size))
             keys += batch["key"]
             au.append(torch.sigmoid(out["au"].float()).cpu().numpy())
@@ -181,7 +182,7 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
 
     from mtl.data.index import check_protocol, load_index
     from mtl.progress import progress_bar
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import ensure_ray, task_options
 
     started = time.time()
     out = storage.absolute(out)
@@ -207,8 +208,6 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     todo = [name for name, (urls, covered) in units.items()
             if any(shard not in manifest["shards"] for shard in covered) or not storage.is_file(soft_label_path(out, name))]
     ensure_ray()
-    from mtl.jobs.ray_session import task_options
-
     label = label_video_windows if teacher_cfg.model.temporal else label_shard
     task = ray.remote(**task_options(use_gpu))(label)
     extra = {"views": {"views": views, "augment": spec["augment"], "seed": seed}} if views else {}
