@@ -95,8 +95,8 @@ def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], output
     rows: dict[str, list[list]] = {}
     unreadable: dict[str, list[str]] = {}
     skipped: list[str] = []
+    protocol = protocol or threshold_protocol(torch.as_tensor(au_thresholds), None)
     for video, (au, expr, va, readable) in outputs:
-        protocol = protocol or threshold_protocol(torch.as_tensor(au_thresholds), None)
         if (au.shape[1], expr.shape[1]) != (protocol.num_au, protocol.num_expr):
             raise DataError(f"the model gives {au.shape[1]} AUs and {expr.shape[1]} classes, but protocol "
                             f"{protocol.name} has {protocol.num_au} and {protocol.num_expr}")
