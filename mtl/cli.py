@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -11,16 +12,26 @@ from mtl import runtime_defaults
 from mtl.commands import bench, data, inference, models, runs
 from mtl.config import ConfigError
 from mtl.labels import DataError
+from mtl.storage import FULL_DISK_ERRNOS, DiskFull
 
 
 class _Group(click.Group):
-    """Turns input errors (bad data, bad config, missing files) into one clear line and exit code 2."""
+    """Turns input errors (bad data, bad config, missing files) and a full disk into one clear line and exit code 2
+    (`error: FILE: no space left on device (N MB free on MOUNT)`)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (DataError, ConfigError, FileNotFoundError, FileExistsError) as err:
             click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except OSError as err:
+            cause = getattr(err, "cause", None) or err  # a Ray task's error: its cause
+            if not isinstance(cause, OSError) or cause.errno not in FULL_DISK_ERRNOS:
+                raise
+            if not isinstance(cause, DiskFull) and cause.filename:  # a write outside mtl.storage that names its file
+                cause = DiskFull.at(cause.filename, cause.errno)
+            click.echo(f"error: {cause if isinstance(cause, DiskFull) else os.strerror(cause.errno)}", err=True)
             sys.exit(2)
 
 

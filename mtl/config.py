@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtl.labels import PROTOCOLS, get_protocol
-from mtl.storage import scratch_root
+from mtl.storage import is_stream, is_uri, scratch_root
 
 
 class ConfigError(ValueError):
@@ -230,6 +230,16 @@ class RuntimeConfig(_Section):
     local_dir: Optional[str] = Field(None, description="local scratch folder (wandb files when run.dir is a bucket); "
                                                        "default $MTL_LOCAL_DIR, else the temp dir")
 
+    worker_start_wait_s: int = Field(600, ge=1, description="how long a training waits for Ray to start its workers "
+                                                          "(free resources, autoscaling) before it fails in one line "
+                                                          "naming what was missing; tried in periods of Ray's "
+                                                          "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s)")
+
+    def worker_start_tries(self) -> int:
+        """Start-up periods of Ray Train's worker group within worker_start_wait_s (at least 1)."""
+        period = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S") or 60)
+        return max(1, -(-self.worker_start_wait_s // int(max(1, period))))
+
     def ddp_timeout(self) -> int:
         return int(os.environ.get("MTL_DDP_TIMEOUT_S") or self.ddp_timeout_s)
 
@@ -322,11 +332,30 @@ def validate(data: dict) -> Config:
         raise ConfigError(f"config key {key!r}: {first['msg']}{got}") from None
 
 
-def load_config(source: str = "demo", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(source: str = "demo", overrides: list[str] | tuple[str, ...] = (), absolute: bool = True) -> Config:
+    """A preset or YAML file with dotted `overrides`, validated; with `absolute`, its local paths made absolute
+    against this process's working directory (`absolute_paths`)."""
     data = read_yaml(source)
     for override in overrides:
         apply_override(data, override)
-    return validate(data)
+    cfg = validate(data)
+    return absolute_paths(cfg) if absolute else cfg
+
+
+PATH_KEYS = ("run.dir", "data.shards", "model.weights", "distill.teacher", "distill.soft_labels", "runtime.local_dir")
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """`cfg` with the local paths of PATH_KEYS absolute, resolved against this process's working directory, so
+    that a relative path means the same in every Ray worker (whose working directory is another); URIs, `pipe:`
+    and http(s) locations and unset keys stay as they are. Idempotent."""
+    changes = {}
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value and not (is_uri(value) or is_stream(value) or os.path.isabs(value)):
+            changes[dotted] = os.path.abspath(os.path.expanduser(value))
+    return updated(cfg, changes) if changes else cfg
 
 
 def updated(cfg: Config, changes: dict[str, Any]) -> Config:

@@ -20,7 +20,8 @@ from mtl.config import Config, ConfigError, config_dict, validate
 
 # keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"train.epochs", "train.workers", "train.cpus_per_worker", "train.max_failures",
-                     "data.loader_workers", "runtime.ddp_timeout_s", "runtime.local_dir"}
+                     "data.loader_workers", "runtime.ddp_timeout_s", "runtime.local_dir",
+                     "runtime.worker_start_wait_s"}
 
 
 def run_dir(cfg: Config) -> str:

@@ -1,18 +1,17 @@
 """Where a run lives: local paths, shared filesystems and object stores behind one small API.
 
 A *location* is a string: a local path (a shared NFS/Lustre mount is just a local path on every node) or a URI
-that pyarrow understands (`s3://bucket/key`, `gs://bucket/key`, `file:///abs/path`, `hdfs://...`; see
-`pyarrow.fs.FileSystem.from_uri`). Shard URLs may also be webdataset `pipe:` commands or http(s) URLs: readable
-(through webdataset's `gopen`), not writable.
-
-Writes are atomic: a local file is written beside its target and renamed over it; an object-store PUT is atomic
-by itself, so objects are written in place. Credentials and endpoints come from the usual environment (AWS_*,
-GOOGLE_APPLICATION_CREDENTIALS, ...), which Ray workers must see too. http(s) files are asked for their existence
-and size with a HEAD request (urllib), and read through `gopen` (curl).
+that pyarrow understands (`s3://bucket/key`, `gs://bucket/key`, `file:///abs/path`, `hdfs://...`). Shard URLs may
+also be webdataset `pipe:` commands or http(s) URLs: readable (through `gopen`; http(s) sizes by a HEAD request).
+Writes are atomic: a local file is written beside its target (mode 0o666 less the umask), flushed and renamed
+over it; an object-store PUT is atomic by itself. A full disk raises `DiskFull` (one line: file, free space,
+mount) and leaves no partial file. Credentials come from the usual environment (AWS_*, GOOGLE_APPLICATION_...),
+which Ray workers must see too.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import io
@@ -34,6 +33,34 @@ BUCKET_SCHEMES = ("s3", "gs", "gcs")  # netloc is the bucket; directories are im
 READ_BUFFER = 4 << 20
 HTTP_PREFIXES = ("http://", "https://")
 HTTP_TIMEOUT_S = 30
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(OSError):
+    """A write that found no space (ENOSPC) or quota (EDQUOT) left: `str()` is one line naming the file, the free
+    space and the mount (`DiskFull.at`). Pickles whole, so a Ray task or worker can hand it to the driver."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+    @classmethod
+    def at(cls, location: Location, code: int = errno.ENOSPC) -> "DiskFull":
+        what, mount = "disk quota exceeded" if code == errno.EDQUOT else "no space left on device", local_path(location)
+        while mount is not None and not os.path.ismount(mount):
+            mount = os.path.dirname(mount)
+        where = f" ({shutil.disk_usage(mount).free / 2**20:.1f} MB free on {mount})" if mount else ""
+        return cls(code, what + where, str(location))
+
+
+@contextmanager
+def naming_full_disk(location: Location) -> Iterator[None]:
+    """Inside the block, a full disk (ENOSPC, EDQUOT) raises `DiskFull` naming `location`."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, DiskFull) or err.errno not in FULL_DISK_ERRNOS:
+            raise
+        raise DiskFull.at(location, err.errno) from None
 
 
 def is_uri(location: Location) -> bool:
@@ -48,8 +75,7 @@ def is_stream(location: Location) -> bool:
 
 def absolute(location: Location) -> str:
     """URIs as they are; local paths made absolute (Ray's storage_path must be)."""
-    location = str(location)
-    return location if is_uri(location) or is_stream(location) else os.path.abspath(location)
+    return str(location) if is_uri(location) or is_stream(location) else os.path.abspath(location)
 
 
 def join(location: Location, *parts: str) -> str:
@@ -79,8 +105,7 @@ def filesystem(location: Location):
         return pyarrow.fs.LocalFileSystem(), os.path.abspath(location)
     scheme, _, rest = location.partition("://")
     if scheme in BUCKET_SCHEMES:  # one client per bucket (from_uri may resolve the bucket's region over the network)
-        bucket = rest.split("/", 1)[0]
-        return _bucket_filesystem(scheme, bucket), rest.rstrip("/")
+        return _bucket_filesystem(scheme, rest.split("/", 1)[0]), rest.rstrip("/")
     try:
         return pyarrow.fs.FileSystem.from_uri(location)
     except Exception as err:
@@ -96,9 +121,7 @@ def local_path(location: Location) -> Optional[str]:
     location = str(location)
     if _local(location):
         return os.path.abspath(location)
-    if location.startswith("file://"):
-        return filesystem(location)[1]
-    return None
+    return filesystem(location)[1] if location.startswith("file://") else None
 
 
 def _http_stat(url: str) -> tuple[bool, Optional[int]]:
@@ -110,9 +133,8 @@ def _http_stat(url: str) -> tuple[bool, Optional[int]]:
         try:
             with request.urlopen(request.Request(url, method=method, headers=headers),
                                  timeout=HTTP_TIMEOUT_S) as response:
-                length = response.headers.get("Content-Length")
-                if response.status == 206:
-                    length = response.headers.get("Content-Range", "").rpartition("/")[2]
+                length = (response.headers.get("Content-Range", "").rpartition("/")[2] if response.status == 206
+                          else response.headers.get("Content-Length"))
                 return True, int(length) if length and length.isdigit() else None
         except error.HTTPError as err:
             if err.code in (404, 410):
@@ -137,10 +159,8 @@ def open_read(location: Location) -> BinaryIO:
     fs, path = filesystem(location)
     try:
         return fs.open_input_stream(path, buffer_size=READ_BUFFER)  # unbuffered: one request per small read
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{location}: no such file") from None
     except OSError as err:
-        if not is_file(location):
+        if isinstance(err, FileNotFoundError) or not is_file(location):
             raise FileNotFoundError(f"{location}: no such file") from None
         raise OSError(f"{location}: {err}") from None
 
@@ -163,17 +183,14 @@ def read_json(location: Location) -> Any:
 
 def write_atomic(location: Location, data: bytes) -> str:
     """Write `data` to `location` so that readers see the old file or the whole new one, never a part."""
-    location = str(location)
-    if _local(location):
-        with atomic_local_path(location) as tmp, open(tmp, "wb") as handle:
+    location, path = str(location), local_path(location)
+    if path is not None:  # a local path or a file:// URI
+        with atomic_local_path(path) as tmp, open(tmp, "wb") as handle:
             handle.write(data)
         return location
     if is_stream(location):
         raise ValueError(f"{location}: a stream URL is read-only")
     fs, path = filesystem(location)
-    if fs.type_name == "local":  # file:// URIs: same temp file + rename as a local path
-        write_atomic(path, data)
-        return location
     with fs.open_output_stream(path) as handle:
         handle.write(data)
     return location
@@ -181,18 +198,27 @@ def write_atomic(location: Location, data: bytes) -> str:
 
 @contextmanager
 def atomic_local_path(path: Location) -> Iterator[str]:
-    """A temporary path beside local `path` to write to (for writers that want a path); it replaces `path` when
-    the block succeeds, else is removed."""
+    """A new empty file beside local `path` (mode 0o666 less the umask, as `open` makes) for writers that want a
+    path; when the block succeeds it is flushed to disk and renamed over `path` (then the folder is flushed), else
+    removed (a full disk raises DiskFull naming `path`)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mkstemp's would be 0600
+    with naming_full_disk(path):  # after the temporary file is gone: the free space it reports is that left
+        try:
+            yield tmp
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    fd = os.open(folder, os.O_RDONLY)  # the folder's new entry reaches the disk too
     try:
-        yield tmp
-        os.replace(tmp, path)
+        os.fsync(fd)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.close(fd)
 
 
 def write_text(location: Location, text: str) -> str:
@@ -214,36 +240,23 @@ def save_torch(obj: Any, location: Location) -> str:
 def load_torch(location: Location, **kwargs) -> Any:
     import torch
 
-    location = str(location)
-    if _local(location):
-        return torch.load(location, **{"map_location": "cpu", "weights_only": True, **kwargs})
-    return torch.load(io.BytesIO(read_bytes(location)), **{"map_location": "cpu", "weights_only": True, **kwargs})
+    source = str(location) if _local(str(location)) else io.BytesIO(read_bytes(location))
+    return torch.load(source, **{"map_location": "cpu", "weights_only": True, **kwargs})
 
 
 def is_file(location: Location) -> bool:
-    import pyarrow.fs
-
-    location = str(location)
-    if _local(location):
-        return os.path.isfile(location)
-    if location.startswith(HTTP_PREFIXES):
-        return _http_stat(location)[0]
-    fs, path = filesystem(location)
-    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+    return _http_stat(str(location))[0] if str(location).startswith(HTTP_PREFIXES) else size(location) is not None
 
 
 def size(location: Location) -> Optional[int]:
-    """Bytes of the file at `location`; None when there is none (or a `pipe:` stream, or an http file whose server
-    sends no length: see `is_file`)."""
+    """Bytes of the file at `location`; None when there is none, for a `pipe:` stream, or an http file of no length."""
     import pyarrow.fs
 
     location = str(location)
     if location.startswith(HTTP_PREFIXES):
         return _http_stat(location)[1]
-    if is_stream(location):
-        return None
-    if _local(location):
-        return os.path.getsize(location) if os.path.isfile(location) else None
+    if is_stream(location) or _local(location):
+        return os.path.getsize(location) if _local(location) and os.path.isfile(location) else None
     fs, path = filesystem(location)
     info = fs.get_file_info(path)
     return info.size if info.type == pyarrow.fs.FileType.File else None
@@ -263,12 +276,8 @@ def exists(location: Location) -> bool:
 
 def makedirs(location: Location) -> None:
     """Create a folder (and parents); nothing to do on object stores, where folders are implicit."""
-    location = str(location)
-    if _local(location):
-        os.makedirs(location, exist_ok=True)
-        return
-    fs, path = filesystem(location)
-    if fs.type_name == "local":
+    path = local_path(location)
+    if path is not None:
         os.makedirs(path, exist_ok=True)
 
 
@@ -278,9 +287,7 @@ def list_files(location: Location, pattern: str = "*") -> list[str]:
 
     location = str(location)
     if _local(location):
-        if not os.path.isdir(location):
-            return []
-        return sorted(os.path.join(location, n) for n in os.listdir(location)
+        return sorted(os.path.join(location, n) for n in (os.listdir(location) if os.path.isdir(location) else ())
                       if fnmatch.fnmatch(n, pattern) and os.path.isfile(os.path.join(location, n)))
     fs, path = filesystem(location)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
@@ -291,32 +298,25 @@ def list_files(location: Location, pattern: str = "*") -> list[str]:
 def remove(location: Location) -> None:
     """Delete a file; a missing one is fine."""
     location = str(location)
-    if _local(location):
-        if os.path.exists(location):
-            os.unlink(location)
-        return
-    fs, path = filesystem(location)
-    if exists(location):
-        fs.delete_file(path)
+    if _local(location) and os.path.lexists(location):
+        os.unlink(location)
+    elif not _local(location) and exists(location):
+        filesystem(location)[0].delete_file(filesystem(location)[1])
 
 
 def remove_tree(location: Location) -> None:
     """Delete a folder (an object-store prefix) and everything in it; a missing one is fine."""
-    location = str(location)
     path = local_path(location)
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
-        return
-    if exists(location):
+    elif exists(location):
         filesystem(location)[0].delete_dir(filesystem(location)[1])
 
 
 def upload(source: Location, location: Location) -> str:
-    """Copy local file `source` to `location`: a local target through a temporary file renamed over it; an object
-    in one streamed upload, which appears when it completes (an interrupted one may leave a partial object: upload
-    to a temporary name and `move` it where readers look)."""
-    location = str(location)
-    path = local_path(location)
+    """Copy local file `source` to `location`: locally through a temporary file renamed over it; to a bucket in one
+    streamed upload (an interrupted one may leave a partial object: upload to a temporary name, then `move` it)."""
+    location, path = str(location), local_path(location)
     if path is not None:
         with atomic_local_path(path) as tmp:
             shutil.copyfile(source, tmp)
@@ -332,22 +332,28 @@ def upload(source: Location, location: Location) -> str:
 def move(source: Location, location: Location) -> str:
     """Rename a file within one store: os.replace locally; on object stores a server-side copy (the new object
     appears whole) and a delete."""
-    source, location = str(source), str(location)
     src, dst = local_path(source), local_path(location)
     if src is not None and dst is not None:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         os.replace(src, dst)
-        return location
+        return str(location)
     fs, src = filesystem(source)
     fs.copy_file(src, filesystem(location)[1])  # S3 and GCS: one server-side copy
     fs.delete_file(src)
-    return location
+    return str(location)
 
 
 def scratch_root(scratch: Optional[str] = None) -> str:
-    """Local scratch: `scratch`, else $MTL_LOCAL_DIR, else <temp dir>/mtl-scratch. Not "mtl": that folder in the
-    directory a Ray driver runs from (e.g. /tmp) would shadow the package in the driver's Ray workers."""
-    return scratch or os.environ.get("MTL_LOCAL_DIR") or os.path.join(tempfile.gettempdir(), "mtl-scratch")
+    """Local scratch: `scratch`, else $MTL_LOCAL_DIR, else <temp dir>/mtl-scratch-<uid>, this user's own (made
+    0700; FileExistsError when another user owns it). Not "mtl": that folder in the directory a Ray driver runs
+    from (e.g. /tmp) would shadow the package in the driver's Ray workers."""
+    if scratch or os.environ.get("MTL_LOCAL_DIR"):
+        return scratch or os.environ["MTL_LOCAL_DIR"]
+    root, uid = os.path.join(tempfile.gettempdir(), f"mtl-scratch-{os.getuid()}"), os.getuid()
+    os.makedirs(root, mode=0o700, exist_ok=True)  # a file or a link in its place: FileExistsError, or refused here
+    if os.lstat(root).st_uid != uid:
+        raise FileExistsError(f"{root}: another user's (not uid {uid}); set MTL_LOCAL_DIR to a scratch folder")
+    return root
 
 
 @contextmanager
@@ -385,16 +391,10 @@ def json_ready(value: Any) -> Any:
     """`value` with numpy scalars/arrays, tuples and paths turned into JSON types; NaN and infinities -> None."""
     if isinstance(value, Mapping):
         return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, np.generic)):  # numpy arrays and scalars: as Python lists and numbers
         return json_ready(value.tolist())
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
+    if isinstance(value, float):
         return float(value) if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
+    return value if value is None or isinstance(value, (bool, int, str)) else str(value)

@@ -29,12 +29,50 @@ SPLIT_SETS = {"train": "Training_Set", "val": "Validation_Set"}
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole test session (started on first use)."""
+    """One local Ray instance for the whole test session (started on first use), started as the CLI starts one
+    (`ensure_ray`: its address handed to every task and actor)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=None, log_to_driver=False)
+    from mtl.jobs.ray_session import ensure_ray
+
+    ensure_ray(num_cpus=4, log_to_driver=False)
     yield ray
+
+
+@pytest.fixture
+def other_ray_instance():
+    """A second Ray instance on the machine, as another user's `ray start --head` would be: in the default Ray temp
+    folder, where it records itself as the machine's current cluster (which Ray's clients then pick when given no
+    address), on free ports, 1 CPU. Stopped after the test by its exact session folder; the current-cluster file
+    is put back as it was."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from mtl.jobs.ray_session import session_processes, stop_processes
+
+    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    current = root / "ray_current_cluster"
+    saved = current.read_bytes() if current.is_file() else None
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    ports = [str(free_port()) for _ in range(7)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    session = None
+    try:
+        subprocess.run([ray_cli, "start", "--head", "--port", ports[0], "--num-cpus", "1", "--dashboard-port",
+                        ports[1], "--ray-client-server-port", ports[2], "--dashboard-agent-listen-port", ports[3],
+                        "--dashboard-agent-grpc-port", ports[4], "--runtime-env-agent-port", ports[5],
+                        "--metrics-export-port", ports[6], "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        session = (root / "session_latest").resolve()
+        yield current.read_text().strip()
+    finally:
+        if session is not None:
+            stop_processes(session_processes(session), grace_s=5.0)
+        if saved is None:
+            current.unlink(missing_ok=True)
+        else:
+            current.write_bytes(saved)
 
 
 def controller_registered_a_checkpoint(train_run: Path) -> bool:

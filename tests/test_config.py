@@ -1,5 +1,7 @@
 """Typed configs: the packaged presets, dotted overrides, and errors that name the key."""
 
+import os
+
 import pytest
 
 from mtl.config import ConfigError, load_config
@@ -93,3 +95,20 @@ def test_expression_classes_of_another_protocol_are_refused_naming_it():
         load_config("demo", ("data.downsample.expr={Other: 2}",))
     with pytest.raises(ConfigError, match="unknown protocol 'abaw9'"):
         load_config("demo", ("data.protocol=abaw9",))
+
+
+def test_local_paths_become_absolute_against_the_working_directory_and_uris_stay(tmp_path, monkeypatch):
+    """Issue #20.9: what reaches Ray names the same files on every worker."""
+    from mtl.config import absolute_paths, load_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("demo", ("data.shards=shards", "run.dir=runs/r1", "model.weights=w/backbone.pth",
+                               "distill.teacher=s3://b/teacher.pt", "distill.soft_labels=pipe:cat x",
+                               "runtime.local_dir=~/scratch"))
+    assert cfg.data.shards == str(tmp_path / "shards") and cfg.run.dir == str(tmp_path / "runs" / "r1")
+    assert cfg.model.weights == str(tmp_path / "w" / "backbone.pth")
+    assert cfg.runtime.local_dir == os.path.expanduser("~/scratch")
+    assert (cfg.distill.teacher, cfg.distill.soft_labels) == ("s3://b/teacher.pt", "pipe:cat x")
+    assert absolute_paths(cfg) is cfg  # nothing left to change
+    kept = load_config("demo", ("data.shards=shards",), absolute=False)
+    assert kept.data.shards == "shards"  # `mtl submit` refuses relative paths rather than naming this machine's

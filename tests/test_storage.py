@@ -3,8 +3,14 @@ readers and writers routed through it: shards and index.json from a URI, a train
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -34,6 +40,25 @@ def location(request, tmp_path):
     if request.param == "file":
         return f"file://{tmp_path}/store"
     return f"{request.getfixturevalue('s3_bucket')}/{request.node.name.replace('[', '-').rstrip(']')}"
+
+
+@contextmanager
+def small_disk(folder: Path, kilobytes: int) -> Iterator[bool]:
+    """`folder` made a tmpfs of `kilobytes` (yields True), or left as it is (False) where mounting is not allowed
+    (not root, no mount permission): tests then make the disk full by patching the write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def upload_tree(local_folder, location: str) -> str:
@@ -84,6 +109,55 @@ def test_a_failed_local_write_keeps_the_old_file(tmp_path):
             open(tmp, "wb").write(b"partial")
             raise RuntimeError("killed")
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["x.bin"]
+
+
+@pytest.mark.parametrize("write", ["write_atomic", "save_torch"])
+def test_a_full_disk_names_the_file_and_leaves_the_old_one_and_no_temporary_file(tmp_path, monkeypatch, write):
+    import torch
+
+    folder = tmp_path / "disk"
+    with small_disk(folder, 64) as mounted:
+        target = folder / "x.bin"
+        storage.write_atomic(target, b"old")
+        if not mounted:  # the data reaches the file, the flush to disk finds no space (as on NFS, or ext4's delalloc)
+            monkeypatch.setattr(os, "fsync", no_space)
+        with pytest.raises(storage.DiskFull) as err:
+            if write == "write_atomic":
+                storage.write_atomic(target, b"x" * (1 << 20))
+            else:
+                storage.save_torch({"w": torch.zeros(1 << 18)}, target)
+        assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
+        mount = re.escape(str(folder)) if mounted else r"/\S*"
+        assert re.fullmatch(rf"{re.escape(str(target))}: no space left on device \(\d+\.\d MB free on {mount}\)",
+                            str(err.value))
+        assert target.read_bytes() == b"old" and os.listdir(folder) == ["x.bin"]
+
+
+def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path):
+    old = os.umask(0o027)
+    try:
+        storage.write_json(tmp_path / "a.json", {})
+        with storage.atomic_local_path(tmp_path / "b.csv") as tmp:
+            Path(tmp).write_text("x")
+        (tmp_path / "c").write_text("")  # what open() makes
+    finally:
+        os.umask(old)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("a.json", "b.csv", "c")}
+    assert modes == {"a.json": 0o640, "b.csv": 0o640, "c": 0o640}
+
+
+def test_the_scratch_root_is_this_users_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("MTL_LOCAL_DIR", raising=False)
+    monkeypatch.setattr(storage.tempfile, "gettempdir", lambda: str(tmp_path))
+    root = storage.scratch_root()
+    assert root == str(tmp_path / f"mtl-scratch-{os.getuid()}") and os.stat(root).st_mode & 0o777 == 0o700
+    with storage.scratch_folder("prepare") as folder:
+        assert os.path.dirname(folder) == root
+    assert storage.scratch_root("/x") == "/x"
+    monkeypatch.setattr(os, "getuid", lambda: 4242)  # as if another user's folder of that name were there
+    (tmp_path / "mtl-scratch-4242").mkdir()
+    with pytest.raises(FileExistsError, match="mtl-scratch-4242: another user's"):
+        storage.scratch_root()
 
 
 def test_stream_urls_are_read_only(tmp_path):

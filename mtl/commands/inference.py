@@ -16,8 +16,8 @@ ray_address_option = click.option(
 
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
-              help="An exported ensemble (RUN/ensemble/ensemble.pt2), a .onnx or .pt2 from `mtl export`, an "
-                   "older TorchScript ensemble.pt, or one best.pt; a temporal (CNN-RNN) best.pt or "
+              help="An exported ensemble (RUN/ensemble/ensemble.pt2), a .onnx or .pt2 from `mtl export`, or one "
+                   "best.pt (TorchScript files, which can run code, are refused); a temporal (CNN-RNN) best.pt or "
                    "RUN/ensemble/ensemble_temporal.pt runs on windows (--images in this process only).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False),
               help="A folder of face images (one video) or of sub-folders (one video each).")

@@ -63,6 +63,8 @@ def ensemble(members: tuple, more_members: tuple, run_dir: Optional[str], teache
 
     students, teacher = member_files((*members, *more_members), run_dir, teacher)
     cfg = validate(read_model_file(students[0])["config"])
+    for path in [*students[1:], *([teacher] if teacher else [])]:
+        read_model_file(path)  # each a model file, before Ray tasks read them (a DataError in one line)
     ensure_ray(address)
     result = build_ensemble(
         students, shards or cfg.data.shards, out, teacher,

@@ -10,6 +10,7 @@ import click
 
 from mtl import storage
 from mtl.commands.options import address_option, config_option
+from mtl.run_lock import run_lock
 from mtl.jobs.submit import COMMANDS as SUBMITTABLE
 
 
@@ -26,7 +27,8 @@ def demo(out: str, seed: int, protocol: str, overrides: tuple, address) -> None:
     adjust the demo config of the pipeline, e.g. train.use_gpu=true."""
     from mtl.demo import run_demo
 
-    run_demo(Path(out), seed=seed, address=address, overrides=overrides, protocol=protocol)
+    with run_lock(out, "mtl demo"):
+        run_demo(Path(out), seed=seed, address=address, overrides=overrides, protocol=protocol)
 
 
 
@@ -40,7 +42,8 @@ def train(config_source: str, overrides: tuple, address) -> None:
     from mtl.train.driver import train as run_train
 
     cfg = load_config(config_source, overrides)
-    outcome = run_train(cfg, address)
+    with run_lock(cfg.run.dir, "mtl train"):
+        outcome = run_train(cfg, address)
     metrics = outcome["metrics"]
     click.echo(f"best epoch {metrics.get('epoch')}: " + "  ".join(
         f"{t} {metrics[f'val_{t}']:.4f}" for t in ("au", "expr", "va", "total") if f"val_{t}" in metrics))
@@ -58,7 +61,8 @@ def pipeline(config_source: str, overrides: tuple, address) -> None:
     from mtl.eval.report import format_table
 
     cfg = load_config(config_source, overrides)
-    report = run_pipeline(cfg, address)
+    with run_lock(cfg.run.dir, "mtl pipeline"):
+        report = run_pipeline(cfg, address)
     click.echo(format_table(report))
     click.echo(f"report: {storage.join(cfg.run.dir, 'report.md')}")
 
@@ -74,7 +78,8 @@ def tune(config_source: str, space_path: Optional[str], overrides: tuple, addres
     from mtl.stages.search import format_results, load_search, run_search
 
     cfg, space = load_search(config_source, space_path, overrides)
-    click.echo(format_results(run_search(cfg, space, address)))
+    with run_lock(cfg.run.dir, "mtl tune"):
+        click.echo(format_results(run_search(cfg, space, address)))
 
 
 @click.command("soft-labels")
@@ -89,9 +94,10 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
     from mtl.runs import soft_labels_dir, teacher_path
 
     cfg = load_config(config_source, overrides)
-    ensure_ray(address)
-    manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu,
-                                   views=cfg.distill.views, augment=cfg.data.augment, seed=cfg.train.seed)
+    with run_lock(cfg.run.dir, "mtl soft-labels"):
+        ensure_ray(address)
+        manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu,
+                                       views=cfg.distill.views, augment=cfg.data.augment, seed=cfg.train.seed)
     click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
                f"{soft_labels_dir(cfg)}")
 
@@ -111,9 +117,18 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
 @click.option("--no-working-dir", is_flag=True, help="Ship nothing: run the code installed on the cluster.")
 @click.option("--pip", multiple=True, help="Extra pip requirement installed for the job (repeatable).")
 @click.option("--env", "env_pairs", multiple=True,
-              help="KEY=VALUE (or KEY: take it from this shell) set in the job's environment (repeatable).")
+              help="KEY=VALUE (or KEY: take it from this shell) set in the job's environment (repeatable). Values "
+                   "are shown as <redacted> in every output, but Ray stores them in clear in the job's runtime_env "
+                   "(job API, GCS), so a secret-looking KEY (..SECRET, ..TOKEN, ..PASSWORD, ..KEY, ..CREDENTIALS) "
+                   "is refused: give the nodes credentials (instance profile, service account, Kubernetes secret, "
+                   "AWS_PROFILE with a credentials file on the nodes), or see --allow-secret-env.")
+@click.option("--allow-secret-env", is_flag=True,
+              help="Accept secret-looking env vars (--env, --runtime-env) although Ray stores their values in clear "
+                   "in the job's runtime_env, readable through the job API by anyone who reaches the cluster.")
 @click.option("--runtime-env", "runtime_env_file", type=click.Path(dir_okay=False, exists=True),
-              help="A runtime_env YAML to start from (e.g. cluster/runtime_env.yaml).")
+              help="A runtime_env YAML to start from (e.g. cluster/runtime_env.yaml). The working_dir upload "
+                   "honours .gitignore and .rayignore and never includes secret files (.env, *.pem, *.key, "
+                   "id_rsa*, .aws/, .ssh/, credentials*.json, .netrc, ...).")
 @click.option("--submission-id", default=None, help="Job id (default: Ray picks one).")
 @click.option("--wait", is_flag=True, help="Stream the logs until the job ends; exit 1 unless it succeeded.")
 @click.option("--timeout", "timeout_s", default=None, type=click.FloatRange(0), help="With --wait: stop the job "
@@ -121,30 +136,28 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing.")
 @click.argument("overrides", nargs=-1)
 def submit(address, command, config_source, run_dir, shards, working_dir, no_working_dir, pip, env_pairs,
-           runtime_env_file, submission_id, wait, timeout_s, dry_run, overrides) -> None:
+           allow_secret_env, runtime_env_file, submission_id, wait, timeout_s, dry_run, overrides) -> None:
     """Run an mtl command (default: pipeline) as a Ray job on a running cluster, with a runtime environment."""
     import os
 
     import yaml
 
-    from mtl.jobs.submit import JobFailed, build_submission, describe, submit as run_submit
+    from mtl.jobs.submit import JobFailed, build_submission, describe, parse_env, submit as run_submit
 
-    env = {}
-    for pair in env_pairs:
-        key, sep, value = pair.partition("=")
-        if not sep and key not in os.environ:
-            raise click.BadParameter(f"{key!r} is not set in this shell", param_hint="--env")
-        env[key] = value if sep else os.environ[key]
     base = yaml.safe_load(Path(runtime_env_file).read_text()) if runtime_env_file else None
     submission = build_submission(config_source, overrides, command, run_dir, shards,
-                                  None if no_working_dir else working_dir, pip, env, base, submission_id)
+                                  None if no_working_dir else working_dir, pip, parse_env(env_pairs), base,
+                                  submission_id, allow_secret_env=allow_secret_env)
+    if "working_dir" in submission.runtime_env and os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE") == "1":
+        click.echo("warning: RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1: files the .gitignore names are uploaded too "
+                   "(the secret files are still left out)", err=True)
     if dry_run:
         click.echo(describe(submission, address))
         return
     try:
         outcome = run_submit(submission, address, wait=wait, timeout_s=timeout_s)
     except (JobFailed, ConnectionError) as err:  # ConnectionError: no job API at that address
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {submission.scrub(str(err))}", err=True)
         sys.exit(1)
     click.echo(f"job {outcome['submission_id']}: {outcome['status']}")
 

@@ -156,6 +156,9 @@ def shard_url(root: str, name: str) -> str:
 def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardIndex:
     """Read `<root>/index.json` (or `path`): local, a bucket URI or http(s) (read-only); a missing or incompatible
     file is a clear error."""
+    if str(root).startswith("pipe:"):
+        raise DataError(f"data.shards {root!r}: a pipe: command streams one file, not a shard folder; give the "
+                        "folder's path, bucket URI or http(s) URL")
     path = str(path) if path is not None else storage.join(root, INDEX_NAME)
     if not storage.is_file(path):
         raise FileNotFoundError(f"{path}: no shard index (run `mtl prepare` to write the shards first)")

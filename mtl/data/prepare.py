@@ -20,9 +20,11 @@ import json
 import logging
 import os
 import time
+import warnings
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from PIL import Image
 
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
 MAX_SKIP_EXAMPLES = 20
+# Images of more pixels (width x height, read from the file's header) are not decoded: a small file can hold a huge
+# image (a 169 KB PNG of 12000 x 12000 pixels decodes to 1.5 GB of memory), and PIL's own guard starts at 179 MP.
+# prepare skips such a frame (counted as too_many_pixels, the file in skip_examples); `mtl predict --media` reports
+# the file unreadable. 50 MP admits the full-resolution photos of 48/50 MP phone cameras.
+MAX_PIXELS = 50_000_000
 # A fixed tar member time makes shards reproducible byte for byte. It must be an int: a float mtime (webdataset's
 # default, time.time()) makes tarfile add a PAX header to every member, a second header for readers to parse.
 TAR_MTIME = 0
@@ -60,18 +67,38 @@ class UnitResult:
             self.skip_examples.append({"reason": reason, "key": record.key, "image": record.image})
 
 
-def image_bytes(record: FrameRecord, size: int) -> Optional[bytes]:
+class SkipFrame(Exception):
+    """A frame that is skipped, counted under the reason the message names (`unreadable_image`, ...)."""
+
+
+def too_many_pixels(size: tuple[int, int]) -> Optional[str]:
+    """Why an image of `size` (width, height: from its header, not yet decoded) is not decoded, or None: more than
+    MAX_PIXELS pixels."""
+    width, height = size
+    if width * height <= MAX_PIXELS:
+        return None
+    return f"{width} x {height} pixels, more than the limit of {MAX_PIXELS / 1e6:g} megapixels (MAX_PIXELS)"
+
+
+def image_bytes(record: FrameRecord, size: int) -> bytes:
     """JPEG bytes of the record's face at `size` x `size`: the file itself when it is already such a JPEG and
     needs no crop or rotation (never re-encoded needlessly), else rotated, cropped, resized and re-encoded.
 
-    Returns None when the image cannot be decoded."""
+    Raises SkipFrame when the image cannot be decoded (`unreadable_image`) or has too many pixels to be
+    (`too_many_pixels`, see MAX_PIXELS: checked from its header, before decoding)."""
     with open(record.image, "rb") as handle:
         data = handle.read()
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # PIL's bomb warning: too_many_pixels says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        if too_many_pixels(image.size):
+            raise SkipFrame("too_many_pixels")
         image.load()
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+    except Image.DecompressionBombError:
+        raise SkipFrame("too_many_pixels") from None
+    except (OSError, ValueError, SyntaxError):
+        raise SkipFrame("unreadable_image") from None
     if (image.format == "JPEG" and image.mode == "RGB" and image.size == (size, size) and record.crop is None
             and not record.rotate):
         return data
@@ -102,17 +129,35 @@ class _PartWriter:
         if self._writer is None or self._count >= self._shard_size:
             self.close()
             self._path = self._tmp_dir / f"u{self._unit:07d}-{self._split}-{self._part:04d}.tar"
-            self._writer = self._wds.TarWriter(str(self._path), mtime=TAR_MTIME)
             self._count, self._labelled, self._part = 0, {t: 0 for t in TASKS}, self._part + 1
         payload = json.dumps(labels, sort_keys=True).encode("utf-8")
-        self._writer.write({"__key__": key, "jpg": jpg, "json": payload})
+        with self._writing():
+            if self._writer is None:
+                self._writer = self._wds.TarWriter(str(self._path), mtime=TAR_MTIME)
+            self._writer.write({"__key__": key, "jpg": jpg, "json": payload})
         self._count += 1
         for task in TASKS:
             self._labelled[task] += labels[task] is not None
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk raises DiskFull naming the part (one line, see _get). After any failure the part's file is
+        closed, and its tar stream marked closed: collected, it would try to write its end again."""
+        try:
+            with storage.naming_full_disk(self._path):
+                yield
+        except BaseException:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.tarstream.fileobj.closed = True  # tarfile's stream: its __del__ writes the end
+                with suppress(OSError):
+                    writer.stream.close()
+            raise
+
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            with self._writing():
+                self._writer.close()
             # size and checksum here, in the unit's Ray task: renaming the file later does not change its bytes
             nbytes, sha256, location = self._path.stat().st_size, storage.sha256(self._path), str(self._path)
             if self._upload_to is not None:  # a bucket: the part goes up now, its local copy away
@@ -145,9 +190,10 @@ def _write_unit(unit_number: int, source: Source, unit: WorkUnit, folder: str, s
         if not os.path.isfile(record.image):
             result.skip("missing_image", record)
             continue
-        jpg = image_bytes(record, image_size)
-        if jpg is None:
-            result.skip("unreadable_image", record)
+        try:
+            jpg = image_bytes(record, image_size)
+        except SkipFrame as skip:
+            result.skip(str(skip), record)
             continue
         labels = record.labels()
         if record.split not in writers:
@@ -237,8 +283,7 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
             bar.update(1)
             bar.set_postfix(frames=sum(r.frames for r in results.values()))
     except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        _stop(list(pending))
         storage.remove_tree(tmp_dir)
         raise
     finally:
@@ -253,6 +298,7 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
 
 
 def _get(ref):
+    """A task's result; its DataError or DiskFull raised here as one line (not as a Ray task traceback)."""
     import ray
 
     try:
@@ -260,7 +306,25 @@ def _get(ref):
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, DataError):
             raise DataError(str(err.cause)) from None
+        if isinstance(err.cause, storage.DiskFull):
+            raise storage.DiskFull(err.cause.errno, err.cause.strerror, err.cause.filename) from None
         raise
+
+
+def _stop(refs: list, wait_s: float = 60.0) -> None:
+    """Cancel the tasks of `refs` and wait until they have ended, their outcome read, before their temporary folder
+    is removed: a task still running would fail in a folder gone from under it, and Ray would print that error's
+    traceback after the one line of the error that stopped the run."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    ended, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s) if refs else ([], [])
+    for ref in ended:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - cancelled or failed: read, so that Ray does not print it
+            pass
 
 
 def _finalise(out: str, tmp_dir: str, units: list[WorkUnit], results: list[UnitResult], sources: dict,

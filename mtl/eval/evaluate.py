@@ -164,10 +164,13 @@ def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str =
     """Score a saved model on a split of a shard folder (`mtl evaluate`). The predictions run in this process, or
     with `on_ray` as one Ray task (one GPU with cuda) on the cluster at `address` (`ensure_ray`); the same code
     either way. Scoring itself is cheap and runs here, by the metric of the shards' label protocol."""
-    protocol = load_index(shards).protocol
-    if not on_ray:
-        return score(predict_model_file(checkpoint, shards, split, device, batch_size), protocol=protocol)
+    if not on_ray:  # the model file is read (and refused when it is not one) before the shards
+        preds = predict_model_file(checkpoint, shards, split, device, batch_size)
+        return score(preds, protocol=load_index(shards).protocol)
+    from mtl.checkpoint import read_model_file
     from mtl.jobs.ray_session import ensure_ray
 
+    read_model_file(checkpoint)  # a file that is not a model: one line here, not a Ray task's traceback
+    protocol = load_index(shards).protocol
     ensure_ray(address)
     return score(predictions_on_ray([checkpoint], shards, split, device, batch_size)[0], protocol=protocol)

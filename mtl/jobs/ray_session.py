@@ -1,11 +1,22 @@
 """Connect to the Ray cluster a command should use, or start a local one, and clean up after a dead driver.
 
-A local Ray that `ensure_ray` starts is marked as ours: its session folder (<ray temp dir>/session_*) gets
-`mtl-driver.json` naming the driver's pid and start time. Some of a local Ray's processes (the dashboard agent, the
-runtime-env agent) outlive a driver killed with SIGKILL. So before it starts a local Ray, `ensure_ray` looks at the
-marked sessions under the Ray temp dir whose driver is dead and stops the processes whose command line names that
-session folder (SIGTERM, then SIGKILL). A session without the marker (a cluster started with `ray start`, another
-tool's Ray) or with a live driver is never touched. Processes are read from /proc (Linux); elsewhere this is a no-op.
+One instance, named everywhere. Ray's own clients inside our processes (the state API that Ray Train's
+placement-group cleaner polls, among others) find "their" cluster by RAY_ADDRESS, else by scanning the machine;
+with a second Ray instance on the machine (another `mtl` command, a notebook, `ray start`) that scan fails
+("Found multiple active Ray instances") or picks the other one, and a search then waits for good. So `ensure_ray`
+always states the address: it joins `address` (or RAY_ADDRESS) as given, else starts a new local instance (never
+one found by a scan) on a GCS port it chose, and hands that instance's address to every Ray task and actor it
+starts (RAY_ADDRESS in the job's runtime_env; env_vars merge into every task's runtime_env).
+
+Dead drivers. Some of a local Ray's processes (the dashboard agent, the runtime-env agent) outlive a driver killed
+with SIGKILL. A local Ray that `ensure_ray` starts is recorded in a folder of the current user's own
+(`driver_records_dir()`, mode 0700): one JSON file naming the session folder, the driver's pid and its start
+time. Before it starts a local Ray, `ensure_ray` stops what is left of the recorded sessions whose driver is dead:
+the current user's processes whose command line names that exact session folder (an argument equal to it or
+under it) or that hold a file under it open (SIGTERM, then SIGKILL). Nothing is read from the shared,
+world-writable Ray temp folder, so no other user can plant a record, and a session that was not recorded (`ray
+start`, another tool's Ray) or whose driver lives is never touched. Processes are read from /proc (Linux);
+elsewhere this is a no-op.
 """
 
 from __future__ import annotations
@@ -14,14 +25,19 @@ import json
 import logging
 import os
 import signal
-import tempfile
+import socket
+import stat
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+
+from mtl.run_lock import process_start
 
 log = logging.getLogger(__name__)
 
-MARKER = "mtl-driver.json"
+RECORDS = "ray-drivers"  # folder of driver records under the user's cache dir
+START_TRIES = 3  # new GCS ports tried when the one chosen was taken in between
 
 
 def task_options(gpu: bool) -> dict:
@@ -31,8 +47,9 @@ def task_options(gpu: bool) -> dict:
     return {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "max_calls": 0}
 
 
-def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Join `address` (or RAY_ADDRESS); without either, start a local Ray instance. No-op if Ray is up.
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
+    """Join `address` (or RAY_ADDRESS); without either, start a new local Ray instance. No-op if Ray is up.
+    Returns the GCS address of the instance, which every task and actor started from here sees as RAY_ADDRESS.
 
     The dashboard stays enabled: Ray Tune needs its state API to free the resources of stopped Train runs."""
     import ray
@@ -41,64 +58,153 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) ->
 
     runtime_defaults()  # inherited by the Ray processes this starts
     if ray.is_initialized():
-        return
+        return ray.get_runtime_context().gcs_address
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        join_ray(address, log_to_driver)
         log.info("joined Ray cluster at %s", address)
     else:
         stopped = clean_dead_sessions()
         if stopped:
             log.info("stopped %d Ray process(es) left by a dead driver", stopped)
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
-        mark_session(Path(ray._private.worker._global_node.get_session_dir_path()))
-        log.info("started a local Ray instance")
+        start_local_ray(num_cpus, log_to_driver)
+        record_session(Path(ray._private.worker._global_node.get_session_dir_path()))
+        log.info("started a local Ray instance at %s", ray.get_runtime_context().gcs_address)
+    return ray.get_runtime_context().gcs_address
 
 
-def ray_temp_root() -> Path:
-    """Where a local Ray puts its session folders: $RAY_TMPDIR/ray, else <system temp>/ray (Ray's own rule)."""
-    return Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+def join_ray(address: str, log_to_driver: bool = True) -> None:
+    """ray.init on an existing cluster, its resolved GCS address handed to every task and actor (not for a Ray
+    Client `ray://` address, nor where the job's own runtime_env already sets RAY_ADDRESS: `mtl submit` jobs)."""
+    import ray
+    from ray._private import services
+
+    runtime_env = None
+    if "://" not in address and "RAY_ADDRESS" not in job_env_vars():
+        runtime_env = {"env_vars": {"RAY_ADDRESS": services.canonicalize_bootstrap_address_or_die(address)}}
+    ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
 
 
-def process_start(pid: int) -> Optional[int]:
-    """A process's start time in clock ticks since boot (/proc/PID/stat field 22), None if it is gone."""
+def job_env_vars() -> dict:
+    """The env_vars of the runtime_env a Ray job submission gave this driver (none outside a job)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}) if raw else {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def start_local_ray(num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
+    """Start a new local Ray instance (address="local": never join one a scan finds) whose GCS listens on a port
+    chosen here, so that its address is known before it starts and goes into the job's runtime_env as RAY_ADDRESS.
+    Returns that address."""
+    import ray
+    from ray._private import services
+
+    host = services.get_node_ip_address()
+    for attempt in range(START_TRIES):
+        gcs = f"{host}:{free_port()}"
+        try:
+            with environment(RAY_GCS_SERVER_PORT=gcs.rsplit(":", 1)[1]):
+                ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver,
+                         runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
+        except Exception:  # the port was taken between the choice and the GCS start: another port
+            ray.shutdown()
+            if attempt == START_TRIES - 1:
+                raise
+            continue
+        break
+    actual = ray.get_runtime_context().gcs_address
+    if actual != gcs:  # a Ray that ignores RAY_GCS_SERVER_PORT: say so rather than hand out a wrong address
+        raise RuntimeError(f"the local Ray listens at {actual}, not at the chosen {gcs}")
+    return gcs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """os.environ with `values` set inside the block, restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def driver_records_dir() -> Path:
+    """The current user's folder of driver records: $XDG_CACHE_HOME/mtl/ray-drivers, else ~/.cache/mtl/ray-drivers;
+    created 0700."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "mtl" / RECORDS
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def trusted(path: Path, folder: bool = False) -> bool:
+    """Whether `path` is a real file (or folder) of the current user, not a link, that no one else may write."""
+    try:
+        info = path.lstat()
     except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+        return False
+    kind = stat.S_ISDIR(info.st_mode) if folder else stat.S_ISREG(info.st_mode)
+    return kind and info.st_uid == os.getuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def mark_session(session: Path) -> None:
-    """Mark a local Ray session as started by this driver (pid + start time: a reused pid is not mistaken)."""
+def record_session(session: Path, records: Optional[Path] = None) -> Path:
+    """Record a local Ray session as started by this driver (pid + start time: a reused pid is not mistaken)."""
     from mtl.storage import write_json
 
-    write_json(session / MARKER, {"pid": os.getpid(), "start": process_start(os.getpid())})
+    records = records or driver_records_dir()
+    path = records / f"{session.name}.json"
+    write_json(path, {"session": str(session.resolve()), "pid": os.getpid(), "start": process_start(os.getpid())})
+    os.chmod(path, 0o600)
+    return path
 
 
-def driver_alive(marker: Path) -> bool:
+def driver_alive(record: dict) -> bool:
     try:
-        owner = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        start = process_start(int(record["pid"]))
+    except (KeyError, TypeError, ValueError):
         return True  # unreadable: not ours to judge
-    start = process_start(int(owner["pid"]))
-    return start is not None and start == owner.get("start", start)
+    return start is not None and start == record.get("start", start)
 
 
 def session_processes(session: Path) -> list[int]:
-    """Pids of the processes that belong to a Ray session folder: their command line names it (gcs_server, raylet,
-    dashboard, workers) or they hold a file in it open (the agents, whose command line Ray rewrites to
-    `ray::DashboardAgent`, keep their logs there open)."""
+    """Pids of the current user's processes that belong to a Ray session folder: an argument of their command
+    line is that folder or a path under it (gcs_server, raylet, dashboard, workers: `--session_dir=...`,
+    `--log-dir=...`), or they hold a file under it open (the agents, whose command line Ray rewrites to
+    `ray::DashboardAgent`, keep their logs there open). A folder whose name merely begins like it does not count."""
     folder = str(session)
     pids = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if int(entry.name) != os.getpid() and (folder.encode() in entry.joinpath("cmdline").read_bytes()
-                                                   or holds_file_in(entry, folder)):
+            if int(entry.name) == os.getpid() or entry.stat().st_uid != os.getuid():
+                continue
+            if names_folder(entry.joinpath("cmdline").read_bytes(), folder) or holds_file_in(entry, folder):
                 pids.append(int(entry.name))
         except (OSError, ValueError):
             continue
     return pids
+
+
+def names_folder(cmdline: bytes, folder: str) -> bool:
+    """Whether a NUL-separated command line has an argument (or the value of an `--option=value` argument) that is
+    `folder` or a path under it."""
+    for arg in cmdline.decode(errors="replace").split("\0"):
+        for value in (arg, arg.partition("=")[2]):
+            if value == folder or value.startswith(folder + os.sep):
+                return True
+    return False
 
 
 def holds_file_in(proc: Path, folder: str) -> bool:
@@ -109,29 +215,44 @@ def holds_file_in(proc: Path, folder: str) -> bool:
     return any(link.startswith(folder + os.sep) for link in links)
 
 
-def clean_dead_sessions(root: Optional[Path] = None, grace_s: float = 5.0) -> int:
-    """Stop what is left of the local Ray sessions of dead mtl drivers under `root` (default ray_temp_root());
-    returns how many processes were stopped. The marker goes once its session holds no process."""
+def clean_dead_sessions(records: Optional[Path] = None, grace_s: float = 5.0) -> int:
+    """Stop what is left of the local Ray sessions of dead mtl drivers recorded in `records` (default
+    `driver_records_dir()`); returns how many processes were stopped. A record goes once its session holds no
+    process. Records that are not the current user's own files, in a folder only they may write, are ignored."""
+    records = records or driver_records_dir()
+    if not trusted(records, folder=True):
+        log.warning("%s: not a folder of the current user's own (or writable by others); no Ray process stopped",
+                    records)
+        return 0
     stopped = 0
-    for marker in sorted((root or ray_temp_root()).glob(f"session_*/{MARKER}")):
-        session = marker.parent
-        if session.is_symlink() or driver_alive(marker):
+    for path in sorted(records.glob("session_*.json")):
+        try:
+            record = json.loads(path.read_text()) if trusted(path) else None
+            session = Path(record["session"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if session.is_symlink() or not session.is_absolute() or driver_alive(record):
             continue
         left = session_processes(session)
         stopped += len(left)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in left:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.time() + grace_s
-            while left and time.time() < deadline:
-                time.sleep(0.1)
-                left = [pid for pid in left if not gone(pid)]
+        stop_processes(left, grace_s)
         if not session_processes(session):
-            marker.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
     return stopped
+
+
+def stop_processes(pids: list[int], grace_s: float) -> None:
+    """SIGTERM, then after `grace_s` SIGKILL to those still there."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + grace_s
+        while pids and time.time() < deadline:
+            time.sleep(0.1)
+            pids = [pid for pid in pids if not gone(pid)]
 
 
 def gone(pid: int) -> bool:

@@ -37,9 +37,11 @@ from mtl import storage
 from mtl.labels import DataError
 from mtl.progress import progress_bar
 from mtl.labels import get_protocol
-from mtl.serve.export import is_temporal_file, protocol_of, read_model_bytes
+from mtl.serve.export import protocol_of, read_model_bytes, read_torch_state
+from mtl.serve.model_files import check_model_file
 from mtl.serve.predict import find_videos, join_batches, load_predictor, predict_batch, write_predictions
 from mtl.serve.submission import check_protocol, plan_submission
+from mtl.serve.temporal import is_temporal_state
 
 IN_FLIGHT = 2  # batches queued per actor
 log = logging.getLogger(__name__)
@@ -63,8 +65,9 @@ def predictor_actor(device: str):
 
 
 class FramePredictor:
-    """A Ray actor holding the model: built once from the model file's bytes, then predicting batches of encoded
-    images (`mtl.serve.predict.predict_batch`)."""
+    """A Ray actor holding the model: built once from the model file's bytes (by the one loader, which checks
+    them again: an actor never runs code a model file carries), then predicting batches of encoded images
+    (`mtl.serve.predict.predict_batch`)."""
 
     def __init__(self, model_bytes: bytes, model_name: str, device: str):
         self.device = torch.device(device)
@@ -98,7 +101,8 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
     started = time.perf_counter()
     videos, plan = plan_submission(find_videos(Path(folder)), folder, submission, test_list)
     model_data = read_model_bytes(model_path)  # a local path or a URI: read once, shipped through the object store
-    if is_temporal_file(model_path, model_data):
+    kind = check_model_file(model_data, model_path)  # refused here, in one line, before any actor loads it
+    if kind == "checkpoint" and is_temporal_state(read_torch_state(model_path, model_data)):
         raise DataError(f"{model_path}: a temporal (CNN-RNN) model; Ray prediction (--address, --workers) takes "
                         "frame models only: predict in this process (without --address and --workers)")
     batches = [(video, frames[start:start + batch_size]) for video, frames in videos.items()

@@ -1,7 +1,9 @@
 """Model artefacts: a training checkpoint or an ensemble exported as a torch.export program (`.pt2`, the default
 the ensemble stage writes) or as ONNX (`.onnx`, run with onnxruntime), and the loaders `mtl predict` uses for
-these, for `best.pt` checkpoints, for the temporal ensemble file (`mtl.serve.temporal`: not exported, run as it
-is) and for the TorchScript `ensemble.pt` of earlier versions.
+these, for `best.pt` checkpoints and for the temporal ensemble file (`mtl.serve.temporal`: not exported, run as it
+is). Every model file is told by its content (`mtl.checkpoint.model_kind`) and read without running code it
+carries: torch files with weights_only=True, `.pt2` archives checked first (`mtl.serve.model_files`), TorchScript
+(the `ensemble.pt` of earlier versions) refused.
 
 The exported graph is `mtl.eval.ensemble.EnsembleModule.forward`: normalised float crops x [B, 3, S, S] (RGB on the
 0..255 scale minus `mean_rgb`, std 1: `mtl.data.augment.to_model_input`) -> (au_prob [B, A], expr_prob [B, E],
@@ -21,7 +23,6 @@ import copy
 import io
 import json
 import logging
-import pickle
 import tempfile
 import time
 import zipfile
@@ -34,8 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from mtl import storage
+from mtl.checkpoint import model_from_state, model_kind, not_a_model, torch_file_state
 from mtl.eval.ensemble import EnsembleModule
 from mtl.labels import DataError, Protocol, get_protocol
+from mtl.serve.model_files import check_archive
 from mtl.serve.temporal import is_temporal_state, label_names, temporal_predictor
 
 FORMATS = {"torch-export": ".pt2", "onnx": ".onnx"}  # format -> file suffix
@@ -64,25 +67,22 @@ def metadata(module: EnsembleModule, kind: str) -> dict:
 
 
 def protocol_of(model: nn.Module) -> Protocol:
-    """The label protocol of a predictor (its `protocol`; a TorchScript ensemble.pt of earlier versions, which has
-    none, is ABAW 2020's)."""
+    """The label protocol of a predictor (its `protocol`; none: ABAW 2020's)."""
     return get_protocol(getattr(model, "protocol", None))
 
 
-MODEL_FILE_ERRORS = (KeyError, TypeError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
+MODEL_FILE_ERRORS = (KeyError, TypeError, RuntimeError)  # a model file whose weights do not fit its config
 NOT_EXPORTED = ("{}: a temporal (CNN-RNN) model: `mtl export` writes frame models only (a torch.export or ONNX "
                 "program of the GRUs over windows is out of scope); run it with `mtl predict --images`")
 
 
 def read_torch_state(location: str | Path, data: Optional[bytes] = None) -> dict:
-    """A torch.save file's content, loaded with weights_only=True; a DataError naming the file unless a dict."""
+    """A torch.save model file's content (a `best.pt`'s {"model", "config", ...} or a temporal ensemble file's),
+    loaded with weights_only=True; a one-line DataError naming the file otherwise."""
     data = read_model_bytes(location) if data is None else data
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except MODEL_FILE_ERRORS as err:
-        raise DataError(f"{location}: not a model file mtl can read ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict):
-        raise DataError(f"{location}: not a model file mtl can read (a torch file holding a {type(state).__name__})")
+    state = torch_file_state(data, location)
+    if not {"model", "config"} <= set(state) and not is_temporal_state(state):
+        raise not_a_model(location, "a torch file holding a dict without 'model' and 'config'")
     return state
 
 
@@ -91,8 +91,6 @@ def torch_file_module(location: str | Path, data: Optional[bytes] = None, tempor
     `EnsembleModule` (thresholds 0.5, stored size 112, its config's image size, crop scale and label protocol); a
     temporal `best.pt` (alike) or ensemble_temporal.pt as a `mtl.serve.temporal.TemporalEnsemble`, refused with
     `temporal=False`. Anything else is a DataError naming the file."""
-    from mtl.checkpoint import model_from_state
-
     state = read_torch_state(location, data)
     if is_temporal_state(state) and not temporal:
         raise DataError(NOT_EXPORTED.format(location))
@@ -101,26 +99,9 @@ def torch_file_module(location: str | Path, data: Optional[bytes] = None, tempor
             return temporal_predictor(state, DEFAULT_STORED_SIZE)
         net, cfg = model_from_state(state)
     except MODEL_FILE_ERRORS as err:
-        raise DataError(f"{location}: not a model file mtl can read ({type(err).__name__}: {err})") from None
+        raise DataError(f"{location}: its weights do not fit its config ({str(err).splitlines()[0][:200]})") from None
     return EnsembleModule([net], 0.5, cfg.data.image_size, DEFAULT_STORED_SIZE, cfg.data.augment.crop_scale,
                           protocol=cfg.data.schema()).eval()
-
-
-def checkpoint_module(location: str | Path) -> EnsembleModule:
-    """A frame `best.pt` as a one-member `EnsembleModule` (`torch_file_module`); a temporal file is a DataError."""
-    return torch_file_module(location, temporal=False)
-
-
-def is_temporal_file(location: str | Path, data: Optional[bytes] = None) -> bool:
-    """Whether a model file (its bytes `data`, when already read) is a temporal (CNN-RNN) `best.pt` or
-    ensemble_temporal.pt (by content)."""
-    data = read_model_bytes(location) if data is None else data
-    if artefact_kind(data) != "checkpoint":
-        return False
-    try:
-        return is_temporal_state(read_torch_state(location, data))
-    except DataError:
-        return False  # the loader reports it
 
 
 def export_ensemble(models: Sequence[nn.Module], thresholds: Sequence[float] | np.ndarray, image_size: int,
@@ -217,17 +198,16 @@ def export_file(source: str | Path, location: str | Path, fmt: str) -> dict:
     """`mtl export`: a `best.pt` (one model) or a `.pt2` artefact (a model or an ensemble) -> `fmt` at
     `location`; returns `write_program`'s summary plus "kind" and "members"."""
     data = read_model_bytes(source)
-    kind = artefact_kind(data)
+    kind = model_kind(data, source)
     if kind == "checkpoint":
-        module = checkpoint_module(source)
+        module = torch_file_module(source, data, temporal=False)
         summary = export_module(module, location, fmt, kind="model")
         return {**summary, "kind": "model", "members": 1}
     if kind == "torch-export":
         program, meta = load_program(data, source)
         summary = write_program(program, meta, program.module(), location, fmt)
         return {**summary, "kind": meta["kind"], "members": meta["members"]}
-    article = "an" if kind[0] in "aeiou" else "a"
-    raise DataError(f"{source}: {article} {kind} file cannot be re-exported; export from the best.pt files or the .pt2 "
+    raise DataError(f"{source}: an ONNX model cannot be re-exported; export from the best.pt files or the .pt2 "
                     f"(`mtl ensemble --members ...` rebuilds an ensemble's .pt2 from its members)")
 
 
@@ -240,39 +220,22 @@ def read_model_bytes(location: str | Path) -> bytes:
     return storage.read_bytes(location)
 
 
-def artefact_kind(data: bytes) -> str:
-    """"torch-export", "torchscript", "checkpoint" (a torch.save zip) or "onnx" (anything else: the ONNX loader
-    decides) from the file's content, whatever its name."""
-    buffer = io.BytesIO(data)
-    if not zipfile.is_zipfile(buffer):
-        return "onnx"
-    try:
-        names = zipfile.ZipFile(buffer).namelist()
-    except zipfile.BadZipFile:
-        return "onnx"  # rejected by the ONNX loader with the file's name
-    if any(name.endswith("/archive_format") for name in names):
-        return "torch-export"
-    if any(name.endswith("/constants.pkl") for name in names):
-        return "torchscript"
-    return "checkpoint"
-
-
 def load_predictor_file(location: str | Path, device: torch.device) -> nn.Module:
     """What `mtl predict` runs: a module on `device`, in eval mode, called on normalised crops [B, 3, S, S] and
     returning (au_prob, expr_prob, va), with `au_thresholds` [A], `image_size`, `stored_size`, `crop_scale`,
-    `mean_rgb` and `protocol` (`protocol_of`: TorchScript files lack it). Reads `.pt2`, `.onnx`, TorchScript and
-    `best.pt` files (by content); any other file is a DataError naming it. A temporal `best.pt` or
-    ensemble_temporal.pt gives a `mtl.serve.temporal.TemporalEnsemble` instead, called on windows [B, T, 3, S, S]
-    and carrying `seq_len` too."""
+    `mean_rgb` and `protocol`. Reads `.pt2`, `.onnx` and `best.pt` files (by content); any other file is a one-line
+    DataError naming it. A temporal `best.pt` or ensemble_temporal.pt gives a `mtl.serve.temporal.TemporalEnsemble`
+    instead, called on windows [B, T, 3, S, S] and carrying `seq_len` too."""
     device = torch.device(device)
     data = read_model_bytes(location)
-    if artefact_kind(data) == "checkpoint":
+    if model_kind(data, location) == "checkpoint":
         return torch_file_module(location, data).to(device)
     return predictor_from_bytes(data, str(location), device)
 
 
 def predictor_from_bytes(data: bytes, name: str, device: torch.device) -> nn.Module:
-    kind = artefact_kind(data)
+    """An exported `.pt2` or `.onnx` file's bytes as `load_predictor_file` returns them; a DataError for others."""
+    kind = model_kind(data, name)
     if kind == "torch-export":
         program, meta = load_program(data, name)
         if device.type != "cpu":
@@ -282,27 +245,31 @@ def predictor_from_bytes(data: bytes, name: str, device: torch.device) -> nn.Mod
         return ExportedPredictor(program.module(), meta).to(device).eval()
     if kind == "onnx":
         return OnnxPredictor(data, name, device)
-    if kind == "torchscript":
-        return torch.jit.load(io.BytesIO(data), map_location=device).eval()
     raise DataError(f"{name}: a checkpoint, not an exported model")
 
 
-def load_program(data: bytes, name: str) -> tuple[torch.export.ExportedProgram, dict]:
+def load_program(data: bytes, name: str | Path) -> tuple[torch.export.ExportedProgram, dict]:
+    """(program, metadata) of a `.pt2` file's bytes, checked for code (`check_archive`) before torch reads them:
+    the one place mtl calls `torch.export.load`."""
+    check_archive(data, name)
     extra = {f"{METADATA_KEY}.json": ""}
     try:
         program = torch.export.load(io.BytesIO(data), extra_files=extra)
-    except (RuntimeError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError(f"{name}: not a torch.export file mtl can read ({type(err).__name__}: {err})") from None
+    except Exception as err:  # torch's deserialiser raises many types, with the whole node in the message
+        line = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise DataError(f"{name}: not a torch.export file mtl can read ({type(err).__name__}: {line})") from None
     if not extra[f"{METADATA_KEY}.json"]:
         raise DataError(f"{name}: a torch.export file without mtl's metadata (not written by `mtl export`)")
     return program, json.loads(extra[f"{METADATA_KEY}.json"])
 
 
 def read_metadata(location: str | Path) -> dict:
-    """The metadata of an exported `.pt2` or `.onnx` file (see the module docstring)."""
+    """The metadata of an exported `.pt2` (checked for code first, its program not deserialised) or `.onnx` file
+    (see the module docstring)."""
     data = read_model_bytes(location)
-    kind = artefact_kind(data)
-    if kind == "torch-export":  # the extra file alone, without deserialising the program
+    kind = model_kind(data, location)
+    if kind == "torch-export":
+        check_archive(data, location)
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = [name for name in archive.namelist() if name.endswith(f"/extra/{METADATA_KEY}.json")]
         if not names:
@@ -310,7 +277,9 @@ def read_metadata(location: str | Path) -> dict:
         return json.loads(archive.read(names[0]))
     if kind == "onnx":
         return OnnxPredictor(data, str(location), torch.device("cpu")).metadata
-    raise DataError(f"{location}: a {kind} file carries no export metadata")
+    read_torch_state(location, data)  # a torch file that is not a model file says so
+    raise DataError(f"{location}: a torch.save model file carries no export metadata (`mtl export` writes a .pt2 or "
+                    ".onnx from it)")
 
 
 class _Described(nn.Module):
@@ -351,7 +320,7 @@ class OnnxPredictor(_Described):
         try:
             import onnxruntime
         except ImportError:
-            raise DataError(f"{name}: not a torch file; an ONNX model needs onnxruntime ({EXPORT_EXTRA})") from None
+            raise DataError(f"{name}: an ONNX model; running it needs onnxruntime ({EXPORT_EXTRA})") from None
         wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
         providers = [p for p in wanted if p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
         options = onnxruntime.SessionOptions()
@@ -359,7 +328,7 @@ class OnnxPredictor(_Described):
         try:
             session = onnxruntime.InferenceSession(data, options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unparsable files
-            raise DataError(f"{name}: neither a torch file nor an ONNX model ({str(err).splitlines()[0][:200]})") \
+            raise DataError(f"{name}: an ONNX model onnxruntime cannot load ({str(err).splitlines()[0][:200]})") \
                 from None
         meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if meta is None:

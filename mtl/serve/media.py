@@ -4,12 +4,14 @@
 yields `Frame`s (1-based index, time in seconds, RGB uint8 [H, W, 3]) and fills a `MediaReport`: a photo is one
 frame, upright per its EXIF orientation, in any mode (greyscale, 16-bit, palette, CMYK; transparency composited
 on white). A video is decoded one frame at a time (never held whole), time from each frame's pts relative to the
-stream start. A file that cannot be opened or decoded is `unreadable`; a video that stops before the frame count
-its header announces, or with a decoding error, is `truncated`; the frames read before are kept. Neither is
-fatal: the report says what happened."""
+stream start. A file that cannot be opened or decoded is `unreadable`, and so is a photo, or a video's frame, of
+more than `mtl.data.prepare.MAX_PIXELS` pixels (read from the header: never decoded); a video that stops before
+the frame count its header announces, or with a decoding error, is `truncated`; the frames read before are kept.
+Neither is fatal: the report says what happened."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -17,6 +19,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 from PIL import Image, ImageOps
 
+from mtl.data.prepare import too_many_pixels
 from mtl.serve.predict import IMAGE_SUFFIXES, UNREADABLE_ERRORS, natural_key
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -93,10 +96,16 @@ def read_media(path: Path, report: MediaReport) -> Iterator[Frame]:
 
 def read_photo(path: Path, report: MediaReport) -> Iterator[Frame]:
     try:
-        with Image.open(path) as image:
-            rgb = to_rgb(ImageOps.exif_transpose(image))
+        with warnings.catch_warnings():  # PIL's bomb warning: too_many_pixels says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            report.problem = too_many_pixels(image.size) or ""
+            rgb = None if report.problem else to_rgb(ImageOps.exif_transpose(image))
     except UNREADABLE_ERRORS as error:
-        report.status, report.problem = "unreadable", f"not a readable image ({error})"
+        report.problem = f"not a readable image ({error})"
+    if report.problem:
+        report.status = "unreadable"
         return
     report.expected, report.frames = 1, 1
     yield Frame(1, 0.0, rgb)
@@ -131,6 +140,10 @@ def read_video(path: Path, report: MediaReport) -> Iterator[Frame]:
             report.status, report.problem = "unreadable", "no video stream"
             return
         stream = container.streams.video[0]
+        report.problem = too_many_pixels((stream.codec_context.width or 0, stream.codec_context.height or 0)) or ""
+        if report.problem:
+            report.status = "unreadable"
+            return
         stream.thread_type = "AUTO"
         report.expected = header_frames(container)
         start = stream.start_time or 0

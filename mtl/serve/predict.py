@@ -1,7 +1,7 @@
 """`mtl predict`: AU, EXPR and VA predictions for folders of face images, as ABAW prediction files.
 
-The model is an exported ensemble or model (`mtl.serve.export`: `.pt2`, `.onnx`, or an older TorchScript
-`ensemble.pt`) or one training checkpoint (`best.pt`, thresholds 0.5). Faces are preprocessed as in evaluation: RGB,
+The model is an exported ensemble or model (`mtl.serve.export`: `.pt2` or `.onnx`; TorchScript, which can run code,
+is refused) or one training checkpoint (`best.pt`, thresholds 0.5). Faces are preprocessed as in evaluation: RGB,
 resized to the stored size R square, the centre window of side R / crop_scale, resized to S and normalised
 (`mtl.data.augment.to_model_input`). A temporal (CNN-RNN) model, a temporal `best.pt` or the ensemble stage's
 ensemble_temporal.pt (`mtl.serve.temporal`), reads each video as the evaluation does: unreadable frames filled from
@@ -133,8 +133,8 @@ def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], output
 
 
 def load_predictor(path: str | Path, device: torch.device) -> nn.Module:
-    """The model `predict` runs, in eval mode on `device`: an exported ensemble or model (`.pt2`, `.onnx`, or the
-    TorchScript `ensemble.pt` of earlier versions) or a `best.pt` checkpoint as a one-member ensemble (thresholds
+    """The model `predict` runs, in eval mode on `device`: an exported ensemble or model (`.pt2` checked to carry no
+    code, `.onnx`) or a `best.pt` checkpoint as a one-member ensemble (thresholds
     0.5, stored size 112), or a temporal `best.pt` or ensemble_temporal.pt (a model with `seq_len`, run on
     windows), recognised by content (`mtl.serve.export.load_predictor_file`)."""
     return load_predictor_file(path, device)
@@ -169,9 +169,14 @@ def image_files(folder: Path) -> list[Path]:
 
 def read_window(source: Path | BinaryIO, stored_size: int, side: int) -> Optional[np.ndarray]:
     """The evaluation window of an image (a file, or a binary stream of its bytes): RGB, resized to stored_size
-    square, centre side x side, uint8 [side, side, 3]; None when it cannot be decoded."""
+    square, centre side x side, uint8 [side, side, 3]; None when it cannot be decoded or has more pixels than
+    `mtl.data.prepare.MAX_PIXELS` (read from its header: never decoded)."""
+    from mtl.data.prepare import too_many_pixels
+
     try:
         with Image.open(source) as image:
+            if too_many_pixels(image.size):
+                return None
             rgb = image.convert("RGB")
     except UNREADABLE_ERRORS:
         return None

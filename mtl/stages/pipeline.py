@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Optional
 
-from mtl.config import Config, config_dict
+from mtl.config import Config, absolute_paths, config_dict
 from mtl.registry import Registry
 from mtl.stages import search_stage, soft_labels  # noqa: F401  the built-in stages register themselves at import
 from mtl.stages.base import STAGES, Stage, StageContext, done_result, record_result
@@ -79,6 +79,7 @@ def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:
     from mtl.jobs.ray_session import ensure_ray
     from mtl.train.driver import check_weights
 
+    cfg = absolute_paths(cfg)  # a relative path means the same on every Ray worker
     check_weights(cfg.model)  # before Ray starts: the paper preset's FER+ weights (docs/recipe.md §1.1)
     ensure_ray(address)
     ctx = StageContext(cfg=cfg, address=address)

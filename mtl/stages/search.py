@@ -27,7 +27,8 @@ import yaml
 from ray.train import UserCallback
 
 from mtl import storage
-from mtl.config import Config, ConfigError, apply_override, config_dict, read_yaml, updated, validate
+from mtl.config import (Config, ConfigError, absolute_paths, apply_override, config_dict, read_yaml, updated,
+                        validate)
 from mtl.labels import DataError
 from mtl.stages.space import Space, check_space, load_space, python_value
 
@@ -52,7 +53,7 @@ def load_search(source: str, space_path: Optional[str], overrides=()) -> tuple[C
     data = config_dict(cfg)
     for override in (*overrides, f"tune.space={space_path}"):
         apply_override(data, override)
-    cfg = validate(data)
+    cfg = absolute_paths(validate(data))  # a relative path means the same in every trial
     check_space(space, cfg)
     return cfg, space
 
@@ -110,7 +111,7 @@ def run_trial(values: dict, base: Config, name: str, pbt: bool) -> None:
     import ray.tune
     from ray.util.queue import Empty, Queue
 
-    from mtl.train.driver import Diverged, train
+    from mtl.train.driver import NOT_RETRIED, Diverged, train
 
     trial_id = ray.tune.get_context().get_trial_id()
     folder = f"tune/{name}/trial_{trial_id}"
@@ -141,7 +142,8 @@ def run_trial(values: dict, base: Config, name: str, pbt: bool) -> None:
         reported += 1
     thread.join()
     error = outcome.get("error")
-    if isinstance(error, DataError):  # bad bytes stay bad: reported, not raised, so Tune does not retry the trial
+    if isinstance(error, NOT_RETRIED):  # bad bytes stay bad (a full disk...): reported, not raised, so Tune does
+        # not retry the trial
         report_to_tune({"epoch": -1, "data_error": str(error), METRIC: math.nan}, None)
         return
     if isinstance(error, Diverged):
@@ -234,6 +236,7 @@ def run_search(cfg: Config, space: Space, address: Optional[str] = None) -> dict
     from mtl.data.index import load_index
     from mtl.jobs.ray_session import ensure_ray
 
+    cfg = absolute_paths(cfg)
     check_space(space, cfg)
     check_settings(cfg, space)
     load_index(cfg.data.shards)

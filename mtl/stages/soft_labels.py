@@ -5,8 +5,12 @@ shard's samples with the evaluation view (centre window, no augmentation) and wr
 the others under `RUN/soft_labels/`: sample keys, AU probabilities [N, A], EXPR logits [N, E] and VA bin logits
 [N, 40] (float16; A, E the label protocol's: 8, 7 for ABAW 2020, 12, 8 for ABAW3), atomically. A teacher of another
 protocol than the shards' is refused. Nothing of the images is copied; the training stream joins these rows to its
-samples by shard and key (`SoftLabels`). `manifest.json` records the teacher file's digest: a re-run skips the
-shards already done for the same teacher and redoes everything for another one.
+samples by shard and key (`SoftLabels`). `manifest.json` (format 2, `mtl.data.soft_join.MANIFEST_FORMAT`) records
+the teacher file's SHA-256 and, per file, its SHA-256, its sample keys (count, SHA-256) and the training shards it
+covers with their SHA-256 in index.json (`file_record`, made by the task that wrote the file, from the keys it read
+in the shard): what `check_soft_labels` proves before a student trains. A re-run skips the files still proven for
+the same teacher (same bytes, same shards) and redoes the others; another teacher, another kind of labels or a
+manifest of the older format (no "files") redoes everything.
 
 A temporal (CNN-RNN) teacher is run on windows, not frames: one Ray task per training video labels each of its
 training windows (`mtl.data.windows`: T frames every T/2, the windows a temporal student's stream draws, centre
@@ -24,6 +28,7 @@ and the key's CRC-32): the file then also holds each view's offsets [N, K, 2] (i
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from dataclasses import dataclass
@@ -35,11 +40,11 @@ import numpy as np
 from mtl import storage
 from mtl.checkpoint import read_model_file
 from mtl.config import AugmentConfig, Config, validate
-from mtl.data.soft_join import MANIFEST, refuse_windowed_views, soft_label_path, view_spec
+from mtl.data.soft_join import (MANIFEST, MANIFEST_FORMAT, file_record, refuse_windowed_views, soft_label_path,
+                                 view_spec)
 from mtl.runs import soft_labels_dir
 from mtl.stages.base import Stage, StageContext, StageResult, config_value, register_stage
 from mtl.stages.teacher import TeacherStage  # the stage before this one (registered first)
-
 
 
 def write_npz_atomic(path: str | Path, **arrays) -> None:
@@ -172,6 +177,21 @@ def labelling_units(teacher_cfg, index) -> dict[str, tuple[list[str], list[str]]
 KIND_KEYS = ("unit", "seq_len", "views", "augment", "stored_size", "view_seed")  # manifest keys: what was computed
 
 
+def label_and_record(label, out_path: str, shards: dict, *args, **kwargs) -> tuple[int, dict]:
+    """One labelling task: `label(*args, **kwargs)` writes `out_path` from the shards `shards` ({name: SHA-256 in
+    index.json}); returns its count and the manifest's record of the file (`file_record`, read back here)."""
+    count = label(*args, **kwargs)
+    return count, file_record(out_path, shards)
+
+
+def proven(out: str, manifest: dict, file: str, shards: dict) -> bool:
+    """Whether the labels file `file` is done: recorded for these `shards` (and their SHA-256), each shard
+    counted, and its bytes the recorded ones."""
+    record, path = manifest["files"].get(file), storage.join(out, file)
+    return (record is not None and record.get("shards") == shards and all(s in manifest["shards"] for s in shards)
+            and storage.is_file(path) and storage.sha256(path) == record.get("sha256"))
+
+
 def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str | Path, use_gpu: bool = False,
                         progress: bool = True, views: int = 0, augment: Optional[AugmentConfig] = None,
                         seed: int = 0) -> dict:
@@ -199,19 +219,28 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     manifest_path = storage.join(out, MANIFEST)
     manifest = storage.read_json(manifest_path) if storage.is_file(manifest_path) else {}
     stored_kind = {"unit": "frame", **{key: manifest[key] for key in KIND_KEYS if key in manifest}}
-    if manifest.get("teacher_sha256") != digest or stored_kind != kind:
+    if (manifest.get("format") != MANIFEST_FORMAT or manifest.get("teacher_sha256") != digest
+            or stored_kind != kind):
         for stale in storage.list_files(out, "*.npz"):
             storage.remove(stale)
-        manifest = {"teacher": teacher_path, "teacher_sha256": digest, **kind, "shards": {}}
+        manifest = {"format": MANIFEST_FORMAT, "teacher": teacher_path, "teacher_sha256": digest, **kind,
+                    "shards": {}, "files": {}}
     samples = dict(zip((storage.name(u) for u in index.shard_urls("train")), index.shard_sizes("train")))
+    digests = {info.name: info.sha256 for info in index.shards["train"]}
     units = labelling_units(teacher_cfg, index)
-    todo = [name for name, (urls, covered) in units.items()
-            if any(shard not in manifest["shards"] for shard in covered) or not storage.is_file(soft_label_path(out, name))]
+    covers = {name: {shard: digests[shard] for shard in covered} for name, (_, covered) in units.items()}
+    files = {name: storage.name(soft_label_path(out, name)) for name in units}
+    todo = [name for name in units if not proven(out, manifest, files[name], covers[name])]
+    for name in todo:  # not proven: forgotten until redone
+        manifest["files"].pop(files[name], None)
+        for shard in covers[name]:
+            manifest["shards"].pop(shard, None)
     ensure_ray()
     label = label_video_windows if teacher_cfg.model.temporal else label_shard
-    task = ray.remote(**task_options(use_gpu))(label)
+    task = ray.remote(**task_options(use_gpu))(label_and_record)
     extra = {"views": {"views": views, "augment": spec["augment"], "seed": seed}} if views else {}
-    pending = {task.remote(teacher_path, units[name][0] if teacher_cfg.model.temporal else units[name][0][0],
+    pending = {task.remote(label, soft_label_path(out, name), covers[name], teacher_path,
+                           units[name][0] if teacher_cfg.model.temporal else units[name][0][0],
                            soft_label_path(out, name), index.image_size, "cuda" if use_gpu else "cpu", **extra): name
                for name in todo}
     bar = progress_bar(total=len(units), desc="soft labels", unit="video" if teacher_cfg.model.temporal else "shard",
@@ -221,7 +250,10 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
         while pending:
             (done,), _ = ray.wait(list(pending), num_returns=1)
             name = pending.pop(done)
-            count = ray.get(done)
+            count, record = ray.get(done)
+            for other in [f for f, r in manifest["files"].items() if set(r["shards"]) & set(covers[name])]:
+                del manifest["files"][other]  # a file of other units covering these shards (shards re-prepared)
+            manifest["files"][files[name]] = record
             for shard in units[name][1]:  # a frame shard: its samples; a video's shards: covered by its windows
                 manifest["shards"][shard] = count if not teacher_cfg.model.temporal else samples[shard]
             storage.write_json(manifest_path, manifest)  # progress survives a kill: finished units are kept
@@ -258,6 +290,11 @@ class SoftLabelsStage(Stage):
 
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
         return [ctx.result(TeacherStage.name).best]
+
+    def digest(self, cfg: Config, ctx: StageContext) -> str:
+        """The base digest and the manifest format: a stage.json of an older format is not done, so a pipeline
+        rerun recomputes labels whose manifest `check_soft_labels` would refuse."""
+        return hashlib.sha256(f"{super().digest(cfg, ctx)} manifest format {MANIFEST_FORMAT}".encode()).hexdigest()
 
     def run(self, cfg: Config, ctx: StageContext) -> SoftLabelsResult:
         folder = storage.absolute(soft_labels_dir(cfg))

@@ -33,14 +33,15 @@ def student_config(cfg: Config, i: int) -> Config:
 
 def student_trial(params: dict, cfg: Config) -> None:
     """One Tune trial: train student `params["index"]` and report its best validation scores. A data error is
-    reported as {"data_error": its line} and the trial ends normally: Tune does not retry it (the bytes stay bad)."""
+    reported as {"data_error": its line} and the trial ends normally: Tune does not retry it (the bytes stay bad);
+    so are a full disk and workers that could not start (`mtl.train.driver.NOT_RETRIED`)."""
     import ray.tune
 
-    from mtl.train.driver import train
+    from mtl.train.driver import NOT_RETRIED, train
 
     try:
         outcome = train(student_config(cfg, params["index"]))
-    except DataError as err:
+    except NOT_RETRIED as err:  # bad data, a full disk, workers that cannot start: one line, no retry
         ray.tune.report({"data_error": str(err), "val_total": float("nan")})
         return
     metrics = outcome["metrics"]

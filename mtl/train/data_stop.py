@@ -7,6 +7,11 @@ hook). So the ranks agree instead: at each batch fetch and around validation eve
 DataError (one all-reduce of a flag; the messages are gathered only when one did), and then all of them raise
 DataStop with the first such message. `mtl.train.loop.train_loop` returns it as {"data_error": message}; the driver
 raises that as DataError, which the CLI prints as `error: ...` (exit code 2).
+
+A full disk is stopped alike: a retry would find the disk as full, and a checkpoint copy cut short would stay
+behind. After each checkpoint the ranks agree on whether rank 0 could write it (`agreed_disk`) and all raise
+DiskStop; the loop returns {"disk_full": ...} and the driver raises storage.DiskFull (`error: FILE: no space left
+on device (N MB free on MOUNT)`, exit code 2).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import torch
 
 from mtl.labels import DataError, error_line
+from mtl.storage import DiskFull
 
 T = TypeVar("T")
 
@@ -24,9 +30,17 @@ class DataStop(Exception):
     """Raised on every rank at the same point when any rank hit a DataError; the message is that error's line."""
 
 
-def first_data_error(message: Optional[str]) -> Optional[str]:
-    """The DataError message of the lowest rank that has one (None if no rank has): a collective, every rank calls
-    it at the same point. Without torch.distributed, `message` itself."""
+class DiskStop(Exception):
+    """Raised on every rank at the same point when any rank's write found the disk full; `full` is its DiskFull."""
+
+    def __init__(self, full: DiskFull):
+        super().__init__(str(full))
+        self.full = full
+
+
+def first_data_error(message: Optional[T]) -> Optional[T]:
+    """The DataError message (or other picklable value) of the lowest rank that has one (None if no rank has): a
+    collective, every rank calls it at the same point. Without torch.distributed, `message` itself."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -52,6 +66,14 @@ def agreed(function: Callable[..., T], *args, **kwargs) -> T:
     if message is not None:
         raise DataStop(message)
     return result
+
+
+def agreed_disk(full: Optional[DiskFull]) -> None:
+    """A collective: DiskStop on every rank when any rank's write found the disk full (`full`, that rank's DiskFull;
+    None on the others), so that no rank goes on alone."""
+    full = first_data_error(full)
+    if full is not None:
+        raise DiskStop(full)
 
 
 def agreed_batches(loader: Iterable[T]) -> Iterator[T]:

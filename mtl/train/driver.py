@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -23,7 +24,7 @@ import torch
 
 from mtl import storage
 from mtl.checkpoint import read_model_file, save_model_file
-from mtl.config import Config, ConfigError, ModelConfig, config_dict, validate
+from mtl.config import Config, ConfigError, ModelConfig, absolute_paths, config_dict, validate
 from mtl.data.balance import BALANCERS
 from mtl.data.downsample import downsample_counts, format_counts
 from mtl.data.index import ShardIndex, check_protocol, load_index
@@ -54,9 +55,10 @@ def check_inputs(cfg: Config) -> ShardIndex:
             raise FileNotFoundError(f"{teacher_path(cfg)}: a student needs the teacher's model")
         if storage.is_file(teacher_path(cfg)):
             check_teacher(cfg, index)
-        if not cfg.distill.on_the_fly:  # every training shard labelled, by the current teacher
+        if not cfg.distill.on_the_fly:  # every training shard's labels proven: by this teacher (a missing one is
+            # refused there, FileNotFoundError), in the files and with the keys the manifest records, shards unchanged
             check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), *student_shards(cfg, index),
-                              views=view_spec(cfg.distill.views, cfg.data.augment, index.image_size))
+                              views=view_spec(cfg.distill.views, cfg.data.augment, index.image_size), index=index)
     return index
 
 
@@ -80,7 +82,7 @@ FERPLUS_SOURCE = ("`resnet50_ferplus_dag.pth`, folder `fer+` of Albanie's PyTorc
 
 def check_weights(model: ModelConfig) -> None:
     """model.weights: required where model.require_weights says so (the paper preset's FER+ backbone, docs/recipe.md
-    §1.1), and a local file when given."""
+    §1.1), and a state dict file when given."""
     if model.require_weights and not model.weights:
         source = FERPLUS_SOURCE if model.backbone == "resnet50_ferplus" else "a local state dict file"
         raise ConfigError(f"config key 'model.weights': required (model.require_weights): {model.backbone} starts "
@@ -88,6 +90,10 @@ def check_weights(model: ModelConfig) -> None:
                           "model.require_weights=false to start from random weights")
     if model.weights and not storage.is_file(model.weights):
         raise FileNotFoundError(f"config key 'model.weights': {model.weights}: no such file")
+    if model.weights:  # a file that is not a state dict: one line here, not a retried failure in every worker
+        from mtl.models.backbones import check_weights_file
+
+        check_weights_file(model.weights)
 
 
 def student_shards(cfg: Config, index) -> tuple[dict[str, int], str, Optional[int]]:
@@ -114,6 +120,7 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = absolute_paths(cfg)  # a relative path means the same on every worker
     index = check_inputs(cfg)
     downsample = downsample_counts(index, cfg)  # an index without per-frame statistics fails here
     folder = training_dir(cfg)
@@ -143,14 +150,17 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
         torch_config=TorchConfig(timeout_s=cfg.runtime.ddp_timeout()),
         run_config=ray.train.RunConfig(
             name=storage.name(folder), storage_path=storage.join(folder, "ray"), callbacks=list(callbacks or []),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures,  # workers that die
+                                                   controller_failure_limit=cfg.runtime.worker_start_tries() - 1),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute="val_total",
                                                          checkpoint_score_order="max")))
-    result = fit(trainer)
+    result = fit(trainer, cfg)
     final = result.return_value or {}
     if final.get("data_error"):  # every rank stopped at a bad shard or sample: not retried, one line
         raise DataError(final["data_error"])
+    if final.get("disk_full"):  # a checkpoint found the disk full: every rank stopped, not retried, one line
+        raise storage.DiskFull(*final["disk_full"])
     if final.get("diverged"):
         storage.write_json(storage.join(folder, "history.json"),
                            {"history": final["history"], "diverged": final["diverged"]})
@@ -162,13 +172,38 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
     save_model_file(export, storage.join(folder, "best.pt"))
     full_history = final.get("history", history)
     storage.write_json(storage.join(folder, "history.json"), {"history": full_history, "best_epoch": state["epoch"]})
+    if cfg.train.workers > 0:  # Ray Train's run folder: storage_path/name
+        remove_stray_checkpoints(storage.join(folder, "ray", storage.name(folder)))
     return {"best": storage.join(folder, "best.pt"), "metrics": export["metrics"], "history": full_history,
             "start_epoch": final.get("start_epoch")}
 
 
-def fit(trainer):
-    """trainer.fit(). A data error a worker raised outside the points where the ranks agree on one (see
-    mtl.train.data_stop; Ray has retried it then) still reaches the caller as one DataError line."""
+class WorkersUnavailable(ConfigError):
+    """Ray could not start a training's workers within runtime.worker_start_wait_s."""
+
+
+# errors that end a training in one line and that no retry can mend: a student or a search trial reports them
+NOT_RETRIED = (DataError, storage.DiskFull, WorkersUnavailable)
+
+
+def workers_unavailable(cfg: Config) -> WorkersUnavailable:
+    """What the training asked Ray for and what the cluster has, in one line."""
+    import ray
+
+    asked = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    kinds = ("CPU", "GPU")
+    total, free = ray.cluster_resources(), ray.available_resources()
+    has = ", ".join(f"{k} {total.get(k, 0):g} ({free.get(k, 0):g} free)" for k in kinds)
+    return WorkersUnavailable(
+        f"Ray could not start {cfg.train.workers} training worker(s) of {asked} each within "
+        f"{cfg.runtime.worker_start_wait_s} s (runtime.worker_start_wait_s): the cluster has {has}; lower "
+        "train.workers or train.cpus_per_worker, set train.use_gpu=false, or free or add resources")
+
+
+def fit(trainer, cfg: Config):
+    """trainer.fit(). A data error or a full disk that a worker (or Ray Train's controller) met outside the points
+    where the ranks agree on one (see mtl.train.data_stop; Ray has retried it then) still reaches the caller as one
+    DataError or storage.DiskFull line; workers that never started, as one WorkersUnavailable line."""
     import ray.train
 
     try:
@@ -176,10 +211,42 @@ def fit(trainer):
     except ray.train.TrainingFailedError as err:
         failures = getattr(err, "worker_failures", {}) or {}
         causes = [getattr(e, "_base_exc", e) for _, e in sorted(failures.items())]
+        controller = getattr(err, "controller_failure", None)
+        if type(controller).__name__ == "WorkerGroupStartupTimeoutError":  # every start-up period ran out
+            raise workers_unavailable(cfg) from None
+        causes += [controller] if controller is not None else []
         data_errors = [c for c in causes if isinstance(c, DataError)]
-        if not data_errors:
+        if data_errors:
+            raise DataError(error_line(data_errors[0])) from None
+        full = [c for c in causes if isinstance(c, OSError) and c.errno in storage.FULL_DISK_ERRNOS]
+        if not full:
             raise
-        raise DataError(error_line(data_errors[0])) from None
+        if isinstance(full[0], storage.DiskFull):
+            raise storage.DiskFull(full[0].errno, full[0].strerror, full[0].filename) from None
+        where = full[0].filename or trainer.run_config.storage_path  # a write that does not name its file
+        raise storage.DiskFull.at(where, full[0].errno) from None
+
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it kept, in its run folder
+
+
+def remove_stray_checkpoints(experiment: str) -> list[str]:
+    """After a finished training, the checkpoint folders in Ray Train's run folder `experiment` that its checkpoint
+    manager does not name (SNAPSHOT): left by attempts that failed while writing one, or before the controller
+    registered it, they are never read again (a finished run is not retrained). Removed only on a local (or
+    shared) path with a snapshot there; returns their names."""
+    folder = storage.local_path(experiment)
+    if folder is None or not os.path.isfile(os.path.join(folder, SNAPSHOT)):
+        return []
+    with open(os.path.join(folder, SNAPSHOT), encoding="utf-8") as handle:
+        named = handle.read()
+    stray = sorted(name for name in os.listdir(folder) if name.startswith("checkpoint_") and name not in named
+                   and os.path.isdir(os.path.join(folder, name)))
+    for name in stray:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    if stray:
+        log.info("%s: removed %d checkpoint folder(s) of failed attempts: %s", folder, len(stray), ", ".join(stray))
+    return stray
 
 
 def best_state(result, local_folder: Optional[Path]) -> dict:

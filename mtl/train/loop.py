@@ -10,6 +10,7 @@ in the calling process.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from mtl.labels import TASKS
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
 from mtl.runs import stored_soft_labels
-from mtl.train.data_stop import DataStop, agreed, agreed_batches
+from mtl.train.data_stop import DataStop, DiskStop, agreed, agreed_batches, agreed_disk
 from mtl.train.optim import make_optimizer, make_scheduler
 
 STATE_FILE = "state.pt"
@@ -45,15 +46,19 @@ def train_loop(payload: dict) -> dict:
     """Per-rank training function (Ray Train worker, or this process in local mode). `payload`: {"config": the
     Config, "run_id", "run_name", "wandb_group", "init_checkpoint" (PBT), "local_checkpoints" (local mode)}.
     A data error on any rank ends the run on all of them with a normal return {"data_error": its message}, so Ray
-    Train does not retry it (mtl.train.data_stop)."""
+    Train does not retry it (mtl.train.data_stop); so does a checkpoint that found the disk full, returned as
+    {"disk_full": [errno, message, file]} (the storage.DiskFull's arguments)."""
     try:
         return train_rank(payload)
-    except DataStop as stop:
+    except (DataStop, DiskStop) as stop:
         import sys
 
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
             sys.modules["wandb"].run.finish(exit_code=2)
-        return {"start_epoch": None, "history": [], "diverged": None, "data_error": str(stop)}
+        outcome = {"start_epoch": None, "history": [], "diverged": None}
+        if isinstance(stop, DiskStop):
+            return {**outcome, "disk_full": [stop.full.errno, stop.full.strerror, stop.full.filename]}
+        return {**outcome, "data_error": str(stop)}
 
 
 def train_rank(payload: dict) -> dict:
@@ -223,19 +228,68 @@ def all_ranks(value) -> list:
 
 def report_epoch(metrics, history, model, optimizer, scheduler, epoch, cfg, rank, keep_in=None) -> None:
     """ray.train.report on every rank (a barrier); rank 0 attaches the checkpoint. Ray copies it to the run's
-    storage; in local mode (`keep_in` set) there is no copy, so it is written to a folder that stays."""
+    storage (`upload_checkpoint`); in local mode (`keep_in` set) there is no copy, so it is written to a folder
+    that stays. A full disk on rank 0, writing state.pt or its copy, leaves no part of either and raises DiskStop
+    on every rank after the report (`agreed_disk`), so that the run ends at once and is not retried."""
     import ray.train
 
+    full = None
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = None
         if rank == 0:
             folder = Path(keep_in) / f"epoch_{epoch:04d}" if keep_in else Path(scratch)
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history),
-                        "config": config_dict(cfg)}, folder / STATE_FILE)
-            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report(metrics, checkpoint=checkpoint)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "history": json.dumps(history),
+                     "config": config_dict(cfg)}
+            try:
+                save_state(state, folder / STATE_FILE)
+                checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+            except storage.DiskFull as err:
+                full = err
+                if keep_in:  # the epoch's folder, now empty
+                    shutil.rmtree(folder, ignore_errors=True)
+        try:
+            ray.train.report(metrics, checkpoint=checkpoint,
+                             checkpoint_upload_fn=upload_checkpoint if checkpoint is not None else None)
+        except storage.DiskFull as err:
+            full = err
+    agreed_disk(full)
+
+
+def save_state(state: dict, path: Path) -> None:
+    """torch.save of a training state to a temporary file renamed to `path` when complete: never a truncated or
+    empty state.pt, also when the disk fills (storage.DiskFull, naming `path`). Through a Python file: saved to a
+    path, torch reports a full disk as a RuntimeError of its C++ stream, not as ENOSPC; to a file, as a
+    RuntimeError of its zip writer whose context is the OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with storage.atomic_local_path(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(state, handle)
+    except RuntimeError as err:
+        cause = err.__context__
+        if isinstance(cause, OSError) and cause.errno in storage.FULL_DISK_ERRNOS:
+            raise storage.DiskFull.at(path, cause.errno) from None
+        raise
+
+
+def upload_checkpoint(checkpoint, name: str, context=None):
+    """ray.train.report's checkpoint upload (into `name` under the run's Ray Train storage, `context`: this worker's
+    StorageContext): to a local (or shared) path, each file through a temporary one renamed in place
+    (storage.upload); a full disk removes the checkpoint folder begun, so that no truncated state.pt stays, and
+    raises storage.DiskFull. To a bucket, as Ray uploads it (a PUT appears whole)."""
+    import ray.train
+
+    context = context or ray.train.get_context().get_storage()
+    if context.storage_filesystem.type_name != "local":
+        return context.persist_current_checkpoint(checkpoint, name)
+    target, source = Path(context.build_checkpoint_path_from_name(name)), Path(checkpoint.path)
+    try:
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            storage.upload(file, target / file.relative_to(source))
+    except storage.DiskFull:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return ray.train.Checkpoint(str(target), filesystem=context.storage_filesystem)
 
 
 def format_epoch(role: str, m: dict) -> str:

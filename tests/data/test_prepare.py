@@ -1,6 +1,8 @@
 import hashlib
 import json
 import os
+import re
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -10,11 +12,13 @@ import webdataset as wds
 from click.testing import CliRunner
 
 from tests.conftest import bucket_named_folders, job_env, moto_s3, write_affwild2, write_jpeg
+from tests.test_storage import small_disk
 from mtl.cli import main
 from mtl.data.index import load_index
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.labels import DataError, FrameRecord
-from mtl.data.prepare import prepare
+from mtl.data.prepare import MAX_PIXELS, prepare
+from mtl.storage import DiskFull
 
 VIDEOS = {
     "a": {"frames": 4, "missing": [2], "au": ["1,0,0,0,0,0,0,0", "0,1,0,0,0,0,0,0", "-1,-1,-1,-1,-1,-1,-1,-1",
@@ -210,3 +214,96 @@ def test_prepare_into_a_bucket_writes_the_same_shards_and_index_last_and_check_s
         assert result.exit_code == 2 and result.output.startswith(f"error: {victim}: ") and "bytes" in result.output
     assert os.listdir(tmp_path / "scratch") == []  # every task's staging folder removed
     assert bucket_named_folders(tmp_path) == [] and not [n for n in os.listdir() if n.startswith("s3:")]
+
+
+def test_a_full_disk_stops_prepare_in_one_line_and_leaves_no_partial_file(tmp_path, ray_session, monkeypatch):
+    raw = write_affwild2(tmp_path / "raw", {f"v{i}": {"frames": 20, "expr": ["1"] * 20} for i in range(4)}, size=64)
+    out = tmp_path / "out"
+    with small_disk(out, 64) as mounted:
+        if mounted:  # 64 KB for about 300 KB of shards
+            result = CliRunner().invoke(main, ["prepare", "--affwild2", str(raw), "--out", str(out),
+                                               "--image-size", "64"])
+            assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+            (line,) = [line for line in result.output.splitlines() if "error" in line.lower()]
+            assert re.fullmatch(rf"error: {out}/\.prepare-tmp/u\d{{7}}-train-\d{{4}}\.tar: no space left on device "
+                                rf"\(\d+\.\d MB free on {out}\)", line), line
+            assert os.listdir(out) == []  # neither shards nor .prepare-tmp
+            return
+    # no tmpfs here: the unit's tar parts go to /dev/full (in this process), and a task's DiskFull reaches the
+    # driver as itself, not as a Ray task error
+    import ray
+    import webdataset.writer
+
+    from mtl.data.prepare import _get, prepare_unit
+    from mtl.data.sources import affwild2
+
+    monkeypatch.setattr(webdataset.writer, "gopen", lambda url, mode: open("/dev/full", mode))
+    with pytest.raises(DiskFull, match=r"u0000000-train-0000\.tar: no space left on device \(\d"):
+        prepare_unit(0, SOURCES.get("affwild2"), affwild2.discover(raw)[0], str(out), 5000, 64)
+    full = DiskFull.at(out / "part.tar")
+    with pytest.raises(DiskFull) as err:
+        _get(ray.remote(raise_in_a_task).remote(full))
+    assert str(err.value) == str(full) and type(err.value) is DiskFull
+
+
+def raise_in_a_task(error: BaseException) -> None:
+    raise error
+
+
+def slow_read(unit: WorkUnit) -> Iterator[FrameRecord]:
+    """A bad unit fails at once; the others write one tar part per frame for a while (shard_size=1)."""
+    folder, name = unit.args
+    if name == "bad":
+        time.sleep(0.3)
+        raise DataError(f"{folder}/bad.txt:2: a bad line")
+    for frame in range(40):
+        time.sleep(0.02)
+        yield FrameRecord("slow", name, frame, "train", str(Path(folder) / "1.jpg"), expr=1)
+
+
+SLOW = Source("slow", "--slow", "Slow root.", lambda root: [WorkUnit("slow", name, (str(root), name))
+                                                             for name in ["bad", *map(str, range(11))]], slow_read)
+
+
+def test_after_a_data_error_the_other_tasks_end_before_their_folder_goes(tmp_path, ray_session, monkeypatch):
+    """The one line of the data error, and no task error after it: the driver waits for the cancelled tasks to end
+    before it removes their temporary folder (a task still writing there would fail, and Ray print that)."""
+    import ray._private.worker
+
+    unhandled = []
+    monkeypatch.setattr(ray._private.worker, "_unhandled_error_handler", unhandled.append)
+    write_jpeg(tmp_path / "slow" / "1.jpg")
+    with SOURCES.temporarily("slow", SLOW), pytest.raises(DataError, match="bad.txt:2: a bad line"):
+        prepare({"slow": str(tmp_path / "slow")}, tmp_path / "out", shard_size=1, image_size=32, progress=False)
+    assert not (tmp_path / "out" / ".prepare-tmp").exists()
+    time.sleep(1.0)  # a task that outlived the driver's cleanup would fail by now
+    import gc
+
+    gc.collect()
+    assert not (tmp_path / "out" / ".prepare-tmp").exists() and unhandled == []
+
+
+def huge_png(path: Path, width: int = 12000, height: int = 12000) -> Path:
+    """A valid greyscale PNG of width x height black pixels: under 1 MB on disk, width x height bytes decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(1), bytes(width + 1)  # each row: filter byte 0, then the pixels
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_of_too_many_pixels_is_skipped_before_it_is_decoded(tmp_path, ray_session):
+    raw = write_affwild2(tmp_path / "raw", {"v": {"frames": 2, "expr": ["1", "2"]}})
+    huge_png(raw / "cropped_aligned/v/00002.jpg")  # 144 megapixels, 1.5 GB to decode as RGB
+    assert 12000 * 12000 > MAX_PIXELS
+    index = prepare({"affwild2": str(raw)}, tmp_path / "shards", image_size=32, progress=False)
+    assert index["summary"]["skipped"] == {"too_many_pixels": 1}
+    assert index["summary"]["skip_examples"] == [{"reason": "too_many_pixels", "key": "affwild2/v/00002",
+                                                   "image": str(raw / "cropped_aligned/v/00002.jpg")}]

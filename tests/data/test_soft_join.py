@@ -9,20 +9,21 @@ from mtl import storage
 from mtl.data.index import load_index
 from mtl.config import AugmentConfig, ConfigError
 from mtl.data.augment import BatchDraws
-from mtl.data.soft_join import MANIFEST, SoftLabels, check_soft_labels, replay_views, soft_label_path, view_spec
+from mtl.data.soft_join import (MANIFEST, MANIFEST_FORMAT, SoftLabels, check_soft_labels, file_record, replay_views,
+                                 soft_label_path, view_spec)
 from mtl.labels import DataError
 from mtl.stages.soft_labels import write_npz_atomic
 
 
 def label_everything(folder: Path, index, teacher: Path, keys_per_shard: dict, views: dict | None = None) -> dict:
-    """Soft-label files and a manifest as the soft-labels stage writes them (random values); `views`: a
-    `view_spec` of K-view labels."""
+    """Soft-label files and a manifest as the soft-labels stage writes them (random values; keys `<shard>/<i>`
+    unless `keys_per_shard` gives them); `views`: a `view_spec` of K-view labels."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    shards = {}
+    shards, files = {}, {}
     k = (views or {}).get("views")
     for info in index.shards["train"]:
-        keys = keys_per_shard.get(info.name, [f"k{i}" for i in range(info.samples)])
+        keys = keys_per_shard.get(info.name, [f"{info.name}/{i}" for i in range(info.samples)])
         n = len(keys)
         rows = (n, k) if k else (n,)
         extra = {"offsets": rng.integers(0, 4, (*rows, 2)).astype(np.int32), "flip": rng.random(rows) < 0.5,
@@ -31,8 +32,10 @@ def label_everything(folder: Path, index, teacher: Path, keys_per_shard: dict, v
                          au=rng.random((*rows, 8)).astype(np.float16), expr=rng.random((*rows, 7)).astype(np.float16),
                          va=rng.random((*rows, 40)).astype(np.float16), **extra)
         shards[info.name] = n
-    manifest = {"teacher": str(teacher), "teacher_sha256": storage.sha256(teacher), **(views or {}),
-                "shards": shards}
+        path = soft_label_path(folder, info.name)
+        files[Path(path).name] = file_record(path, {info.name: info.sha256})
+    manifest = {"format": MANIFEST_FORMAT, "teacher": str(teacher), "teacher_sha256": storage.sha256(teacher),
+                **(views or {}), "shards": shards, "files": files}
     storage.write_json(folder / MANIFEST, manifest)
     return manifest
 
@@ -55,9 +58,9 @@ def test_complete_labels_of_the_current_teacher_pass_and_join(tmp_path, imbalanc
     teacher = tmp_path / "best.pt"
     teacher.write_bytes(b"teacher one")
     label_everything(tmp_path / "soft", index, teacher, {})
-    check_soft_labels(tmp_path / "soft", teacher, train_shards(index))
+    check_soft_labels(tmp_path / "soft", teacher, train_shards(index), index=index)
     first = index.shards["train"][0].name
-    assert SoftLabels(tmp_path / "soft").lookup(first, "k0") is not None
+    assert SoftLabels(tmp_path / "soft").lookup(first, f"{first}/0") is not None
 
 
 def test_another_teachers_labels_are_refused_naming_both(tmp_path, imbalanced_shards):
@@ -141,3 +144,83 @@ def test_replay_takes_a_stored_view_per_sample_and_leaves_the_others_drawn(tmp_p
     centre = [(f"k{i}", b"", {"soft": tuple(o[0] for o in outputs)}) for i in range(3)]
     state = rng.bit_generator.state
     assert replay_views(centre, draws, rng) == (centre, draws, None) and rng.bit_generator.state == state
+
+
+# Proven per file (issue #20 item 7): the manifest's SHA-256 and keys of each file, checked before any worker starts
+
+
+def one_line_error(error: type, *args, **kwargs) -> str:
+    with pytest.raises(error) as caught:
+        check_soft_labels(*args, **kwargs)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+@pytest.fixture()
+def labelled(tmp_path, imbalanced_shards) -> tuple:
+    """(index, teacher file, manifest) of fake soft labels in tmp_path/soft, as the stage writes them."""
+    index = load_index(imbalanced_shards)
+    teacher = tmp_path / "best.pt"
+    teacher.write_bytes(b"teacher")
+    return index, teacher, label_everything(tmp_path / "soft", index, teacher, {})
+
+
+def test_a_truncated_file_is_one_line_before_training_and_in_a_worker(tmp_path, labelled):
+    index, teacher, _ = labelled
+    second = index.shards["train"][1].name
+    path = Path(soft_label_path(tmp_path / "soft", second))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    message = one_line_error(DataError, tmp_path / "soft", teacher, train_shards(index), index=index)
+    assert message.startswith(f"{path}: not a readable soft-label file (") and "re-run `mtl soft-labels`" in message
+    with pytest.raises(DataError, match=rf"^{path}: changed since its soft labels were computed") as caught:
+        SoftLabels(tmp_path / "soft").lookup(second, f"{second}/0")  # a worker: the bytes against the manifest
+    assert "\n" not in str(caught.value)
+    (tmp_path / "bare").mkdir()  # no manifest (the stream reads any folder): still one line
+    (tmp_path / "bare" / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(DataError, match=r"bare/train-000001\.npz: not a readable soft-label file \(") as caught:
+        SoftLabels(tmp_path / "bare").lookup(second, f"{second}/0")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_file_changed_after_the_check_is_a_data_error_in_the_worker(tmp_path, labelled):
+    index, teacher, _ = labelled
+    check_soft_labels(tmp_path / "soft", teacher, train_shards(index), index=index)
+    first, second = (info.name for info in index.shards["train"][:2])
+    soft = SoftLabels(tmp_path / "soft")
+    assert soft.lookup(first, f"{first}/0") is not None
+    Path(soft_label_path(tmp_path / "soft", second)).write_bytes(
+        Path(soft_label_path(tmp_path / "soft", first)).read_bytes())  # a readable file, of another shard
+    with pytest.raises(DataError, match=r"train-000001\.npz: changed since its soft labels were computed"):
+        soft.lookup(second, f"{second}/0")
+    Path(soft_label_path(tmp_path / "soft", first)).unlink()
+    with pytest.raises(DataError, match=r"train-000000\.npz: missing, but manifest\.json records it"):
+        SoftLabels(tmp_path / "soft").lookup(first, f"{first}/0")
+
+
+def test_a_shard_changed_since_its_labels_were_computed_is_refused(tmp_path, labelled):
+    import dataclasses
+
+    index, teacher, _ = labelled
+    shards = dict(index.shards)
+    shards["train"] = [dataclasses.replace(info, sha256="0" * 64) if i == 2 else info
+                       for i, info in enumerate(index.shards["train"])]  # shard 2 prepared again, other bytes
+    changed = dataclasses.replace(index, shards=shards)
+    message = one_line_error(DataError, tmp_path / "soft", teacher, train_shards(index), index=changed)
+    assert "1 training shard(s) changed since their soft labels were computed" in message
+    assert index.shards["train"][2].name in message and index.shards["train"][1].name not in message
+
+
+def test_a_manifest_of_the_older_format_is_refused_with_the_way_to_recompute(tmp_path, labelled):
+    index, teacher, manifest = labelled
+    old = {key: value for key, value in manifest.items() if key not in ("format", "files")}  # as written before
+    storage.write_json(tmp_path / "soft" / MANIFEST, old)
+    message = one_line_error(DataError, tmp_path / "soft", teacher, train_shards(index), index=index)
+    assert message == (f"{tmp_path / 'soft' / MANIFEST}: soft labels of an older format, without per-file SHA-256 "
+                       f"digests: recompute them (`mtl soft-labels`, or delete {tmp_path / 'soft'})")
+
+
+def test_a_missing_teacher_is_refused_naming_it(tmp_path, labelled):
+    index, teacher, _ = labelled
+    teacher.unlink()
+    message = one_line_error(FileNotFoundError, tmp_path / "soft", teacher, train_shards(index), index=index)
+    assert message.startswith(f"{teacher}: the teacher these soft labels must come from is missing; ")

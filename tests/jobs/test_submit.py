@@ -88,9 +88,25 @@ def test_rayjob_manifest_has_what_kuberay_requires():
 
 
 def test_runtime_env_file_is_a_runtime_env():
+    from mtl.jobs.submit import SECRET_FILES, is_secret_name
+
     env = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
     assert set(env) <= {"working_dir", "excludes", "env_vars", "pip", "py_modules", "conda"}
     assert env["env_vars"]["WANDB_MODE"] == "offline"
+    assert set(SECRET_FILES) <= set(env["excludes"])  # also for `ray job submit --runtime-env` without mtl
+    assert not any(is_secret_name(k) for k in env["env_vars"])
+
+
+def test_rayjob_takes_credentials_from_a_kubernetes_secret_not_the_runtime_env():
+    from mtl.jobs.submit import is_secret_name
+
+    spec = yaml.safe_load((CLUSTER / "k8s" / "rayjob.yaml").read_text())["spec"]
+    assert not any(is_secret_name(k) for k in yaml.safe_load(spec["runtimeEnvYAML"]).get("env_vars", {}))
+    cluster = spec["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    for pod in pods:  # the driver runs on the head, the training workers on the GPU group: both need them
+        (container,) = pod["spec"]["containers"]
+        assert {"secretRef": {"name": "mtl-storage"}} in container["envFrom"]
 
 
 @pytest.mark.parametrize("script", ["slurm/mtl.sbatch", "local/two_nodes.sh"])
@@ -139,7 +155,7 @@ def test_submit_dry_run_shows_entrypoint_runtime_env_and_storage():
                                               "train.epochs=2", "run.dir=s3://b/runs/r1", "data.shards=gs://b/shards"]
     env = job["runtime_env"]
     assert env["working_dir"] == str(REPO) and ".git" in env["excludes"] and env["pip"] == ["optuna"]
-    assert env["env_vars"] == {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "eth0"}
+    assert env["env_vars"] == {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "<redacted>"}
     assert job["metadata"]["run_dir"] == "s3://b/runs/r1"
 
 
@@ -159,3 +175,167 @@ def test_submit_to_an_unreachable_cluster_fails_clearly():
                      timeout=120)
     assert result.returncode == 1 and result.stderr.startswith("error: Failed to connect to Ray at address: "
                                                                 "http://127.0.0.1:9"), result.stderr
+
+
+def test_submit_to_an_address_with_a_password_does_not_print_it():
+    result = run_cli("submit", "--address", "http://mtl:hunter2-pw@127.0.0.1:9", "--run-dir", "/r", "--shards", "/s",
+                     timeout=120)
+    assert result.returncode == 1 and "Failed to connect" in result.stderr, result.stderr
+    assert "hunter2-pw" not in result.stdout + result.stderr
+    assert "http://<redacted>@127.0.0.1:9" in result.stderr
+
+
+# Secrets: --env values redacted in every output; secret-looking names refused unless --allow-secret-env; the
+# working_dir upload honours .gitignore and never carries key or credential files.
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+ON_A_CLUSTER = ("--run-dir", "s3://b/runs/r1", "--shards", "s3://b/shards")
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from mtl.cli import main
+
+    return CliRunner().invoke(main, ["submit", "--dry-run", *ON_A_CLUSTER, *args])
+
+
+def test_dry_run_redacts_env_values_from_the_shell(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_PROFILE", "mtl-jobs")
+    result = invoke("--allow-secret-env", "--env", "AWS_SECRET_ACCESS_KEY", "--env", "AWS_PROFILE",
+                    "--env", "GLOO_SOCKET_IFNAME=eth0")
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output and SECRET not in result.stderr
+    env_vars = json.loads(result.stdout)["runtime_env"]["env_vars"]
+    assert env_vars == {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "AWS_SECRET_ACCESS_KEY": "<redacted>",
+                        "AWS_PROFILE": "<redacted>", "GLOO_SOCKET_IFNAME": "<redacted>"}
+
+
+def test_dry_run_redacts_secret_looking_env_vars_of_a_runtime_env_file_and_url_passwords(tmp_path):
+    base = tmp_path / "runtime_env.yaml"
+    base.write_text(yaml.safe_dump({"env_vars": {"HF_TOKEN": SECRET, "OMP_NUM_THREADS": "4"}}))
+    result = invoke("--allow-secret-env", "--runtime-env", str(base), "--address", "http://ray:s3cr3t-pw@head:8265",
+                    "--pip", "git+https://ghp_tok3nvalue@github.com/org/pkg.git")
+    assert result.exit_code == 0, result.output
+    for secret in (SECRET, "s3cr3t-pw", "ghp_tok3nvalue"):
+        assert secret not in result.output
+    job = json.loads(result.stdout)
+    assert job["runtime_env"]["env_vars"]["HF_TOKEN"] == "<redacted>"
+    assert job["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "4"
+    assert job["address"] == "http://<redacted>@head:8265"
+    assert job["runtime_env"]["pip"] == ["git+https://<redacted>@github.com/org/pkg.git"]
+
+
+@pytest.mark.parametrize("args", [("--env", "AWS_SECRET_ACCESS_KEY"), ("--env", f"WANDB_API_KEY={SECRET}")])
+def test_secret_looking_env_is_refused_in_one_line_without_allow_secret_env(monkeypatch, args):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert SECRET not in result.output
+    (line,) = result.stderr.splitlines()
+    name = args[1].split("=")[0]
+    assert line.startswith(f"error: --env {name}: a secret-looking name") and "--allow-secret-env" in line
+    assert "instance profile" in line and "Kubernetes secret" in line
+
+
+def test_secret_looking_env_vars_of_a_runtime_env_file_are_refused_too(tmp_path):
+    base = tmp_path / "runtime_env.yaml"
+    base.write_text(yaml.safe_dump({"env_vars": {"DB_PASSWORD": SECRET}}))
+    result = invoke("--runtime-env", str(base))
+    assert result.exit_code == 2 and "--runtime-env env_vars DB_PASSWORD: a secret-looking" in result.stderr
+    assert SECRET not in result.output
+
+
+def test_an_unset_env_is_one_line():
+    result = invoke("--env", "MTL_SURELY_UNSET_VARIABLE")
+    assert result.exit_code == 2 and result.stderr == "error: --env MTL_SURELY_UNSET_VARIABLE: not set in this shell\n"
+
+
+@pytest.mark.parametrize("name, secret", [
+    ("AWS_SECRET_ACCESS_KEY", True), ("AWS_ACCESS_KEY_ID", True), ("AWS_SESSION_TOKEN", True), ("HF_TOKEN", True),
+    ("WANDB_API_KEY", True), ("PGPASSWORD", True), ("GOOGLE_APPLICATION_CREDENTIALS", True), ("OPENAI_APIKEY", True),
+    ("github_token", True), ("RAY_AUTH_TOKEN", True),
+    ("AWS_PROFILE", False), ("AWS_ENDPOINT_URL", False), ("AWS_DEFAULT_REGION", False), ("RAY_ADDRESS", False),
+    ("TOKENIZERS_PARALLELISM", False), ("GLOO_SOCKET_IFNAME", False), ("WANDB_MODE", False),
+])
+def test_secret_looking_names(name, secret):
+    from mtl.jobs.submit import is_secret_name
+
+    assert is_secret_name(name) is secret
+
+
+def test_scrub_replaces_env_values_in_free_text_but_not_short_ones():
+    from mtl.jobs.submit import build_submission
+
+    job = build_submission("demo", (), run_dir="/r", shards="/s", working_dir=None,
+                           env={"AWS_SECRET_ACCESS_KEY": SECRET, "GLOO_SOCKET_IFNAME": "eth0"},
+                           allow_secret_env=True)
+    assert job.runtime_env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == SECRET  # what is sent is the value
+    text = f"runtime_env setup failed: {{'AWS_SECRET_ACCESS_KEY': '{SECRET}'}} on eth0\n"
+    assert job.scrub(text) == "runtime_env setup failed: {'AWS_SECRET_ACCESS_KEY': '<redacted>'} on eth0\n"
+
+
+def write_checkout(root: Path) -> set:
+    """A checkout with secrets lying around; returns the files that may go to the cluster."""
+    files = {
+        ".gitignore": "scratch/\n*.log\n",
+        "train.py": "print('hi')\n", "pkg/model.py": "x = 1\n",
+        "scratch/notes.txt": "gitignored\n", "debug.log": "gitignored\n",
+        ".env": f"AWS_SECRET_ACCESS_KEY={SECRET}\n", ".env.local": "HF_TOKEN=x\n", "secrets/key.pem": "-----BEGIN\n",
+        "deploy/tls.key": "k\n", ".aws/credentials": "[default]\n", ".ssh/id_ed25519": "k\n", "id_rsa.pub": "k\n",
+        "credentials-prod.json": "{}\n", "gcp/service-account-ci.json": "{}\n", "cert.p12": "k\n", ".netrc": "m\n",
+        ".git-credentials": "https://u:p@h\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return {".gitignore", "train.py", "pkg/model.py"}
+
+
+def packaged(runtime_env: dict, zip_path: Path, include_gitignore: bool) -> set:
+    """The files Ray's own packaging puts in the working_dir zip (what JobSubmissionClient uploads), no cluster."""
+    from zipfile import ZipFile
+
+    from ray._private.runtime_env.packaging import create_package
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    def zip_it(working_dir, excludes, is_file=False):
+        create_package(working_dir, zip_path, include_gitignore=include_gitignore, excludes=excludes)
+
+    upload_working_dir_if_needed(dict(runtime_env), include_gitignore=include_gitignore, upload_fn=zip_it)
+    with ZipFile(zip_path) as archive:
+        return {name for name in archive.namelist() if not name.endswith("/")}
+
+
+def test_upload_leaves_out_secret_files_and_gitignored_ones(tmp_path):
+    from mtl.jobs.submit import SECRET_FILES, build_submission
+
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    allowed = write_checkout(checkout)
+    job = build_submission("demo", (), run_dir="/r", shards="/s", working_dir=str(checkout))
+    assert set(SECRET_FILES) <= set(job.runtime_env["excludes"])
+    assert packaged(job.runtime_env, tmp_path / "with_gitignore.zip", include_gitignore=True) == allowed
+    # RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 (Ray's switch) uploads gitignored files, but still no secret file
+    assert packaged(job.runtime_env, tmp_path / "without.zip", include_gitignore=False) == \
+        allowed | {"scratch/notes.txt", "debug.log"}
+
+
+def test_a_runtime_env_file_with_its_own_excludes_still_leaves_out_secret_files(tmp_path):
+    from mtl.jobs.submit import build_submission
+
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    allowed = write_checkout(checkout)
+    base = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    base["excludes"] = ["runs"]  # a user's runtime_env that forgot the secret files
+    job = build_submission("demo", (), run_dir="/r", shards="/s", working_dir=str(checkout), runtime_env=base)
+    assert "runs" in job.runtime_env["excludes"]
+    assert packaged(job.runtime_env, tmp_path / "pkg.zip", include_gitignore=True) == allowed
+
+
+def test_dry_run_warns_when_ray_is_told_to_ignore_gitignore(monkeypatch):
+    monkeypatch.setenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1")
+    result = invoke()
+    assert result.exit_code == 0 and "warning: RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1" in result.stderr

@@ -8,7 +8,7 @@ import torch
 
 from mtl.checkpoint import build_model, load_model, save_model_file
 from mtl.config import ModelConfig, config_dict, validate
-from mtl.labels import ABAW2020, ABAW3
+from mtl.labels import ABAW2020, ABAW3, DataError
 from mtl.models.factory import create_model
 from mtl.models.heads import predictions
 from mtl.models.multitask import MultitaskNet
@@ -70,5 +70,5 @@ def test_an_abaw2020_state_does_not_load_into_an_abaw3_model(tmp_path):
     cfg = validate({"model": {"backbone": "test_resnet"}, "data": {"image_size": SIZE}})
     stored = {**config_dict(cfg), "data": {**config_dict(cfg)["data"], "protocol": "abaw3"}}
     torch.save({"model": build_model(cfg).state_dict(), "config": stored, "epoch": 0}, tmp_path / "mixed.pt")
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(DataError, match="mixed.pt: its weights do not fit its config .size mismatch for "):
         load_model(tmp_path / "mixed.pt")

@@ -22,7 +22,6 @@ from mtl.labels import AU_NAMES, EXPR_NAMES, VA_NAMES
 from mtl.models.factory import create_model
 from mtl.serve import export
 from mtl.serve.export import export_ensemble, load_predictor_file, read_metadata
-from mtl.serve.predict import load_predictor
 
 SIZE = 16
 THRESHOLDS = np.linspace(0.1, 0.8, 8)
@@ -152,21 +151,6 @@ def test_predict_from_onnx_and_pt2_writes_the_checkpoints_predictions(artefacts,
         numbers = [k for k in want[0] if k not in ("video", "frame", "filled")]
         np.testing.assert_allclose([[float(r[k]) for k in numbers] for r in got],
                                    [[float(r[k]) for k in numbers] for r in want], atol=1e-4)
-
-
-def test_old_torchscript_ensembles_still_predict(nets, tmp_path):
-    """The TorchScript `ensemble.pt` written before torch.export: traced members in a scripted EnsembleModule."""
-    ensemble = EnsembleModule(nets, THRESHOLDS, SIZE, stored_size=40).eval()
-    with torch.no_grad():
-        ensemble.members = torch.nn.ModuleList(torch.jit.trace(m, crops(2, 0), check_trace=False)
-                                               for m in ensemble.members)
-        torch.jit.save(torch.jit.script(ensemble), tmp_path / "ensemble.pt")
-    model = load_predictor(tmp_path / "ensemble.pt", CPU)
-    assert (model.image_size, model.stored_size) == (SIZE, 40)
-    with torch.no_grad():
-        assert_same_outputs(EnsembleModule(nets, THRESHOLDS, SIZE).eval()(crops(3, 1)), model(crops(3, 1)))
-    result = run_cli("export", "--model", tmp_path / "ensemble.pt", "--format", "onnx", "--out", tmp_path / "x.onnx")
-    assert result.exit_code == 2 and "cannot be re-exported" in result.output
 
 
 def test_an_export_that_differs_from_the_model_is_not_written(nets, tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from mtl.data.prepare import MAX_PIXELS
 from mtl.serve.media import MediaReport, expected_frames, find_media, read_media
+from tests.data.test_prepare import huge_png
 from tests.serve.media_fixtures import FacePlacement, clip_frames, save_photo, truncate, write_video
 
 
@@ -32,6 +34,14 @@ def test_photo_modes_become_rgb(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     frames, report = read(tmp_path / "bad.jpg", "photo")
     assert frames == [] and report.status == "unreadable"
+
+
+def test_a_photo_of_too_many_pixels_is_refused_from_its_header(tmp_path):
+    """A 600 KB PNG of 12000 x 12000 pixels (1.5 GB as RGB): unreadable, naming its size and the limit."""
+    frames, report = read(huge_png(tmp_path / "huge.png"), "photo")
+    assert frames == [] and report.status == "unreadable"
+    limit = f"{MAX_PIXELS / 1e6:g} megapixels"
+    assert report.problem == f"12000 x 12000 pixels, more than the limit of {limit} (MAX_PIXELS)"
 
 
 def test_video_is_streamed_with_times_and_truncation_is_reported(tmp_path):

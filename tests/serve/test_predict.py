@@ -137,3 +137,18 @@ def test_missing_inputs_are_reported(checkpoint, tmp_path):
         predict_folder(tmp_path / "missing.pt", tmp_path / "faces", tmp_path / "out", progress=False)
     with pytest.raises(FileNotFoundError, match="no image files"):
         predict_folder(checkpoint, tmp_path / "empty", tmp_path / "out", progress=False)
+
+
+def test_an_image_over_the_pixel_limit_is_not_decoded(tmp_path, monkeypatch):
+    """Issue #20.10: a small file of huge dimensions is refused from its header (`mtl predict --images`)."""
+    from PIL import Image
+
+    from mtl.data import prepare
+    from mtl.serve.predict import read_window
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (400, 300)).save(path)
+    assert read_window(path, 112, 93) is not None
+    monkeypatch.setattr(prepare, "MAX_PIXELS", 400 * 300 - 1)
+    monkeypatch.setattr(Image.Image, "convert", lambda *a, **k: pytest.fail("decoded"))
+    assert read_window(path, 112, 93) is None

@@ -1,5 +1,6 @@
 """Soft labels: computed per shard on Ray, joined to the right samples in the stream, resumable; students train."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,99 @@ def test_a_student_trains_from_stored_views_and_refuses_another_k(teacher, imbal
     assert np.isfinite(outcome["history"][0]["train_loss"]) and "val_total" in outcome["metrics"]
     with pytest.raises(DataError, match="with 2 augmentation views per sample, but this student asks distill.views=3"):
         train(cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"views": 3})}))
+
+
+# Proven per file (issue #20 item 7): each file's SHA-256 and keys in the manifest, checked before any worker starts
+
+def tar_keys(url: str) -> list[str]:
+    """Sample keys of a shard, read with tarfile (not the stream's reader)."""
+    import tarfile
+
+    with tarfile.open(url) as tar:
+        return [m.name.removesuffix(".jpg") for m in tar.getmembers() if m.name.endswith(".jpg")]
+
+
+def student_config(run: Path, shards: Path, *extra: str):
+    return load_config("demo", (f"run.dir={run}", f"data.shards={shards}", "train.epochs=1", *TINY,
+                                "train.role=student", "distill.on_the_fly=false", *extra))
+
+
+def test_the_manifest_records_each_files_digest_and_its_shards_keys(teacher, imbalanced_shards, ray_session):
+    import hashlib
+
+    run, best = teacher
+    manifest = compute_soft_labels(best, imbalanced_shards, run / "soft_labels", progress=False)
+    index = load_index(imbalanced_shards)
+    assert manifest["format"] == 2 and len(manifest["files"]) == len(index.shards["train"])
+    for info in index.shards["train"]:
+        path = Path(soft_label_path(run / "soft_labels", info.name))
+        keys = tar_keys(str(imbalanced_shards / info.name))
+        assert manifest["files"][path.name] == {
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "keys": info.samples,
+            "keys_sha256": hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest(),
+            "shards": {info.name: info.sha256}}
+
+
+def test_one_shards_labels_copied_over_anothers_are_refused_before_training(teacher, imbalanced_shards, ray_session,
+                                                                           tmp_path):
+    import shutil
+
+    from mtl.data.soft_join import SoftLabels
+    from mtl.labels import DataError
+    from mtl.train.driver import check_inputs
+
+    run, best = teacher
+    compute_soft_labels(best, imbalanced_shards, run / "soft_labels", progress=False)
+    shutil.copytree(run / "soft_labels", tmp_path / "soft")
+    first, second = (info.name for info in load_index(imbalanced_shards).shards["train"][:2])
+    shutil.copyfile(soft_label_path(tmp_path / "soft", first), soft_label_path(tmp_path / "soft", second))
+    cfg = student_config(run, imbalanced_shards, f"distill.soft_labels={tmp_path / 'soft'}")
+    with pytest.raises(DataError) as caught:
+        check_inputs(cfg)  # what `train` runs before Ray: nothing retried
+    assert str(caught.value) == (f"{soft_label_path(tmp_path / 'soft', second)}: SHA-256 differs from manifest.json: "
+                                 f"it holds the soft labels of {first}, not of {second} (copied over it?): re-run "
+                                 "`mtl soft-labels`")
+    with pytest.raises(DataError, match=r"train-000001\.npz: changed since its soft labels were computed"):
+        SoftLabels(tmp_path / "soft").lookup(second, tar_keys(str(imbalanced_shards / second))[0])  # in a worker
+    manifest = compute_soft_labels(best, imbalanced_shards, tmp_path / "soft", progress=False)  # the hint: redone
+    original = json.loads((run / "soft_labels" / "manifest.json").read_text())["files"]
+    redone = Path(soft_label_path(tmp_path / "soft", second)).name
+    assert all(manifest["files"][name] == original[name] for name in original if name != redone)
+    assert manifest["files"][redone]["keys_sha256"] == original[redone]["keys_sha256"]  # the shard's keys again
+    check_inputs(cfg)
+
+
+def test_stored_soft_labels_without_their_teacher_are_refused_in_one_line(teacher, imbalanced_shards, ray_session,
+                                                                         tmp_path):
+    from mtl.train.driver import check_inputs
+
+    run, best = teacher
+    compute_soft_labels(best, imbalanced_shards, run / "soft_labels", progress=False)
+    gone = tmp_path / "gone.pt"
+    with pytest.raises(FileNotFoundError) as caught:
+        check_inputs(student_config(run, imbalanced_shards, f"distill.teacher={gone}"))
+    assert str(caught.value).startswith(f"{gone}: the teacher these soft labels must come from is missing; ")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_pipeline_rerun_over_labels_of_the_older_format_recomputes_them(teacher, imbalanced_shards, ray_session,
+                                                                        tmp_path):
+    from mtl.data.soft_join import check_soft_labels
+    from mtl.stages.base import Stage, StageContext, TrainingResult, record_result
+    from mtl.stages.pipeline import run_stage
+    from mtl.stages.soft_labels import SoftLabelsResult, SoftLabelsStage
+
+    run, best = teacher
+    cfg = student_config(tmp_path, imbalanced_shards)
+    stage, folder = SoftLabelsStage(), tmp_path / "soft_labels"
+    ctx = StageContext(cfg, results={"teacher": TrainingResult("teacher", str(best), {}, [])})
+    manifest = compute_soft_labels(best, imbalanced_shards, folder, progress=False)
+    old = {key: value for key, value in manifest.items() if key not in ("format", "files")}  # as an older mtl wrote
+    (folder / "manifest.json").write_text(json.dumps(old))
+    record_result(stage, cfg, Stage.digest(stage, cfg, ctx), SoftLabelsResult(str(folder), manifest["shards"]))
+    written = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz")}
+    run_stage(stage, ctx)  # the older stage.json is not done: the stage runs, and redoes every file
+    assert all(p.stat().st_mtime_ns != written[p.name] for p in folder.glob("*.npz"))
+    assert json.loads((folder / "manifest.json").read_text())["format"] == 2
+    index = load_index(imbalanced_shards)
+    check_soft_labels(folder, best, {i.name: i.samples for i in index.shards["train"]}, index=index)

@@ -1,5 +1,6 @@
 """Training on Ray Train: local-mode logic, real 2-rank DDP, resume, a worker killed from outside, learning."""
 
+import json
 import os
 import shutil
 import signal
@@ -246,3 +247,32 @@ def test_a_malformed_sample_in_local_mode_is_one_data_error_naming_shard_and_key
         train(config(tmp_path / "run", shards_copy, "train.workers=0", "train.epochs=1"))
     message = str(raised.value)
     assert "\n" not in message and message.startswith(f"{victim}: sample {key!r} is malformed: ")
+
+
+def test_relative_shards_and_run_folder_mean_the_callers_folders_on_every_ray_train_worker(tmp_path,
+                                                                                          imbalanced_shards,
+                                                                                          ray_session, monkeypatch):
+    """Issue #20.9: `mtl train data.shards=shards run.dir=run` run from the folder holding shards/ (the workers'
+    working directory is another)."""
+    shutil.copytree(imbalanced_shards, tmp_path / "shards")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "data.shards=shards", "run.dir=run", *TINY, "train.workers=1",
+                                       "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "teacher" / "best.pt").is_file()
+    stored = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
+    assert (stored["data"]["shards"], stored["run"]["dir"]) == (str(tmp_path / "shards"), str(tmp_path / "run"))
+
+
+def test_workers_that_cannot_start_end_the_training_in_one_line_after_the_wait(tmp_path, imbalanced_shards,
+                                                                               ray_session, monkeypatch):
+    """Issue #20.2: bounded worker-group start-up (the controller used to retry for good); the line names what
+    the training asked for and what the cluster has."""
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "2")  # Ray Train hands it to its controller
+    result = CliRunner().invoke(main, ["train", f"data.shards={imbalanced_shards}", f"run.dir={tmp_path / 'run'}",
+                                       *TINY, "train.workers=1", "train.cpus_per_worker=64",
+                                       "runtime.worker_start_wait_s=4"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("error: Ray could not start 1 training worker(s) of {'CPU': 64}")
+    assert "within 4 s (runtime.worker_start_wait_s): the cluster has CPU 4 (" in line

@@ -5,7 +5,8 @@ Layouts (docs/recipe.md §6.1):
   ABAW3+ per-task challenges: ROOT[/annotations]/{AU_Detection_Challenge,EXPR_Classification_Challenge,
               VA_Estimation_Challenge}/{Train_Set,Validation_Set}/<video>.txt
   ROOT/cropped_aligned/<video>/00001.jpg ...     (5-digit, 1-indexed frame numbers)
-Each .txt starts with a header line; line k+1 labels frame k. Invalid markers (-1 AU/EXPR, -5 VA) become
+Each .txt starts with its task's header line (the protocol's: `Protocol.headers`, compared without spaces or case;
+any other first line is an error naming file:1); line k+1 labels frame k. Invalid markers (-1 AU/EXPR, -5 VA) become
 missing labels. A video listed under Validation_Set by any task is a validation video: labels it has under
 Training_Set of another task are dropped (with a warning) so that no validation frame is ever trained on.
 
@@ -102,14 +103,14 @@ def discover(root: Path, protocol: str = DEFAULT_PROTOCOL) -> list[WorkUnit]:
             log.warning("%s: in Validation_Set of %s and %s of %s; its training labels are dropped",
                         video, sorted(by_split["val"]), split_sets["train"], sorted(by_split["train"]))
         units.append(WorkUnit(SOURCE, video, (str(images / video), split, tuple(sorted(by_split[split].items())),
-                                              protocol, folder is not None)))
+                                              protocol)))
     return units
 
 
 def read(unit: WorkUnit) -> Iterator[FrameRecord]:
-    image_dir, split, task_files, protocol, strict_header = unit.args
+    image_dir, split, task_files, protocol = unit.args
     schema = get_protocol(protocol)
-    labels = {task: read_annotation(task, Path(path), schema, strict_header) for task, path in task_files}
+    labels = {task: read_annotation(task, Path(path), schema) for task, path in task_files}
     frames = image_frames(Path(image_dir))
     last_frame = max(frames, default=0)
     for task, path in task_files:
@@ -130,20 +131,20 @@ def image_frames(folder: Path) -> set[int]:
     return {int(name[:-4]) for name in os.listdir(folder) if name.endswith(".jpg") and name[:-4].isdigit()}
 
 
-def read_annotation(task: str, path: Path, protocol: Protocol = ABAW2020, strict_header: bool = False) -> list:
-    """Parse one annotation file -> one label (or None when invalid) per frame, frame 1 first. The header is any
-    line that is not a label line, or with `strict_header` exactly the protocol's header of the task."""
+def read_annotation(task: str, path: Path, protocol: Protocol = ABAW2020) -> list:
+    """Parse one annotation file -> one label (or None when invalid) per frame, frame 1 first. The first line must
+    be the protocol's header of the task (in both layouts: the EXPR header names the classes' order)."""
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     if not lines:
         raise DataError(f"{path}:1: empty annotation file (expected a header line)")
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()
-    if strict_header and not _same_header(lines[0], protocol.headers[task]):
-        raise DataError(f"{path}:1: expected the {protocol.name} header {protocol.headers[task]!r}, "
-                        f"found {lines[0]!r}")
     if _parses_as_label(task, lines[0], protocol):
         raise DataError(f"{path}:1: expected a header line, found a label line {lines[0]!r}")
+    if not _same_header(lines[0], protocol.headers[task]):
+        raise DataError(f"{path}:1: expected the {protocol.name} header {protocol.headers[task]!r}, "
+                        f"found {lines[0]!r}")
     return [parse_line(task, line, f"{path}:{number}", protocol) for number, line in enumerate(lines[1:], start=2)]
 
 

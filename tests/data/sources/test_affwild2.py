@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_affwild2
-from mtl.labels import DataError
+from mtl.labels import HEADERS, DataError
 from mtl.data.sources import affwild2
 
 
@@ -50,6 +50,22 @@ def test_missing_header_is_an_error(tmp_path):
     (tmp_path / "annotations/EXPR_Set/Training_Set/v1.txt").write_text("1\n2\n")
     with pytest.raises(DataError, match=r"v1.txt:1: expected a header line"):
         records(tmp_path)
+
+
+@pytest.mark.parametrize("task,header", [
+    ("expr", "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"),  # ABAW3's 8 classes
+    ("expr", "Anger,Disgust,Fear,Happiness,Sadness,Surprise,Neutral"),  # the classes in another order
+    ("au", "AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15"),
+    ("va", "arousal,valence"),
+])
+def test_a_header_other_than_the_protocols_is_an_error_naming_file_and_line_1(tmp_path, task, header):
+    write_affwild2(tmp_path, {"v1": {"frames": 1, task: [{"au": "0,0,0,0,0,0,0,0", "expr": "1", "va": "0,0"}[task]]}})
+    path = tmp_path / "annotations" / {"au": "AU_Set", "expr": "EXPR_Set", "va": "VA_Set"}[task] / "Training_Set/v1.txt"
+    path.write_text(path.read_text().replace(path.read_text().splitlines()[0], header, 1))
+    with pytest.raises(DataError, match=rf"^{path}:1: expected the abaw2020 header '.*', found '{header}'$"):
+        records(tmp_path)
+    path.write_text(path.read_text().replace(header, f" {HEADERS[task].upper().replace(',', ' , ')} ", 1))
+    assert len(records(tmp_path)) == 1  # the right names, in other case and spacing: accepted
 
 
 def test_annotation_shorter_than_its_frames_is_an_error(tmp_path):
