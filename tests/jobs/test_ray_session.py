@@ -115,18 +115,3 @@ def test_a_command_line_names_a_folder_by_an_argument_equal_to_it_or_under_it():
     assert not names_folder(b"raylet\0--session_dir=/tmp/ray/session_2099-01\0", folder)
     assert not names_folder(b"python\0/tmp/ray/session_2099/logs\0/tmp/ray/session_22\0", folder)
 
-
-def test_rays_own_clients_in_our_tasks_find_our_instance_while_another_one_runs(ray_session, other_ray_instance):
-    """Issue #20.2: with a `ray start` instance recorded as the machine's current cluster, Ray's clients without an
-    address (the state API that Ray Train's placement-group cleaner polls) resolved to it from inside our tasks."""
-    import ray
-
-    @ray.remote(num_cpus=0)
-    def state_api_cluster() -> str:
-        from ray._private.services import canonicalize_bootstrap_address_or_die
-
-        return canonicalize_bootstrap_address_or_die(None)
-
-    ours = ray.get_runtime_context().gcs_address
-    assert other_ray_instance != ours
-    assert ray.get(state_api_cluster.remote()) == ours

@@ -37,8 +37,19 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_four_trials_two_at_once_asha_stops_the_worse_a_diverged_one_is_reported_and_the_best_config_trains(
         tmp_path, imbalanced_shards, ray_session, other_ray_instance):
-    """With a second Ray instance on the machine (issue #20.2: Ray's own clients in our processes used to find two
-    and the search waited for good on worker-group start-up)."""
+    """With a second Ray instance on the machine, recorded as its current cluster (issue #20.2): Ray's own clients
+    without an address in our tasks (the state API that Ray Train's placement-group cleaner polls) used to resolve
+    to it, and a search could wait for good on worker-group start-up."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def state_api_cluster() -> str:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        return canonicalize_bootstrap_address_or_die(None)
+
+    assert other_ray_instance != ray.get_runtime_context().gcs_address
+    assert ray.get(state_api_cluster.remote()) == ray.get_runtime_context().gcs_address
     (tmp_path / "grid.yaml").write_text(GRID)
     cfg, space = load_search("demo", str(tmp_path / "grid.yaml"), (
         f"run.dir={tmp_path / 'run'}", f"data.shards={imbalanced_shards}", *TINY, "train.epochs=2",
