@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image
 from mtl import storage
 from mtl.config import ConfigError, PrepareConfig
 from mtl.data.downsample import FrameBuckets
+from mtl.data.images import TooManyPixels, open_image
 from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.labels import DEFAULT_PROTOCOL, SPLITS, TASKS, DataError, FrameRecord, get_protocol
@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
 MAX_SKIP_EXAMPLES = 20
-# Images of more pixels (width x height, read from the file's header) are not decoded: a small file can hold a huge
-# image (a 169 KB PNG of 12000 x 12000 pixels decodes to 1.5 GB of memory), and PIL's own guard starts at 179 MP.
-# prepare skips such a frame (counted as too_many_pixels, the file in skip_examples); `mtl predict --media` reports
-# the file unreadable. 50 MP admits the full-resolution photos of 48/50 MP phone cameras.
-MAX_PIXELS = 50_000_000
 # A fixed tar member time makes shards reproducible byte for byte. It must be an int: a float mtime (webdataset's
 # default, time.time()) makes tarfile add a PAX header to every member, a second header for readers to parse.
 TAR_MTIME = 0
@@ -71,31 +66,18 @@ class SkipFrame(Exception):
     """A frame that is skipped, counted under the reason the message names (`unreadable_image`, ...)."""
 
 
-def too_many_pixels(size: tuple[int, int]) -> Optional[str]:
-    """Why an image of `size` (width, height: from its header, not yet decoded) is not decoded, or None: more than
-    MAX_PIXELS pixels."""
-    width, height = size
-    if width * height <= MAX_PIXELS:
-        return None
-    return f"{width} x {height} pixels, more than the limit of {MAX_PIXELS / 1e6:g} megapixels (MAX_PIXELS)"
-
-
 def image_bytes(record: FrameRecord, size: int) -> bytes:
     """JPEG bytes of the record's face at `size` x `size`: the file itself when it is already such a JPEG and
     needs no crop or rotation (never re-encoded needlessly), else rotated, cropped, resized and re-encoded.
 
     Raises SkipFrame when the image cannot be decoded (`unreadable_image`) or has too many pixels to be
-    (`too_many_pixels`, see MAX_PIXELS: checked from its header, before decoding)."""
+    (`too_many_pixels`, see `mtl.data.images.MAX_PIXELS`: checked from its header, before decoding)."""
     with open(record.image, "rb") as handle:
         data = handle.read()
     try:
-        with warnings.catch_warnings():  # PIL's bomb warning: too_many_pixels says it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-        if too_many_pixels(image.size):
-            raise SkipFrame("too_many_pixels")
+        image = open_image(io.BytesIO(data))
         image.load()
-    except Image.DecompressionBombError:
+    except (TooManyPixels, Image.DecompressionBombError):
         raise SkipFrame("too_many_pixels") from None
     except (OSError, ValueError, SyntaxError):
         raise SkipFrame("unreadable_image") from None

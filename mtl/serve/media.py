@@ -5,13 +5,12 @@ yields `Frame`s (1-based index, time in seconds, RGB uint8 [H, W, 3]) and fills 
 frame, upright per its EXIF orientation, in any mode (greyscale, 16-bit, palette, CMYK; transparency composited
 on white). A video is decoded one frame at a time (never held whole), time from each frame's pts relative to the
 stream start. A file that cannot be opened or decoded is `unreadable`, and so is a photo, or a video's frame, of
-more than `mtl.data.prepare.MAX_PIXELS` pixels (read from the header: never decoded); a video that stops before
+more than `mtl.data.images.MAX_PIXELS` pixels (read from the header: never decoded); a video that stops before
 the frame count its header announces, or with a decoding error, is `truncated`; the frames read before are kept.
 Neither is fatal: the report says what happened."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -19,7 +18,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from mtl.data.prepare import too_many_pixels
+from mtl.data.images import TooManyPixels, open_image, too_many_pixels
 from mtl.serve.predict import IMAGE_SUFFIXES, UNREADABLE_ERRORS, natural_key
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
@@ -96,16 +95,13 @@ def read_media(path: Path, report: MediaReport) -> Iterator[Frame]:
 
 def read_photo(path: Path, report: MediaReport) -> Iterator[Frame]:
     try:
-        with warnings.catch_warnings():  # PIL's bomb warning: too_many_pixels says it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        with image:
-            report.problem = too_many_pixels(image.size) or ""
-            rgb = None if report.problem else to_rgb(ImageOps.exif_transpose(image))
+        with open_image(path) as image:
+            rgb = to_rgb(ImageOps.exif_transpose(image))
+    except TooManyPixels as error:  # from the header, never decoded
+        report.status, report.problem = "unreadable", str(error)
+        return
     except UNREADABLE_ERRORS as error:
-        report.problem = f"not a readable image ({error})"
-    if report.problem:
-        report.status = "unreadable"
+        report.status, report.problem = "unreadable", f"not a readable image ({error})"
         return
     report.expected, report.frames = 1, 1
     yield Frame(1, 0.0, rgb)

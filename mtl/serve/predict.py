@@ -170,13 +170,11 @@ def image_files(folder: Path) -> list[Path]:
 def read_window(source: Path | BinaryIO, stored_size: int, side: int) -> Optional[np.ndarray]:
     """The evaluation window of an image (a file, or a binary stream of its bytes): RGB, resized to stored_size
     square, centre side x side, uint8 [side, side, 3]; None when it cannot be decoded or has more pixels than
-    `mtl.data.prepare.MAX_PIXELS` (read from its header: never decoded)."""
-    from mtl.data.prepare import too_many_pixels
+    `mtl.data.images.MAX_PIXELS` (read from its header: never decoded)."""
+    from mtl.data.images import open_image
 
     try:
-        with Image.open(source) as image:
-            if too_many_pixels(image.size):
-                return None
+        with open_image(source) as image:  # TooManyPixels is a ValueError: unreadable
             rgb = image.convert("RGB")
     except UNREADABLE_ERRORS:
         return None

@@ -17,7 +17,8 @@ from mtl.cli import main
 from mtl.data.index import load_index
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.labels import DataError, FrameRecord
-from mtl.data.prepare import MAX_PIXELS, prepare
+from mtl.data.images import MAX_PIXELS
+from mtl.data.prepare import prepare
 from mtl.storage import DiskFull
 
 VIDEOS = {

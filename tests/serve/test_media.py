@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from mtl.data.prepare import MAX_PIXELS
+from mtl.data.images import MAX_PIXELS
 from mtl.serve.media import MediaReport, expected_frames, find_media, read_media
 from tests.data.test_prepare import huge_png
 from tests.serve.media_fixtures import FacePlacement, clip_frames, save_photo, truncate, write_video

@@ -143,12 +143,12 @@ def test_an_image_over_the_pixel_limit_is_not_decoded(tmp_path, monkeypatch):
     """Issue #20.10: a small file of huge dimensions is refused from its header (`mtl predict --images`)."""
     from PIL import Image
 
-    from mtl.data import prepare
+    from mtl.data import images
     from mtl.serve.predict import read_window
 
     path = tmp_path / "wide.png"
     Image.new("RGB", (400, 300)).save(path)
     assert read_window(path, 112, 93) is not None
-    monkeypatch.setattr(prepare, "MAX_PIXELS", 400 * 300 - 1)
+    monkeypatch.setattr(images, "MAX_PIXELS", 400 * 300 - 1)
     monkeypatch.setattr(Image.Image, "convert", lambda *a, **k: pytest.fail("decoded"))
     assert read_window(path, 112, 93) is None
