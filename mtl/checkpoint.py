@@ -117,10 +117,19 @@ def load_model(location: str | Path, device: str | torch.device = "cpu") -> tupl
     state = read_model_file(location)
     try:
         return model_from_state(state, device)
-    except (RuntimeError, KeyError, TypeError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # torch: a header, then each
-        raise DataError(f"{location}: its weights do not fit its config ({reason[:200]})") from None
+    except MISFIT_ERRORS as err:
+        raise misfit(location, err) from None
+
+
+MISFIT_ERRORS = (RuntimeError, KeyError, TypeError)  # what building a model from a file's state raises on a misfit
+
+
+def misfit(location: str | Path, err: Exception) -> DataError:
+    """One line naming a model file whose weights do not fit its config, with torch's first mismatch (its message
+    is a header line, then one line per mismatch)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+    return DataError(f"{location}: its weights do not fit its config ({reason[:200]})")
 
 
 def model_from_state(state: dict, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:

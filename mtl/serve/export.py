@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl import storage
-from mtl.checkpoint import model_from_state, model_kind, not_a_model, torch_file_state
+from mtl.checkpoint import MISFIT_ERRORS, misfit, model_from_state, model_kind, not_a_model, torch_file_state
 from mtl.eval.ensemble import EnsembleModule
 from mtl.labels import DataError, Protocol, get_protocol
 from mtl.serve.model_files import check_archive
@@ -71,7 +71,6 @@ def protocol_of(model: nn.Module) -> Protocol:
     return get_protocol(getattr(model, "protocol", None))
 
 
-MODEL_FILE_ERRORS = (KeyError, TypeError, RuntimeError)  # a model file whose weights do not fit its config
 NOT_EXPORTED = ("{}: a temporal (CNN-RNN) model: `mtl export` writes frame models only (a torch.export or ONNX "
                 "program of the GRUs over windows is out of scope); run it with `mtl predict --images`")
 
@@ -98,8 +97,8 @@ def torch_file_module(location: str | Path, data: Optional[bytes] = None, tempor
         if is_temporal_state(state):
             return temporal_predictor(state, DEFAULT_STORED_SIZE)
         net, cfg = model_from_state(state)
-    except MODEL_FILE_ERRORS as err:
-        raise DataError(f"{location}: its weights do not fit its config ({str(err).splitlines()[0][:200]})") from None
+    except MISFIT_ERRORS as err:
+        raise misfit(location, err) from None
     return EnsembleModule([net], 0.5, cfg.data.image_size, DEFAULT_STORED_SIZE, cfg.data.augment.crop_scale,
                           protocol=cfg.data.schema()).eval()
 
