@@ -168,7 +168,8 @@ def soft_label_problems(folder: str | Path, teacher: str | Path, shards: dict[st
     samples}) with the teacher file `teacher`: no manifest, or one of the older format (no per-file digests);
     labels of another kind (`unit` "frame", or "window" of `seq_len` frames for a temporal student); another number
     of augmentation views than the student asks (`views`, a `view_spec`), or views drawn with other data.augment
-    parameters or image size; a missing teacher file or another teacher's labels (the manifest's SHA-256 differs);
+    parameters or image size; another teacher's labels (the manifest's SHA-256 of the teacher file, which must
+    exist, differs);
     then per file (`file_problems`): shards with no labels file or fewer labelled samples than they hold, shards
     changed since (`index`, the shards' ShardIndex: their SHA-256 in index.json), files whose SHA-256 differs
     from the manifest's. Empty when everything is there."""
@@ -194,9 +195,7 @@ def soft_label_problems(folder: str | Path, teacher: str | Path, shards: dict[st
                 f"{stored_views.get('stored_size')} px faces, but this student trains with {wanted_views['augment']} "
                 f"on {wanted_views['stored_size']} px (re-run `mtl soft-labels`)"]
     problems = []
-    if not storage.is_file(teacher):
-        problems.append(teacher_missing(teacher))
-    elif manifest.get("teacher_sha256") != storage.sha256(teacher):
+    if manifest.get("teacher_sha256") != storage.sha256(teacher):  # the teacher file is there: check_soft_labels
         problems.append(f"{folder}: soft labels of another teacher ({manifest.get('teacher')}, SHA-256 "
                         f"{str(manifest.get('teacher_sha256'))[:12]}…), not of {teacher}: re-run `mtl soft-labels`")
     return problems + file_problems(str(folder), manifest, shards, unit, index)
