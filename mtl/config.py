@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtl.labels import PROTOCOLS, get_protocol
-from mtl.storage import is_stream, is_uri, scratch_root
+from mtl.storage import absolute, scratch_root
 
 
 class ConfigError(ValueError):
@@ -353,8 +353,8 @@ def absolute_paths(cfg: Config) -> Config:
     for dotted in PATH_KEYS:
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
-        if value and not (is_uri(value) or is_stream(value) or os.path.isabs(value)):
-            changes[dotted] = os.path.abspath(os.path.expanduser(value))
+        if value and not os.path.isabs(value) and absolute(value) != value:  # storage's rule: URIs stay
+            changes[dotted] = absolute(os.path.expanduser(value))
     return updated(cfg, changes) if changes else cfg
 
 
