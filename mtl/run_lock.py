@@ -140,6 +140,11 @@ def _create_exclusive(path: str, data: bytes) -> bool:
     return True
 
 
+def busy(run_dir: str, holder: dict) -> RunLocked:
+    return RunLocked(f"{storage.absolute(run_dir)}: in use by {describe(holder)}; wait for it to end, or use "
+                     f"another run.dir (a holder that died frees it; {LOCK_NAME} names it)")
+
+
 def acquire(run_dir: str, command: str) -> _Holder:
     """Take the lock of `run_dir` for `command` (see the module docstring); RunLocked when a live holder has it."""
     location = lock_location(run_dir)
@@ -151,9 +156,8 @@ def acquire(run_dir: str, command: str) -> _Holder:
     local = storage.local_path(location)
     for _ in range(3):
         current = read_holder(location)
-        if current is not None and current != {} and not is_stale(current):
-            raise RunLocked(f"{storage.absolute(run_dir)}: in use by {describe(current)}; wait for it to end, or "
-                            f"use another run.dir (a holder that died frees it; {LOCK_NAME} names it)")
+        if current and not is_stale(current):  # {}: unreadable, stale
+            raise busy(run_dir, current)
         if current is None and local is not None:
             if _create_exclusive(local, holder.data()):
                 break
@@ -165,9 +169,7 @@ def acquire(run_dir: str, command: str) -> _Holder:
         if (read_holder(location) or {}).get("token") == holder.record["token"]:
             break
     else:
-        current = read_holder(location) or {}
-        raise RunLocked(f"{storage.absolute(run_dir)}: in use by {describe(current)}; wait for it to end, or use "
-                        "another run.dir")
+        raise busy(run_dir, read_holder(location) or {})
     with _held_guard:
         _held[location] = holder
     holder.thread.start()
