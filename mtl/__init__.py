@@ -11,6 +11,7 @@ OFFLINE_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # timm/huggingface never reach a hub
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "WANDB_MODE": "offline",  # wandb logs locally unless told otherwise
+    "WANDB_SILENT": "true",  # wandb's banners and sync hints stay in its run folder (`mtl -v` shows them)
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # Ray Train's print patch shows every worker line twice in the driver log
 }
 

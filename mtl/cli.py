@@ -40,6 +40,8 @@ class _Group(click.Group):
 @click.version_option(package_name="mtl")
 def main(verbose: bool) -> None:
     """Multitask emotion recognition (AUs, expression, valence-arousal) from incompletely labelled data, on Ray."""
+    if verbose:
+        os.environ.setdefault("WANDB_SILENT", "false")
     runtime_defaults()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

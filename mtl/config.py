@@ -141,12 +141,22 @@ class TrainConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement of the DDP workers: PACK fills a node first, SPREAD uses many nodes")
     use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, gt=0.0, le=1.0, description="GPU share of each training worker with "
+                                   "use_gpu: 0.5 packs two students or search trials on one GPU")
+    cuda_graph: bool = Field(True, description="on CUDA, capture the whole training step as one CUDA graph after "
+                                               "warm-up (stays eager where capture fails); CPU is always eager")
+    log_every: int = Field(50, ge=1, description="steps between divergence checks (one host sync each; a "
+                                                 "non-finite loss stops every rank at the next check)")
     seed: int = 0
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
     eval_batch_size: int = Field(128, ge=1)
     compile: bool = Field(False, description="torch.compile the training model (the DDP-wrapped one, as "
                                              "PyTorch recommends); validation and checkpoints use the plain module")
+
+    def gpus(self) -> float:
+        """GPUs per training worker: train.gpus_per_worker with use_gpu, else 0."""
+        return self.gpus_per_worker if self.use_gpu else 0.0
 
 
 class LossConfig(_Section):

@@ -31,13 +31,17 @@ def stream_distributions(index, seed: int, balance: str) -> dict:
                              "train.seed": seed})  # one epoch
     expr_counts, au_sum, au_labelled, samples = np.zeros(schema.num_expr), np.zeros(schema.num_au), 0, 0
     started = time.perf_counter()
-    for batch in train_loader(index, cfg, num_workers=1, rank=0, world=1):
+    loader = train_loader(index, cfg, num_workers=1, rank=0, world=1)
+    loader.set_epoch(0)
+    for packed in loader:
+        batch = packed.unpacked()
         expr = batch["expr"].numpy()
         expr_counts += np.bincount(expr[expr >= 0], minlength=schema.num_expr)
         valid = batch["au_valid"].numpy()
         au_sum += (batch["au"].numpy() * valid).sum(axis=0)
         au_labelled = au_labelled + valid.sum(axis=0)
         samples += len(batch["key"])
+    loader.close()
     return {"expr": (expr_counts / max(expr_counts.sum(), 1)).tolist(),
             "au": (au_sum / np.maximum(au_labelled, 1)).tolist(), "samples_per_s": samples / (time.perf_counter() - started)}
 

@@ -21,7 +21,7 @@ from mtl.config import Config, ConfigError, config_dict, validate
 # keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"train.epochs", "train.workers", "train.cpus_per_worker", "train.max_failures",
                      "data.loader_workers", "runtime.ddp_timeout_s", "runtime.local_dir",
-                     "runtime.worker_start_wait_s"}
+                     "runtime.worker_start_wait_s", "train.log_every", "train.gpus_per_worker", "train.cuda_graph"}
 
 
 def run_dir(cfg: Config) -> str:

@@ -234,7 +234,7 @@ def test_an_http_shard_root_serves_index_json_and_the_streams_read_the_same_samp
         check_shards(remote)  # every shard's size from a HEAD request matches index.json
         assert storage.size(remote.shard_urls("train")[0]) == local.shards["train"][0].nbytes
         spec = stream_config(batch_size=8, shuffle_buffer=20, batch_mode="mixed")
-        batches = [next(iter(TrainStream(index, spec))) for index in (local, remote)]
+        batches = [next(iter(TrainStream(index, spec))).unpacked() for index in (local, remote)]
         assert batches[0]["key"] == batches[1]["key"] and np.array_equal(batches[0]["image"], batches[1]["image"])
         keys = [[b["key"] for b in EvalStream(index, batch_size=16)] for index in (local, remote)]
         assert keys[0] == keys[1] and sum(map(len, keys[1])) == local.stats["val"].samples

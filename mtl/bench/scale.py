@@ -122,9 +122,10 @@ def measure_size(root: Path, frames: int, image_size: int, backbone: str, seed: 
     next(batches)
     start_s = time.perf_counter() - started
     samples, started = 0, time.perf_counter()
-    for batch in batches:
-        samples += len(batch["key"])
+    for packed in batches:
+        samples += packed.layout.frames
     stream_rate = samples / (time.perf_counter() - started)
+    loader.close()
     teacher = root / "run" / "teacher" / "best.pt"  # the cost of a forward pass does not depend on the weights
     save_model_file({"model": build_model(cfg).state_dict(), "config": config_dict(cfg), "epoch": 0, "metrics": {}},
                     teacher)

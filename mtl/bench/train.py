@@ -15,14 +15,18 @@ import torch
 
 
 def timed_steps(payload: dict) -> dict:
-    """Warm up, then time `steps` optimisation steps; returns samples/s. Runs in a Ray worker or in-process."""
+    """Warm up, then time `steps` optimisation steps of the training loop's step (`mtl.train.step.Step`, eager or
+    graph as payload "graph" says, default train.cuda_graph); returns samples/s. Runs in a Ray worker or
+    in-process. "synthetic": one stream batch moved to the device once and repeated (compute only)."""
     from ray.train.torch import prepare_model
 
     from mtl.data.index import load_index
     from mtl.models.factory import create_model
     from mtl.objectives.objective import make_objective
-    from mtl.train.loop import batch_samples, make_loader, merge_per_task, seed_everything, train_step
+    from mtl.train.loop import batch_samples, make_loader, seed_everything
     from mtl.train.optim import make_optimizer
+    from mtl.train.prefetch import on_device
+    from mtl.train.step import Step
 
     cfg = payload["config"]
     seed_everything(cfg.train.seed)
@@ -31,31 +35,37 @@ def timed_steps(payload: dict) -> dict:
     model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     if payload["ray"]:
         model = prepare_model(model, move_to_device=False)
     if cfg.train.compile:
         model = torch.compile(model)
-    optimizer = make_optimizer(cfg, model.parameters())
-    objective = make_objective(cfg, device)
+    optimizer = make_optimizer(cfg, model.parameters(), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    loader = make_loader(cfg, load_index(cfg.data.shards), rank=0, world=1)
+    step = Step(model, optimizer, scheduler, make_objective(cfg, device), cfg, device, graph=payload.get("graph"))
+    loader = make_loader(cfg, load_index(cfg.data.shards), rank=0, world=1, pin_memory=device.type == "cuda")
     loader.batches = payload["warmup"] + payload["steps"]
-    if payload.get("synthetic"):  # one stream batch, moved to the device once and repeated: compute only
-        first = merge_per_task(next(iter(loader)))
-        first = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in first.items()}
-        loader = [first] * loader.batches
+    loader.set_epoch(0)
+    if payload.get("synthetic"):
+        first = next(iter(loader)).to(device)
+        batches = [first] * loader.batches
+    else:
+        batches = on_device(loader, device)
     samples, started = 0, None
-    for step, batch in enumerate(loader):
-        if step == payload["warmup"]:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+    for index, packed in enumerate(batches):
+        if index == payload["warmup"]:
+            step.read()  # waits for the warm-up steps
             started = time.perf_counter()
-        train_step(model, optimizer, scheduler, batch, cfg, device, objective)  # its float(loss) syncs
+        step(packed)
         if started is not None:
-            samples += batch_samples(batch)
+            samples += batch_samples(packed)
+    losses = step.read()  # waits for the last step
+    seconds = time.perf_counter() - started
+    loader.close()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"samples_per_s": samples / (time.perf_counter() - started), "peak_gib": peak}
+    return {"samples_per_s": samples / seconds, "peak_gib": peak, "mode": step.mode,
+            "mean_loss": losses.get("loss", float("nan")) / max(1, losses["steps"])}
 
 
 def bench_data(out: Path, address: Optional[str] = None, videos: int = 16, frames: int = 100,

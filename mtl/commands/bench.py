@@ -21,13 +21,16 @@ def bench() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="DataLoader workers.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--batches", default=40, show_default=True, type=click.IntRange(1), help="Batches timed per loader.")
+@click.option("--receive-batches", default=30, show_default=True, type=click.IntRange(1),
+              help="Fetches timed per receive row (batch 20x3, the recipe's).")
 @address_option
-def bench_loader(out, videos, frames, workers, batch_size, batches, address) -> None:
-    """Shard stream vs a per-file JPEG folder loader vs the bare JPEG decode loop."""
+def bench_loader(out, videos, frames, workers, batch_size, batches, receive_batches, address) -> None:
+    """Shard stream vs a per-file JPEG folder loader vs the bare JPEG decode loop; receive ms per batch in the
+    training process, packed vs today's dict batch."""
     from mtl.bench.loader import run_loader_bench
 
     run_loader_bench(Path(out), videos=videos, frames=frames, workers=workers, batch_size=batch_size,
-                     batches=batches, address=address)
+                     batches=batches, address=address, receive_batches=receive_batches)
 
 
 def step_bench_options(function):
@@ -70,26 +73,34 @@ def bench_distill(out, **options) -> None:
 @bench.command("gpu")
 @click.option("--out", default="runs/bench-gpu", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="cuda", show_default=True, type=click.Choice(["cuda", "cpu"]))
+@click.option("--quick", is_flag=True, help="Fewer steps and one loader-worker count (8): a few minutes on an H100.")
 @click.option("--backbone", default="resnet50", show_default=True)
 @click.option("--image-size", default=112, show_default=True, type=click.IntRange(16))
-@click.option("--steps", default=30, show_default=True, type=click.IntRange(1), help="Timed steps per training row.")
-@click.option("--warmup", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--steps", default=None, type=click.IntRange(1), help="Timed steps per training row [30; --quick 20].")
+@click.option("--warmup", default=None, type=click.IntRange(1), help="Warm-up steps per training row [5].")
 @click.option("--large-batch", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--loader-workers", default="2,4,8", show_default=True, help="Loader-worker counts of the stream rows.")
+@click.option("--loader-workers", default=None, help="Loader-worker counts of the stream rows [4,8,12; --quick 8].")
+@click.option("--check-steps", default=50, show_default=True, type=click.IntRange(1),
+              help="Steps of the loss rows (graph vs eager, new vs today).")
 @click.option("--cpus", default=4, show_default=True, type=click.IntRange(1), help="Threads of the training rows.")
 @click.option("--videos", default=16, show_default=True, type=click.IntRange(2), help="Synthetic videos.")
 @click.option("--frames", default=100, show_default=True, type=click.IntRange(1), help="Mean frames per video.")
+@click.option("--infer-videos", default=4, show_default=True, type=click.IntRange(2),
+              help="Synthetic videos of the soft-label and predict rows (long ones: shards of thousands).")
+@click.option("--infer-frames", default=None, type=click.IntRange(1),
+              help="Mean frames per video of those rows [5000; --quick 2500].")
 @click.option("--json", "json_file", default=None, type=click.Path(dir_okay=False), help="Also save the table.")
 @click.option("--skip", multiple=True, metavar="TEXT", help="Skip the rows whose name contains TEXT (repeatable), "
-                                                             "e.g. --skip compiled.")
+                                                             "e.g. --skip Ray.")
 @address_option
 def bench_gpu(out, loader_workers, json_file, **options) -> None:
-    """One GPU: training img/s (paper batch and a large one; synthetic vs stream; compile on/off; Ray Train vs
-    plain), JPEG decode CPU vs GPU, soft labels, predict, peak memory."""
+    """One GPU, today's step as the baseline: compute-only img/s (eager today / sync-free + fused / CUDA graph;
+    batch 20x3 and a large one), the shard stream through the graph step, kernels and host ms per step, receive
+    ms per batch, soft labels and predict (model loaded), two trainings per GPU, graph vs eager losses."""
     from mtl.bench.gpu import run_gpu_bench
 
     try:
-        workers = tuple(int(w) for w in loader_workers.split(","))
+        workers = tuple(int(w) for w in loader_workers.split(",")) if loader_workers else None
     except ValueError:
         raise click.BadParameter(f"{loader_workers!r}: expected integers separated by commas",
                                  param_hint="--loader-workers") from None

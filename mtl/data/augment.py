@@ -93,23 +93,36 @@ def to_model_input(windows: torch.Tensor, size: int, flip: Optional[torch.Tensor
 
     `flip` [B] marks images to mirror; `jitter` [B, 3] holds brightness, contrast and saturation factors
     (1 = unchanged). Brightness and contrast are an affine map around the image's mean grey, saturation a blend
-    with the pixel's grey; together one fused expression: a·s·x + a·(1 − s)·grey(x) + b, clamped to [0, 255]."""
+    with the pixel's grey; together one fused expression: a·s·x + a·(1 − s)·grey(x) + b, clamped to [0, 255].
+    No branch on the draws' values and no host copy once the device's constants exist (`constants`): a training
+    step calls it between two optimizer steps without waiting on the device, and it traces as one graph."""
     x = windows.permute(0, 3, 1, 2)
-    if flip is not None and bool(flip.any()):
-        x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    grey_weights, mean = constants(x.device)
+    if flip is not None:
+        x = torch.where(flip.to(x.device, torch.bool).view(-1, 1, 1, 1), x.flip(-1), x)
     x = x.float()  # before the resize: CUDA's bilinear kernel takes no integer tensor (CPU's does)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     if jitter is not None:
         jitter = jitter.to(x.device, torch.float32)
-        weights = torch.tensor(GREY_WEIGHTS, device=x.device).view(1, 3, 1, 1)
-        grey = (x * weights).sum(dim=1, keepdim=True)
+        grey = (x * grey_weights).sum(dim=1, keepdim=True)
         brightness, contrast, saturation = (jitter[:, i].view(-1, 1, 1, 1) for i in range(3))
         a = contrast * brightness
         b = (1 - contrast) * brightness * grey.mean(dim=(2, 3), keepdim=True)
         x = (a * saturation * x + a * (1 - saturation) * grey + b).clamp_(0, 255)
-    x = x - torch.tensor(MEAN_RGB, device=x.device).view(1, 3, 1, 1)
+    x = x - mean
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(GREY_WEIGHTS, MEAN_RGB) as [1, 3, 1, 1] float tensors on `device`, copied there once per process."""
+    if device not in _CONSTANTS:
+        _CONSTANTS[device] = (torch.tensor(GREY_WEIGHTS, device=device).view(1, 3, 1, 1),
+                              torch.tensor(MEAN_RGB, device=device).view(1, 3, 1, 1))
+    return _CONSTANTS[device]
 
 
 def model_input(images: torch.Tensor, size: int, flip=None, jitter=None, channels_last: bool = False) -> torch.Tensor:

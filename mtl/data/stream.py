@@ -4,17 +4,19 @@ Each (rank, DataLoader worker) pair is a *slot*. Shards are read sequentially; t
 concatenation of seeded permutations of all shards, and slot s of n reads positions s, s + n, s + 2n, ... of it,
 so every slot always has data whatever the shard count. An epoch is a fixed number of batches per rank computed
 from index.json, so every DDP rank takes the same number of steps (no hang on uneven shards). The stream
-reads top to bottom in `TrainStream.__iter__`:
+reads top to bottom in `TrainStream.dict_batches` (then `packed_batches`):
 
   shards -> tar samples -> shuffle -> labels -> down-sample -> balance (repeat) -> shuffle -> decode + crop/flip
-  -> batch
+  -> batch -> merge (per_task) + pack
 
-Batches are dicts of tensors (uint8 image windows [B, h, w, 3] with each image's flip and jitter draws, to be
-applied on the device by `mtl.data.augment.to_model_input`, labels with masks, keys; AU and EXPR widths are the
-label protocol's, `ShardIndex.protocol`):
+Batches (`TrainStream.dict_batches`) are dicts (uint8 image windows [B, h, w, 3] with each image's flip and
+jitter draws, to be applied on the device by `mtl.data.augment.to_model_input`, labels with masks, keys; AU and
+EXPR widths are the label protocol's, `ShardIndex.protocol`):
 `mixed` mode yields one batch whose samples carry any labels (a balancing copy carries only the labels of the
 tasks it was drawn for); `per_task` mode (the paper's) yields {"au": batch, "expr": batch, "va": batch}, each
-batch drawn from the samples labelled for that task.
+batch drawn from the samples labelled for that task. What reaches the training process is that batch merged
+(`mtl.data.packed.merge_tasks`, in the loader worker) and packed into one buffer (`mtl.data.packed.Packed`),
+through an `mtl.data.epochs.EpochLoader` whose workers persist across epochs.
 One seed (with epoch, rank and worker) fixes the shard order, shuffles, balancing draws and augmentation.
 """
 
@@ -26,13 +28,15 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from mtl.data.augment import BatchDraws, centre_draws, cut_windows, decode, draw_batch, window_side
 from mtl.config import Config
 from mtl.data.balance import Balancer, draw_repeats
 from mtl.data.downsample import Thinning, training_stats
+from mtl.data.epochs import EpochLoader, whole_batch, worker_of
 from mtl.data.index import ShardIndex
+from mtl.data.packed import Packed, merge_tasks, pack
 from mtl.labels import INVALID_AU, TASKS, DataError, Protocol, get_protocol
 from mtl.data.shards import tar_samples
 from mtl.data.soft_join import SoftLabels, replay_views
@@ -155,13 +159,9 @@ def as_tensors(batch: dict) -> dict:
             for k, v in batch.items()}
 
 
-def whole_batch(batch):
-    """DataLoader collate_fn that leaves a worker's batch as it is (batching happens in the stream)."""
-    return batch
-
-
 class TrainStream(IterableDataset):
-    """Endless balanced, augmented batches of one rank; each DataLoader worker is one slot."""
+    """Endless balanced, augmented batches of one rank; each DataLoader worker is one slot. Iterating it yields
+    the packed batches of its epoch (set_epoch) and this worker's slot; `EpochLoader` cycles epochs."""
 
     def __init__(self, index: ShardIndex, cfg: Config, split: str = "train", rank: int = 0, world: int = 1,
                  soft_labels: Optional[str] = None):
@@ -179,11 +179,17 @@ class TrainStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
-        urls = shard_sequence(self.urls, self.seed, self.epoch, self.rank * workers + worker_id, self.world * workers)
+    def __iter__(self) -> Iterator[Packed]:
+        return self.packed_batches(self.epoch, *worker_of())
+
+    def packed_batches(self, epoch: int, worker: int, workers: int) -> Iterator[Packed]:
+        """`dict_batches`, merged (per_task) and packed: what a loader worker sends."""
+        return (pack(merge_tasks(batch)) for batch in self.dict_batches(epoch, worker, workers))
+
+    def dict_batches(self, epoch: int, worker: int, workers: int) -> Iterator[dict]:
+        """The batches of `epoch` of loader worker `worker` of `workers` (one slot), unmerged and unpacked."""
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
+        urls = shard_sequence(self.urls, self.seed, epoch, self.rank * workers + worker, self.world * workers)
         soft = SoftLabels(self.soft_labels, protocol=self.protocol) if self.soft_labels else None
         buffer = self.data.shuffle_buffer
         samples = self.thinning.thin(with_labels(shuffled(tar_samples(urls), buffer, rng), soft))
@@ -246,42 +252,18 @@ def batches_per_epoch(index: ShardIndex, cfg: Config, world: int, split: str = "
     return max(1, samples // (cfg.train.batch_size * world))
 
 
-class EpochLoader:
-    """A DataLoader over a stream, cut to the same number of batches on every rank; `set_epoch` reseeds."""
-
-    def __init__(self, dataset: IterableDataset, batches: int, num_workers: int = 2):
-        self.dataset, self.batches = dataset, batches
-        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=whole_batch,
-                                 persistent_workers=False, prefetch_factor=4 if num_workers else None)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.batches
-
-    def __iter__(self) -> Iterator[dict]:
-        iterator = iter(self.loader)
-        try:
-            for _ in range(self.batches):
-                yield as_tensors(next(iterator))
-        finally:
-            shutdown = getattr(iterator, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-
-
 def train_loader(index: ShardIndex, cfg: Config, num_workers: Optional[int] = None, rank: Optional[int] = None,
-                 world: Optional[int] = None, split: str = "train", soft_labels: Optional[str] = None) -> EpochLoader:
-    """The balanced training loader of this rank for `cfg` (data.*, train.batch_size, train.seed): rank and world
-    default to the Ray Train context, loader workers to data.loader_workers; `soft_labels`: a folder of stored
-    teacher outputs joined to every sample (a student's, see mtl.runs.stored_soft_labels)."""
+                 world: Optional[int] = None, split: str = "train", soft_labels: Optional[str] = None,
+                 pin_memory: bool = False) -> EpochLoader:
+    """The balanced training loader of this rank for `cfg` (data.*, train.batch_size, train.seed), yielding
+    `Packed` batches: rank and world default to the Ray Train context, loader workers to data.loader_workers;
+    `soft_labels`: a folder of stored teacher outputs joined to every sample (a student's, see
+    mtl.runs.stored_soft_labels); `pin_memory`: batches in page-locked memory (training on CUDA)."""
     if rank is None or world is None:
         rank, world = rank_and_world()
     stream = TrainStream(index, cfg, split, rank, world, soft_labels)
     workers = cfg.data.loader_workers if num_workers is None else num_workers
-    return EpochLoader(stream, batches_per_epoch(index, cfg, world, split), workers)
+    return EpochLoader(stream, batches_per_epoch(index, cfg, world, split), workers, pin_memory)
 
 
 class EvalStream(IterableDataset):
@@ -294,8 +276,7 @@ class EvalStream(IterableDataset):
         self.batch_size, self.crop_scale, self.rank, self.world = batch_size, crop_scale, rank, world
 
     def __iter__(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        worker_id, workers = worker_of()
         slot, slots = self.rank * workers + worker_id, self.world * workers
         batch = []
         for item in with_labels(tar_samples(self.urls[slot::slots])):

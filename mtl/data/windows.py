@@ -21,7 +21,8 @@ batches per rank from index.json (training samples / stride), so every DDP rank 
 each epoch restarts the slots' sequences from fresh permutations and is cut at that count, so it covers about one
 pass over the windows, not exactly each window once (a slot reading long videos gets through fewer of them).
 
-Batches are `mtl.data.stream.collate`'s with a time axis: uint8 image windows [B, T, h, w, 3] with one crop, flip and jitter
+Batches (`WindowStream.dict_batches`; packed into one buffer, `mtl.data.packed`, on their way to the training
+process) are `mtl.data.stream.collate`'s with a time axis: uint8 image windows [B, T, h, w, 3] with one crop, flip and jitter
 draw per sequence ("flip" [B], "jitter" [B, 3]: a sequence stays temporally consistent), labels [B, T, ...] with
 masks [B, T] (and the per-AU "au_valid" [B, T, A]; widths are the index's label protocol's), "key" B lists of T
 keys; evaluation batches add "valid" [B, T], true at the first occurrence of a frame in its video's windows, so
@@ -48,13 +49,14 @@ from itertools import groupby
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from mtl.config import Config
 from mtl.data.augment import BatchDraws, centre_draws, draw_batch, window_side
-from mtl.data.stream import (EpochLoader, as_tensors, collate, whole_batch, rank_and_world, shard_sequence, shuffled,
-                             soft_widths, with_labels)
+from mtl.data.epochs import EpochLoader, whole_batch, worker_of
+from mtl.data.stream import as_tensors, collate, rank_and_world, shard_sequence, shuffled, soft_widths, with_labels
 from mtl.data.index import ShardIndex
+from mtl.data.packed import Packed, pack
 from mtl.data.soft_join import SoftLabels
 from mtl.data.sources.base import SOURCES
 from mtl.labels import Protocol, get_protocol, video_of
@@ -163,14 +165,9 @@ def collate_window_soft(records: Sequence[Optional[tuple]], length: int, protoco
     return out
 
 
-def worker_of() -> tuple[int, int]:
-    """(worker id, workers) of this DataLoader worker; (0, 1) in the main process."""
-    worker = get_worker_info()
-    return (worker.id, worker.num_workers) if worker else (0, 1)
-
-
 class WindowStream(IterableDataset):
-    """Endless shuffled, augmented batches of training windows of one rank; each DataLoader worker is one slot."""
+    """Endless shuffled, augmented batches of training windows of one rank; each DataLoader worker is one slot.
+    Iterating it yields the packed batches of its epoch (set_epoch) and this worker's slot (see TrainStream)."""
 
     def __init__(self, index: ShardIndex, cfg: Config, length: int = 32, split: str = "train", rank: int = 0,
                  world: int = 1, sources: Optional[Sequence[str]] = None, soft_labels: Optional[str] = None):
@@ -183,12 +180,18 @@ class WindowStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[dict]:
-        worker_id, workers = worker_of()
+    def __iter__(self) -> Iterator[Packed]:
+        return self.packed_batches(self.epoch, *worker_of())
+
+    def packed_batches(self, epoch: int, worker: int, workers: int) -> Iterator[Packed]:
+        """`dict_batches`, packed: what a loader worker sends."""
+        return (pack(batch) for batch in self.dict_batches(epoch, worker, workers))
+
+    def dict_batches(self, epoch: int, worker: int, workers: int) -> Iterator[dict]:
+        """The window batches of `epoch` of loader worker `worker` of `workers` (one slot), unpacked."""
         data, seed, batch_size = self.cfg.data, self.cfg.train.seed, self.cfg.train.batch_size
-        rng = np.random.default_rng([seed, self.epoch, self.rank, worker_id])
-        names = shard_sequence(list(self.videos), seed, self.epoch, self.rank * workers + worker_id,
-                               self.world * workers)
+        rng = np.random.default_rng([seed, epoch, self.rank, worker])
+        names = shard_sequence(list(self.videos), seed, epoch, self.rank * workers + worker, self.world * workers)
         stride = training_stride(self.length)
         soft = SoftLabels(self.soft_labels, protocol=self.protocol) if self.soft_labels else None
         windows = ((window, soft.lookup(self.videos[name].urls[0], window[0][0]) if soft else None)
@@ -216,13 +219,16 @@ def window_batches_per_epoch(index: ShardIndex, cfg: Config, length: int, world:
 
 def window_loader(index: ShardIndex, cfg: Config, length: int = 32, num_workers: int = 2,
                   rank: Optional[int] = None, world: Optional[int] = None, split: str = "train",
-                  sources: Optional[Sequence[str]] = None, soft_labels: Optional[str] = None) -> EpochLoader:
-    """The training loader of windows of this rank (rank and world default to the Ray Train context);
-    `soft_labels`: a folder of stored teacher windows joined to every window (a temporal student's)."""
+                  sources: Optional[Sequence[str]] = None, soft_labels: Optional[str] = None,
+                  pin_memory: bool = False) -> EpochLoader:
+    """The training loader of windows of this rank, yielding `Packed` batches (rank and world default to the Ray
+    Train context); `soft_labels`: a folder of stored teacher windows joined to every window (a temporal
+    student's); `pin_memory`: batches in page-locked memory (training on CUDA)."""
     if rank is None or world is None:
         rank, world = rank_and_world()
     stream = WindowStream(index, cfg, length, split, rank, world, sources, soft_labels)
-    return EpochLoader(stream, window_batches_per_epoch(index, cfg, length, world, split, sources), num_workers)
+    return EpochLoader(stream, window_batches_per_epoch(index, cfg, length, world, split, sources), num_workers,
+                       pin_memory)
 
 
 class EvalWindowStream(IterableDataset):

@@ -1,8 +1,9 @@
 """Validation predictions and their scores by the label protocol's metric (ABAW 2020's or ABAW3's P_MTL,
 `mtl.eval.metrics.protocol_scores`): used every epoch by training and by `mtl evaluate`.
 
-Each rank predicts its share of the split (every sample exactly once across ranks, see `mtl.data.stream.eval_loader`);
-the predictions are gathered on rank 0, which scores the whole split.
+Each rank predicts its share of the split (every sample exactly once across ranks: every world-th shard); the
+predictions are gathered on rank 0, which scores the whole split. Decoding runs in loader workers, and on CUDA
+inference runs in bf16 with channels_last on large pinned, prefetched batches (`mtl.eval.inference`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from mtl.data.augment import model_input
-from mtl.data.stream import eval_loader
 from mtl.data.index import ShardIndex, check_protocol, load_index
+from mtl.eval.inference import batch_size_on, cached_model, centre_batches, prefetched, settings, to_host
 from mtl.labels import INVALID_AU, INVALID_VA, Protocol, get_protocol
 from mtl.eval.metrics import METRIC_NAMES, protocol_scores
 from mtl.models.heads import predictions
@@ -27,36 +28,50 @@ FIELDS = ("au_prob", "expr_prob", "va_pred", "au_true", "expr_true", "va_true")
 @torch.no_grad()
 def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: int, batch_size: int,
             device: torch.device, crop_scale: float = 1.2, rank: int = 0, world: int = 1,
-            channels_last: bool = False, autocast: bool = False, seq_len: Optional[int] = None) -> dict:
+            channels_last: bool = False, autocast: bool = False, seq_len: Optional[int] = None,
+            num_workers: Optional[int] = None) -> dict:
     """This rank's predictions and labels on `split`: keys, AU/EXPR probabilities, VA expectations, and the
     labels with missing ones as the metric markers (-1, -5), in the widths of the shards' label protocol. With
     `seq_len` the model is temporal: it reads windows of that many frames, and each frame is scored once (its
-    first occurrence in its video's windows)."""
+    first occurrence in its video's windows).
+
+    The rank's shards are every world-th of the split from `rank`; their samples are decoded by `num_workers`
+    loader workers (`mtl.eval.inference.workers_on`: 1 on a CPU) into the same batches, in the same order,
+    whatever their number (windows: one worker). On CUDA the batch is at least 256 (`batch_size_on`), pinned and
+    copied one batch ahead, and the outputs stay on the device until the end (one wait)."""
     from mtl.data.windows import eval_window_loader
 
     was_training = model.training
     model.eval()
-    parts: dict[str, list] = {name: [] for name in ("key", *FIELDS)}
+    batch_size = batch_size_on(device, batch_size)
     batches = (eval_window_loader(index, split, seq_len, max(1, batch_size // seq_len), crop_scale, rank=rank,
                                   world=world) if seq_len else
-               eval_loader(index, split, batch_size, crop_scale, num_workers=1, rank=rank, world=world))
-    for batch in batches:
-        x = model_input(batch["image"].to(device, non_blocking=True), image_size, channels_last=channels_last)
+               centre_batches(index.shard_urls(split)[rank::world], batch_size, index.image_size, crop_scale, device,
+                              num_workers, index.protocol))
+    keys, outputs, labels, valid = [], {name: [] for name in FIELDS[:3]}, [], []
+    for batch, on_device in prefetched(batches, device):
+        x = model_input(on_device["image"], image_size, channels_last=channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x)
         probs = predictions({k: out[k].float() for k in ("au", "expr", "va")})
-        values = {"au_prob": probs["au"].cpu().numpy(), "expr_prob": probs["expr"].cpu().numpy(),
-                  "va_pred": probs["va"].cpu().numpy(), **metric_labels(batch)}
-        keys = batch["key"]
+        for name, task in zip(FIELDS[:3], ("au", "expr", "va")):
+            outputs[name].append(probs[task])
+        labels.append(metric_labels(batch))
         if seq_len:  # windows [B, T, ...] -> the frames scored here
-            valid = batch["valid"].numpy()
-            values = {name: value[valid] for name, value in values.items()}
-            keys = [k for window, marks in zip(keys, valid) for k, keep in zip(window, marks) if keep]
-        parts["key"] += keys
-        for name, value in values.items():
-            parts[name].append(value)
+            marks = batch["valid"].numpy()
+            valid.append(marks)
+            keys += [k for window, flags in zip(batch["key"], marks) for k, keep in zip(window, flags) if keep]
+        else:
+            keys += batch["key"]
     model.train(was_training)
-    return {"key": parts["key"], **{name: _concat(parts[name], name, index.protocol) for name in FIELDS}}
+    values = {name: to_host(parts) for name, parts in outputs.items()}
+    values = {name: value.numpy() if value is not None else None for name, value in values.items()}
+    values.update({name: np.concatenate([part[name] for part in labels]) if labels else None
+                   for name in FIELDS[3:]})
+    if seq_len and valid:
+        marks = np.concatenate(valid)
+        values = {name: value[marks] for name, value in values.items()}
+    return {"key": keys, **{name: _filled(values[name], name, index.protocol) for name in FIELDS}}
 
 
 def metric_labels(batch: dict) -> dict:
@@ -68,9 +83,10 @@ def metric_labels(batch: dict) -> dict:
             "va_true": np.where(batch["va_mask"][..., None].numpy(), batch["va"].numpy(), INVALID_VA)}
 
 
-def _concat(chunks: list, name: str, protocol: Protocol) -> np.ndarray:
-    if chunks:
-        return np.concatenate(chunks)
+def _filled(value: Optional[np.ndarray], name: str, protocol: Protocol) -> np.ndarray:
+    """`value`, or the empty array of the field's width when the split has no sample here."""
+    if value is not None:
+        return value
     width = {"au_prob": protocol.num_au, "au_true": protocol.num_au, "expr_prob": protocol.num_expr, "va_pred": 2,
              "va_true": 2}.get(name)
     return np.zeros((0, width) if width else (0,))
@@ -124,19 +140,17 @@ def format_scores(result: dict) -> str:
 
 
 def predict_model_file(location: str | Path, shards: str | Path, split: str = "val", device: str = "cpu",
-                       batch_size: Optional[int] = None) -> dict:
+                       batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> dict:
     """`predict` of a saved model on a split of a shard folder, on `device` (bf16 autocast and channels_last on a
-    GPU); the batch size defaults to the model's train.eval_batch_size. A model of another label protocol than
-    the shards' is a DataError naming both."""
-    from mtl.checkpoint import load_model
-
-    model, cfg = load_model(location, device)
+    GPU); the batch size defaults to the model's train.eval_batch_size (at least 256 on CUDA). The model is loaded
+    once per process while its file is unchanged (`mtl.eval.inference.cached_model`: a Ray worker that predicts
+    again loads nothing). A model of another label protocol than the shards' is a DataError naming both."""
+    model, cfg = cached_model(location, device)
     index = load_index(shards)
     check_protocol(index, cfg.data.protocol, where=f"the model {location}'s data.protocol")
-    on_gpu = torch.device(device).type == "cuda"
     return predict(model, index, split, cfg.data.image_size, batch_size or cfg.train.eval_batch_size,
-                   torch.device(device), cfg.data.augment.crop_scale, channels_last=on_gpu, autocast=on_gpu,
-                   seq_len=cfg.model.seq_len if cfg.model.temporal else None)
+                   torch.device(device), cfg.data.augment.crop_scale, **settings(device),
+                   seq_len=cfg.model.seq_len if cfg.model.temporal else None, num_workers=num_workers)
 
 
 def prediction_task_options(device: str) -> dict:

@@ -263,10 +263,11 @@ def gone(pid: int) -> bool:
         return True
 
 
-def trainings_that_fit(workers: int, cpus_per_worker: int, use_gpu: bool, resources: dict) -> int:
+def trainings_that_fit(workers: int, cpus_per_worker: int, gpus_per_worker: float, resources: dict) -> int:
     """How many Ray Train runs of `workers` ranks fit at once in `resources` (ray.cluster_resources()): by CPUs,
-    and with use_gpu by GPUs too (one per rank); at least 1."""
+    and by GPUs too where a rank takes `gpus_per_worker` of one (train.gpus_per_worker, 0 without a GPU); at
+    least 1."""
     fits = int(resources.get("CPU", 1)) // (max(1, workers) * cpus_per_worker)
-    if use_gpu:
-        fits = min(fits, int(resources.get("GPU", 0)) // max(1, workers))
+    if gpus_per_worker:
+        fits = min(fits, int(resources.get("GPU", 0) / gpus_per_worker + 1e-9) // max(1, workers))
     return max(1, fits)

@@ -46,9 +46,11 @@ class GRUHead(nn.Module):
 
 
 def va_expectation(va_logits: Tensor) -> Tensor:
-    """[..., 40] logits → [..., 2] (valence, arousal): Σ_i softmax(z)_i · VA_SUPPORT_i over each 20-bin half."""
+    """[..., 40] logits → [..., 2] (valence, arousal): Σ_i softmax(z)_i · VA_SUPPORT_i over each 20-bin half.
+
+    The support is built on the logits' device (VA_SUPPORT's float32 values, no host copy inside a step)."""
     probs = va_logits.unflatten(-1, (2, VA_BINS)).softmax(-1)
-    return probs @ VA_SUPPORT.to(probs)
+    return probs @ torch.linspace(-1.0, 1.0, VA_BINS, device=probs.device).to(probs.dtype)
 
 
 def predictions(outputs: dict) -> dict:

@@ -80,6 +80,8 @@ def batch_soft_targets(batch: dict, teacher: Optional[torch.nn.Module], x: torch
     if teacher is None:
         return {"au": batch["soft_au"], "expr": batch["soft_expr"], "va": batch["soft_va"],
                 "soft_mask": batch["soft_mask"]}
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+    # no autocast weight cache: the step may be captured in a CUDA graph
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda",
+                                         cache_enabled=False):
         out = teacher(x)
     return soft_targets({task: out[task].float() for task in TASKS})  # soft_mask [B] or, for windows, [B, T]

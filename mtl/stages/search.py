@@ -199,7 +199,7 @@ def concurrency(cfg: Config) -> int:
         return cfg.tune.max_concurrent
     from mtl.jobs.ray_session import trainings_that_fit
 
-    return trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker, cfg.train.use_gpu,
+    return trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker, cfg.train.gpus(),
                               ray.cluster_resources())
 
 

@@ -61,7 +61,7 @@ def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
                           "so they need at least 1 worker (local mode cannot run under Tune)")
     ensure_ray(address)
     concurrent = cfg.students.concurrent or trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker,
-                                                               cfg.train.use_gpu, ray.cluster_resources())
+                                                               cfg.train.gpus(), ray.cluster_resources())
     trial = {"memory": 1}  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
     root = storage.join(storage.absolute(cfg.run.dir), "students")
     tuner = ray.tune.Tuner(

@@ -45,14 +45,32 @@ def first_data_error(message: Optional[T]) -> Optional[T]:
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return message
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    flag = torch.tensor([float(message is not None)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if not flag.item():
+    group = host_group()
+    flag = torch.tensor([float(message is not None)])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    if not flag.numpy()[0]:
         return None
     messages: list = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, message)
+    dist.all_gather_object(messages, message, group=group)
     return next(m for m in messages if m is not None)
+
+
+_HOST_GROUP: dict = {}
+
+
+def host_group():
+    """A gloo group over every rank, for the flags the ranks agree on at each batch fetch: under NCCL they would
+    go through the GPU and make every step wait on it; over gloo they stay on the host. None (the default group)
+    where the default group is gloo already. Created by the first call, which every rank makes at the same point."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    world = dist.group.WORLD  # a new process group (a restarted worker group) gets its own
+    if world not in _HOST_GROUP:
+        _HOST_GROUP.clear()
+        _HOST_GROUP[world] = dist.new_group(backend="gloo")
+    return _HOST_GROUP[world]
 
 
 def agreed(function: Callable[..., T], *args, **kwargs) -> T:
@@ -89,5 +107,5 @@ def agreed_batches(loader: Iterable[T]) -> Iterator[T]:
             yield batch
     finally:
         close = getattr(iterator, "close", None)
-        if close is not None:  # EpochLoader's generator shuts its DataLoader workers down
+        if close is not None:  # EpochLoader's generator: an epoch left part-way shuts its workers down
             close()

@@ -145,7 +145,7 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
     trainer = TorchTrainer(
         train_loop, train_loop_config=payload,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+                                               resources_per_worker=worker_resources(cfg),
                                                placement_strategy=cfg.train.placement_strategy),
         torch_config=TorchConfig(timeout_s=cfg.runtime.ddp_timeout()),
         run_config=ray.train.RunConfig(
@@ -186,11 +186,17 @@ class WorkersUnavailable(ConfigError):
 NOT_RETRIED = (DataError, storage.DiskFull, WorkersUnavailable)
 
 
+def worker_resources(cfg: Config) -> dict:
+    """Ray resources of one training worker: train.cpus_per_worker CPUs, and train.gpus_per_worker of a GPU with
+    train.use_gpu (0.5: two students or search trials share a GPU)."""
+    return {"CPU": cfg.train.cpus_per_worker, **({"GPU": cfg.train.gpus()} if cfg.train.use_gpu else {})}
+
+
 def workers_unavailable(cfg: Config) -> WorkersUnavailable:
     """What the training asked Ray for and what the cluster has, in one line."""
     import ray
 
-    asked = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    asked = worker_resources(cfg)
     kinds = ("CPU", "GPU")
     total, free = ray.cluster_resources(), ray.available_resources()
     has = ", ".join(f"{k} {total.get(k, 0):g} ({free.get(k, 0):g} free)" for k in kinds)

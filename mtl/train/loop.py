@@ -3,8 +3,9 @@
   config -> seed -> stream -> model, optimiser, schedule -> resume state -> objective (from train.role)
   -> per epoch: steps -> validation on the rank's share -> report (+ checkpoint from rank 0)
 
-The driver (`mtl.train.driver.train`) builds the TorchTrainer around it; in local mode (train.workers=0) it runs
-in the calling process.
+The step itself is `mtl.train.step.Step` (no host sync between two log points; one CUDA graph on a GPU). The driver
+(`mtl.train.driver.train`) builds the TorchTrainer around it; in local mode (train.workers=0) it runs in the
+calling process.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 
 from mtl import storage
 from mtl.config import Config, config_dict
-from mtl.data.augment import model_input
 from mtl.data.index import load_index
+from mtl.data.packed import Packed
 from mtl.data.stream import train_loader
 from mtl.data.windows import window_loader
 from mtl.eval.evaluate import gather, predict, score
@@ -33,13 +34,11 @@ from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
 from mtl.runs import stored_soft_labels
 from mtl.train.data_stop import DataStop, DiskStop, agreed, agreed_batches, agreed_disk
-from mtl.train.optim import make_optimizer, make_scheduler
+from mtl.train.optim import float_base_lrs, load_optimizer_state, make_optimizer, make_scheduler
+from mtl.train.prefetch import on_device
+from mtl.train.step import Diverged, Step
 
 STATE_FILE = "state.pt"
-
-
-class Diverged(FloatingPointError):
-    """The loss went NaN/inf; every rank raises it at the same step (see finite_on_all_ranks)."""
 
 
 def train_loop(payload: dict) -> dict:
@@ -73,11 +72,12 @@ def train_rank(payload: dict) -> dict:
     device = get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(cfg.train.cpus_per_worker)
     index = load_index(cfg.data.shards)
-    loader = make_loader(cfg, index, rank, world)
+    loader = make_loader(cfg, index, rank, world, pin_memory=device.type == "cuda")
     model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model.parameters())
+        torch.backends.cudnn.benchmark = True  # static shapes: pick the fastest convolution once
+    optimizer = make_optimizer(cfg, model.parameters(), device)
     steps = len(loader)
     scheduler = make_scheduler(cfg, optimizer, steps)
     start_epoch, history = 0, []
@@ -88,108 +88,77 @@ def train_rank(payload: dict) -> dict:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], device)
         scheduler.load_state_dict(state["scheduler"])
-        scheduler.base_lrs = [cfg.train.lr for _ in scheduler.base_lrs]  # a PBT-perturbed lr takes effect
+        float_base_lrs(scheduler, cfg.train.lr)  # a PBT-perturbed lr takes effect
         start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
         if rank == 0:
             print(f"[{cfg.train.role}] resuming at epoch {start_epoch} from {checkpoint.path}", flush=True)
-    model = prepare_model(model, move_to_device=False) if world > 1 else model
+    graph = cfg.train.cuda_graph and device.type == "cuda"
+    if world > 1:  # a captured step needs DDP's static graph (the same buckets every step)
+        model = prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"static_graph": graph})
     objective = make_objective(cfg, device)
     unwrapped = model.module if hasattr(model, "module") else model
     if cfg.train.compile:  # after DDP wrapping, so DDP's graph breaks keep the gradient all-reduce overlapped
         model = torch.compile(model)
     run = open_wandb(cfg, payload["run_id"], payload["run_name"], payload.get("wandb_group")) if rank == 0 else None
-    diverged = None
-    for epoch in range(start_epoch, cfg.train.epochs):
-        loader.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        samples, done, started = 0, 0, time.perf_counter()
-        try:
-            for batch in agreed_batches(loader):
-                for key, value in train_step(model, optimizer, scheduler, batch, cfg, device, objective).items():
-                    sums[key] = sums.get(key, 0.0) + value
-                samples += batch_samples(batch)
-                done += 1
-        except Diverged as err:  # all ranks are here at the same step: end the run, do not retry it
-            diverged = f"epoch {epoch}, step {done}: {err}"
-            ray.train.report({"epoch": epoch, "diverged": True, "divergence": diverged, "val_total": float("nan")})
+    step = Step(model, optimizer, scheduler, objective, cfg, device, graph=graph, ddp=world > 1)
+    try:
+        diverged = None
+        for epoch in range(start_epoch, cfg.train.epochs):
+            loader.set_epoch(epoch)
+            model.train()
+            started = time.perf_counter()
+            try:
+                done, samples = train_epoch(step, loader, device, epoch, cfg.train.log_every)
+            except Diverged as err:  # all ranks are here at the same check: end the run, do not retry it
+                diverged = str(err)
+                ray.train.report({"epoch": epoch, "diverged": True, "divergence": diverged, "val_total": float("nan")})
+                if rank == 0:
+                    print(f"[{cfg.train.role}] diverged at {diverged}; training stopped", flush=True)
+                break
+            sums = step.read()
+            seconds = time.perf_counter() - started
+            preds = gather(agreed(predict, unwrapped, index, "val", cfg.data.image_size, cfg.train.eval_batch_size,
+                                  device, cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
+                                  autocast=device.type == "cuda",
+                                  seq_len=cfg.model.seq_len if cfg.model.temporal else None))
+            metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done),
+                       "lr": float(scheduler.get_last_lr()[0]),
+                       "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
+                       **{f"train_{k}": v / steps for k, v in sums.items() if k != "steps"}}
+            if preds is not None:  # scored on the selection half only: the reporting half stays unseen
+                result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1,
+                               protocol=cfg.data.protocol)
+                metrics.update({f"val_{task}": result[task] for task in TASKS})
+                metrics["val_total"] = selection_total(result, cfg.eval.selection)
+            history.append(metrics)
+            report_epoch(metrics, history, unwrapped, optimizer, scheduler, epoch, cfg, rank,
+                         payload.get("local_checkpoints"))
             if rank == 0:
-                print(f"[{cfg.train.role}] diverged at {diverged}; training stopped", flush=True)
-            break
-        seconds = time.perf_counter() - started
-        preds = gather(agreed(predict, unwrapped, index, "val", cfg.data.image_size, cfg.train.eval_batch_size,
-                              device, cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
-                              autocast=device.type == "cuda",
-                              seq_len=cfg.model.seq_len if cfg.model.temporal else None))
-        metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done), "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
-                   **{f"train_{k}": v / steps for k, v in sums.items()}}
-        if preds is not None:  # scored on the selection half only: the reporting half stays unseen
-            result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1,
-                           protocol=cfg.data.protocol)
-            metrics.update({f"val_{task}": result[task] for task in TASKS})
-            metrics["val_total"] = selection_total(result, cfg.eval.selection)
-        history.append(metrics)
-        report_epoch(metrics, history, unwrapped, optimizer, scheduler, epoch, cfg, rank,
-                     payload.get("local_checkpoints"))
-        if rank == 0:
-            print(format_epoch(cfg.train.role, metrics), flush=True)
-            if run is not None:
-                run.log(metrics, step=epoch)
+                print(format_epoch(cfg.train.role, metrics), flush=True)
+                if run is not None:
+                    run.log(metrics, step=epoch)
+    finally:
+        loader.close()  # the loader workers persist across epochs
     if run is not None:
         run.finish()
-    return {"start_epoch": start_epoch, "history": history, "world": world, "diverged": diverged}
+    return {"start_epoch": start_epoch, "history": history, "world": world, "diverged": diverged,
+            "step_mode": step.mode}
 
 
-def train_step(model, optimizer, scheduler, batch: dict, cfg: Config, device: torch.device, objective) -> dict:
-    """One optimisation step on a batch from the stream; returns the loss parts as floats."""
-    batch = merge_per_task(batch)
-    on_gpu = device.type == "cuda"
-    x = model_input(batch["image"].to(device, non_blocking=True), cfg.data.image_size, batch["flip"],
-                    batch["jitter"] if cfg.data.augment.jitter > 0 else None, channels_last=on_gpu)
-    targets = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-        outputs = model(x)
-    loss, parts = objective({task: outputs[task].float() for task in TASKS}, targets, x)
-    if not finite_on_all_ranks(loss):
-        raise Diverged(f"loss is {loss.item()} (parts {({k: float(v) for k, v in parts.items()})})")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return {"loss": float(loss.detach()), **{task: float(value) for task, value in parts.items()}}
-
-
-def merge_per_task(batch: dict) -> dict:
-    """The paper's per-task batches -> one batch in which each sub-batch supervises only its own task's head
-    (the other tasks' masks, and `au_valid`, are cleared). One forward pass over the concatenation: DDP needs one
-    forward per backward, and BatchNorm sees the three sub-batches together (the reference ran three forwards)."""
-    if "image" in batch:
-        return batch
-    parts = []
-    for task, sub in batch.items():
-        sub = dict(sub)
-        for other in TASKS:
-            for key in (f"{other}_mask", f"{other}_valid"):
-                if other != task and key in sub:
-                    sub[key] = torch.zeros_like(sub[key])
-        parts.append(sub)
-    return {key: ([k for p in parts for k in p[key]] if key == "key" else torch.cat([p[key] for p in parts]))
-            for key in parts[0]}
-
-
-def finite_on_all_ranks(loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every rank (one all-reduce under DDP), so all ranks stop together."""
-    import torch.distributed as dist
-
-    finite = bool(torch.isfinite(loss))
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flag = torch.tensor([float(finite)], device=loss.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        finite = bool(flag.item())
-    return finite
+def train_epoch(step: Step, loader, device: torch.device, epoch: int, log_every: int) -> tuple[int, int]:
+    """One epoch of steps: (steps, frames). The batches reach the device one step ahead; nothing waits on the
+    device except the divergence checks, every `log_every` steps and at the end (Diverged on every rank)."""
+    samples, done = 0, 0
+    for packed in on_device(agreed_batches(loader), device):
+        step(packed)  # no host sync: loss parts summed and a non-finite loss flagged on the device
+        samples += batch_samples(packed)
+        done += 1
+        if done % log_every == 0:
+            step.check(epoch, done)  # every rank at the same step
+    step.check(epoch, done)
+    return done, samples
 
 
 def seed_everything(seed: int) -> None:
@@ -200,19 +169,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loader(cfg: Config, index, rank: int, world: int):
-    """The training stream of this rank: frames (balanced), or windows of frames for the temporal model."""
+def make_loader(cfg: Config, index, rank: int, world: int, pin_memory: bool = False):
+    """The training stream of this rank: packed batches of frames (balanced), or of windows of frames for the
+    temporal model; page-locked with `pin_memory` (a CUDA training)."""
     if cfg.model.temporal:
         return window_loader(index, cfg, cfg.model.seq_len, cfg.data.loader_workers, rank, world,
-                             soft_labels=stored_soft_labels(cfg))
-    return train_loader(index, cfg, rank=rank, world=world, soft_labels=stored_soft_labels(cfg))
+                             soft_labels=stored_soft_labels(cfg), pin_memory=pin_memory)
+    return train_loader(index, cfg, rank=rank, world=world, soft_labels=stored_soft_labels(cfg),
+                        pin_memory=pin_memory)
 
 
-def batch_samples(batch: dict) -> int:
-    """Frames in a batch: frame batches, per-task batches, or windows (B x T)."""
-    if "image" not in batch:
-        return sum(batch_samples(b) for b in batch.values())
-    return int(np.prod(batch["image"].shape[:-3]))
+def batch_samples(packed: Packed) -> int:
+    """Frames in a packed batch: B, or B x T for windows."""
+    return packed.layout.frames
 
 
 def all_ranks(value) -> list:

@@ -76,8 +76,8 @@ def test_no_integer_tensor_reaches_an_interpolation(monkeypatch, imbalanced_shar
     from mtl.data.stream import train_loader
     from mtl.models.factory import create_model
     from mtl.objectives.objective import make_objective
-    from mtl.train.loop import train_step
     from mtl.train.optim import make_optimizer, make_scheduler
+    from mtl.train.step import Step
 
     seen, interpolate = [], F.interpolate
 
@@ -94,8 +94,9 @@ def test_no_integer_tensor_reaches_an_interpolation(monkeypatch, imbalanced_shar
                                "model.backbone=test_resnet"))
     model = create_model(cfg.model, cfg.data.image_size)
     optimizer = make_optimizer(cfg, model.parameters())
-    batch = next(iter(train_loader(load_index(imbalanced_shards), cfg, num_workers=0, rank=0, world=1)))
+    packed = next(iter(train_loader(load_index(imbalanced_shards), cfg, num_workers=0, rank=0, world=1)))
+    batch = packed.unpacked()
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1] != 24
-    train_step(model, optimizer, make_scheduler(cfg, optimizer, 1), batch, cfg, torch.device("cpu"),
-               make_objective(cfg, torch.device("cpu")))
+    Step(model, optimizer, make_scheduler(cfg, optimizer, 1), make_objective(cfg, torch.device("cpu")), cfg,
+         torch.device("cpu"))(packed)
     assert len(seen) == 3 and set(seen) == {torch.float32}

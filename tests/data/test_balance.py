@@ -90,6 +90,6 @@ def test_a_balancer_registered_from_a_test_is_what_the_training_stream_uses(imba
     with pytest.raises(ConfigError, match="unknown balancer 'toy'"):
         train_loader(index, cfg, num_workers=0, rank=0, world=1)
     with BALANCERS.temporarily("toy", only_the_commonest_expression):
-        batches = list(train_loader(index, cfg, num_workers=0, rank=0, world=1))
+        batches = [batch.unpacked() for batch in train_loader(index, cfg, num_workers=0, rank=0, world=1)]
     expr = np.concatenate([b["expr"][b["expr_mask"]].numpy() for b in batches])
     assert len(expr) > 0 and set(expr.tolist()) == {commonest}

@@ -18,7 +18,7 @@ from mtl.data.downsample import (FrameBuckets, Thinning, downsample_counts, form
                                  training_stats)
 from mtl.data.index import load_index, va_cell
 from mtl.data.shards import tar_samples
-from mtl.data.stream import TrainStream, as_tensors, batches_per_epoch, with_labels
+from mtl.data.stream import TrainStream, batches_per_epoch, with_labels
 from mtl.labels import DataError, EXPR_NAMES
 
 PAPER = {"expr": {"Neutral": 10, "Happiness": 2, "Sadness": 2}, "va": 5}
@@ -80,7 +80,7 @@ def stream_samples(index, cfg, count, split="train"):
     one pass over the shards in order."""
     iterator, out = iter(TrainStream(index, cfg, split)), []
     while len(out) < count:
-        batch = as_tensors(next(iterator))
+        batch = next(iterator).unpacked()
         out += [(key, {t: bool(batch[f"{t}_mask"][i]) for t in ("au", "expr", "va")})
                 for i, key in enumerate(batch["key"])]
     return out[:count]

@@ -17,7 +17,7 @@ from mtl.data.balance import Balancer, imbalance_ratios, mlros_factors
 from mtl.data.downsample import FrameBuckets, Thinning, downsample_counts, thinned_stats, training_stats
 from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats, au_pattern, check_protocol, load_index
 from mtl.data.soft_join import SoftLabels
-from mtl.data.stream import TrainStream, as_tensors, collate, collate_soft, eval_loader, soft_widths
+from mtl.data.stream import TrainStream, collate, collate_soft, eval_loader, soft_widths
 from mtl.data.windows import collate_window_soft, eval_window_loader
 from mtl.labels import ABAW2020, ABAW3, SPLITS, TASKS, DataError
 from mtl.stages.soft_labels import write_npz_atomic
@@ -229,7 +229,7 @@ def test_expr_balancing_is_uniform_over_the_8_classes():
 def test_training_and_evaluation_batches_carry_per_au_masks_and_protocol_widths(tmp_path):
     index = load_index(write_shards(tmp_path / "shards"))
     cfg = stream_config(batch_size=6, protocol="abaw3", shuffle_buffer=4)
-    batch = as_tensors(next(iter(TrainStream(index, cfg))))
+    batch = next(iter(TrainStream(index, cfg))).unpacked()
     assert batch["au"].shape == batch["au_valid"].shape == (6, 12)
     assert (batch["au_valid"].any(-1) == batch["au_mask"]).all()
     assert (batch["au"][~batch["au_valid"]] == 0).all()

@@ -2,14 +2,17 @@ import numpy as np
 import pytest
 
 from tests.conftest import stream_config
+from tests.data.test_packed import assert_same_batch, today
+from mtl.data.packed import Packed
 from mtl.data.stream import (TrainStream, as_tensors, batches_per_epoch, eval_loader, shard_sequence,
                       train_loader)
 from mtl.data.index import load_index, va_cell
 
 
 def take(stream, batches):
+    """The first batches of a stream (packed), unpacked."""
     iterator = iter(stream)
-    return [as_tensors(next(iterator)) for _ in range(batches)]
+    return [next(iterator).unpacked() for _ in range(batches)]
 
 
 def test_shard_sequence_gives_every_slot_shards_and_covers_each_cycle_once():
@@ -31,7 +34,8 @@ def test_epoch_length_is_the_same_on_every_rank_with_uneven_shards(imbalanced_sh
     counts = []
     for rank in range(2):
         loader = train_loader(index, spec, num_workers=2, rank=rank, world=2)
-        counts.append(sum(1 for batch in loader if len(batch["key"]) == 16))
+        counts.append(sum(1 for batch in loader if len(batch.keys) == 16))
+        loader.close()
     assert counts[0] == counts[1] == batches_per_epoch(index, spec, world=2) == index.stats["train"].samples // 32
 
 
@@ -72,10 +76,32 @@ def test_paper_balancing_moves_the_stream_towards_the_targets(imbalanced_shards)
 
 def test_per_task_batches_hold_only_samples_labelled_for_their_task(imbalanced_shards):
     index = load_index(imbalanced_shards)
-    for batch in stream_labels(index, "paper", batches=5, mode="per_task"):
+    stream = TrainStream(index, stream_config(batch_size=32, balance="paper", batch_mode="per_task",
+                                              shuffle_buffer=200))
+    for batch, _ in zip(stream.dict_batches(0, 0, 1), range(5)):
         assert set(batch) == {"au", "expr", "va"}
-        for task, sub in batch.items():
+        for task, sub in as_tensors(batch).items():
             assert len(sub["key"]) == 32 and bool(sub[f"{task}_mask"].all())
+
+
+@pytest.mark.parametrize("mode", ["mixed", "per_task"])
+def test_the_loader_sends_todays_merged_batches_packed(imbalanced_shards, mode):
+    """What reaches the training process through 2 loader workers equals, field by field, today's batch of the
+    same slot merged in the training process (tests.data.test_packed.today); the layout never changes."""
+    index = load_index(imbalanced_shards)
+    spec = stream_config(batch_size=8, balance="paper", batch_mode=mode, shuffle_buffer=20,
+                         augment=dict(flip=0.5, jitter=0.3))
+    loader = train_loader(index, spec, num_workers=2, rank=0, world=1)
+    loader.set_epoch(1)
+    got = list(loader)
+    loader.close()
+    stream = TrainStream(index, spec)
+    slots = [stream.dict_batches(1, slot, 2) for slot in range(2)]
+    assert len(got) == len(loader) == batches_per_epoch(index, spec, world=1)
+    for step, packed in enumerate(got):
+        assert isinstance(packed, Packed) and packed.layout == got[0].layout
+        assert_same_batch(packed, today(next(slots[step % 2])))
+    assert got[0].layout.batch == (24 if mode == "per_task" else 8)
 
 
 def test_one_seed_fixes_the_stream_and_another_changes_it(imbalanced_shards):

@@ -17,9 +17,10 @@ def count_steps_per_rank(config: dict) -> list:
     for epoch in range(2):
         loader.set_epoch(epoch)
         for batch in loader:
-            total = torch.tensor([len(batch["key"])], dtype=torch.float32)
+            total = torch.tensor([len(batch.keys)], dtype=torch.float32)
             dist.all_reduce(total)  # a collective per step, as DDP's gradient all-reduce: unequal steps would hang
             steps += 1
+    loader.close()
     counts = [torch.zeros(1) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, torch.tensor([float(steps)]))
     return [int(c.item()) for c in counts]

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import stream_config, write_affwild2
 from mtl.data.augment import decode, window_side
-from mtl.data.stream import as_tensors
+from tests.data.test_packed import assert_same_batch, today
 from mtl.data.index import load_index
 from mtl.data.shards import tar_samples
 from mtl.labels import video_of
@@ -45,8 +45,9 @@ def stored_frames(index, split):
 
 
 def take(stream, batches):
+    """The first batches of a stream (packed), unpacked."""
     iterator = iter(stream)
-    return [as_tensors(next(iterator)) for _ in range(batches)]
+    return [next(iterator).unpacked() for _ in range(batches)]
 
 
 def test_window_rules():
@@ -112,8 +113,26 @@ def test_every_rank_takes_the_same_number_of_full_batches(shards):
     assert expected == shards.stats["train"].samples // (LENGTH // 2) // (BATCH * 2) > 1
     for rank in range(2):
         loader = window_loader(shards, spec, LENGTH, num_workers=2, rank=rank, world=2)
-        sizes = [len(batch["key"]) for batch in loader]
+        sizes = [len(batch.keys) for batch in loader]
+        loader.close()
         assert sizes == [BATCH] * expected
+
+
+def test_the_loader_sends_todays_window_batches_packed(shards):
+    spec = stream_config(batch_size=BATCH, shuffle_buffer=4, seed=2, augment=dict(flip=0.5, jitter=0.3))
+    loader = window_loader(shards, spec, LENGTH, num_workers=2, rank=0, world=1)
+    epochs = {}
+    for epoch in (0, 1):  # the second through the same workers
+        loader.set_epoch(epoch)
+        epochs[epoch] = list(loader)
+    loader.close()
+    stream = WindowStream(shards, spec, LENGTH)
+    for epoch, got in epochs.items():
+        slots = [stream.dict_batches(epoch, slot, 2) for slot in range(2)]
+        for step, packed in enumerate(got):
+            assert packed.layout.image_shape[0] == LENGTH and packed.layout == got[0].layout
+            assert_same_batch(packed, today(next(slots[step % 2])))
+    assert epochs[0][0].keys != epochs[1][0].keys
 
 
 def test_eval_windows_count_every_frame_once_across_ranks_and_workers(shards):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -38,3 +39,41 @@ def test_evaluate_on_ray_equals_evaluate_in_process(imbalanced_shards, tmp_path,
     for task in ("au", "expr", "va", "total"):
         assert on_ray[task] == pytest.approx(here[task], abs=1e-6)
     assert on_ray["details"]["expr"]["confusion"] == here["details"]["expr"]["confusion"]
+
+
+def plain_predictions(model, index, split: str, batch_size: int, rank: int, world: int) -> dict:
+    """Predictions as `predict` made them before its loader workers: the rank's shards in one process, batch after
+    batch, fp32."""
+    from mtl.data.augment import model_input
+    from mtl.data.stream import eval_loader
+    from mtl.eval.evaluate import FIELDS, metric_labels
+    from mtl.models.heads import predictions
+
+    parts = {name: [] for name in ("key", *FIELDS)}
+    with torch.no_grad():
+        for batch in eval_loader(index, split, batch_size, 1.2, num_workers=0, rank=rank, world=world):
+            probs = predictions(model(model_input(batch["image"], 16)))
+            values = {"au_prob": probs["au"].numpy(), "expr_prob": probs["expr"].numpy(),
+                      "va_pred": probs["va"].numpy(), **metric_labels(batch)}
+            parts["key"] += batch["key"]
+            for name, value in values.items():
+                parts[name].append(value)
+    return {"key": parts["key"], **{name: np.concatenate(parts[name]) for name in FIELDS}}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_on_a_cpu_is_the_plain_loops_numbers_whatever_the_workers(imbalanced_shards, workers):
+    from mtl.data.index import load_index
+    from mtl.eval.evaluate import predict
+
+    cfg = validate({"model": {"backbone": "test_resnet"}, "data": {"image_size": 16}})
+    torch.manual_seed(3)
+    model = create_model(cfg.model, 16).eval()
+    index = load_index(imbalanced_shards)
+    for rank in (0, 1):
+        plain = plain_predictions(model, index, "train", 5, rank, 2)
+        ours = predict(model, index, "train", 16, 5, torch.device("cpu"), rank=rank, world=2, num_workers=workers)
+        assert ours["key"] == plain["key"] and len(set(ours["key"])) == len(ours["key"]) > 0
+        for name, value in plain.items():
+            if name != "key":
+                assert ours[name].dtype == value.dtype and np.array_equal(ours[name], value), name

@@ -4,11 +4,13 @@ from mtl.jobs.ray_session import trainings_that_fit
 
 
 def test_cpus_bound_trainings_and_gpus_too_when_they_are_used():
-    assert trainings_that_fit(1, 1, False, {"CPU": 4}) == 4
-    assert trainings_that_fit(2, 2, False, {"CPU": 16, "GPU": 1}) == 4
-    assert trainings_that_fit(2, 2, True, {"CPU": 16, "GPU": 4}) == 2  # one GPU per rank
-    assert trainings_that_fit(1, 1, True, {"CPU": 4}) == 1  # never 0: Tune then waits for a node with a GPU
-    assert trainings_that_fit(0, 1, False, {"CPU": 3}) == 3
+    assert trainings_that_fit(1, 1, 0, {"CPU": 4}) == 4
+    assert trainings_that_fit(2, 2, 0, {"CPU": 16, "GPU": 1}) == 4
+    assert trainings_that_fit(2, 2, 1, {"CPU": 16, "GPU": 4}) == 2  # one GPU per rank
+    assert trainings_that_fit(1, 1, 1, {"CPU": 4}) == 1  # never 0: Tune then waits for a node with a GPU
+    assert trainings_that_fit(0, 1, 0, {"CPU": 3}) == 3
+    assert trainings_that_fit(1, 2, 0.5, {"CPU": 16, "GPU": 1}) == 2  # train.gpus_per_worker=0.5: two per GPU
+    assert trainings_that_fit(1, 2, 1 / 3, {"CPU": 16, "GPU": 1}) == 3
 
 
 DRIVER = """

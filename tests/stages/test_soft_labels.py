@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtl.config import load_config
-from mtl.data.stream import TrainStream, as_tensors
+from mtl.data.stream import TrainStream
 from tests.conftest import stream_config
 from mtl.checkpoint import read_model_file
 from mtl.eval.evaluate import predict
@@ -59,7 +59,7 @@ def test_the_stream_joins_soft_labels_to_the_right_samples(teacher, imbalanced_s
         with np.load(soft_label_path(run / "soft_labels", url)) as data:
             table.update({k: data["va"][i] for i, k in enumerate(data["keys"].tolist())})
     stream = iter(TrainStream(index, stream_config(batch_size=32), soft_labels=str(run / "soft_labels")))
-    batch = as_tensors(next(stream))
+    batch = next(stream).unpacked()
     assert bool(batch["soft_mask"].all()) and batch["soft_va"].shape == (32, 40)
     for key, soft_va in zip(batch["key"], batch["soft_va"]):
         assert np.allclose(soft_va.numpy(), table[key].astype(np.float32))
@@ -207,20 +207,19 @@ def test_the_stream_replays_a_stored_view_with_its_pixels_draws_and_outputs(view
     table = stored_views(folder, index)
     images = {k: v for url in index.shard_urls("train") for k, v in shard_images(url).items()}
     cfg = stream_config(batch_size=24, augment=AUGMENT, batch_mode=mode, shuffle_buffer=50, seed=3)
-    first = next(iter(TrainStream(index, cfg, soft_labels=str(folder))))
+    batch = next(iter(TrainStream(index, cfg, soft_labels=str(folder)))).unpacked()  # per_task: merged
     picked = []
-    for batch in (first.values() if mode == "per_task" else [first]):
-        batch = as_tensors(batch)
-        assert bool(batch["soft_mask"].all())
-        for i, key in enumerate(batch["key"]):
-            view = int(batch["soft_view"][i])
-            row, picked = table[key], picked + [view]
-            top, left = row["offsets"][view].tolist()
-            assert np.array_equal(batch["image"][i].numpy(), images[key][top:top + 17, left:left + 17])
-            assert bool(batch["flip"][i]) == bool(row["flip"][view])
-            assert np.array_equal(batch["jitter"][i].numpy(), row["jitter"][view])
-            for name in ("au", "expr", "va"):
-                assert np.array_equal(batch[f"soft_{name}"][i].numpy(), row[name][view].astype(np.float32))
+    assert len(batch["key"]) == (72 if mode == "per_task" else 24)
+    assert bool(batch["soft_mask"].all())
+    for i, key in enumerate(batch["key"]):
+        view = int(batch["soft_view"][i])
+        row, picked = table[key], picked + [view]
+        top, left = row["offsets"][view].tolist()
+        assert np.array_equal(batch["image"][i].numpy(), images[key][top:top + 17, left:left + 17])
+        assert bool(batch["flip"][i]) == bool(row["flip"][view])
+        assert np.array_equal(batch["jitter"][i].numpy(), row["jitter"][view])
+        for name in ("au", "expr", "va"):
+            assert np.array_equal(batch[f"soft_{name}"][i].numpy(), row[name][view].astype(np.float32))
     assert set(picked) == set(range(VIEWS))  # a view drawn per sample, not always the first
 
 

@@ -9,8 +9,9 @@ from mtl.config import ConfigError, updated
 from mtl.data.index import load_index
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
-from mtl.train.loop import make_loader, seed_everything, train_step
+from mtl.train.loop import make_loader, seed_everything
 from mtl.train.optim import make_optimizer
+from mtl.train.step import Step
 from tests.train.test_driver import config
 
 
@@ -26,7 +27,9 @@ def test_compiled_training_steps_match_the_plain_ones(tmp_path, imbalanced_shard
     seed_everything(cfg.train.seed)
     loader = make_loader(cfg, load_index(cfg.data.shards), rank=0, world=1)
     loader.batches = 2
+    loader.set_epoch(0)
     batches = list(loader)
+    loader.close()
     device = torch.device("cpu")
     plain = create_model(cfg.model, cfg.data.image_size)
     compiled_module = copy.deepcopy(plain)
@@ -36,10 +39,11 @@ def test_compiled_training_steps_match_the_plain_ones(tmp_path, imbalanced_shard
     for name, model in (("plain", plain), ("compiled", torch.compile(compiled_module, backend="aot_eager"))):
         optimizer = make_optimizer(cfg, model.parameters())
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        objective = make_objective(cfg, device)
-        model.train()
-        losses[name] = [train_step(model, optimizer, scheduler, batch, cfg, device, objective)["loss"]
-                        for batch in batches]
+        step = Step(model.train(), optimizer, scheduler, make_objective(cfg, device), cfg, device)
+        losses[name] = []
+        for packed in batches:
+            step(packed)
+            losses[name].append(step.read()["loss"])
     assert losses["plain"][0] != losses["plain"][1]  # the second step sees updated weights and another batch
     assert losses["compiled"][0] == pytest.approx(losses["plain"][0], rel=1e-5)  # same weights, same batch
     assert losses["compiled"][1] == pytest.approx(losses["plain"][1], rel=2e-3)  # graphs may round otherwise

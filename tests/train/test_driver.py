@@ -19,7 +19,7 @@ from mtl.data.index import load_index
 from mtl.data.verify import check_shards
 from mtl.labels import DataError
 from mtl.train.driver import train
-from mtl.train.loop import merge_per_task
+from mtl.data.packed import merge_tasks
 from mtl.train.optim import lr_factor
 
 TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
@@ -47,7 +47,7 @@ def test_per_task_batches_supervise_only_their_own_head():
         return {"key": [f"k{i}" for i in range(n)], "image": torch.zeros(n, 4, 4, 3, dtype=torch.uint8),
                 **{f"{t}_mask": torch.ones(n, dtype=torch.bool) for t in ("au", "expr", "va")}}
 
-    merged = merge_per_task({"au": sub(2), "expr": sub(3), "va": sub(1)})
+    merged = merge_tasks({"au": sub(2), "expr": sub(3), "va": sub(1)})
     assert merged["image"].shape[0] == 6 and len(merged["key"]) == 6
     assert merged["au_mask"].tolist() == [True, True, False, False, False, False]
     assert merged["expr_mask"].tolist() == [False, False, True, True, True, False]

@@ -16,7 +16,7 @@ from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
 from mtl.labels import DataError
 from mtl.stages.soft_labels import compute_soft_labels
 from mtl.train.driver import check_inputs, train
-from mtl.train.loop import merge_per_task
+from mtl.data.packed import merge_tasks
 from tests.conftest import write_tiny_model_file
 
 TINY = ("model.backbone=test_resnet", "data.image_size=16")
@@ -107,7 +107,7 @@ def test_per_task_batches_clear_the_per_au_mask_of_other_tasks():
                 "au_valid": torch.ones(n, 12, dtype=torch.bool),
                 **{f"{t}_mask": torch.ones(n, dtype=torch.bool) for t in ("au", "expr", "va")}}
 
-    merged = merge_per_task({"au": sub(2), "expr": sub(3), "va": sub(1)})
+    merged = merge_tasks({"au": sub(2), "expr": sub(3), "va": sub(1)})
     assert merged["au_valid"].shape == (6, 12)
     assert merged["au_valid"].any(-1).tolist() == [True, True, False, False, False, False]
     assert merged["au_valid"][:2].all()
