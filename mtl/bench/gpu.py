@@ -112,18 +112,10 @@ def gpu_rows(shards: Path, inference: Path, out: Path, device: str, backbone: st
 
 
 def receive_rate(shards: Path, cfg, workers: int, batches: int) -> dict:
-    """`mtl.bench.loader.receive_ms`: ms to receive one batch from a loader worker in the training process; it is
-    called with those of shards, cfg, workers and batches that it names."""
-    import inspect
+    """`mtl.bench.loader.receive_ms`: ms to receive one batch from a loader worker in the training process."""
+    from mtl.bench.loader import receive_ms
 
-    try:
-        from mtl.bench.loader import receive_ms
-    except ImportError:
-        raise Skipped("needs mtl.bench.loader.receive_ms") from None
-    offered = {"shards": shards, "cfg": cfg, "workers": workers, "batches": batches}
-    named = inspect.signature(receive_ms).parameters
-    value = receive_ms(**{name: offered[name] for name in offered if name in named})
-    return dict(value) if isinstance(value, dict) else {"receive_ms": float(value)}
+    return receive_ms(shards, cfg, workers, batches)
 
 
 def jpeg_blobs(shards: Path, limit: int = 512) -> list[bytes]:

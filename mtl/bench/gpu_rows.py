@@ -12,7 +12,6 @@ kinds over the same batches from the same seed (`loss_agreement`).
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -41,12 +40,6 @@ class Trainer:
     mode: str
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -61,29 +54,18 @@ def peak_gib(device: torch.device) -> Optional[float]:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def new_step():
-    """mtl.train.step's `make_step` (or its `Step`), or Skipped while it is not there."""
-    try:
-        import mtl.train.step as module
-    except ImportError as err:
-        raise Skipped(f"needs mtl.train.step ({err})") from None
-    return getattr(module, "make_step", None) or module.Step
-
-
 def trainer(cfg, device: torch.device, kind: str) -> Trainer:
     """A model seeded with train.seed, its optimiser, a constant schedule and the step of `kind`."""
-    from mtl.models.factory import create_model
     from mtl.objectives.objective import make_objective
+    from mtl.train.loop import seed_everything, training_model
     from mtl.train.optim import make_scheduler
+    from mtl.train.step import Step
 
     if kind == "graph" and device.type != "cuda":
         raise Skipped("no CUDA")
-    make_step = new_step() if kind != "today" else None
     torch.set_num_threads(cfg.train.cpus_per_worker)
-    seed_all(cfg.train.seed)
-    model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    seed_everything(cfg.train.seed)
+    model = training_model(cfg, device)
     objective = make_objective(cfg, device)
     if kind == "today":
         from mtl.bench import legacy_step
@@ -98,9 +80,8 @@ def trainer(cfg, device: torch.device, kind: str) -> Trainer:
         return Trainer(run, lambda: dict(last), lambda packed: packed.unpacked(), "eager")
     from mtl.train.optim import make_optimizer
 
-    torch.backends.cudnn.benchmark = device.type == "cuda"
     optimizer = make_optimizer(cfg, model.parameters(), device)
-    step = make_step(model, optimizer, make_scheduler(cfg, optimizer, 1000), objective, cfg, device,
+    step = Step(model, optimizer, make_scheduler(cfg, optimizer, 1000), objective, cfg, device,
                      graph=kind == "graph")
     return Trainer(step, step.read, lambda packed: packed, step.mode)
 

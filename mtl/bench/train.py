@@ -21,9 +21,8 @@ def timed_steps(payload: dict) -> dict:
     from ray.train.torch import prepare_model
 
     from mtl.data.index import load_index
-    from mtl.models.factory import create_model
     from mtl.objectives.objective import make_objective
-    from mtl.train.loop import batch_samples, make_loader, seed_everything
+    from mtl.train.loop import batch_samples, make_loader, seed_everything, training_model
     from mtl.train.optim import make_optimizer
     from mtl.train.prefetch import on_device
     from mtl.train.step import Step
@@ -32,10 +31,8 @@ def timed_steps(payload: dict) -> dict:
     seed_everything(cfg.train.seed)
     torch.set_num_threads(cfg.train.cpus_per_worker)
     device = torch.device(payload.get("device", "cpu"))
-    model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
+    model = training_model(cfg, device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     if payload["ray"]:
         model = prepare_model(model, move_to_device=False)

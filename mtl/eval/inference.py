@@ -109,22 +109,12 @@ def centre_batches(urls: list[str], batch_size: int, stored_size: int, crop_scal
 
 def prefetched(batches: Iterable[dict], device: torch.device | str,
                fields: tuple[str, ...] = ("image",)) -> Iterator[tuple[dict, dict]]:
-    """(host batch, {field: its tensor on `device`}) for each batch, the copy of the next batch issued before the
-    current one is handed over (`non_blocking`: asynchronous from pinned memory, so the host goes on to decode
-    and launch while the device copies and computes)."""
-    device = torch.device(device)
+    """(host batch, {field: its tensor on `device`}) for each batch, the copy of the next batch issued on a side
+    stream before the current one is handed over (`mtl.train.prefetch.ahead`): from pinned memory the host goes
+    on to decode and launch while the device copies and computes."""
+    from mtl.train.prefetch import ahead
 
-    def copied(batch: dict) -> tuple[dict, dict]:
-        return batch, {name: batch[name].to(device, non_blocking=True) for name in fields}
-
-    iterator = iter(batches)
-    ahead = next(iterator, None)
-    ahead = copied(ahead) if ahead is not None else None
-    while ahead is not None:
-        current = ahead
-        following = next(iterator, None)
-        ahead = copied(following) if following is not None else None
-        yield current
+    return ahead(batches, device, lambda batch, to: (batch, {name: to(batch[name]) for name in fields}))
 
 
 def to_host(parts: list[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -73,10 +73,7 @@ def train_rank(payload: dict) -> dict:
     torch.set_num_threads(cfg.train.cpus_per_worker)
     index = load_index(cfg.data.shards)
     loader = make_loader(cfg, index, rank, world, pin_memory=device.type == "cuda")
-    model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # static shapes: pick the fastest convolution once
+    model = training_model(cfg, device)
     optimizer = make_optimizer(cfg, model.parameters(), device)
     steps = len(loader)
     scheduler = make_scheduler(cfg, optimizer, steps)
@@ -159,6 +156,16 @@ def train_epoch(step: Step, loader, device: torch.device, epoch: int, log_every:
             step.check(epoch, done)  # every rank at the same step
     step.check(epoch, done)
     return done, samples
+
+
+def training_model(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The model of `cfg` on `device`; on CUDA channels_last, with cudnn.benchmark on (static shapes: the fastest
+    convolutions are picked once)."""
+    model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return model
 
 
 def seed_everything(seed: int) -> None:

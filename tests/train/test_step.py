@@ -12,9 +12,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtl.data.index import load_index
-from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
-from mtl.train.loop import make_loader, seed_everything, train_epoch
+from mtl.train.loop import make_loader, seed_everything, train_epoch, training_model
 from mtl.train.optim import make_optimizer, make_scheduler
 from mtl.train.step import Diverged, Step
 from tests.train.test_driver import config
@@ -86,7 +85,7 @@ def training(cfg):
     seed_everything(cfg.train.seed)
     device = torch.device("cpu")
     loader = make_loader(cfg, load_index(cfg.data.shards), rank=0, world=1)
-    model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths)
+    model = training_model(cfg, device)
     optimizer = make_optimizer(cfg, model.parameters(), device)
     scheduler = make_scheduler(cfg, optimizer, len(loader))
     return loader, Step(model.train(), optimizer, scheduler, make_objective(cfg, device), cfg, device)
@@ -194,8 +193,7 @@ def test_cuda_graph_steps_follow_the_eager_steps(tmp_path, imbalanced_shards):
         loader = make_loader(cfg, load_index(cfg.data.shards), rank=0, world=1, pin_memory=True)
         loader.batches = 8
         loader.set_epoch(0)
-        model = create_model(cfg.model, cfg.data.image_size, cfg.data.schema().widths).to(device)
-        model = model.to(memory_format=torch.channels_last)
+        model = training_model(cfg, device)
         optimizer = make_optimizer(cfg, model.parameters(), device)
         step = Step(model.train(), optimizer, make_scheduler(cfg, optimizer, 8), make_objective(cfg, device), cfg,
                     device, graph=graph)
