@@ -151,4 +151,53 @@ def bench_predict(out, json_file, **options) -> None:
     run_predict_bench(Path(out), json_file=Path(json_file) if json_file else None, **options)
 
 
+@bench.command("fidelity")
+@click.option("--out", default="runs/bench-fidelity", show_default=True, type=click.Path(file_okay=False),
+              help="The grid's folder: data sets, one run per cell, fidelity.json and fidelity.md.")
+@click.option("--size", default="small", show_default=True, type=click.Choice(["tiny", "small", "full"]),
+              help="Data per cell: tiny (tests), small (development), full (the record).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Data and training seeds, comma separated.")
+@click.option("--levels", default="demo,harsh", show_default=True,
+              help="Missingness levels, comma separated: demo (0.6/0.3/0.1 of training videos annotated for 1/2/3 "
+                   "tasks), harsh (0.9/0.1/0), or NAME=P1/P2/P3.")
+@click.option("--protocols", default="abaw2020,abaw3", show_default=True, help="Label protocols, comma separated.")
+@click.option("--preset", default="demo", show_default=True, help="The config every cell starts from.")
+@click.option("--variant", "variants", multiple=True, metavar="'NAME[: key=value ...]'",
+              help="A method variant: dotted config overrides for every cell (repeatable; default one 'base' "
+                   "variant without overrides). The first variant's teacher is reused by the others where they "
+                   "leave it unchanged.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1), help="Pipelines at a time.")
+@click.option("--replicates", default=1000, show_default=True, type=click.IntRange(10),
+              help="Video-bootstrap replicates of the pooled intervals.")
+@click.option("--report-only", is_flag=True, help="Pool the cells already done; run nothing.")
+@address_option
+def bench_fidelity(out, size, seeds, levels, protocols, preset, variants, parallel, replicates, report_only,
+                   address) -> None:
+    """The whole method over seeds x missingness levels x protocols x variants on synthetic data (one Ray task per
+    pipeline, resumable), then student - teacher, ensemble - mean student and ensemble - selected student pooled
+    across seeds with video-bootstrap intervals: fidelity.md and fidelity.json in --out."""
+    from mtl.bench.fidelity import LEVELS, Grid, Variant, parse_level, parse_variant, run_grid
+    from mtl.bench.fidelity_report import markdown, pool_grid
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: expected integers separated by commas", param_hint="--seeds") from None
+    task_counts, names = dict(LEVELS), []
+    for text in levels.split(","):
+        name, shares = parse_level(text)
+        if shares is not None:
+            task_counts[name] = shares
+        names.append(name)
+    grid = Grid(out=out, size=size, seeds=seed_list, levels=tuple(names), protocols=tuple(protocols.split(",")),
+                variants=tuple(parse_variant(v) for v in variants) or (Variant("base"),), preset=preset,
+                task_counts=task_counts)
+    grid.check()
+    if not report_only:
+        run_grid(grid, parallel=parallel, address=address)
+    elif not (Path(out) / "grid.json").is_file():
+        raise click.BadParameter(f"{out} holds no grid (grid.json) to report on", param_hint="--out")
+    click.echo(markdown(pool_grid(out, replicates=replicates)))
+
+
 COMMANDS = [bench]

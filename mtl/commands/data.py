@@ -8,11 +8,21 @@ from pathlib import Path
 import click
 
 from mtl.commands.options import address_option, format_mapping
-from mtl.config import PrepareConfig
+from mtl.config import ConfigError, PrepareConfig
 from mtl.data.sources.base import SOURCES
 from mtl.labels import DEFAULT_PROTOCOL, PROTOCOLS
 
 protocol_choice = click.Choice(sorted(PROTOCOLS))
+
+
+def parse_task_counts(text: str | None) -> tuple[float, float, float] | None:
+    """`--task-counts P1,P2,P3` as three shares (ConfigError naming the flag, exit 2, when it is not)."""
+    from mtl.data.synth.plan import SHARES, check_task_counts
+
+    try:
+        return None if text is None else check_task_counts([float(part) for part in text.split(",")])
+    except ValueError:
+        raise ConfigError(f"--{SHARES.replace('_', '-')}, got {text!r}") from None
 
 
 @click.command()
@@ -23,13 +33,27 @@ protocol_choice = click.Choice(sorted(PROTOCOLS))
 @click.option("--image-size", default=112, show_default=True, type=click.IntRange(16), help="Face crop size.")
 @click.option("--protocol", default=DEFAULT_PROTOCOL, show_default=True, type=protocol_choice,
               help="Label protocol: abaw2020 writes the ABAW-2020 layout, abaw3 the s-Aff-Wild2 one.")
-def synth(out: str, videos: int, frames: int, seed: int, image_size: int, protocol: str) -> None:
+@click.option("--task-counts", metavar="P1,P2,P3",
+              help="Shares of the training videos annotated for exactly 1, 2 and 3 tasks (summing to 1, e.g. "
+                   "0.9,0.1,0); exact wherever the two-person videos allow, every task kept in training. Default: "
+                   "each video draws its count with probabilities 0.6, 0.3, 0.1.")
+@click.option("--val-videos", type=int, metavar="N",
+              help="Number of validation videos (all tasks annotated), from 1 to videos - 3. Default: 22 % of "
+                   "--videos.")
+def synth(out: str, videos: int, frames: int, seed: int, image_size: int, protocol: str, task_counts: str | None,
+          val_videos: int | None) -> None:
     """Synthetic dataset in the Aff-Wild2 ABAW-2020 layout (annotations/ + cropped_aligned/), or with `--protocol
     abaw3` the s-Aff-Wild2 layout (train_set.txt, validation_set.txt + cropped_aligned/; `mtl prepare
-    --s-affwild2`)."""
-    from mtl.data.synth.generator import synthesize
+    --s-affwild2`). Two-person videos count as two videos, in --videos, --val-videos and --task-counts alike."""
+    from mtl.data.synth.generator import plan_videos, synthesize
 
-    summary = synthesize(out, videos=videos, frames=frames, seed=seed, image_size=image_size, protocol=protocol)
+    shares = parse_task_counts(task_counts)
+    try:  # a --val-videos out of range, or shares that would leave a task without a training video
+        plan_videos(videos, seed, shares, val_videos)
+    except ValueError as err:
+        raise ConfigError("--" + str(err).replace("_", "-", 1)) from None
+    summary = synthesize(out, videos=videos, frames=frames, seed=seed, image_size=image_size, protocol=protocol,
+                         task_counts=shares, val_videos=val_videos)
     click.echo(format_mapping(summary))
     click.echo(f"wrote {out}")
 

@@ -5,7 +5,8 @@
 expression and 12 AUs; 8 classes with Other). Both share cropped_aligned/<video>/<frame:05d>.jpg and everything
 else: the label processes (mtl.data.synth.expressions), whose continuous AU intensities and one-sided look the face
 renderer (mtl.data.synth.face) draws; identity, pose, light, occlusion, blur and JPEG nuisances; missing face
-images; training videos annotated for only some tasks; scattered invalid lines (missing markers).
+images; training videos annotated for only some tasks (mtl.data.synth.plan: names, splits, tasks); scattered
+invalid lines (missing markers).
 
 Every video draws from its own generators, keyed by (seed, video slot, person, stream), so the output is
 byte-identical for the same arguments whatever order the videos are produced in.
@@ -17,15 +18,16 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from mtl.data.synth.expressions import LabelTrack, label_model, runs, simulate_labels
 from mtl.data.synth.face import FaceRenderer
 from mtl.data.synth.looks import GRAIN_MARGIN, Look, Occluder, mix, random_background, random_identity
+from mtl.data.synth.plan import (TASK_COUNT_PROBS, VAL_FRACTION, VideoPlan, check_task_counts,  # noqa: F401
+                                 plan_videos, task_count_targets)
 from mtl.labels import (ABAW2020, HEADERS, INVALID_AU, INVALID_EXPR, INVALID_VA, TASKS, VA_NAMES, Protocol,
                         get_protocol)
 
@@ -34,55 +36,13 @@ SPLIT_DIRS = {"train": "Training_Set", "val": "Validation_Set"}
 SPLIT_FILES = {"train": "train_set.txt", "val": "validation_set.txt"}  # the s-Aff-Wild2 layout's
 FRAME_TASKS = ("va", "expr", "au")  # column order of an s-Aff-Wild2 line after the image
 STAGING = ".synth-partial"  # folder inside `out` that holds a dataset while it is being written
-VAL_FRACTION = 0.22
-TASK_COUNT_PROBS = (0.6, 0.3, 0.1)  # a training video is annotated for 1, 2 or 3 tasks
 
 # Generator streams of one video person.
 _SCENE, _LABELS, _LOOK, _GAPS = range(4)
 
 
-@dataclass(frozen=True)
-class VideoPlan:
-    """One annotated face track: a folder under cropped_aligned/ and its annotation files."""
-
-    name: str
-    split: str  # "train" or "val"
-    tasks: tuple[str, ...]  # tasks it is annotated for, in TASKS order
-    slot: int  # index of the source video; the two people of a `_left`/`_right` pair share it
-    person: int  # 0, or 1 for the `_right` person
-
-
 def _rng(seed: int, slot: int, person: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, slot, person, stream])
-
-
-def plan_videos(videos: int, seed: int) -> list[VideoPlan]:
-    """Names, splits and annotated tasks of `videos` face tracks (two-person videos count twice)."""
-    rng = np.random.default_rng([seed, 0])
-    pairs = max(1, videos // 12) if videos >= 4 else 0
-    slots = videos - pairs
-    sizes = np.ones(slots, dtype=int)
-    sizes[rng.choice(slots, pairs, replace=False)] = 2
-    val_target = min(max(round(VAL_FRACTION * videos), 1), videos - 1) if videos >= 2 else 0
-    val_slots, val_count = set(), 0
-    for slot in rng.permutation(slots):
-        if val_count + sizes[slot] <= val_target:
-            val_slots.add(int(slot))
-            val_count += sizes[slot]
-    counts = rng.choice([1, 2, 3], size=slots, p=TASK_COUNT_PROBS)
-    tasks = [set(TASKS) if slot in val_slots else {TASKS[i] for i in rng.choice(3, counts[slot], replace=False)}
-             for slot in range(slots)]
-    train_slots = [slot for slot in range(slots) if slot not in val_slots]
-    for task in TASKS:  # every task gets at least one training video
-        if train_slots and not any(task in tasks[slot] for slot in train_slots):
-            tasks[min(train_slots, key=lambda slot: len(tasks[slot]))].add(task)
-    plans = []
-    for slot in range(slots):
-        split = "val" if slot in val_slots else "train"
-        ordered = tuple(task for task in TASKS if task in tasks[slot])
-        names = [f"v{slot + 1:03d}"] if sizes[slot] == 1 else [f"v{slot + 1:03d}_left", f"v{slot + 1:03d}_right"]
-        plans += [VideoPlan(name, split, ordered, slot, person) for person, name in enumerate(names)]
-    return plans
 
 
 def _draw_length(scene: np.random.Generator, frames: int) -> int:
@@ -229,7 +189,18 @@ def write_video(out: Path, plan: VideoPlan, seed: int, frames: int, image_size: 
     return stats
 
 
-def _summary(out: Path, protocol: Protocol, plans: list[VideoPlan], stats: list[dict], seconds: float) -> dict:
+def task_count_summary(plans: list[VideoPlan], task_counts: Optional[Sequence[float]]) -> dict:
+    """Training tracks by number of annotated tasks (1, 2, 3): realised counts and shares, and with `task_counts`
+    the target counts and whether they were met (plan_videos: a pair may not fit)."""
+    realised = [sum(p.split == "train" and len(p.tasks) == k for p in plans) for k in (1, 2, 3)]
+    tracks = sum(realised)
+    target = None if task_counts is None else list(task_count_targets(check_task_counts(task_counts), tracks))
+    return {"videos": realised, "shares": [round(n / tracks, 6) if tracks else 0.0 for n in realised],
+            "target": target, "exact": None if target is None else target == realised}
+
+
+def _summary(out: Path, protocol: Protocol, plans: list[VideoPlan], stats: list[dict], seconds: float,
+             task_counts: Optional[Sequence[float]] = None) -> dict:
     frames = sum(s["frames"] for s in stats)
     labels = {task: {"videos": {"train": 0, "val": 0}, "frames": {"train": 0, "val": 0}, "invalid": 0}
               for task in TASKS}
@@ -247,6 +218,9 @@ def _summary(out: Path, protocol: Protocol, plans: list[VideoPlan], stats: list[
         "images": images,
         "frames_without_image": frames - images,
         "labels": labels,
+        "task_counts": None if task_counts is None else list(check_task_counts(task_counts)),
+        "train_task_counts": task_count_summary(plans, task_counts),
+        "val_videos": sum(p.split == "val" for p in plans),
         "seconds": round(seconds, 3),
         "frames_per_second": round(frames / seconds, 1),
     }
@@ -271,20 +245,27 @@ def _finish(staging: Path, out: Path, protocol: Protocol, plans: list[VideoPlan]
 
 
 def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_size: int = 112,
-               progress: bool = True, protocol: str = ABAW2020.name) -> dict:
+               progress: bool = True, protocol: str = ABAW2020.name, task_counts: Optional[Sequence[float]] = None,
+               val_videos: Optional[int] = None) -> dict:
     """Write a synthetic Aff-Wild2 dataset in the layout of `protocol` (module docstring) to `out`; return a summary.
 
     `videos` counts face tracks (each half of a `_left`/`_right` pair is one); `frames` is the mean video length.
     `out` must be absent or empty, except for the STAGING folder a crashed run leaves: everything is written
     there first and moved into place at the end, the annotations last, so they only exist when complete.
+    `task_counts=(p1, p2, p3)` fixes the shares of training face tracks annotated for 1, 2 and 3 tasks and
+    `val_videos` the validation face tracks (plan_videos: exact whenever the two-person videos allow); None keeps
+    the default draw and its output byte for byte.
     The summary holds the protocol, videos per split, frames, images, frames without image, per-task label counts
-    (annotated videos and valid frames per split, invalid lines), seconds and frames per second.
+    (annotated videos and valid frames per split, invalid lines), the requested task_counts (None: the default
+    draw), the training tracks by task count (realised counts and shares; target and exact with task_counts), the
+    validation tracks (val_videos), seconds and frames per second.
     """
     for name, value, least in (("videos", videos, 1), ("frames", frames, 1), ("image_size", image_size, 16),
                                ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     schema = get_protocol(protocol)
+    plans = plan_videos(videos, seed, task_counts, val_videos)  # refuses bad options before anything is written
     out = Path(out)
     staging = out / STAGING
     if out.exists() and any(entry.name != STAGING for entry in out.iterdir()):
@@ -293,7 +274,6 @@ def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_si
         shutil.rmtree(staging)
     start = time.perf_counter()
     tty = sys.stderr.isatty()
-    plans = plan_videos(videos, seed)
     stats, done_frames = [], 0
     for i, plan in enumerate(plans):
         stats.append(write_video(staging, plan, seed, frames, image_size, schema.name))
@@ -305,4 +285,4 @@ def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_si
     if progress and tty:
         print(file=sys.stderr)
     _finish(staging, out, schema, plans, stats)
-    return _summary(out, schema, plans, stats, time.perf_counter() - start)
+    return _summary(out, schema, plans, stats, time.perf_counter() - start, task_counts)

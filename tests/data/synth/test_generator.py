@@ -104,6 +104,14 @@ def test_summary_counts_match_the_files(dataset):
         for split in ("train", "val"):
             annotated = [body for (t, s, _), body in files.items() if t == task and s == split]
             assert summary["labels"][task]["videos"][split] == len(annotated)
+    train_tasks = {}
+    for task, split, video in files:
+        if split == "train":
+            train_tasks.setdefault(video, set()).add(task)
+    by_count = [sum(len(tasks) == k for tasks in train_tasks.values()) for k in (1, 2, 3)]
+    assert summary["task_counts"] is None and summary["val_videos"] == summary["videos"]["val"]
+    assert summary["train_task_counts"] == {"videos": by_count, "target": None, "exact": None,
+                                            "shares": [round(n / len(train_tasks), 6) for n in by_count]}
     assert summary["seconds"] > 0 and summary["frames_per_second"] > 0
 
 

@@ -1,0 +1,155 @@
+"""The fidelity benchmark's evidence: the paired differences of its cells pooled across seeds (`mtl.eval.pooled`),
+a table and a JSON file, and whether the paper's claim holds in each group (docs/recipe.md §5, §7).
+
+In every cell the validation videos are halved as the pipeline halves them (`halve_videos`, stratified by the
+tasks each video is labelled for): each model's AU thresholds, the ensemble's members (students.select) and the
+student a user would pick (the best total on the selection half) come from the selection half; every score is
+measured on the reporting half. Comparisons, per task and on total:
+- student - teacher: the mean of the students' scores minus the teacher's (does distillation help?);
+- ensemble - mean student: does averaging help beyond one typical student?
+- ensemble - selected student: does the ensemble beat the student the selection half would pick?
+- ensemble - teacher.
+A group is one variant x protocol x level; its strata are the seeds. The claim holds in a group when student -
+teacher on total is above zero outside the 95 % interval and no task is below zero outside it, ensemble - mean
+student is above zero outside it, and ensemble - selected student is not below zero outside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mtl import storage
+from mtl.bench.fidelity import read_cell, read_predictions
+from mtl.eval.bootstrap import KEYS, REPLICATES
+from mtl.eval.ensemble import average, greedy_selection, halve_videos, scorer, subset, task_strata, tune_thresholds
+from mtl.eval.evaluate import score
+from mtl.eval.pooled import Side, pooled_differences
+from mtl.labels import video_of
+
+COMPARISONS = ("student - teacher", "ensemble - mean student", "ensemble - selected student", "ensemble - teacher")
+REPORT_FILES = ("fidelity.json", "fidelity.md")
+
+
+def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[Side, Side]], dict]:
+    """The cell's comparisons as (A, B) sides scored on its reporting half, and its own scores there (teacher,
+    students, ensemble, which student the selection half picks, the ensemble's members)."""
+    protocol = record["spec"]["data"]["protocol"]
+    rule, expr_f1 = record["threshold_rule"], record["expr_f1"]
+    teacher = models["teacher"]
+    students = [models[f"student_{i}"] for i in range(record["students"])]
+    tune, report = halve_videos(teacher["key"], record["split_seed"], task_strata(teacher))
+    members = (greedy_selection(students, tune, rule=rule, expr_f1=expr_f1, protocol=protocol) if record["select"]
+               else list(range(len(students))))
+    ensemble = average([students[i] for i in members])
+
+    def side(preds: Sequence[dict]) -> Side:
+        thresholds = [tune_thresholds(subset(p, tune)["au_true"], subset(p, tune)["au_prob"], rule, protocol)
+                      for p in preds]
+        return Side([subset(p, report) for p in preds], [scorer(t, expr_f1, protocol) for t in thresholds])
+
+    def selection_total(preds: dict) -> float:
+        chosen = subset(preds, tune)
+        thresholds = tune_thresholds(chosen["au_true"], chosen["au_prob"], rule, protocol)
+        return score(chosen, thresholds, expr_f1, protocol)["total"]
+
+    selected = int(np.argmax([selection_total(s) for s in students]))
+    sides = {"teacher": side([teacher]), "students": side(students), "ensemble": side([ensemble]),
+             "selected": side([students[selected]])}
+    comparisons = {"student - teacher": (sides["students"], sides["teacher"]),
+                   "ensemble - mean student": (sides["ensemble"], sides["students"]),
+                   "ensemble - selected student": (sides["ensemble"], sides["selected"]),
+                   "ensemble - teacher": (sides["ensemble"], sides["teacher"])}
+    scores = {name: _side_scores(s) for name, s in sides.items()}
+    return comparisons, {**scores, "selected_student": selected, "members": members}
+
+
+def _side_scores(side: Side) -> dict[str, float]:
+    each = [scores(preds) for preds, scores in zip(side.preds, side.scores)]
+    return {k: float(np.mean([s[k] for s in each])) for k in KEYS}
+
+
+def claim_holds(comparisons: dict[str, dict]) -> tuple[bool, list[str]]:
+    """Whether the group's pooled comparisons hold the paper's claim (module docstring), and what fails."""
+    failures = []
+    students = comparisons["student - teacher"]
+    if not (students["total"]["interval"][0] > 0):
+        failures.append("student - teacher total not above zero outside the noise")
+    failures += [f"student - teacher {k} below zero outside the noise" for k in KEYS[:-1]
+                 if students[k]["interval"][1] < 0]
+    if not (comparisons["ensemble - mean student"]["total"]["interval"][0] > 0):
+        failures.append("ensemble - mean student total not above zero outside the noise")
+    if comparisons["ensemble - selected student"]["total"]["interval"][1] < 0:
+        failures.append("ensemble below the selected student outside the noise")
+    return not failures, failures
+
+
+def pool_grid(out: str | Path, replicates: int = REPLICATES, seed: int = 0, log=print) -> dict:
+    """Pool the done cells of the grid in `out` by variant x protocol x level; write fidelity.json and fidelity.md
+    there; return the JSON."""
+    out = Path(out)
+    grid = storage.read_json(out / "grid.json")
+    groups: dict[tuple[str, str, str], list[tuple[str, dict, dict]]] = {}
+    missing = []
+    for variant in grid["variants"]:
+        for protocol in grid["protocols"]:
+            for level in grid["levels"]:
+                for s in grid["seeds"]:
+                    cell_dir = out / "cells" / variant["name"] / f"{protocol}-{level}-s{s}"
+                    record = read_cell(cell_dir)
+                    if record is None:
+                        missing.append(f"{variant['name']}/{cell_dir.name}")
+                        continue
+                    groups.setdefault((variant["name"], protocol, level), []).append(
+                        (cell_dir.name, record, read_predictions(cell_dir)))
+    result = {"grid": grid, "replicates": replicates, "missing_cells": missing, "groups": []}
+    for (variant, protocol, level), cells in groups.items():
+        log(f"[fidelity] pooling {variant} {protocol} {level}: {len(cells)} seed(s)")
+        per_cell = [cell_sides(models, record) for _, record, models in cells]
+        comparisons = pooled_differences([sides for sides, _ in per_cell], replicates=replicates, seed=seed,
+                                         names=[name for name, _, _ in cells])
+        holds, failures = claim_holds(comparisons)
+        result["groups"].append({
+            "variant": variant, "protocol": protocol, "level": level,
+            "task_counts": grid["task_counts"][level], "seeds": [r["spec"]["data"]["seed"] for _, r, _ in cells],
+            "reported_videos": [len({video_of(k) for k in sides["student - teacher"][0].preds[0]["key"]})
+                                for sides, _ in per_cell],
+            "comparisons": comparisons, "claim_holds": holds, "failures": failures,
+            "cells": [{"cell": name, **scores} for (name, _, _), (_, scores) in zip(cells, per_cell)]})
+    storage.write_json(out / REPORT_FILES[0], storage.json_ready(result))
+    storage.write_text(out / REPORT_FILES[1], markdown(result))
+    return result
+
+
+def _cell(entry: dict) -> str:
+    low, high = entry["interval"]
+    mark = "*" if entry["outside_noise"] else ""
+    return f"{entry['delta']:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
+
+
+def markdown(result: dict, title: Optional[str] = None) -> str:
+    """The pooled table: one row per group and comparison, each score's pooled difference and 95 % interval (*:
+    outside the noise), and on how many seeds the total difference is above zero."""
+    grid = result["grid"]
+    lines = [f"# {title or 'Fidelity benchmark'}", "",
+             f"Grid: size {grid['size']}, preset {grid['preset']}, seeds {', '.join(map(str, grid['seeds']))}; "
+             f"{result['replicates']} video-bootstrap replicates stratified by seed; differences on the reporting "
+             "half of the validation videos (thresholds, members and the selected student from the other half).",
+             "", "| variant | protocol | level | comparison | AU | EXPR | VA | total | seeds > 0 |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for group in result["groups"]:
+        level = f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
+        for name, entry in group["comparisons"].items():
+            total = entry["total"]
+            lines.append(f"| {group['variant']} | {group['protocol']} | {level} | {name} | "
+                         + " | ".join(_cell(entry[k]) for k in KEYS) + f" | {total['above_zero']}/{total['count']} |")
+    lines += ["", "Claim (students above the teacher on total, no task below; ensemble above the mean student and "
+              "not below the selected one):", ""]
+    for group in result["groups"]:
+        verdict = "holds" if group["claim_holds"] else "does not hold: " + "; ".join(group["failures"])
+        lines.append(f"- {group['variant']} · {group['protocol']} · {group['level']}: {verdict}")
+    if result["missing_cells"]:
+        lines += ["", f"Not yet run: {', '.join(result['missing_cells'])}"]
+    return "\n".join(lines) + "\n"

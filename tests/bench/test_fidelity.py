@@ -1,0 +1,81 @@
+"""The fidelity benchmark: its options, and a tiny grid end to end (two seeds, two variants, one Ray task per
+pipeline), pooled, cross-checked against each cell's own pipeline report, and kept on a second run."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mtl.bench.fidelity import Grid, Variant, parse_level, parse_variant, read_predictions, run_grid
+from mtl.bench.fidelity_report import COMPARISONS, pool_grid
+from mtl.cli import main
+from mtl.config import ConfigError
+
+
+def test_variants_and_levels_parse_and_bad_ones_name_the_option():
+    assert parse_variant("base") == Variant("base")
+    assert parse_variant("hot: distill.temperature=3 students.epochs=4") == Variant(
+        "hot", ("distill.temperature=3", "students.epochs=4"))
+    assert parse_level("harsh") == ("harsh", None)
+    assert parse_level("mine=0.8/0.2/0") == ("mine", (0.8, 0.2, 0.0))
+    for bad, call in [("a: temperature", parse_variant), ("no good: x=1", parse_variant), ("x=0.5/0.5", parse_level)]:
+        with pytest.raises(ConfigError, match="--variant|--levels"):
+            call(bad)
+    with pytest.raises(ConfigError, match="--levels 'nope'"):
+        Grid(out="x", levels=("nope",)).check()
+    with pytest.raises(ConfigError, match="names must differ"):
+        Grid(out="x", variants=(Variant("a"), Variant("a", ("x=1",)))).check()
+
+
+@pytest.mark.parametrize("args, hint", [(["--levels", "x=0.5/0.5"], "--levels"), (["--seeds", "0,a"], "--seeds"),
+                                        (["--protocols", "abaw4"], "--protocols"),
+                                        (["--variant", "a: alpha"], "--variant")])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, args, hint):
+    result = CliRunner().invoke(main, ["bench", "fidelity", "--out", str(tmp_path / "g"), *args])
+    assert result.exit_code == 2, result.output
+    assert hint in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "g").exists()  # refused before anything ran
+
+
+def test_a_tiny_grid_runs_pools_and_is_kept(tmp_path, ray_session):
+    grid = Grid(out=str(tmp_path / "grid"), size="tiny", seeds=(0, 1), levels=("harsh",), protocols=("abaw2020",),
+                variants=(Variant("base"), Variant("hot", ("distill.temperature=4.0",))))
+    records = run_grid(grid, parallel=2)
+    assert [r["cell"] for r in records] == ["base/abaw2020-harsh-s0", "base/abaw2020-harsh-s1",
+                                            "hot/abaw2020-harsh-s0", "hot/abaw2020-harsh-s1"]
+    cells = tmp_path / "grid" / "cells"
+    for seed in (0, 1):  # the variant changes distillation only: its cells reuse the base cells' teacher
+        base, hot = (cells / f"{name}/abaw2020-harsh-s{seed}/teacher" for name in ("base", "hot"))
+        assert (hot / "best.pt").samefile(base / "best.pt")
+        assert not (hot / "ray").exists() and not (hot / "history.json").exists()  # not trained there
+        assert (cells / f"hot/abaw2020-harsh-s{seed}/students/student_1/best.pt").is_file()
+    data = json.loads((tmp_path / "grid/data/abaw2020-harsh-s0/data.json").read_text())["spec"]
+    assert data["task_counts"] == [0.9, 0.1, 0.0] and data["val_videos"] == 8
+    models = read_predictions(cells / "base/abaw2020-harsh-s0")
+    assert sorted(models) == ["student_0", "student_1", "teacher"]
+    assert not np.array_equal(models["teacher"]["expr_prob"], models["student_0"]["expr_prob"])
+
+    result = pool_grid(tmp_path / "grid", replicates=50)
+    assert [(g["variant"], g["seeds"]) for g in result["groups"]] == [("base", [0, 1]), ("hot", [0, 1])]
+    for group in result["groups"]:
+        assert set(group["comparisons"]) == set(COMPARISONS)
+        for seed, cell in zip(group["seeds"], group["cells"]):
+            # the cell's own pipeline report scored the same models on the same reporting half
+            report = json.loads((cells / group["variant"] / f"abaw2020-harsh-s{seed}/report.json").read_text())
+            assert cell["teacher"]["total"] == pytest.approx(report["teacher"]["total"], abs=1e-9)
+            assert cell["ensemble"]["total"] == pytest.approx(report["ensemble"]["total"], abs=1e-9)
+            students = np.mean([s["total"] for s in report["students"]])
+            stratum = group["comparisons"]["student - teacher"]["total"]["strata"][group["seeds"].index(seed)]
+            assert stratum == pytest.approx(students - report["teacher"]["total"], abs=1e-9)
+        total = group["comparisons"]["student - teacher"]["total"]
+        assert total["delta"] == pytest.approx(np.mean(total["strata"]))
+        assert total["interval"][0] <= total["interval"][1] and total["count"] == 2
+    text = (tmp_path / "grid" / "fidelity.md").read_text()
+    assert "| hot | abaw2020 | harsh (0.9/0.1/0) | ensemble - selected student |" in text
+    assert json.loads((tmp_path / "grid" / "fidelity.json").read_text())["missing_cells"] == []
+
+    stamps = {p: p.stat().st_mtime_ns for p in cells.glob("*/*/cell.json")}
+    lines = []
+    assert run_grid(grid, log=lines.append) == records
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and all("done, kept" in line for line in lines)
