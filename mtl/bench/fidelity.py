@@ -48,14 +48,15 @@ class Size:
     overrides: tuple[str, ...] = ()
 
 
-# tiny: a test-sized grid (seconds per stage); small: development; full: the record (the demo's data and more
-# validation videos for power).
+# tiny: a test-sized grid (seconds per stage); small: development, the demo's data with more validation videos
+# (about 6 min per cell on 2 cores; less data and the demo preset's teacher stays near chance); full: the record,
+# more training and validation videos.
 SIZES = {
     "tiny": Size(16, 6, 8, 32, ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16",
                                 "data.loader_workers=1", "data.shuffle_buffer=50", "train.eval_batch_size=64",
                                 "train.epochs=1", "students.count=2")),
-    "small": Size(100, 24, 40),
-    "full": Size(150, 32, 80),
+    "small": Size(150, 32, 40),
+    "full": Size(240, 32, 80),
 }
 
 
@@ -101,9 +102,11 @@ class Cell:
 
 @dataclass(frozen=True)
 class Grid:
-    """The grid: every seed x level x protocol x variant, in one folder, at one size."""
+    """The grid: every seed x level x protocol x variant, at one size, in a folder that several grids may share
+    (their data sets and cells are kept by spec; `name` names the grid's own files there)."""
 
     out: str
+    name: str = "fidelity"
     size: str = "small"
     seeds: tuple[int, ...] = (0, 1, 2)
     levels: tuple[str, ...] = tuple(LEVELS)
@@ -131,6 +134,8 @@ class Grid:
             raise ConfigError(f"--variant: the names must differ, got {', '.join(names)}")
         if not self.seeds:
             raise ConfigError("--seeds: at least one seed")
+        if not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"--name {self.name!r}: letters, digits, - and _ only")
 
 
 def parse_level(text: str) -> tuple[str, Optional[tuple[float, float, float]]]:
@@ -279,10 +284,10 @@ def run_grid(grid: Grid, parallel: int = 1, address: Optional[str] = None, log=p
     ensure_ray(address)
     out = Path(grid.out).absolute()
     grid = Grid(**{**grid.__dict__, "out": str(out)})
-    storage.write_json(out / "grid.json", {"size": grid.size, "seeds": list(grid.seeds), "levels": list(grid.levels),
-                                           "protocols": list(grid.protocols), "preset": grid.preset,
-                                           "task_counts": {k: list(v) for k, v in grid.task_counts.items()},
-                                           "variants": [asdict(v) for v in grid.variants]})
+    storage.write_json(out / f"{grid.name}.grid.json", {
+        "size": grid.size, "seeds": list(grid.seeds), "levels": list(grid.levels), "protocols": list(grid.protocols),
+        "preset": grid.preset, "task_counts": {k: list(v) for k, v in grid.task_counts.items()},
+        "variants": [asdict(v) for v in grid.variants]})
     cells = grid.cells()
     data_task = ray.remote(num_cpus=1)(make_data)
     data_refs: dict[str, object] = {}

@@ -30,7 +30,6 @@ from mtl.eval.pooled import Side, pooled_differences
 from mtl.labels import video_of
 
 COMPARISONS = ("student - teacher", "ensemble - mean student", "ensemble - selected student", "ensemble - teacher")
-REPORT_FILES = ("fidelity.json", "fidelity.md")
 
 
 def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[Side, Side]], dict]:
@@ -86,11 +85,12 @@ def claim_holds(comparisons: dict[str, dict]) -> tuple[bool, list[str]]:
     return not failures, failures
 
 
-def pool_grid(out: str | Path, replicates: int = REPLICATES, seed: int = 0, log=print) -> dict:
-    """Pool the done cells of the grid in `out` by variant x protocol x level; write fidelity.json and fidelity.md
-    there; return the JSON."""
+def pool_grid(out: str | Path, name: str = "fidelity", replicates: int = REPLICATES, seed: int = 0,
+              log=print) -> dict:
+    """Pool the done cells of the grid `name` in `out` by variant x protocol x level; write `name`.json and
+    `name`.md there; return the JSON."""
     out = Path(out)
-    grid = storage.read_json(out / "grid.json")
+    grid = storage.read_json(out / f"{name}.grid.json")
     groups: dict[tuple[str, str, str], list[tuple[str, dict, dict]]] = {}
     missing = []
     for variant in grid["variants"]:
@@ -104,7 +104,7 @@ def pool_grid(out: str | Path, replicates: int = REPLICATES, seed: int = 0, log=
                         continue
                     groups.setdefault((variant["name"], protocol, level), []).append(
                         (cell_dir.name, record, read_predictions(cell_dir)))
-    result = {"grid": grid, "replicates": replicates, "missing_cells": missing, "groups": []}
+    result = {"name": name, "grid": grid, "replicates": replicates, "missing_cells": missing, "groups": []}
     for (variant, protocol, level), cells in groups.items():
         log(f"[fidelity] pooling {variant} {protocol} {level}: {len(cells)} seed(s)")
         per_cell = [cell_sides(models, record) for _, record, models in cells]
@@ -118,8 +118,8 @@ def pool_grid(out: str | Path, replicates: int = REPLICATES, seed: int = 0, log=
                                 for sides, _ in per_cell],
             "comparisons": comparisons, "claim_holds": holds, "failures": failures,
             "cells": [{"cell": name, **scores} for (name, _, _), (_, scores) in zip(cells, per_cell)]})
-    storage.write_json(out / REPORT_FILES[0], storage.json_ready(result))
-    storage.write_text(out / REPORT_FILES[1], markdown(result))
+    storage.write_json(out / f"{name}.json", storage.json_ready(result))
+    storage.write_text(out / f"{name}.md", markdown(result))
     return result
 
 
@@ -133,7 +133,7 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
     """The pooled table: one row per group and comparison, each score's pooled difference and 95 % interval (*:
     outside the noise), and on how many seeds the total difference is above zero."""
     grid = result["grid"]
-    lines = [f"# {title or 'Fidelity benchmark'}", "",
+    lines = [f"# {title or 'Fidelity benchmark: ' + result['name']}", "",
              f"Grid: size {grid['size']}, preset {grid['preset']}, seeds {', '.join(map(str, grid['seeds']))}; "
              f"{result['replicates']} video-bootstrap replicates stratified by seed; differences on the reporting "
              "half of the validation videos (thresholds, members and the selected student from the other half).",

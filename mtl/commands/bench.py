@@ -153,7 +153,10 @@ def bench_predict(out, json_file, **options) -> None:
 
 @bench.command("fidelity")
 @click.option("--out", default="runs/bench-fidelity", show_default=True, type=click.Path(file_okay=False),
-              help="The grid's folder: data sets, one run per cell, fidelity.json and fidelity.md.")
+              help="The grid's folder: data sets and one run per cell (kept for any grid run there), NAME.md and "
+                   "NAME.json.")
+@click.option("--name", default="fidelity", show_default=True,
+              help="The grid's name: several grids (e.g. ablations) can share --out, its data sets and cells.")
 @click.option("--size", default="small", show_default=True, type=click.Choice(["tiny", "small", "full"]),
               help="Data per cell: tiny (tests), small (development), full (the record).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Data and training seeds, comma separated.")
@@ -171,11 +174,11 @@ def bench_predict(out, json_file, **options) -> None:
               help="Video-bootstrap replicates of the pooled intervals.")
 @click.option("--report-only", is_flag=True, help="Pool the cells already done; run nothing.")
 @address_option
-def bench_fidelity(out, size, seeds, levels, protocols, preset, variants, parallel, replicates, report_only,
+def bench_fidelity(out, name, size, seeds, levels, protocols, preset, variants, parallel, replicates, report_only,
                    address) -> None:
     """The whole method over seeds x missingness levels x protocols x variants on synthetic data (one Ray task per
     pipeline, resumable), then student - teacher, ensemble - mean student and ensemble - selected student pooled
-    across seeds with video-bootstrap intervals: fidelity.md and fidelity.json in --out."""
+    across seeds with video-bootstrap intervals: NAME.md and NAME.json in --out."""
     from mtl.bench.fidelity import LEVELS, Grid, Variant, parse_level, parse_variant, run_grid
     from mtl.bench.fidelity_report import markdown, pool_grid
 
@@ -183,21 +186,22 @@ def bench_fidelity(out, size, seeds, levels, protocols, preset, variants, parall
         seed_list = tuple(int(s) for s in seeds.split(","))
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: expected integers separated by commas", param_hint="--seeds") from None
-    task_counts, names = dict(LEVELS), []
+    task_counts, level_names = dict(LEVELS), []
     for text in levels.split(","):
-        name, shares = parse_level(text)
+        level, shares = parse_level(text)
         if shares is not None:
-            task_counts[name] = shares
-        names.append(name)
-    grid = Grid(out=out, size=size, seeds=seed_list, levels=tuple(names), protocols=tuple(protocols.split(",")),
-                variants=tuple(parse_variant(v) for v in variants) or (Variant("base"),), preset=preset,
+            task_counts[level] = shares
+        level_names.append(level)
+    grid = Grid(out=out, name=name, size=size, seeds=seed_list, levels=tuple(level_names),
+                protocols=tuple(protocols.split(",")), variants=tuple(parse_variant(v) for v in variants) or (Variant("base"),), preset=preset,
                 task_counts=task_counts)
     grid.check()
     if not report_only:
         run_grid(grid, parallel=parallel, address=address)
-    elif not (Path(out) / "grid.json").is_file():
-        raise click.BadParameter(f"{out} holds no grid (grid.json) to report on", param_hint="--out")
-    click.echo(markdown(pool_grid(out, replicates=replicates)))
+    elif not (Path(out) / f"{name}.grid.json").is_file():
+        raise click.BadParameter(f"{out} holds no grid {name!r} ({name}.grid.json) to report on",
+                                 param_hint="--out/--name")
+    click.echo(markdown(pool_grid(out, name, replicates=replicates)))
 
 
 COMMANDS = [bench]

@@ -56,7 +56,7 @@ def test_a_tiny_grid_runs_pools_and_is_kept(tmp_path, ray_session):
     assert sorted(models) == ["student_0", "student_1", "teacher"]
     assert not np.array_equal(models["teacher"]["expr_prob"], models["student_0"]["expr_prob"])
 
-    result = pool_grid(tmp_path / "grid", replicates=50)
+    result = pool_grid(tmp_path / "grid", "fidelity", replicates=50)
     assert [(g["variant"], g["seeds"]) for g in result["groups"]] == [("base", [0, 1]), ("hot", [0, 1])]
     for group in result["groups"]:
         assert set(group["comparisons"]) == set(COMPARISONS)
