@@ -163,6 +163,12 @@ def data_spec(grid: Grid, cell: Cell) -> dict:
             "image_size": size.image_size}
 
 
+def cell_spec(grid: Grid, cell: Cell) -> dict:
+    """What a cell's result depends on: its data, preset and overrides (a done cell of another spec is re-run)."""
+    return {"data": data_spec(grid, cell), "preset": cell.preset, "variant": list(cell.variant.overrides),
+            "size_overrides": list(SIZES[grid.size].overrides)}
+
+
 def cell_overrides(grid: Grid, cell: Cell, run_dir: Path, shards: Path) -> tuple[str, ...]:
     """The cell's config: the preset, the size's and variant's overrides, its seed, folders and protocol. The
     pipeline's own bootstrap is off: the benchmark pools its own intervals."""
@@ -224,8 +230,7 @@ def run_cell(grid: Grid, cell: Cell, shards: str) -> dict:
     from mtl.stages.soft_labels import write_npz_atomic
 
     cell_dir = Path(grid.out) / "cells" / cell.variant.name / cell.data_name
-    spec = {"data": data_spec(grid, cell), "preset": cell.preset, "variant": list(cell.variant.overrides),
-            "size_overrides": list(SIZES[grid.size].overrides)}
+    spec = cell_spec(grid, cell)
     done = read_cell(cell_dir)
     if done is not None and done["spec"] == spec:
         return done
@@ -274,8 +279,9 @@ def read_predictions(cell_dir: Path) -> dict[str, dict]:
 
 def run_grid(grid: Grid, parallel: int = 1, address: Optional[str] = None, log=print) -> list[dict]:
     """Every cell of `grid` not yet done, `parallel` pipelines at a time (each a Ray task that holds no CPU of its
-    own: its trainings and tasks ask for theirs); returns the cells' records in grid order. Data sets are made
-    first (one Ray task each); the first variant's cells run before the others' so theirs can reuse its stages."""
+    own: its trainings and tasks ask for theirs); returns the cells' records in grid order. A data set is made
+    (one Ray task) when its first cell is next; the first variant's cells run before the others' so theirs can
+    reuse its teacher."""
     import ray
 
     from mtl.jobs.ray_session import ensure_ray
@@ -291,9 +297,12 @@ def run_grid(grid: Grid, parallel: int = 1, address: Optional[str] = None, log=p
     cells = grid.cells()
     data_task = ray.remote(num_cpus=1)(make_data)
     data_refs: dict[str, object] = {}
-    for cell in cells:
+
+    def data_of(cell: Cell):  # made when first needed: data tasks made all at once would hold every CPU
         if cell.data_name not in data_refs:
             data_refs[cell.data_name] = data_task.remote(str(out / "data" / cell.data_name), data_spec(grid, cell))
+        return data_refs[cell.data_name]
+
     cell_task = ray.remote(num_cpus=0, max_retries=0)(run_cell)
     pending = sorted(range(len(cells)), key=lambda i: cells[i].variant != grid.variants[0])
     records: dict[int, dict] = {}
@@ -303,11 +312,13 @@ def run_grid(grid: Grid, parallel: int = 1, address: Optional[str] = None, log=p
         while pending and len(running) < max(1, parallel):
             i = pending.pop(0)
             done = read_cell(out / "cells" / cells[i].variant.name / cells[i].data_name)
-            if done is not None:
+            if done is not None and done["spec"] == cell_spec(grid, cells[i]):
                 records[i] = done
                 log(f"[fidelity] {cells[i].name}: done, kept")
                 continue
-            running[cell_task.remote(grid, cells[i], data_refs[cells[i].data_name])] = i
+            running[cell_task.remote(grid, cells[i], data_of(cells[i]))] = i
+            if pending:
+                data_of(cells[pending[0]])  # the next cell's data is made while this one runs
         if not running:
             continue
         ready, _ = ray.wait(list(running), num_returns=1)

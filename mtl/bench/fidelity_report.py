@@ -8,7 +8,8 @@ measured on the reporting half. Comparisons, per task and on total:
 - student - teacher: the mean of the students' scores minus the teacher's (does distillation help?);
 - ensemble - mean student: does averaging help beyond one typical student?
 - ensemble - selected student: does the ensemble beat the student the selection half would pick?
-- ensemble - teacher.
+- ensemble - teacher;
+- logit ensemble - ensemble, chosen ensemble - ensemble: other merge rules (`cell_sides`).
 A group is one variant x protocol x level; its strata are the seeds. The claim holds in a group when student -
 teacher on total is above zero outside the 95 % interval and no task is below zero outside it, ensemble - mean
 student is above zero outside it, and ensemble - selected student is not below zero outside it.
@@ -24,45 +25,60 @@ import numpy as np
 from mtl import storage
 from mtl.bench.fidelity import read_cell, read_predictions
 from mtl.eval.bootstrap import KEYS, REPLICATES
-from mtl.eval.ensemble import average, greedy_selection, halve_videos, scorer, subset, task_strata, tune_thresholds
+from mtl.eval.ensemble import (average, average_logits, greedy_selection, halve_videos, scorer, subset, task_strata,
+                               tune_thresholds)
 from mtl.eval.evaluate import score
 from mtl.eval.pooled import Side, pooled_differences
 from mtl.labels import video_of
 
-COMPARISONS = ("student - teacher", "ensemble - mean student", "ensemble - selected student", "ensemble - teacher")
+COMPARISONS = ("student - teacher", "ensemble - mean student", "ensemble - selected student", "ensemble - teacher",
+               "logit ensemble - ensemble", "chosen ensemble - ensemble")
+MERGES = {"probabilities": average, "logits": average_logits}
 
 
 def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[Side, Side]], dict]:
     """The cell's comparisons as (A, B) sides scored on its reporting half, and its own scores there (teacher,
-    students, ensemble, which student the selection half picks, the ensemble's members)."""
+    students, ensemble, which student the selection half picks, the ensemble's members).
+
+    Besides the pipeline's ensemble (probabilities averaged over students.select's members), two alternatives:
+    the same members averaged in logit space, and the ensemble chosen on the selection half among {all students,
+    greedy selection} x {probabilities, logits} (the best total there)."""
     protocol = record["spec"]["data"]["protocol"]
     rule, expr_f1 = record["threshold_rule"], record["expr_f1"]
     teacher = models["teacher"]
     students = [models[f"student_{i}"] for i in range(record["students"])]
     tune, report = halve_videos(teacher["key"], record["split_seed"], task_strata(teacher))
-    members = (greedy_selection(students, tune, rule=rule, expr_f1=expr_f1, protocol=protocol) if record["select"]
-               else list(range(len(students))))
-    ensemble = average([students[i] for i in members])
+    greedy = greedy_selection(students, tune, rule=rule, expr_f1=expr_f1, protocol=protocol)
+    members = greedy if record["select"] else list(range(len(students)))
 
-    def side(preds: Sequence[dict]) -> Side:
-        thresholds = [tune_thresholds(subset(p, tune)["au_true"], subset(p, tune)["au_prob"], rule, protocol)
-                      for p in preds]
-        return Side([subset(p, report) for p in preds], [scorer(t, expr_f1, protocol) for t in thresholds])
-
-    def selection_total(preds: dict) -> float:
+    def tuned(preds: dict) -> tuple[dict, object, float]:
+        """Reporting-half predictions, their scorer (thresholds from the selection half), selection-half total."""
         chosen = subset(preds, tune)
         thresholds = tune_thresholds(chosen["au_true"], chosen["au_prob"], rule, protocol)
-        return score(chosen, thresholds, expr_f1, protocol)["total"]
+        return (subset(preds, report), scorer(thresholds, expr_f1, protocol),
+                score(chosen, thresholds, expr_f1, protocol)["total"])
 
-    selected = int(np.argmax([selection_total(s) for s in students]))
-    sides = {"teacher": side([teacher]), "students": side(students), "ensemble": side([ensemble]),
-             "selected": side([students[selected]])}
+    def side(*entries) -> Side:
+        return Side([e[0] for e in entries], [e[1] for e in entries])
+
+    each = [tuned(s) for s in students]
+    candidates = {(merge, kind): tuned(MERGES[merge]([students[i] for i in chosen]))
+                  for merge in MERGES for kind, chosen in (("all", list(range(len(students)))), ("greedy", greedy))}
+    ensemble = candidates[("probabilities", "greedy" if record["select"] else "all")]
+    logits = candidates[("logits", "greedy" if record["select"] else "all")]
+    best = max(candidates, key=lambda c: candidates[c][2])
+    selected = int(np.argmax([e[2] for e in each]))
+    sides = {"teacher": side(tuned(teacher)), "students": side(*each), "ensemble": side(ensemble),
+             "selected": side(each[selected]), "logit ensemble": side(logits),
+             "chosen ensemble": side(candidates[best])}
     comparisons = {"student - teacher": (sides["students"], sides["teacher"]),
                    "ensemble - mean student": (sides["ensemble"], sides["students"]),
                    "ensemble - selected student": (sides["ensemble"], sides["selected"]),
-                   "ensemble - teacher": (sides["ensemble"], sides["teacher"])}
+                   "ensemble - teacher": (sides["ensemble"], sides["teacher"]),
+                   "logit ensemble - ensemble": (sides["logit ensemble"], sides["ensemble"]),
+                   "chosen ensemble - ensemble": (sides["chosen ensemble"], sides["ensemble"])}
     scores = {name: _side_scores(s) for name, s in sides.items()}
-    return comparisons, {**scores, "selected_student": selected, "members": members}
+    return comparisons, {**scores, "selected_student": selected, "members": members, "chosen_ensemble": list(best)}
 
 
 def _side_scores(side: Side) -> dict[str, float]:

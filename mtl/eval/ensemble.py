@@ -68,6 +68,20 @@ def average(members: Sequence[dict]) -> dict:
     return {"key": keys, **merged, **{name: np.asarray(members[0][name]) for name in LABELS}}
 
 
+def average_logits(members: Sequence[dict], eps: float = 1e-6) -> dict:
+    """`average` in logit space: the sigmoid of the mean AU logit, the softmax of the mean EXPR log-probability (a
+    normalised geometric mean), the mean VA expectation; the rule a fidelity comparison sets against `average`
+    (docs/fidelity.md)."""
+    merged = average(members)
+    au = np.clip(np.stack([np.asarray(m["au_prob"], dtype=np.float64) for m in members]), eps, 1 - eps)
+    merged["au_prob"] = 1 / (1 + np.exp(-np.log(au / (1 - au)).mean(0)))
+    log_expr = np.log(np.clip(np.stack([np.asarray(m["expr_prob"], dtype=np.float64) for m in members]), eps, 1))
+    mean = log_expr.mean(0)
+    expr = np.exp(mean - mean.max(axis=-1, keepdims=True))
+    merged["expr_prob"] = expr / expr.sum(axis=-1, keepdims=True)
+    return merged
+
+
 def subset(preds: dict, mask: np.ndarray) -> dict:
     """The frames of `preds` (predictions or labels: every field, "key" a list) where `mask` is True."""
     return take(preds, np.flatnonzero(mask))

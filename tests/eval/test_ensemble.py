@@ -167,3 +167,21 @@ def test_ensemble_module_averages_member_predictions(nets):
     for name, value in zip(("au", "expr", "va"), got):
         torch.testing.assert_close(value, (each[0][name] + each[1][name]) / 2)
     torch.testing.assert_close(ensemble.au_thresholds, torch.linspace(0.1, 0.8, 8))
+
+
+def test_average_logits_is_the_mean_logit_and_the_normalised_geometric_mean():
+    from mtl.eval.ensemble import average_logits
+
+    def member(au, expr, va):
+        return {"key": ["s/v/0"], "au_prob": np.array([[au] * 8]), "expr_prob": np.array([expr + [0.0] * 5]),
+                "va_pred": np.array([[va, -va]]), "au_true": np.zeros((1, 8)), "expr_true": np.zeros(1),
+                "va_true": np.zeros((1, 2))}
+
+    merged = average_logits([member(0.9, [0.5, 0.5], 0.2), member(0.5, [0.9, 0.1], 0.4)])
+    # logit(0.9) = ln 9, logit(0.5) = 0: mean ln 3, sigmoid 0.75; sqrt(0.5·0.9) : sqrt(0.5·0.1) = 3 : 1
+    assert merged["au_prob"] == pytest.approx(np.full((1, 8), 0.75))
+    assert merged["expr_prob"][0, :2] == pytest.approx([0.75, 0.25], abs=1e-5)
+    assert merged["expr_prob"][0].sum() == pytest.approx(1.0)
+    assert merged["va_pred"] == pytest.approx(np.array([[0.3, -0.3]]))
+    single = member(0.7, [0.2, 0.8], 0.1)
+    assert average_logits([single])["au_prob"] == pytest.approx(single["au_prob"])
