@@ -145,15 +145,35 @@ def _cell(entry: dict) -> str:
     return f"{entry['delta']:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
 
 
+CLAIM_COLUMNS = ("student - teacher", "ensemble - mean student", "ensemble - selected student")
+
+
+def claim_table(result: dict) -> list[str]:
+    """The claim in one table (the README's): per group, the three differences the claim rests on, on total, with
+    their intervals and on how many seeds each is above zero, and the verdict."""
+    lines = ["| protocol | level | variant | " + " | ".join(f"{c} (total)" for c in CLAIM_COLUMNS) + " | claim |",
+             "|---|---|---|" + "---:|" * len(CLAIM_COLUMNS) + "---|"]
+    for group in result["groups"]:
+        level = f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
+        cells = [f"{_cell(group['comparisons'][c]['total'])} {group['comparisons'][c]['total']['above_zero']}/"
+                 f"{group['comparisons'][c]['total']['count']}" for c in CLAIM_COLUMNS]
+        lines.append(f"| {group['protocol']} | {level} | {group['variant']} | " + " | ".join(cells)
+                     + f" | {'holds' if group['claim_holds'] else 'no'} |")
+    return lines
+
+
 def markdown(result: dict, title: Optional[str] = None) -> str:
-    """The pooled table: one row per group and comparison, each score's pooled difference and 95 % interval (*:
-    outside the noise), and on how many seeds the total difference is above zero."""
+    """The claim table, then the pooled table: one row per group and comparison, each score's pooled difference
+    and 95 % interval (*: outside the noise), and on how many seeds the total difference is above zero; then the
+    verdicts."""
     grid = result["grid"]
     lines = [f"# {title or 'Fidelity benchmark: ' + result['name']}", "",
              f"Grid: size {grid['size']}, preset {grid['preset']}, seeds {', '.join(map(str, grid['seeds']))}; "
              f"{result['replicates']} video-bootstrap replicates stratified by seed; differences on the reporting "
-             "half of the validation videos (thresholds, members and the selected student from the other half).",
-             "", "| variant | protocol | level | comparison | AU | EXPR | VA | total | seeds > 0 |",
+             "half of the validation videos (thresholds, members and the selected student from the other half); "
+             "each cell: pooled difference [95 % interval] (*: outside the noise) and seeds above zero.", "",
+             *claim_table(result), "",
+             "| variant | protocol | level | comparison | AU | EXPR | VA | total | seeds > 0 |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for group in result["groups"]:
         level = f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
