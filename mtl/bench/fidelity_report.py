@@ -78,7 +78,9 @@ def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[S
                    "logit ensemble - ensemble": (sides["logit ensemble"], sides["ensemble"]),
                    "chosen ensemble - ensemble": (sides["chosen ensemble"], sides["ensemble"])}
     scores = {name: _side_scores(s) for name, s in sides.items()}
-    return comparisons, {**scores, "selected_student": selected, "members": members, "chosen_ensemble": list(best)}
+    each_student = [_side_scores(side(e))["total"] for e in each]
+    return comparisons, {**scores, "student_totals": each_student, "selected_student": selected, "members": members,
+                         "chosen_ensemble": list(best)}
 
 
 def _side_scores(side: Side) -> dict[str, float]:
@@ -133,6 +135,8 @@ def pool_grid(out: str | Path, name: str = "fidelity", replicates: int = REPLICA
             "reported_videos": [len({video_of(k) for k in sides["student - teacher"][0].preds[0]["key"]})
                                 for sides, _ in per_cell],
             "comparisons": comparisons, "claim_holds": holds, "failures": failures,
+            "student_sd": float(np.mean([np.std(scores["student_totals"], ddof=1) for _, scores in per_cell]))
+            if all(len(scores["student_totals"]) > 1 for _, scores in per_cell) else None,
             "cells": [{"cell": name, **scores} for (name, _, _), (_, scores) in zip(cells, per_cell)]})
     storage.write_json(out / f"{name}.json", storage.json_ready(result))
     storage.write_text(out / f"{name}.md", markdown(result))
@@ -185,7 +189,9 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
               "not below the selected one):", ""]
     for group in result["groups"]:
         verdict = "holds" if group["claim_holds"] else "does not hold: " + "; ".join(group["failures"])
-        lines.append(f"- {group['variant']} · {group['protocol']} · {group['level']}: {verdict}")
+        spread = ("" if group.get("student_sd") is None else
+                  f" (one training's noise: the students of a seed differ by sd {group['student_sd']:.3f} on total)")
+        lines.append(f"- {group['variant']} · {group['protocol']} · {group['level']}: {verdict}{spread}")
     if result["missing_cells"]:
         lines += ["", f"Not yet run: {', '.join(result['missing_cells'])}"]
     return "\n".join(lines) + "\n"
