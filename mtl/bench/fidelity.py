@@ -123,9 +123,15 @@ class Grid:
         """A ConfigError naming the first bad setting."""
         if self.size not in SIZES:
             raise ConfigError(f"--size {self.size!r}: one of {', '.join(SIZES)}")
+        from mtl.data.synth.plan import check_task_counts
+
         for level in self.levels:
             if level not in self.task_counts:
                 raise ConfigError(f"--levels {level!r}: one of {', '.join(self.task_counts)} (or NAME=P1/P2/P3)")
+            try:
+                check_task_counts(self.task_counts[level])
+            except ValueError as err:
+                raise ConfigError(f"--levels {level}: {err}") from None
         for protocol in self.protocols:
             if protocol not in PROTOCOLS:
                 raise ConfigError(f"--protocols {protocol!r}: one of {', '.join(PROTOCOLS)}")

@@ -30,7 +30,8 @@ def test_variants_and_levels_parse_and_bad_ones_name_the_option():
         Grid(out="x", variants=(Variant("a"), Variant("a", ("x=1",)))).check()
 
 
-@pytest.mark.parametrize("args, hint", [(["--levels", "x=0.5/0.5"], "--levels"), (["--seeds", "0,a"], "--seeds"),
+@pytest.mark.parametrize("args, hint", [(["--levels", "x=0.5/0.5"], "--levels"),
+                                        (["--levels", "x=0.5/0.6/0"], "--levels"), (["--seeds", "0,a"], "--seeds"),
                                         (["--protocols", "abaw4"], "--protocols"),
                                         (["--variant", "a: alpha"], "--variant")])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, args, hint):
