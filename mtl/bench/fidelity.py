@@ -246,7 +246,7 @@ def run_cell(grid: Grid, cell: Cell, shards: str) -> dict:
         reuse_teacher(cfg, cell_dir, Path(grid.out) / "cells" / grid.variants[0].name / cell.data_name)
     report = run_pipeline(cfg)
     teacher = cfg.distill.teacher or str(cell_dir / "teacher" / "best.pt")
-    students = sorted(str(p) for p in (cell_dir / "students").glob("student_*/best.pt"))
+    students = [str(cell_dir / "students" / f"student_{i}" / "best.pt") for i in range(cfg.students.count)]
     preds = predictions_on_ray([teacher, *students], shards)
     arrays = {"key": np.asarray(preds[0]["key"])}
     for name, pred in zip(["teacher", *[f"student_{i}" for i in range(len(students))]], preds):
