@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -232,6 +232,7 @@ def run_cell(grid: Grid, cell: Cell, shards: str) -> dict:
     `cell.json`; a cell done for the same spec is returned as recorded. Runs as a Ray task."""
     from mtl.config import load_config
     from mtl.eval.evaluate import predictions_on_ray
+    from mtl.runs import teacher_path
     from mtl.stages.pipeline import run_pipeline
     from mtl.stages.soft_labels import write_npz_atomic
 
@@ -245,7 +246,7 @@ def run_cell(grid: Grid, cell: Cell, shards: str) -> dict:
     if grid.variants[0] != cell.variant:
         reuse_teacher(cfg, cell_dir, Path(grid.out) / "cells" / grid.variants[0].name / cell.data_name)
     report = run_pipeline(cfg)
-    teacher = cfg.distill.teacher or str(cell_dir / "teacher" / "best.pt")
+    teacher = teacher_path(cfg)
     students = [str(cell_dir / "students" / f"student_{i}" / "best.pt") for i in range(cfg.students.count)]
     preds = predictions_on_ray([teacher, *students], shards)
     arrays = {"key": np.asarray(preds[0]["key"])}
@@ -295,7 +296,7 @@ def run_grid(grid: Grid, parallel: int = 1, address: Optional[str] = None, log=p
     grid.check()
     ensure_ray(address)
     out = Path(grid.out).absolute()
-    grid = Grid(**{**grid.__dict__, "out": str(out)})
+    grid = replace(grid, out=str(out))
     storage.write_json(out / f"{grid.name}.grid.json", {
         "size": grid.size, "seeds": list(grid.seeds), "levels": list(grid.levels), "protocols": list(grid.protocols),
         "preset": grid.preset, "task_counts": {k: list(v) for k, v in grid.task_counts.items()},
