@@ -15,9 +15,9 @@ asking the DataLoader iterator for a batch to holding it in the training process
 pause longer than a batch's production before each timed fetch, so the batch is already queued: what is left is
 the hand-over itself). Today's way is the baseline, through the same DataLoader settings: the worker's per-task
 dict batch (a shared segment per image tensor, pickled arrays), then `as_tensors` + the merge in the training
-process; against the packed batch (one buffer, merged in the worker) sent by file descriptor (torch's default
-sharing) and by file name, as `EpochLoader`'s workers send it (pinned when CUDA is available, as a CUDA training
-loads it).
+process; against the packed batch (one buffer, merged in the worker) as `EpochLoader`'s workers send it, by file
+descriptor (torch's default sharing; pinned when CUDA is available, as a CUDA training loads it), and by file name
+(`file_system` sharing, faster but not used: `mtl.data.epochs` says why).
 """
 
 from __future__ import annotations
@@ -158,10 +158,15 @@ def fetch_times(iterators: dict[str, Iterator], batches: int, after: Optional[di
     return times
 
 
+def share_by_file_name(worker_id: int) -> None:
+    """DataLoader worker_init_fn: this worker shares tensors by file name (torch's `file_system` strategy)."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
+
+
 def receive_ms(shards: Path, cfg, workers: int, batches: int = 30) -> dict:
     """Median ms to receive one batch in the training process (see the module docstring): "receive_ms" (the
     packed batch as the training loader sends it), "today_ms" (today's dict batch) and "today_merge_ms" (its
-    as_tensors + merge there), "file_descriptor_ms" (packed, default sharing); "ratio": receive_ms over today's
+    as_tensors + merge there), "file_name_ms" (packed, `file_system` sharing); "ratio": receive_ms over today's
     receive + merge."""
     from mtl.data.epochs import whole_batch
     from mtl.data.index import load_index
@@ -171,19 +176,19 @@ def receive_ms(shards: Path, cfg, workers: int, batches: int = 30) -> dict:
     index, pin = load_index(shards), torch.cuda.is_available()
     stream = TrainStream(index, cfg)
 
-    def plain(dataset, pin_memory=False):
+    def plain(dataset, pin_memory=False, worker_init_fn=None):
         return iter(DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=whole_batch,
-                               prefetch_factor=4, pin_memory=pin_memory))
+                               prefetch_factor=4, pin_memory=pin_memory, worker_init_fn=worker_init_fn))
 
     loader = train_loader(index, cfg, num_workers=workers, rank=0, world=1, pin_memory=pin)
     loader.batches = 10 ** 9
-    iterators = {"today_ms": plain(DictBatches(stream)), "file_descriptor_ms": plain(stream, pin),
+    iterators = {"today_ms": plain(DictBatches(stream)), "file_name_ms": plain(stream, pin, share_by_file_name),
                  "receive_ms": iter(loader)}
     try:
         times = fetch_times(iterators, batches, after={"today_ms": lambda batch: merge_tasks(as_tensors(batch))})
     finally:
         iterators["today_ms"]._shutdown_workers()
-        iterators["file_descriptor_ms"]._shutdown_workers()
+        iterators["file_name_ms"]._shutdown_workers()
         iterators["receive_ms"].close()
         loader.close()
     ms = {name.replace("_ms+after", "_merge_ms"): 1000 * float(np.median(values)) for name, values in times.items()}
@@ -256,11 +261,11 @@ def run_loader_bench(out: Path, videos: int = 16, frames: int = 150, workers: in
     print(f"receive ms per batch in the training process, batch 20x3 = {receive['batch']} images, {workers} workers, "
           f"median of {receive_batches}:")
     today_total = receive["today_ms"] + receive["today_merge_ms"]
-    packed = f"packed, by file name{', pinned' if receive['pinned'] else ''} (the training loader)"
+    packed = f"packed, by file descriptor{', pinned' if receive['pinned'] else ''} (the training loader)"
     for name, value, note in (("today: dict batch", receive["today_ms"], None),
                               ("today: + as_tensors + merge_per_task", today_total, "the baseline"),
-                              ("packed, by file descriptor", receive["file_descriptor_ms"],
-                               f"{receive['file_descriptor_ms'] / today_total:.2f} of the baseline"),
+                              ("packed, by file name (not used)", receive["file_name_ms"],
+                               f"{receive['file_name_ms'] / today_total:.2f} of the baseline"),
                               (packed, receive["receive_ms"], f"{receive['ratio']:.2f} of the baseline")):
         print(f"{name:44s} {value:9.2f} ms" + (f"   {note}" if note else ""))
     (out / "bench-loader.json").write_text(json.dumps(results, indent=1) + "\n")

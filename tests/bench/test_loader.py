@@ -17,6 +17,6 @@ def test_receive_rows_compare_the_packed_batch_with_todays_at_the_recipes_batch_
     cfg = stream_config(batch_size=4, batch_mode="per_task", balance="paper", shuffle_buffer=20)
     result = receive_ms(imbalanced_shards, cfg, workers=2, batches=3)
     assert result["batch"] == 12 and result["workers"] == 2 and result["pinned"] == torch.cuda.is_available()
-    for name in ("receive_ms", "today_ms", "today_merge_ms", "file_descriptor_ms"):
+    for name in ("receive_ms", "today_ms", "today_merge_ms", "file_name_ms"):
         assert result[name] > 0
     assert result["ratio"] == result["receive_ms"] / (result["today_ms"] + result["today_merge_ms"])

@@ -126,3 +126,48 @@ def test_a_data_error_in_a_worker_surfaces_in_the_training_process(imbalanced_sh
         assert "\n" not in line and ".tar: sample '" in line and "is malformed" in line
         assert loader._iterator is None
     loader.close()
+
+
+def shm_managers() -> set[int]:
+    """Pids of torch's shared-memory manager processes (started for `file_system` sharing)."""
+    import os
+
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"torch_shm_manager" in cmdline.read():
+                    found.add(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_batches_still_arrive_while_torch_shm_managers_are_stalled():
+    """A loaded machine can leave torch's shm manager unscheduled for a second; sharing by file name then kills the
+    training ("Shared memory manager connection has timed out"). Stalling every manager started since this test
+    began (SIGSTOP, 1.5 s of fetches) must not stop the loader."""
+    import os
+    import signal
+    import time
+
+    before = shm_managers()
+    loader = EpochLoader(Labelled(), 10 ** 6, num_workers=1)
+    stalled = set()
+    try:
+        loader.set_epoch(0)
+        batches = iter(loader)
+        next(batches)
+        time.sleep(0.5)  # a manager started by the worker's first segment is running by now
+        stalled = shm_managers() - before
+        for pid in stalled:
+            os.kill(pid, signal.SIGSTOP)
+        started, fetched = time.perf_counter(), 0
+        while time.perf_counter() - started < 1.5:
+            next(batches)
+            fetched += 1
+        assert fetched > 0
+    finally:
+        for pid in stalled:
+            os.kill(pid, signal.SIGCONT)
+        loader.close()
