@@ -17,7 +17,7 @@ import torch
 
 from mtl import storage
 from mtl.config import Config, validate
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.models.backbones import FILE_KINDS, file_kind, load_weights_only
 
 EXPECTED = "expected a best.pt, .pt2 or .onnx written by mtl"

@@ -10,8 +10,7 @@ import click
 
 from mtl import runtime_defaults
 from mtl.commands import bench, data, inference, models, runs
-from mtl.config import ConfigError
-from mtl.labels import DataError
+from mtl.errors import ConfigError, DataError
 from mtl.storage import FULL_DISK_ERRNOS, DiskFull
 
 

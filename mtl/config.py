@@ -1,7 +1,9 @@
 """Typed experiment config: one YAML file declares a whole run; `key=value` overrides adjust it.
 
-`load_config("demo", ["train.lr=3e-4"])` reads a packaged preset (or a YAML path), applies dotted-key overrides
-and validates everything. Unknown keys and wrong types raise ConfigError naming the dotted key.
+`load_config("demo", ["train.lr=3e-4"])` reads a packaged preset (or a YAML path, with `extends:`), applies dotted-key
+overrides and validates everything; `updated` and `overridden` give typed copies with keys changed. Unknown keys
+and wrong types raise ConfigError naming the dotted key. The sections and their keys are `mtl.config_schema`'s,
+imported from here.
 """
 
 from __future__ import annotations
@@ -9,267 +11,16 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from mtl.labels import PROTOCOLS, get_protocol
-from mtl.storage import absolute, scratch_root
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RunConfig(_Section):
-    dir: str = "runs/demo"
-
-
-class AugmentConfig(_Section):
-    crop_scale: float = Field(1.2, ge=1.0, description="resize factor before the random crop (reference: 1.2)")
-    flip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
-    jitter: float = Field(0.3, ge=0.0, lt=1.0, description="brightness/contrast/saturation jitter strength")
-
-
-DOWNSAMPLE_PERIOD = 60  # every "1 in N" divides it: index.json buckets training labels by frame % 60
-
-
-def _one_in(n: int, what: str = "") -> int:
-    if n < 1 or DOWNSAMPLE_PERIOD % n:
-        raise ValueError(f"{what}keep 1 in N needs N >= 1 dividing {DOWNSAMPLE_PERIOD}, not {n}")
-    return n
-
-
-class DownsampleConfig(_Section):
-    """Thinning of the training frames of `sources`, per task and EXPR class, before balancing (docs/recipe.md §4.5;
-    the reference's Aff-Wild2 down-sampling). Of such a frame, the label of a task (class) thinned 1 in N is kept
-    iff (frame + phase) % N == 0, the phase drawn from `seed`; validation is never thinned."""
-
-    sources: list[str] = Field(["affwild2"], description="registered sources whose training frames are thinned")
-    expr: dict[str, int] = Field({}, description="EXPR class name (Neutral, ..., Surprise) -> keep 1 in N "
-                                                 "(N divides 60; paper: Neutral 10, Happiness 2, Sadness 2)")
-    va: int = Field(1, description="keep the VA label of 1 in N frames (N divides 60; paper: 5)")
-    au: int = Field(1, description="keep the AU label of 1 in N frames (N divides 60; paper: 1, none dropped)")
-    seed: int = Field(0, description="draws each label's phase: one thinned subset for the teacher and every "
-                                     "student, as the reference's one thinned list (not train.seed, which differs "
-                                     "per student)")
-
-    @field_validator("expr")
-    @classmethod
-    def _known_classes(cls, value: dict[str, int]) -> dict[str, int]:
-        known = dict.fromkeys(name for protocol in PROTOCOLS.values() for name in protocol.expr_names)
-        unknown = sorted(set(value) - set(known))
-        if unknown:  # the class set of the chosen protocol is checked by DataConfig
-            raise ValueError(f"unknown expression class {', '.join(map(repr, unknown))} (known: "
-                             f"{', '.join(known)})")
-        return {name: _one_in(n, f"{name}: ") for name, n in value.items()}
-
-    @field_validator("va", "au")
-    @classmethod
-    def _divides_period(cls, value: int) -> int:
-        return _one_in(value)
-
-
-class DataConfig(_Section):
-    protocol: str = Field("abaw2020", description="label schema (mtl.labels.PROTOCOLS): abaw2020 (8 AUs, 7 "
-                                                  "expressions) | abaw3 (ABAW3+ releases: 12 AUs, 8 expressions)")
-    shards: str = ""
-    image_size: int = Field(112, ge=8)
-    balance: str = Field("paper", description="a registered balancer (mtl.data.balance.BALANCERS): paper | none")
-    batch_mode: Literal["mixed", "per_task"] = "mixed"
-    loader_workers: int = Field(2, ge=0)
-    shuffle_buffer: int = Field(1000, ge=1)
-    mean_ir: float = Field(2.0, gt=0.0, description="ML-ROS target imbalance ratio for AUs (reference: 2.0)")
-    max_clone_fraction: float = Field(0.5, ge=0.0, description="ML-ROS cap on clones, as a fraction of N")
-    augment: AugmentConfig = AugmentConfig()
-    downsample: DownsampleConfig = DownsampleConfig()
-
-    @field_validator("protocol")
-    @classmethod
-    def _known_protocol(cls, value: str) -> str:
-        if value not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {value!r} (known: {', '.join(PROTOCOLS)})")
-        return value
-
-    @model_validator(mode="after")
-    def _classes_of_protocol(self) -> "DataConfig":
-        names = get_protocol(self.protocol).expr_names
-        foreign = [name for name in self.downsample.expr if name not in names]
-        if foreign:
-            raise ValueError(f"downsample.expr: {', '.join(map(repr, foreign))} is not an expression class of "
-                             f"protocol {self.protocol} ({', '.join(names)})")
-        return self
-
-    def schema(self):
-        """The label schema (`mtl.labels.Protocol`) this config trains and scores in."""
-        return get_protocol(self.protocol)
-
-
-class ModelConfig(_Section):
-    backbone: str = Field("test_resnet", description="a timm model name or a registered backbone "
-                                                    "(mtl.models.backbones.BACKBONES), e.g. resnet50_ferplus")
-    backbone_args: dict[str, Any] = Field({}, description="keyword arguments of the backbone's constructor, e.g. "
-                                                          "{dropout: 0.0} for resnet50_ferplus, {drop_rate: 0.1} "
-                                                          "for a timm model")
-    weights: Optional[str] = Field(None, description="backbone or model state dict to start from: a local path or "
-                                                    "a storage URI (s3://, gs://, file://)")
-    require_weights: bool = Field(False, description="refuse to train without model.weights (paper preset: the "
-                                                     "FER+ backbone, docs/recipe.md §1.1)")
-    temporal: bool = False
-    seq_len: int = Field(32, ge=1, description="frames per window of the temporal (CNN-RNN) model")
-    rnn_hidden: int = Field(64, ge=1, description="GRU hidden size of the temporal model")
-
-
-class TrainConfig(_Section):
-    role: Literal["teacher", "student"] = "teacher"
-    name: Optional[str] = Field(None, description="output folder under run.dir (default: the role)")
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(32, ge=1, description="per rank; per task in per_task batch mode")
-    lr: float = Field(1e-3, gt=0.0)
-    optimizer: Literal["adam", "adamw"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.05, ge=0.0)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_epochs: float = Field(0.5, ge=0.0)
-    workers: int = Field(1, ge=0, description="Ray Train workers (DDP ranks); 0 = local mode in this process")
-    cpus_per_worker: int = Field(1, ge=1)
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="Ray placement of the DDP workers: PACK fills a node first, SPREAD uses many nodes")
-    use_gpu: bool = False
-    gpus_per_worker: float = Field(1.0, gt=0.0, le=1.0, description="GPU share of each training worker with "
-                                   "use_gpu: 0.5 packs two students or search trials on one GPU")
-    cuda_graph: bool = Field(True, description="on CUDA, capture the whole training step as one CUDA graph after "
-                                               "warm-up (stays eager where capture fails); CPU is always eager")
-    log_every: int = Field(50, ge=1, description="steps between divergence checks (one host sync each; a "
-                                                 "non-finite loss stops every rank at the next check)")
-    seed: int = 0
-    keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
-    eval_batch_size: int = Field(128, ge=1)
-    compile: bool = Field(False, description="torch.compile the training model (the DDP-wrapped one, as "
-                                             "PyTorch recommends); validation and checkpoints use the plain module")
-
-    def gpus(self) -> float:
-        """GPUs per training worker: train.gpus_per_worker with use_gpu, else 0."""
-        return self.gpus_per_worker if self.use_gpu else 0.0
-
-
-class LossConfig(_Section):
-    lambda_au: float = Field(1.0, ge=0.0)
-    lambda_expr: float = Field(1.0, ge=0.0)
-    lambda_va: float = Field(1.0, ge=0.0)
-    ccc_weight: float = Field(1.0, ge=0.0, description="weight of (1 - CCC) next to the VA bin cross-entropy")
-
-
-class DistillConfig(_Section):
-    temperature: float = Field(1.5, gt=0.0)
-    alpha: float = Field(0.4, ge=0.0, le=1.0, description="weight of the soft-label term where GT exists")
-    t_squared: bool = Field(False, description="scale the KL terms by T^2 (the reference did not)")
-    task_weights: bool = Field(True, description="weight the student's heads by loss.lambda_* like the teacher's "
-                                                 "(the reference gave every student head weight 1)")
-    on_the_fly: bool = Field(False, description="run the teacher on each augmented batch instead of stored labels")
-    teacher: Optional[str] = Field(None, description="teacher model file (default RUN/teacher/best.pt)")
-    soft_labels: Optional[str] = Field(None, description="stored soft labels (default RUN/soft_labels)")
-    views: int = Field(0, ge=0, description="stored augmentation views per sample: the teacher's outputs on K "
-                                            "crops/flips/jitters a student replays (0: the centre view only; "
-                                            "docs/recipe.md §3.1)")
-
-
-class StudentsConfig(_Section):
-    count: int = Field(3, ge=1)
-    epochs: Optional[int] = Field(None, ge=1, description="epochs per student (default: train.epochs)")
-    backbones: list[str] = Field(default_factory=list, description="student i uses backbones[i % len]; "
-                                                                   "empty: model.backbone")
-    concurrent: int = Field(0, ge=0, description="students trained at once (0: as the cluster's resources allow)")
-    select: bool = Field(False, description="greedy forward selection of ensemble members on the tuning half")
-
-
-class TuneConfig(_Section):
-    num_samples: int = Field(4, ge=1, description="draws from the space (each one runs every grid combination)")
-    space: Optional[str] = Field(None, description="search space file (tune/NAME.yaml); `mtl tune --space` sets it")
-    name: Optional[str] = Field(None, description="search folder RUN/tune/<name> (default: the space file's stem)")
-    scheduler: Literal["asha", "pbt", "none"] = "asha"
-    searcher: Literal["random", "optuna"] = Field("random", description="random/grid (Tune's variant generator) "
-                                                                         "or Optuna (extra mtl[optuna])")
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial runs before it can be stopped")
-    reduction_factor: float = Field(4.0, gt=1.0, description="ASHA: 1/reduction_factor of trials pass a rung")
-    perturbation_interval: int = Field(1, ge=1, description="PBT: epochs between exploit/explore steps")
-    max_concurrent: int = Field(0, ge=0, description="trials at once (0: as the cluster's CPUs allow)")
-    before_students: bool = Field(False, description="mtl pipeline: search tune.space after the soft labels and "
-                                                     "train every student with the best distill.* and train.lr")
-
-
-class EvalConfig(_Section):
-    """How validation is scored and split (docs/recipe.md §7): epoch selection, Tune's metric and the tuned students
-    see only the selection half of the validation videos; reports are scored on the other half."""
-
-    selection: Literal["reference", "report"] = Field(
-        "reference", description="val_total for selection: reference = AU + EXPR + CCC_V + CCC_A (the paper's "
-                                 "train.py); report = AU + EXPR + mean CCC, the report's total")
-    expr_f1: Literal["present", "all"] = Field("present", description="EXPR macro F1 over the classes present in "
-                                                                      "truth or prediction (official), or all 7")
-    split_seed: int = Field(0, description="seed of the cut of the validation videos into selection/report halves")
-
-
-class EnsembleConfig(_Section):
-    threshold_rule: Literal["f1", "break_even"] = Field(
-        "f1", description="per-AU threshold on the selection half: best F1, or precision = recall (reference)")
-    bootstrap: int = Field(1000, ge=0, description="video-bootstrap replicates of each reported score's 95 % "
-                                                   "interval (0: no intervals)")
-
-
-class PrepareConfig(_Section):
-    """`mtl prepare` (the same keys as its flags: --shard-size, --image-size)."""
-
-    shard_size: int = Field(5000, ge=1, description="samples per shard")
-    image_size: int = Field(112, ge=16, description="stored face size (Aff-Wild2's 112 px faces are copied as-is)")
-
-
-class RuntimeConfig(_Section):
-    """Settings of the machine, not of the experiment: they may change when a run is resumed elsewhere.
-    Environment variables override them where a cluster sets them for every job (MTL_DDP_TIMEOUT_S,
-    MTL_LOCAL_DIR)."""
-
-    ddp_timeout_s: int = Field(1800, ge=1, description="torch.distributed collective timeout "
-                                                       "(env MTL_DDP_TIMEOUT_S overrides)")
-    local_dir: Optional[str] = Field(None, description="local scratch folder (wandb files when run.dir is a bucket); "
-                                                       "default $MTL_LOCAL_DIR, else the temp dir")
-
-    worker_start_wait_s: int = Field(600, ge=1, description="how long a training waits for Ray to start its workers "
-                                                          "(free resources, autoscaling) before it fails in one line "
-                                                          "naming what was missing; tried in periods of Ray's "
-                                                          "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s)")
-
-    def worker_start_tries(self) -> int:
-        """Start-up periods of Ray Train's worker group within worker_start_wait_s (at least 1)."""
-        period = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S") or 60)
-        return max(1, -(-self.worker_start_wait_s // int(max(1, period))))
-
-    def ddp_timeout(self) -> int:
-        return int(os.environ.get("MTL_DDP_TIMEOUT_S") or self.ddp_timeout_s)
-
-    def scratch(self) -> str:
-        return scratch_root(os.environ.get("MTL_LOCAL_DIR") or self.local_dir)
-
-
-class Config(_Section):
-    run: RunConfig = RunConfig()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    loss: LossConfig = LossConfig()
-    distill: DistillConfig = DistillConfig()
-    students: StudentsConfig = StudentsConfig()
-    tune: TuneConfig = TuneConfig()
-    eval: EvalConfig = EvalConfig()
-    ensemble: EnsembleConfig = EnsembleConfig()
-    prepare: PrepareConfig = PrepareConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
+from mtl.config_schema import (DOWNSAMPLE_PERIOD, AugmentConfig, Config, DataConfig, DistillConfig,  # noqa: F401
+                               DownsampleConfig, EnsembleConfig, EvalConfig, LossConfig, ModelConfig, PrepareConfig,
+                               RunConfig, RuntimeConfig, StudentsConfig, TrainConfig, TuneConfig)
+from mtl.errors import ConfigError
+from mtl.storage import absolute
 
 
 PRESETS = ("demo", "paper", "abaw3")
@@ -386,6 +137,14 @@ def updated(cfg: Config, changes: dict[str, Any]) -> Config:
         except ValidationError as err:
             raise ConfigError(f"config key {dotted!r}: {err.errors()[0]['msg']} (got {value!r})") from None
     return cfg
+
+
+def overridden(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """`cfg` with dotted `key=value` overrides applied as `load_config` applies them (validated, paths absolute)."""
+    data = config_dict(cfg)
+    for override in overrides:
+        apply_override(data, override)
+    return absolute_paths(validate(data))
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

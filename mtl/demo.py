@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
+from mtl.tables import text_table
 
 # Many short videos: many identities per task, so a model must learn the face, not who it is.
 DEMO_VIDEOS = 150
@@ -76,11 +77,9 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides:
     index = load_index(shards)
     print("[3/4] balanced stream: one epoch, raw vs paper balancing")
     raw_dist, balanced = (stream_distributions(index, seed, mode) for mode in ("none", "paper"))
-    print(f"  {'':10s} {'raw':>7s} {'paper':>7s}")
-    for i, name in enumerate(schema.expr_names):
-        print(f"  {name:10s} {raw_dist['expr'][i]:7.3f} {balanced['expr'][i]:7.3f}")
-    for j, name in enumerate(schema.au_names):
-        print(f"  {name:10s} {raw_dist['au'][j]:7.3f} {balanced['au'][j]:7.3f}")
+    shares = [(name, f"{raw_dist[task][i]:.3f}", f"{balanced[task][i]:.3f}")
+              for task, names in (("expr", schema.expr_names), ("au", schema.au_names)) for i, name in enumerate(names)]
+    print(text_table(("", "raw", "paper"), shares, indent="  "))
     print("[4/4] pipeline: teacher -> soft labels -> students -> ensemble -> report")
     cfg = load_config("demo", (f"run.dir={out}", f"data.shards={shards}", f"train.seed={seed}", *overrides))
     report = run_pipeline(cfg, address)

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from mtl.errors import DataError
+
 TASKS = ("au", "expr", "va")
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU12", "AU15", "AU20", "AU25")
 EXPR_NAMES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
@@ -114,20 +116,6 @@ def va_bin(values):
         return int(min(max(index, 0), VA_BINS - 1))
     micro = (values * scale).round()
     return ((micro + scale) // (scale // 10)).clip(0, VA_BINS - 1)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line) at fault."""
-
-
-def error_line(err: BaseException) -> str:
-    """The one-line message of an error, also when a DataLoader worker re-raised it with the worker's traceback
-    ("Caught DataError in DataLoader worker process 0. Original Traceback ... mtl.labels.DataError: <message>")."""
-    text = str(err).strip()
-    if "Original Traceback" not in text:
-        return text
-    _, colon, message = text.splitlines()[-1].partition(": ")
-    return message if colon else text.splitlines()[-1]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pkgutil
 from contextlib import contextmanager
 from typing import Callable, Generic, Iterator, Optional, TypeVar
 
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from mtl import storage
-from mtl.labels import DataError
+from mtl.errors import DataError
 
 log = logging.getLogger(__name__)
 

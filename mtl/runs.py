@@ -9,6 +9,12 @@ may be resumed or counts as finished.
     RUN/tune/<search>/      a search's trials, results.csv, best.yaml
     RUN/report.json         report.md, plots/
     RUN/<stage>/stage.json  a pipeline stage's digest and result (mtl.stages.base: the one "done" rule)
+
+What may change when stored work is resumed is one table, `RESUMABLE`: each key with the levels at which a change
+of it keeps the stored work. At the "stage" level (a pipeline stage's digest leaves the key out, so the stage is
+not re-entered) only keys that change no output: where and how the work runs. A "training" resumes from its last
+checkpoint across those and a change of train.epochs (it then runs to the new count). A "search" resumes across
+the training's and its own: tune.space names a file whose content is compared instead.
 """
 
 from __future__ import annotations
@@ -16,12 +22,32 @@ from __future__ import annotations
 from typing import Optional
 
 from mtl import storage
-from mtl.config import Config, ConfigError, config_dict, validate
+from mtl.config import Config, config_dict, validate
+from mtl.errors import ConfigError
 
-# keys that may change between a run and its resumption
-RESUMABLE_CHANGES = {"train.epochs", "train.workers", "train.cpus_per_worker", "train.max_failures",
-                     "data.loader_workers", "runtime.ddp_timeout_s", "runtime.local_dir",
-                     "runtime.worker_start_wait_s", "train.log_every", "train.gpus_per_worker", "train.cuda_graph"}
+LEVELS = ("stage", "training", "search")
+_RUN_SETTING = LEVELS  # where and how the work runs: no output changes
+RESUMABLE: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("runtime.device", "runtime.ddp_timeout_s", "runtime.local_dir", "runtime.worker_start_wait_s",
+                     "train.workers", "train.cpus_per_worker", "train.gpus_per_worker", "train.max_failures",
+                     "train.log_every", "train.cuda_graph", "data.loader_workers", "tune.max_concurrent",
+                     "tune.before_students"), _RUN_SETTING),
+    "train.epochs": ("training", "search"),  # a training runs on to the new count; a stage re-enters to do so
+    "tune.space": ("search",),  # the search compares the space's content
+}
+
+
+def resumable_keys(level: str) -> frozenset[str]:
+    """The keys whose change keeps the stored work of `level` ("stage", "training", "search")."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r} (known: {', '.join(LEVELS)})")
+    return frozenset(key for key, levels in RESUMABLE.items() if level in levels)
+
+
+def changed_keys(stored: dict, current: dict, level: str) -> list[str]:
+    """Keys whose values differ between two config dicts (`config_dict`), except those `level` may change."""
+    old, new, allowed = flatten(stored), flatten(current), resumable_keys(level)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in allowed)
 
 
 def run_dir(cfg: Config) -> str:
@@ -63,18 +89,17 @@ def flatten(data: dict, prefix: str = "") -> dict:
 
 
 def config_changes(cfg: Config, folder: str) -> list[str]:
-    """Keys whose value differs from the run stored in `folder`, except RESUMABLE_CHANGES (none if no run)."""
+    """Keys whose value differs from the training stored in `folder`, except those a training may change
+    (`RESUMABLE`); none if there is no training there."""
     stored_path = storage.join(folder, "config.json")
     if not storage.is_file(stored_path):
         return []
-    stored = flatten(config_dict(validate(storage.read_json(stored_path))))  # defaults of newer keys filled
-    current = flatten(config_dict(cfg))
-    return sorted(k for k in set(stored) | set(current)
-                  if stored.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    stored = config_dict(validate(storage.read_json(stored_path)))  # defaults of newer keys filled
+    return changed_keys(stored, config_dict(cfg), "training")
 
 
 def check_resumable(cfg: Config, folder: str) -> None:
-    """Refuse to resume a run whose stored config differs in anything but RESUMABLE_CHANGES."""
+    """Refuse to resume a training whose stored config differs in anything but what `RESUMABLE` allows."""
     changed = config_changes(cfg, folder)
     if changed:
         raise ConfigError(f"{folder} holds a run with another config ({', '.join(changed)} differ); "

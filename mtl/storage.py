@@ -344,11 +344,11 @@ def move(source: Location, location: Location) -> str:
 
 
 def scratch_root(scratch: Optional[str] = None) -> str:
-    """Local scratch: `scratch`, else $MTL_LOCAL_DIR, else <temp dir>/mtl-scratch-<uid>, this user's own (made
-    0700; FileExistsError when another user owns it). Not "mtl": that folder in the directory a Ray driver runs
-    from (e.g. /tmp) would shadow the package in the driver's Ray workers."""
-    if scratch or os.environ.get("MTL_LOCAL_DIR"):
-        return scratch or os.environ["MTL_LOCAL_DIR"]
+    """Local scratch: $MTL_LOCAL_DIR, else `scratch` (runtime.local_dir), else <temp dir>/mtl-scratch-<uid>, this
+    user's own (made 0700; FileExistsError when another user owns it). Not "mtl": that folder in the directory a
+    Ray driver runs from (e.g. /tmp) would shadow the package in the driver's Ray workers."""
+    if os.environ.get("MTL_LOCAL_DIR") or scratch:
+        return os.environ.get("MTL_LOCAL_DIR") or scratch
     root, uid = os.path.join(tempfile.gettempdir(), f"mtl-scratch-{os.getuid()}"), os.getuid()
     os.makedirs(root, mode=0o700, exist_ok=True)  # a file or a link in its place: FileExistsError, or refused here
     if os.lstat(root).st_uid != uid:

@@ -137,6 +137,15 @@ def imbalanced_shards(tmp_path_factory, ray_session) -> Path:
     return root / "shards"
 
 
+TINY_SETTINGS = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.shuffle_buffer=50",
+                 "train.eval_batch_size=64")
+
+
+def tiny(*overrides: str) -> tuple[str, ...]:
+    """Config overrides of the tests' tiny runs (timm's test_resnet at 16 px, batches of 16), then `overrides`."""
+    return (*TINY_SETTINGS, *overrides)
+
+
 def stream_config(batch_size: int = 32, seed: int = 0, augment: dict | None = None, **data):
     """A Config whose stream settings (data.*, train.batch_size, train.seed) are the given ones, else defaults."""
     from mtl.config import Config, updated

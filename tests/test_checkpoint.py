@@ -11,10 +11,9 @@ from mtl.checkpoint import load_model, read_model_file
 from mtl.config import load_config
 from mtl.models.backbones import create_backbone
 from mtl.train.driver import train
-from tests.conftest import write_jpeg
+from tests.conftest import write_jpeg, tiny
 
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.workers=0", "train.epochs=1")
+TINY = tiny("data.loader_workers=1", "train.workers=0", "train.epochs=1")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from mtl.config import ConfigError, load_config
+from mtl.config import config_dict, load_config
+from mtl.errors import ConfigError
 
 
 def test_the_paper_preset_is_the_reference_recipe_value_by_value():
@@ -112,3 +113,35 @@ def test_local_paths_become_absolute_against_the_working_directory_and_uris_stay
     assert absolute_paths(cfg) is cfg  # nothing left to change
     kept = load_config("demo", ("data.shards=shards",), absolute=False)
     assert kept.data.shards == "shards"  # `mtl submit` refuses relative paths rather than naming this machine's
+
+
+def test_train_use_gpu_is_an_alias_of_runtime_device_that_says_so():
+    with pytest.warns(FutureWarning, match="runtime.device"):
+        assert load_config("demo", ["train.use_gpu=true"]).runtime.device == "cuda"
+    assert load_config("demo", ["train.use_gpu=false"]).runtime.device == "cpu"  # a stored run's former default
+    assert load_config("demo").runtime.device == "auto"
+    with pytest.warns(FutureWarning):
+        assert load_config("demo", ["train.use_gpu=true", "runtime.device=cuda"]).runtime.device == "cuda"
+    with pytest.raises(ConfigError, match="contradicts"):
+        load_config("demo", ["train.use_gpu=true", "runtime.device=cpu"])
+    assert "use_gpu" not in config_dict(load_config("demo", ["train.use_gpu=false"]))["train"]
+
+
+def test_auto_device_is_decided_by_the_gpus_there_are(monkeypatch):
+    import ray
+    import torch
+
+    from mtl.jobs.ray_session import resolve_device
+
+    auto = load_config("demo")
+    assert resolve_device(load_config("demo", ["runtime.device=cpu"])).runtime.device == "cpu"
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(auto).runtime.device == "cuda"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device(auto).runtime.device == "cpu"
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # on Ray: the cluster's GPUs, not this machine's
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8, "GPU": 1})
+    assert resolve_device(auto).runtime.device == "cuda"
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8})
+    assert resolve_device(auto).runtime.device == "cpu"

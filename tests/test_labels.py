@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mtl.data.index import va_cell
-from mtl.labels import DataError, va_bin
+from mtl.labels import va_bin
+from mtl.errors import DataError
 from mtl.objectives.losses import va_bins
 
 

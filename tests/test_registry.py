@@ -2,7 +2,7 @@
 
 import pytest
 
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 from mtl.registry import Registry
 
 

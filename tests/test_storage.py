@@ -15,14 +15,13 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import http_folder, moto_s3  # noqa: F401  (moto_s3: imported from here by other modules)
+from tests.conftest import http_folder, moto_s3, tiny  # noqa: F401  (moto_s3: imported from here by other modules)
 from mtl import storage
 from mtl.config import load_config
 from mtl.data.index import load_index
 from mtl.data.shards import tar_samples
 
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=0",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.epochs=1")
+TINY = tiny("data.loader_workers=0", "train.epochs=1")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +211,7 @@ def test_ray_train_soft_labels_and_report_on_a_file_uri(imbalanced_shards, tmp_p
     assert sum(manifest["shards"].values()) == load_index(shards).stats["train"].samples
     first = load_index(shards).shard_urls("train")[0]
     key = next(iter(tar_samples([first])))["__key__"]
-    au, expr, va = SoftLabels(soft_labels_dir(cfg)).lookup(first, key)
+    au, expr, va = SoftLabels(soft_labels_dir(cfg), "abaw2020").lookup(first, key)
     assert au.shape == (8,) and expr.shape == (7,) and va.shape == (40,) and np.isfinite(va).all()
     write_report(run, None, [], None, {"teacher": 1.0}, {})
     assert (tmp_path / "run/report.json").is_file() and (tmp_path / "run/report.md").is_file()

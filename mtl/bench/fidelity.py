@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 
 LEVELS = {"demo": (0.6, 0.3, 0.1), "harsh": (0.9, 0.1, 0.0)}  # shares of training videos with 1, 2, 3 tasks
 PROTOCOLS = ("abaw2020", "abaw3")

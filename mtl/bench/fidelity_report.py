@@ -18,7 +18,7 @@ student is above zero outside it, and ensemble - selected student is not below z
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from mtl.eval.ensemble import (average, average_logits, greedy_selection, halve_
 from mtl.eval.evaluate import score
 from mtl.eval.pooled import Side, pooled_differences
 from mtl.labels import video_of
+from mtl.tables import markdown_table
 
 COMPARISONS = ("student - teacher", "ensemble - mean student", "ensemble - selected student", "ensemble - teacher",
                "logit ensemble - ensemble", "chosen ensemble - ensemble")
@@ -155,14 +156,15 @@ CLAIM_COLUMNS = ("student - teacher", "ensemble - mean student", "ensemble - sel
 def claim_table(result: dict) -> list[str]:
     """The claim in one table (the README's): per group, the three differences the claim rests on, on total, with
     their intervals and on how many seeds each is above zero, and the verdict."""
-    lines = ["| protocol | level | variant | " + " | ".join(f"{c} (total)" for c in CLAIM_COLUMNS) + " | claim |",
-             "|---|---|---|" + "---:|" * len(CLAIM_COLUMNS) + "---|"]
+    rows = []
     for group in result["groups"]:
         level = f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
         cells = [f"{_cell(group['comparisons'][c]['total'])} {group['comparisons'][c]['total']['above_zero']}/"
                  f"{group['comparisons'][c]['total']['count']}" for c in CLAIM_COLUMNS]
-        lines.append(f"| {group['protocol']} | {level} | {group['variant']} | " + " | ".join(cells)
-                     + f" | {'holds' if group['claim_holds'] else 'no'} |")
+        rows.append((group["protocol"], level, group["variant"], *cells, "holds" if group["claim_holds"] else "no"))
+    header = ("protocol", "level", "variant", *(f"{c} (total)" for c in CLAIM_COLUMNS), "claim")
+    lines = markdown_table(header, rows, left=3)
+    lines[1] = lines[1][:-5] + "---|"  # the verdict column: text, aligned left
     return lines
 
 

@@ -58,7 +58,7 @@ def gpu_rows(shards: Path, inference: Path, out: Path, device: str, backbone: st
     def cfg(*overrides):
         return load_config("demo", (f"data.shards={shards}", f"run.dir={out / 'run'}", f"model.backbone={backbone}",
                                     f"data.image_size={image_size}", f"train.cpus_per_worker={cpus}",
-                                    f"train.use_gpu={device == 'cuda'}", "train.schedule=constant",
+                                    f"runtime.device={device}", "train.schedule=constant",
                                     "train.warmup_epochs=0", *overrides))
 
     paper = ("data.batch_mode=per_task", "train.batch_size=20")

@@ -25,6 +25,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from mtl.tables import text_table
+
 LOCAL, ACTORS, RAY_DATA = "local (predict_folder)", "Ray actor pool (predict_folder_on_ray)", \
     "Ray Data (map_batches, actor pool)"
 
@@ -145,13 +147,11 @@ def compare(baseline: Path, other: Path) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'design':40s} {'seconds':>8s} {'frames/s':>9s} {'vs local':>9s} {'max |diff|':>11s}  files"]
-    for row in rows:
-        same = f"{row['files'] - len(row['files_differing'])}/{row['files']} identical" if "files" in row else "-"
-        diff = f"{row['max_abs_diff']:11.2e}" if "max_abs_diff" in row else f"{'-':>11s}"
-        lines.append(f"{row['design']:40s} {row['seconds']:8.2f} {row['frames_per_s']:9.1f} "
-                     f"{row['vs_local']:8.2f}x {diff}  {same}")
-    return "\n".join(lines)
+    cells = [(row["design"], f"{row['seconds']:.2f}", f"{row['frames_per_s']:.1f}", f"{row['vs_local']:.2f}x",
+              f"{row['max_abs_diff']:.2e}" if "max_abs_diff" in row else "-",
+              f"{row['files'] - len(row['files_differing'])}/{row['files']} identical" if "files" in row else "-")
+             for row in rows]
+    return text_table(("design", "seconds", "frames/s", "vs local", "max |diff|", "files"), cells)
 
 
 def run_predict_bench(out: Path, images: int = 1500, videos: int = 3, workers: int = 2, batch_size: int = 64,

@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from mtl.tables import text_table
+
 SUPERLINEAR = 1.15
 # Aff-Wild2 (ABAW 2020 release): 564 videos, ~2.8 M frames (Kollias & Zafeiriou 2019; REFERENCE.md leaves the
 # per-task counts UNVERIFIED, README's Scaling assumes ~220 k VA + ~359 k EXPR training frames after thinning).
@@ -158,14 +160,11 @@ def fit_rows(points: list[dict], target: float = AFFWILD2_FRAMES) -> list[dict]:
 
 
 def format_table(points: list[dict], rows: list[dict], target: float) -> str:
-    head = f"{'quantity':26s} {'unit':>10s} " + " ".join(f"{p['frames']:>11d}" for p in points)
-    lines = [head + f" {'slope':>7s} {f'at {target / 1e6:g} M':>12s}  flag"]
-    for row in rows:
-        values = " ".join(f"{p[row['quantity']]:11.4g}" for p in points)
-        slope = f"{row['slope']:7.2f}" if row["slope"] is not None else f"{'-':>7s}"
-        at = f"{row['at_target']:12.4g}" if row["at_target"] is not None else f"{'-':>12s}"
-        lines.append(f"{row['quantity']:26s} {row['unit']:>10s} {values} {slope} {at}  {row['flag']}")
-    return "\n".join(lines)
+    header = ("quantity", "unit", *(str(p["frames"]) for p in points), "slope", f"at {target / 1e6:g} M", "flag")
+    cells = [(row["quantity"], row["unit"], *(f"{p[row['quantity']]:.4g}" for p in points),
+              f"{row['slope']:.2f}" if row["slope"] is not None else "-",
+              f"{row['at_target']:.4g}" if row["at_target"] is not None else "-", row["flag"]) for row in rows]
+    return text_table(header, cells)
 
 
 def run_scale_bench(out: Path, sizes: list[int], image_size: int = 48, backbone: str = "test_resnet",

@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from mtl.tables import text_table
+
 
 def timed_steps(payload: dict) -> dict:
     """Warm up, then time `steps` optimisation steps of the training loop's step (`mtl.train.step.Step`, eager or
@@ -142,8 +144,8 @@ def run_distill_bench(out: Path, steps: int = 30, warmup: int = 5, cpus: int = 2
             rates[name].append(timed_steps(payload)["samples_per_s"])
     best = {name: max(values) for name, values in rates.items()}
     teacher_rate, centre_rate = best["teacher (ground truth only)"], best["student, stored soft labels"]
-    print(f"{'':32s} {'samples/s':>10s} {'step cost vs teacher':>22s} {'vs stored centre view':>22s}")
-    for name, rate in best.items():
-        print(f"{name:32s} {rate:10.1f} {teacher_rate / rate:22.3f} {centre_rate / rate:22.3f}")
+    print(text_table(("", "samples/s", "step cost vs teacher", "vs stored centre view"),
+                     [(name, f"{rate:.1f}", f"{teacher_rate / rate:.3f}", f"{centre_rate / rate:.3f}")
+                      for name, rate in best.items()]))
     return {"rates": rates, "cost_vs_teacher": {name: teacher_rate / rate for name, rate in best.items()},
             "cost_vs_centre_student": {name: centre_rate / rate for name, rate in best.items()}}

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from mtl.commands.options import address_option, format_mapping
-from mtl.config import ConfigError, PrepareConfig
+from mtl.config import PrepareConfig
+from mtl.errors import ConfigError
 from mtl.data.sources.base import SOURCES
 from mtl.labels import DEFAULT_PROTOCOL, PROTOCOLS
 

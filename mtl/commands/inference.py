@@ -7,6 +7,7 @@ from typing import Optional
 import click
 
 from mtl import storage
+from mtl.commands.options import config_overrides, key_option, path_option
 from mtl.labels import PROTOCOLS
 
 ray_address_option = click.option(
@@ -45,8 +46,9 @@ ray_address_option = click.option(
                    "sorted]. A listed image missing under --images is an error naming it (no skip: the file needs "
                    "a line for every test frame).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--device", default=None, type=click.Choice(["cpu", "cuda"]),
-              help="Where the model runs [default: cuda when there is a GPU (on Ray: in the cluster), else cpu].")
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the model runs, as runtime.device says it [default: auto, cuda when there is a GPU (on Ray: "
+                   "in the cluster), else cpu].")
 @ray_address_option
 @click.option("--workers", type=click.IntRange(1),
               help="Ray actors predicting (runs on Ray; default with --address: one per GPU with cuda, else per CPU).")
@@ -59,6 +61,7 @@ def predict(model_path: str, images: Optional[str], media: tuple[str, ...], more
     frame and face: box, track, AU/EXPR probabilities, valence, arousal) for photos and videos."""
     from mtl.serve.submission import ProtocolError
 
+    device = None if device == "auto" else device
     if bool(images) == bool(media) or (more_media and not media):
         raise click.UsageError("give exactly one of --images FOLDER or --media PATH [PATH ...]")
     if test_list and not submission:
@@ -105,18 +108,34 @@ def predict_media_files(paths: list[str], model_path: str, out: str, batch_size:
 
 
 @click.command()
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A best.pt written by training.")
-@click.option("--shards", required=True, type=click.Path(file_okay=False), help="Shard folder (index.json).")
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
-@click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
-              help="Where the model runs (cuda: bf16 autocast, channels_last; on Ray, a task with one GPU).")
+@path_option("--checkpoint", role="input", required=True, type=click.Path(dir_okay=False),
+             help="A best.pt written by training.")
+@click.option("--config", "config_source", default=None,
+              help="Config file or preset [default: the checkpoint's own config]; KEY=VALUE arguments override it.")
+@key_option("--shards", key="data.shards", type=click.Path(file_okay=False), help="Shard folder (index.json).")
+@path_option("--split", role="input", default="val", show_default=True, type=click.Choice(["train", "val"]),
+             help="Which split of the shards is scored.")
+@path_option("--out", role="output", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
+@key_option("--device", key="runtime.device", type=click.Choice(["auto", "cpu", "cuda"]),
+            help="Where the model runs (cuda: bf16 autocast, channels_last; on Ray, a task with one GPU).")
+@click.argument("overrides", nargs=-1)
 @ray_address_option
-def evaluate(checkpoint: str, shards: str, split: str, out: Optional[str], device: str, address: Optional[str]) -> None:
-    """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs."""
+def evaluate(checkpoint: str, config_source: Optional[str], split: str, out: Optional[str], overrides: tuple,
+             address: Optional[str], **aliases) -> None:
+    """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs. OVERRIDES are dotted
+    key=value pairs (data.shards, runtime.device, train.eval_batch_size)."""
+    from mtl.commands.models import config_of
     from mtl.eval.evaluate import evaluate_checkpoint, format_scores
+    from mtl.jobs.ray_session import ensure_ray, resolve_device
 
-    result = evaluate_checkpoint(checkpoint, shards, split, device=device, on_ray=bool(address), address=address)
+    cfg = config_of(config_source, checkpoint, config_overrides(aliases, overrides))
+    if not cfg.data.shards:
+        raise click.UsageError("give the shards: --shards FOLDER or data.shards=FOLDER")
+    if address:
+        ensure_ray(address)
+    cfg = resolve_device(cfg)
+    result = evaluate_checkpoint(checkpoint, cfg.data.shards, split, cfg.train.eval_batch_size, cfg.runtime.device,
+                                 on_ray=bool(address), address=address)
     click.echo(format_scores(result))
     if out:
         storage.write_json(out, result)

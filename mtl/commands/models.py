@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from mtl.commands.options import address_option
+from mtl.commands.options import address_option, config_overrides, key_option, path_option
 
 FORMAT_CHOICE = click.Choice(["torch-export", "onnx"])
 
@@ -30,48 +30,70 @@ def export(model_path: str, fmt: str, out: str) -> None:
                f"{summary['seconds']:.1f} s")
 
 
-@click.command()
-@click.option("--members", multiple=True, help="A member's best.pt; further files may follow it (--members a/best.pt "
-                                                "b/best.pt) or the option be repeated.")
-@click.argument("more_members", nargs=-1, metavar="[BEST.PT]...")
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
-              help="A run folder: its students (RUN/students/*/best.pt) are the members, RUN/teacher/best.pt is "
-                   "scored beside them.")
-@click.option("--teacher", help="A teacher best.pt scored beside the ensemble (default with --run: the run's).")
-@click.option("--shards", help="Shard folder whose validation split scores them [default: the first member's "
-                               "data.shards].")
-@click.option("--select/--no-select", default=None,
-              help="Greedy member selection on the tuning half [default: the first member's students.select].")
-@click.option("--threshold-rule", type=click.Choice(["f1", "break_even"]),
-              help="Per-AU threshold rule [default: the first member's ensemble.threshold_rule].")
-@click.option("--split-seed", type=int, help="Seed of the validation halves [default: the first member's "
-                                             "eval.split_seed, the cut its training selected on].")
-@click.option("--format", "fmt", default="torch-export", show_default=True, type=FORMAT_CHOICE)
-@click.option("--out", required=True, help="Folder to write ensemble.pt2 (or .onnx; ensemble_temporal.pt for "
-                                           "temporal members) and ensemble.json to.")
-@click.option("--use-gpu", is_flag=True, help="Member predictions on GPUs (one per Ray task).")
-@address_option
-def ensemble(members: tuple, more_members: tuple, run_dir: Optional[str], teacher: Optional[str], shards: Optional[str],
-             select: Optional[bool], threshold_rule: Optional[str], split_seed: Optional[int], fmt: str, out: str,
-             use_gpu: bool, address: Optional[str]) -> None:
-    """Rebuild the ensemble from chosen member checkpoints: scores, thresholds, members, exported model."""
+def split_arguments(arguments: tuple) -> tuple[list[str], list[str]]:
+    """(member files, dotted key=value overrides) of the positional arguments: an override is KEY=VALUE with KEY a
+    dotted name (run.dir=..., students.select=true), anything else a file."""
+    import re
+
+    is_override = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=").match
+    return ([a for a in arguments if not is_override(a)], [a for a in arguments if is_override(a)])
+
+
+def config_of(config_source: Optional[str], model_file: str, overrides: list[str]):
+    """The config a command on model files runs with: `--config` when given, else the model file's own (what it
+    was trained with), with the overrides applied."""
     from mtl.checkpoint import read_model_file
-    from mtl.config import validate
+    from mtl.config import load_config, overridden, validate
+
+    if config_source:
+        return load_config(config_source, overrides)
+    return overridden(validate(read_model_file(model_file)["config"]), overrides)
+
+
+@click.command()
+@path_option("--members", role="input", multiple=True,
+             help="A member's best.pt; further files may follow it (--members a/best.pt b/best.pt) or the option be "
+                  "repeated.")
+@click.argument("arguments", nargs=-1, metavar="[BEST.PT]... [KEY=VALUE]...")
+@path_option("--run", "run_dir", role="input", type=click.Path(exists=True, file_okay=False),
+             help="A run folder: its students (RUN/students/*/best.pt) are the members, RUN/teacher/best.pt is "
+                  "scored beside them.")
+@path_option("--teacher", role="input", help="A teacher best.pt scored beside the ensemble (default with --run: the "
+                                             "run's).")
+@click.option("--config", "config_source", default=None,
+              help="Config file or preset whose keys build the ensemble [default: the first member's config, the one "
+                   "it was trained with]; KEY=VALUE arguments override it.")
+@key_option("--shards", key="data.shards", help="Shard folder whose validation split scores them.")
+@key_option("--select/--no-select", key="students.select", default=None,
+            help="Greedy member selection on the tuning half.")
+@key_option("--threshold-rule", key="ensemble.threshold_rule", type=click.Choice(["f1", "break_even"]),
+            help="Per-AU threshold rule.")
+@key_option("--split-seed", key="eval.split_seed", type=int, help="Seed of the validation halves (the member's "
+                                                                   "config: the cut its training selected on).")
+@key_option("--format", "fmt", key="ensemble.format", type=FORMAT_CHOICE, help="File of the exported ensemble.")
+@path_option("--out", role="output", required=True,
+             help="Folder to write ensemble.pt2 (or .onnx; ensemble_temporal.pt for temporal members) and "
+                  "ensemble.json to.")
+@key_option("--device", key="runtime.device", type=click.Choice(["auto", "cpu", "cuda"]),
+            help="Where member predictions run (cuda: a GPU per Ray task).")
+@key_option("--use-gpu", key="runtime.device", value="cuda", is_flag=True, help="Former spelling of --device cuda.")
+@address_option
+def ensemble(members: tuple, arguments: tuple, run_dir: Optional[str], teacher: Optional[str],
+             config_source: Optional[str], out: str, address: Optional[str], **aliases) -> None:
+    """Rebuild the ensemble from chosen member checkpoints: scores, thresholds, members, exported model (the
+    pipeline's ensemble stage on its own)."""
+    from mtl.checkpoint import read_model_file
     from mtl.eval.report import format_table
     from mtl.jobs.ray_session import ensure_ray
-    from mtl.stages.ensemble import build_ensemble
+    from mtl.stages.ensemble import EnsembleStage
 
+    more_members, overrides = split_arguments(arguments)
     students, teacher = member_files((*members, *more_members), run_dir, teacher)
-    cfg = validate(read_model_file(students[0])["config"])
+    cfg = config_of(config_source, students[0], config_overrides(aliases, tuple(overrides)))
     for path in [*students[1:], *([teacher] if teacher else [])]:
         read_model_file(path)  # each a model file, before Ray tasks read them (a DataError in one line)
     ensure_ray(address)
-    result = build_ensemble(
-        students, shards or cfg.data.shards, out, teacher,
-        select=cfg.students.select if select is None else select,
-        rule=threshold_rule or cfg.ensemble.threshold_rule,
-        seed=cfg.eval.split_seed if split_seed is None else split_seed, use_gpu=use_gpu, fmt=fmt,
-        expr_f1=cfg.eval.expr_f1, bootstrap=cfg.ensemble.bootstrap)
+    result = EnsembleStage().build(cfg, students, teacher, out)
     names = [Path(path).parent.name or str(i) for i, path in enumerate(students)]
     click.echo(format_table({"teacher": result.teacher or None, "ensemble": result.ensemble,
                              "students": [{**s, "name": n} for s, n in zip(result.students, names)]}))

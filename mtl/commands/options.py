@@ -1,6 +1,13 @@
-"""Options and output helpers shared by the subcommands."""
+"""Options and output helpers shared by the subcommands.
+
+A command that runs a stage takes `--config` (a preset or YAML file) and dotted `key=value` overrides; each of its
+other flags is either an alias that sets one config key (`key_option`: its help says which) or names an input or an
+output (`path_option`). `config_overrides` turns the aliases given on a command line into overrides, applied
+before the dotted ones (so a dotted override, the canonical spelling, wins)."""
 
 from __future__ import annotations
+
+from typing import Any, Optional
 
 import click
 
@@ -12,6 +19,57 @@ config_option = click.option("--config", "config_source", default="demo", show_d
                              help="Config file, or a packaged preset name (demo, paper).")
 
 
+class KeyOption(click.Option):
+    """A flag that sets config key `config_key` (with `key_value` for a flag that has no value of its own)."""
+
+    def __init__(self, *decls, config_key: str, key_value: Any = None, **attrs):
+        attrs["help"] = f"{attrs.get('help', '').rstrip()} [sets {config_key}"
+        attrs["help"] += f"={key_value}]" if key_value is not None else "]"
+        super().__init__(*decls, **attrs)
+        self.config_key, self.key_value = config_key, key_value
+
+
+class PathOption(click.Option):
+    """A flag that names an input (`role="input"`) or an output (`role="output"`) of the command."""
+
+    def __init__(self, *decls, role: str, **attrs):
+        if role not in ("input", "output"):
+            raise ValueError(f"role {role!r}: input or output")
+        super().__init__(*decls, **attrs)
+        self.role = role
+
+
+def key_option(*decls, key: str, value: Any = None, **attrs):
+    """click.option for a flag that sets config key `key` (to `value` when given, for a plain flag)."""
+    return click.option(*decls, cls=KeyOption, config_key=key, key_value=value, **attrs)
+
+
+def path_option(*decls, role: str, **attrs):
+    """click.option for a flag naming an input or an output (`role`)."""
+    return click.option(*decls, cls=PathOption, role=role, **attrs)
+
+
+def yaml_value(value: Any) -> str:
+    """The override text of a flag's value (booleans as YAML's true/false)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def config_overrides(params: dict, overrides: tuple = (), command: Optional[click.Command] = None) -> list[str]:
+    """The dotted overrides of the key options given on the command line (those not None; a plain flag only when
+    set), followed by `overrides`."""
+    command = command or click.get_current_context().command
+    aliases = []
+    for param in command.params:
+        if not isinstance(param, KeyOption) or params.get(param.name) is None:
+            continue
+        value = params[param.name]
+        if param.key_value is not None:
+            if not value:
+                continue
+            value = param.key_value
+        aliases.append(f"{param.config_key}={yaml_value(value)}")
+    return [*aliases, *overrides]
+
 
 def format_mapping(mapping: dict, indent: int = 0) -> str:
     lines = []
@@ -22,4 +80,3 @@ def format_mapping(mapping: dict, indent: int = 0) -> str:
         else:
             lines.append(" " * indent + f"{key}: {value}")
     return "\n".join(lines)
-

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 
 from mtl import storage
-from mtl.commands.options import address_option, config_option
+from mtl.commands.options import address_option, config_option, config_overrides, key_option
 from mtl.run_lock import run_lock
 from mtl.jobs.submit import COMMANDS as SUBMITTABLE
 
@@ -24,7 +23,7 @@ from mtl.jobs.submit import COMMANDS as SUBMITTABLE
 @address_option
 def demo(out: str, seed: int, protocol: str, overrides: tuple, address) -> None:
     """Synthetic data through every stage available, on a local Ray (or --address); OVERRIDES (dotted key=value)
-    adjust the demo config of the pipeline, e.g. train.use_gpu=true."""
+    adjust the demo config of the pipeline, e.g. runtime.device=cuda."""
     from mtl.demo import run_demo
 
     with run_lock(out, "mtl demo"):
@@ -69,15 +68,14 @@ def pipeline(config_source: str, overrides: tuple, address) -> None:
 
 @click.command()
 @config_option
-@click.option("--space", "space_path", default=None, type=click.Path(dir_okay=False),
-              help="Search space YAML (tune/NAME.yaml); default: tune.space of the config.")
+@key_option("--space", key="tune.space", type=click.Path(dir_okay=False), help="Search space YAML (tune/NAME.yaml).")
 @click.argument("overrides", nargs=-1)
 @address_option
-def tune(config_source: str, space_path: Optional[str], overrides: tuple, address) -> None:
+def tune(config_source: str, overrides: tuple, address, **aliases) -> None:
     """Ray Tune search over a space, every trial a Ray Train run; re-run the same command to resume."""
     from mtl.stages.search import format_results, load_search, run_search
 
-    cfg, space = load_search(config_source, space_path, overrides)
+    cfg, space = load_search(config_source, None, config_overrides(aliases, overrides))
     with run_lock(cfg.run.dir, "mtl tune"):
         click.echo(format_results(run_search(cfg, space, address)))
 
@@ -87,17 +85,17 @@ def tune(config_source: str, space_path: Optional[str], overrides: tuple, addres
 @click.argument("overrides", nargs=-1)
 @address_option
 def soft_labels(config_source: str, overrides: tuple, address) -> None:
-    """The teacher's outputs on every training sample (distill.teacher -> distill.soft_labels), on Ray."""
+    """The teacher's outputs on every training sample (distill.teacher -> distill.soft_labels), on Ray: the
+    pipeline's soft-labels stage on its own."""
     from mtl.config import load_config
     from mtl.jobs.ray_session import ensure_ray
-    from mtl.stages.soft_labels import compute_soft_labels
+    from mtl.stages.soft_labels import SoftLabelsStage
     from mtl.runs import soft_labels_dir, teacher_path
 
     cfg = load_config(config_source, overrides)
     with run_lock(cfg.run.dir, "mtl soft-labels"):
         ensure_ray(address)
-        manifest = compute_soft_labels(teacher_path(cfg), cfg.data.shards, soft_labels_dir(cfg), cfg.train.use_gpu,
-                                       views=cfg.distill.views, augment=cfg.data.augment, seed=cfg.train.seed)
+        manifest = SoftLabelsStage().compute(cfg, teacher_path(cfg))
     click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
                f"{soft_labels_dir(cfg)}")
 

@@ -23,7 +23,8 @@ import numpy as np
 from mtl import storage
 from mtl.config import DOWNSAMPLE_PERIOD, Config
 from mtl.data.index import INDEX_NAME, LabelStats, ShardIndex, au_pattern, va_cell
-from mtl.labels import PROTOCOLS, TASKS, DataError, Protocol, get_protocol
+from mtl.labels import PROTOCOLS, TASKS, Protocol, get_protocol
+from mtl.errors import DataError
 
 # position = the phase's fixed id: AU, VA, then EXPR class c at 2 + c (ABAW3's Other, class 7, after ABAW 2020's)
 SLOTS = ("au", "va", *(f"expr={c}" for c in range(max(p.num_expr for p in PROTOCOLS.values()))))
@@ -140,9 +141,8 @@ def frame_buckets(index: ShardIndex) -> FrameBuckets:
     return FrameBuckets.from_json(data)
 
 
-def thinned_stats(buckets: FrameBuckets, rule: Thinning, protocol: Optional[Protocol] = None) -> LabelStats:
-    """The training split's label statistics after `rule`, summed over the buckets (sized for `protocol`, None:
-    ABAW 2020)."""
+def thinned_stats(buckets: FrameBuckets, rule: Thinning, protocol: Protocol | str) -> LabelStats:
+    """The training split's label statistics after `rule`, summed over the buckets (sized for `protocol`)."""
     stats = LabelStats.empty(get_protocol(protocol))
     for source, residues in buckets.sources.items():
         rule_here = rule if source in rule.sources else Thinning()  # Thinning() keeps every label
@@ -175,8 +175,8 @@ def training_stats(index: ShardIndex, cfg: Config, split: str = "train") -> Labe
     return thinned_stats(frame_buckets(index), rule, index.protocol) if rule.active else index.stats[split]
 
 
-def label_counts(stats: LabelStats, protocol: Optional[Protocol] = None) -> dict:
-    """Samples and labels per task, per EXPR class named as `protocol`'s (None: ABAW 2020's)."""
+def label_counts(stats: LabelStats, protocol: Protocol | str) -> dict:
+    """Samples and labels per task, per EXPR class named as `protocol`'s."""
     names = get_protocol(protocol).expr_names
     return {"samples": stats.samples, "au": stats.labelled["au"], "expr": dict(zip(names, stats.expr_counts)),
             "va": stats.labelled["va"]}

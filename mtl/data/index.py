@@ -17,7 +17,8 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS, DataError, Protocol, get_protocol, va_bin
+from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS, Protocol, get_protocol, va_bin
+from mtl.errors import DataError
 
 INDEX_NAME = "index.json"
 SCHEMA_VERSION = 1

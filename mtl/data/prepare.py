@@ -28,12 +28,14 @@ from typing import Iterator, Optional
 from PIL import Image
 
 from mtl import storage
-from mtl.config import ConfigError, PrepareConfig
+from mtl.config import PrepareConfig
+from mtl.errors import ConfigError
 from mtl.data.downsample import FrameBuckets
 from mtl.data.images import TooManyPixels, open_image
 from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
-from mtl.labels import DEFAULT_PROTOCOL, SPLITS, TASKS, DataError, FrameRecord, get_protocol
+from mtl.labels import DEFAULT_PROTOCOL, SPLITS, TASKS, FrameRecord, get_protocol
+from mtl.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterable, Iterator
 
-from mtl.labels import DataError
+from mtl.errors import DataError
 
 BLOCK = 512
 

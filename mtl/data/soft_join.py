@@ -23,9 +23,11 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.config import AugmentConfig, ConfigError
+from mtl.config import AugmentConfig
+from mtl.errors import ConfigError
 from mtl.data.augment import BatchDraws
-from mtl.labels import DataError, Protocol
+from mtl.labels import Protocol, get_protocol
+from mtl.errors import DataError
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # manifest["format"]: 2 records each file's SHA-256 and keys ("files"); absent: older, refused
@@ -76,10 +78,11 @@ def unreadable(path: str, err: BaseException) -> DataError:
                      "re-run `mtl soft-labels`")
 
 
-def check_widths(path: str, au: np.ndarray, expr: np.ndarray, protocol: Optional[Protocol]) -> None:
-    """Stored teacher outputs (last axis: AUs, classes) must have `protocol`'s widths (None: not checked);
-    DataError naming the file otherwise."""
-    if protocol is not None and (au.shape[-1], expr.shape[-1]) != (protocol.num_au, protocol.num_expr):
+def check_widths(path: str, au: np.ndarray, expr: np.ndarray, protocol: Protocol | str) -> None:
+    """Stored teacher outputs (last axis: AUs, classes) must have `protocol`'s widths; DataError naming the file
+    otherwise."""
+    protocol = get_protocol(protocol)
+    if (au.shape[-1], expr.shape[-1]) != (protocol.num_au, protocol.num_expr):
         raise DataError(f"{path}: soft labels of {au.shape[-1]} AUs and {expr.shape[-1]} expression classes, but "
                         f"protocol {protocol.name} has {protocol.num_au} and {protocol.num_expr} (re-run `mtl "
                         "soft-labels` with a teacher of that protocol)")
@@ -87,11 +90,11 @@ def check_widths(path: str, au: np.ndarray, expr: np.ndarray, protocol: Optional
 
 class SoftLabels:
     """Joins stored soft labels to stream samples by shard and key; keeps the tables of the last `cache` shards.
-    With `protocol` (the shards'), a file of other widths is a DataError (`check_widths`). A file the manifest
+    A file of other widths than `protocol`'s (the shards') is a DataError (`check_widths`). A file the manifest
     records must still be there with the bytes it records, and readable: DataError naming it otherwise (a file
     changed after `check_soft_labels`); a file it does not record joins as it is."""
 
-    def __init__(self, folder: str | Path, cache: int = 64, protocol: Optional[Protocol] = None):
+    def __init__(self, folder: str | Path, protocol: Protocol | str, cache: int = 64):
         self.folder, self.cache, self.protocol = str(folder), cache, protocol
         self.tables: OrderedDict[str, dict] = OrderedDict()
         self.records: Optional[dict] = None  # the manifest's "files", read on first use

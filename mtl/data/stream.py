@@ -37,7 +37,8 @@ from mtl.data.downsample import Thinning, training_stats
 from mtl.data.epochs import EpochLoader, whole_batch, worker_of
 from mtl.data.index import ShardIndex
 from mtl.data.packed import Packed, merge_tasks, pack
-from mtl.labels import INVALID_AU, TASKS, DataError, Protocol, get_protocol
+from mtl.labels import INVALID_AU, TASKS, Protocol, get_protocol
+from mtl.errors import DataError
 from mtl.data.shards import tar_samples
 from mtl.data.soft_join import SoftLabels, replay_views
 
@@ -96,11 +97,11 @@ def with_labels(samples: Iterable[dict], soft=None) -> Iterator[tuple[str, bytes
 
 
 def collate(items: list[tuple[str, bytes, dict]], stored_size: int, side: int, draws: BatchDraws,
-            protocol: Optional[Protocol] = None) -> dict:
+            protocol: Protocol | str) -> dict:
     """(key, jpg, labels) items -> batch: decoded uint8 windows [B, side, side, 3] (a tensor: it crosses to the
     training process through shared memory), each image's flip and jitter draws, labels with masks, keys. AU:
     "au" [B, A] (unlabelled AUs and rows 0), "au_valid" [B, A] (this AU of this row labelled), "au_mask" [B] (any
-    AU labelled); A is the labels' width, else `protocol`'s (None: ABAW 2020's). Missing VA rows are zeros, missing
+    AU labelled); A is the labels' width, else `protocol`'s. Missing VA rows are zeros, missing
     EXPR is -1. Small fields stay numpy arrays, pickled inline: a shared-memory segment per small tensor costs more
     than the whole batch's decoding (see `as_tensors`)."""
     keys, jpgs, labels = zip(*items)
@@ -144,9 +145,9 @@ def soft_widths(protocol: Protocol) -> dict[str, int]:
     return {f"soft_{task}": width for task, width in protocol.widths.items()}
 
 
-def collate_soft(soft: list, protocol: Optional[Protocol] = None) -> dict:
+def collate_soft(soft: list, protocol: Protocol | str) -> dict:
     """Stored teacher outputs of a batch: soft_au [B, A] probabilities, soft_expr [B, E] and soft_va [B, 40]
-    logits (zeros where missing; widths of `protocol`, None: ABAW 2020's) and soft_mask [B]."""
+    logits (zeros where missing; widths of `protocol`) and soft_mask [B]."""
     widths = soft_widths(get_protocol(protocol))
     return {**{name: np.stack([s[i] if s is not None else np.zeros(width, np.float32) for s in soft])
                for i, (name, width) in enumerate(widths.items())},

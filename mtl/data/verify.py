@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from mtl import storage
 from mtl.data.index import ShardIndex, ShardInfo, shard_url
-from mtl.labels import SPLITS, DataError
+from mtl.labels import SPLITS
+from mtl.errors import DataError
 
 
 def shard_problem(root: str, shard: ShardInfo, checksum: bool) -> str | None:

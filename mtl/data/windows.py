@@ -142,7 +142,7 @@ def read_video(video: Video) -> list[tuple[str, bytes, dict]]:
 
 
 def collate_windows(windows: list[list[tuple]], stored_size: int, side: int, draws: BatchDraws,
-                    protocol: Optional[Protocol] = None) -> dict:
+                    protocol: Protocol | str) -> dict:
     """B windows of T (key, jpg, labels) frames, one draw per window -> `data.collate`'s batch with a time axis
     (AU width from the labels, else `protocol`'s)."""
     count, length = len(windows), len(windows[0])
@@ -155,9 +155,9 @@ def collate_windows(windows: list[list[tuple]], stored_size: int, side: int, dra
     return batch
 
 
-def collate_window_soft(records: Sequence[Optional[tuple]], length: int, protocol: Optional[Protocol] = None) -> dict:
-    """Stored teacher windows of a batch ((au [T, A], expr [T, E], va [T, 40]) or None; `protocol`'s widths, None:
-    ABAW 2020's) -> soft_* [B, T, ...] (zeros where missing) and soft_mask [B, T]."""
+def collate_window_soft(records: Sequence[Optional[tuple]], length: int, protocol: Protocol | str) -> dict:
+    """Stored teacher windows of a batch ((au [T, A], expr [T, E], va [T, 40]) or None; `protocol`'s widths) ->
+    soft_* [B, T, ...] (zeros where missing) and soft_mask [B, T]."""
     widths = soft_widths(get_protocol(protocol))
     out = {name: np.stack([r[i] if r is not None else np.zeros((length, width), np.float32) for r in records])
            for i, (name, width) in enumerate(widths.items())}

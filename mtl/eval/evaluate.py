@@ -47,7 +47,7 @@ def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: i
     batches = (eval_window_loader(index, split, seq_len, max(1, batch_size // seq_len), crop_scale, rank=rank,
                                   world=world) if seq_len else
                centre_batches(index.shard_urls(split)[rank::world], batch_size, index.image_size, crop_scale, device,
-                              num_workers, index.protocol))
+                              num_workers, protocol=index.protocol))
     keys, outputs, labels, valid = [], {name: [] for name in FIELDS[:3]}, [], []
     for batch, on_device in prefetched(batches, device):
         x = model_input(on_device["image"], image_size, channels_last=channels_last)

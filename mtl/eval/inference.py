@@ -26,7 +26,8 @@ from mtl import storage
 from mtl.data.augment import centre_draws, window_side
 from mtl.data.shards import tar_samples
 from mtl.data.stream import as_tensors, collate, whole_batch, with_labels
-from mtl.labels import DataError, error_line
+from mtl.errors import DataError, error_line
+from mtl.labels import Protocol
 
 GPU_MIN_BATCH = 256  # inference batches on CUDA: a ResNet-50 forward of 256 images at 112 px is ~2 ms of an H100
 CPU_WORKERS = 1  # decoding workers of an inference loader on a CPU (the model, not decoding, bounds it there)
@@ -94,14 +95,14 @@ def shard_batches(urls: list[str], batch_size: int, make: Callable[[list], dict]
         raise DataError(error_line(err)) from None
 
 
-def centre_batch(items: list, stored_size: int, crop_scale: float, protocol=None) -> dict:
+def centre_batch(items: list, stored_size: int, crop_scale: float, protocol: Protocol | str) -> dict:
     """The evaluation view of `items` (`collate` with the centre window, no flip, no jitter)."""
     return collate(items, stored_size, window_side(stored_size, crop_scale),
                    centre_draws(len(items), stored_size, crop_scale), protocol)
 
 
 def centre_batches(urls: list[str], batch_size: int, stored_size: int, crop_scale: float, device: torch.device | str,
-                   num_workers: Optional[int] = None, protocol=None) -> Iterator[dict]:
+                   num_workers: Optional[int] = None, *, protocol: Protocol | str) -> Iterator[dict]:
     """`shard_batches` of the evaluation view (`centre_batch`)."""
     make = partial(centre_batch, stored_size=stored_size, crop_scale=crop_scale, protocol=protocol)
     return shard_batches(urls, batch_size, make, device, num_workers)

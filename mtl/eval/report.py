@@ -25,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mtl import storage
+from mtl import storage, tables
 from mtl.storage import json_ready
 from mtl.data.downsample import format_counts
 from mtl.eval.metrics import METRIC_NAMES
@@ -118,10 +118,7 @@ def format_score(v: Optional[float]) -> str:
 def format_table(report: Mapping) -> str:
     """Plain-text score table (teacher / students / ensemble rows; AU, EXPR, VA, total; 4 decimals)."""
     table = [(name, *(format_score(value(entry, c)) for c in COLUMNS)) for name, entry in rows(report)]
-    width = max(len("model"), *(len(r[0]) for r in table))
-    lines = [f"{'model':<{width}}" + "".join(f"{h:>9}" for h in headers(report))]
-    lines += [f"{r[0]:<{width}}" + "".join(f"{c:>9}" for c in r[1:]) for r in table]
-    return "\n".join(lines)
+    return tables.text_table(("model", *headers(report)), table)
 
 
 def best(report: Mapping) -> dict[str, Optional[float]]:
@@ -143,15 +140,15 @@ def interval_text(interval) -> str:
 def markdown_table(report: Mapping) -> list[str]:
     """The score table in Markdown, each score with its 95 % interval, the best of each column in bold."""
     top = best(report)
-    lines = ["| model | " + " | ".join(headers(report)) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    table = []
     for name, entry in rows(report):
         cells = []
         for c in COLUMNS:
             v = value(entry, c)
             text = f"**{format_score(v)}**" if v is not None and v == top[c] else format_score(v)
             cells.append(text + (interval_text((entry.get("intervals") or {}).get(c)) if v is not None else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+        table.append((name, *cells))
+    return tables.markdown_table(("model", *headers(report)), table)
 
 
 def beats_teacher(report: Mapping) -> list[str]:

@@ -47,6 +47,21 @@ def task_options(gpu: bool) -> dict:
     return {"num_cpus": 1, "num_gpus": 1 if gpu else 0, "max_calls": 0}
 
 
+def resolve_device(cfg):
+    """`cfg` (a `Config`) with runtime.device decided: `auto` becomes cuda where there are GPUs (the Ray cluster's
+    when Ray is up, else this machine's), cpu otherwise; cpu and cuda stay. Every stage's entry calls it, so that
+    the trainings, tasks and actors it starts all see one concrete device."""
+    if cfg.runtime.device != "auto":
+        return cfg
+    import ray
+    import torch
+
+    from mtl.config import updated
+
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else torch.cuda.device_count()
+    return updated(cfg, {"runtime.device": "cuda" if gpus else "cpu"})
+
+
 def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
     """Join `address` (or RAY_ADDRESS); without either, start a new local Ray instance. No-op if Ray is up.
     Returns the GCS address of the instance, which every task and actor started from here sees as RAY_ADDRESS.

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, TextIO
 
 from mtl import storage
-from mtl.config import PRESETS, ConfigError, load_config
+from mtl.config import PRESETS, load_config
+from mtl.errors import ConfigError
 
 COMMANDS = ("pipeline", "train", "soft-labels", "tune")
 DEFAULT_ENV = {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}

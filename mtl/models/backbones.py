@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl import storage
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.registry import Registry
 
 BACKBONES: Registry[Callable[[], nn.Module]] = Registry("backbone", discover="mtl.models.zoo")

@@ -7,28 +7,27 @@
 An objective is built by `make_objective(cfg, device)` and called as `objective(outputs, batch, x)` ->
 (loss, {task: part}). Its ground-truth AU term reads the batch's per-AU mask `au_valid` [.., A] where the label
 protocol labels AUs one by one (`partial_au`, ABAW3); elsewhere `au_valid` is the row mask `au_mask` broadcast, and
-the row mask is what the losses get (`ground_truth`). A new objective is a factory `(cfg, device) -> callable`
-registered in `OBJECTIVES`.
+the row mask is what the losses get (`ground_truth`). A new objective is a factory `(cfg, device) -> callable` in
+`OBJECTIVES` under a new value of `mtl.config_schema.Role` (train.role's type: the config refuses any other).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, get_args
 
 import torch
 
 from mtl.config import Config
+from mtl.config_schema import Role
 from mtl.labels import TASKS
 from mtl.objectives.distill import soft_targets, student_loss
 from mtl.objectives.losses import multitask_loss
-from mtl.registry import Registry
 
 Objective = Callable[[dict, dict, torch.Tensor], tuple]
-OBJECTIVES: Registry[Callable[[Config, torch.device], Objective]] = Registry("objective")
 
 
 def make_objective(cfg: Config, device: torch.device) -> Objective:
-    return OBJECTIVES.get(cfg.train.role, key="train.role")(cfg, device)
+    return OBJECTIVES[cfg.train.role](cfg, device)
 
 
 def loss_weights(cfg: Config) -> dict:
@@ -43,7 +42,6 @@ def ground_truth(batch: dict, per_au: bool) -> dict:
     return batch
 
 
-@OBJECTIVES.register("teacher")
 def teacher_objective(cfg: Config, device: torch.device) -> Objective:
     lambdas, per_au = loss_weights(cfg), cfg.data.schema().partial_au
 
@@ -52,7 +50,6 @@ def teacher_objective(cfg: Config, device: torch.device) -> Objective:
     return objective
 
 
-@OBJECTIVES.register("student")
 def student_objective(cfg: Config, device: torch.device) -> Objective:
     distill = cfg.distill
     teacher = load_teacher(cfg, device) if distill.on_the_fly else None
@@ -85,3 +82,8 @@ def batch_soft_targets(batch: dict, teacher: Optional[torch.nn.Module], x: torch
                                          cache_enabled=False):
         out = teacher(x)
     return soft_targets({task: out[task].float() for task in TASKS})  # soft_mask [B] or, for windows, [B, T]
+
+
+OBJECTIVES: dict[Role, Callable[[Config, torch.device], Objective]] = {"teacher": teacher_objective,
+                                                                     "student": student_objective}
+assert set(OBJECTIVES) == set(get_args(Role)), "an objective for every train.role"

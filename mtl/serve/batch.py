@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mtl import storage
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.progress import progress_bar
 from mtl.labels import get_protocol
 from mtl.serve.export import protocol_of, read_model_bytes, read_torch_state

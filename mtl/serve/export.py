@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from mtl import storage
 from mtl.checkpoint import MISFIT_ERRORS, misfit, model_from_state, model_kind, not_a_model, torch_file_state
 from mtl.eval.ensemble import EnsembleModule
-from mtl.labels import DataError, Protocol, get_protocol
+from mtl.labels import Protocol, get_protocol
+from mtl.errors import DataError
 from mtl.serve.model_files import check_archive
 from mtl.serve.temporal import is_temporal_state, label_names, temporal_predictor
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from mtl.data.augment import to_model_input, window_side
-from mtl.labels import ABAW2020, VA_NAMES, DataError, Protocol
+from mtl.labels import ABAW2020, VA_NAMES, Protocol
+from mtl.errors import DataError
 from mtl.progress import progress_bar
 from mtl.serve.align import align
 from mtl.serve.detect import make_detector

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from mtl.checkpoint import model_kind
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.models.backbones import load_weights_only
 
 NO_CODE = "a model file must not carry code"

@@ -41,7 +41,8 @@ from mtl.eval.ensemble import threshold_protocol
 from mtl.serve.export import load_predictor_file, protocol_of
 from mtl.serve.submission import Submission, check_protocol, plan_submission
 from mtl.serve.temporal import predict_video_windows
-from mtl.labels import VA_NAMES, DataError, Protocol
+from mtl.labels import VA_NAMES, Protocol
+from mtl.errors import DataError
 from mtl.progress import progress_bar
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.labels import DataError, Protocol
+from mtl.labels import Protocol
+from mtl.errors import DataError
 
 HEADER = "image,valence,arousal,expression,aus"
 PROTOCOL = "abaw3"  # the label protocol of the multi-task challenges since ABAW3

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from mtl import storage
 from mtl.checkpoint import model_from_state
-from mtl.config import ConfigError, validate
+from mtl.config import validate
+from mtl.errors import ConfigError
 from mtl.data.augment import MEAN_RGB, model_input
 from mtl.data.windows import first_occurrences, window_indices
 from mtl.labels import Protocol, get_protocol

@@ -8,9 +8,8 @@ dataclass) that round-trips through JSON.
 Done: `RUN/<stage>/stage.json` holds {"digest", "result"}; a stage whose stored digest equals its current one,
 and whose result's output files all exist, is done: the pipeline skips it and reloads its result from there.
 
-`STAGES` holds the stages in run order (insertion order). Each stage module registers its stage at import
-(`register_stage`) and imports the module of the stage it follows, so importing any of them registers the
-earlier ones first; a new stage is one module plus its test (docs/recipe.md names the method's stages).
+The pipeline's stages and their order are one tuple, `mtl.stages.pipeline.PIPELINE`; a new stage is one module,
+its place in that tuple, and its test (docs/recipe.md names the method's stages).
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from pydantic import BaseModel
 
 from mtl import runs, storage
 from mtl.config import Config
-from mtl.registry import Registry
 
 RECORD = "stage.json"
 
@@ -88,7 +86,9 @@ class Stage(ABC):
         return []
 
     def config_sections(self, cfg: Config) -> dict[str, Any]:
-        return {key: config_value(cfg, key) for key in self.config_keys}
+        """{dotted key: value} of every key under `config_keys`, except the keys a stage may change
+        (`mtl.runs.RESUMABLE`: where and how the work runs)."""
+        return stage_values(cfg, self.config_keys)
 
     def digest(self, cfg: Config, ctx: StageContext) -> str:
         record = {"config": self.config_sections(cfg), "inputs": [storage.sha256(p) for p in self.inputs(cfg, ctx)]}
@@ -102,13 +102,15 @@ class Stage(ABC):
         return cfg
 
 
-STAGES: Registry[Stage] = Registry("stage")
-
-
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: register an instance of the stage in STAGES under its name (after those already there)."""
-    STAGES.add(cls.name, cls())
-    return cls
+def stage_values(cfg: Config, keys) -> dict[str, Any]:
+    """{dotted key: value} of the config keys under `keys` (sections or keys), without `resumable_keys("stage")`."""
+    skip = runs.resumable_keys("stage")
+    values = {}
+    for key in keys:
+        value = config_value(cfg, key)
+        leaves = runs.flatten(value, f"{key}.") if isinstance(value, dict) else {key: value}
+        values.update({k: v for k, v in leaves.items() if k not in skip})
+    return values
 
 
 def config_value(cfg: Config, key: str) -> Any:

@@ -3,7 +3,8 @@ the validation videos, the AU thresholds (ensemble.threshold_rule; and members, 
 the other half (the same `eval.split_seed` cut as the trainings'); the ensemble is exported as a torch.export
 program to RUN/ensemble/ensemble.pt2 (temporal members: the plain torch file RUN/ensemble/ensemble_temporal.pt,
 `mtl.serve.temporal`), and RUN/ensemble/ensemble.json records what it was built from (docs/recipe.md §5,
-`mtl.eval.ensemble`, `mtl.serve.export`). `mtl ensemble` runs `build_ensemble` on chosen member checkpoints.
+`mtl.eval.ensemble`, `mtl.serve.export`). `EnsembleStage.build` is the one door of `mtl pipeline` and `mtl ensemble`
+(chosen member checkpoints): it reads the config and calls `build_ensemble`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Optional
 import numpy as np
 
 from mtl import storage
-from mtl.config import Config, ConfigError
-from mtl.labels import DataError, video_of
+from mtl.config import Config
+from mtl.errors import ConfigError
+from mtl.labels import video_of
+from mtl.errors import DataError
 from mtl.runs import stage_dir
 from mtl.serve.export import DEFAULT_FORMAT, FORMATS
 from mtl.serve.temporal import FILE_NAME as TEMPORAL_FILE  # ensemble_temporal.pt
-from mtl.stages.base import Stage, StageContext, StageResult, register_stage
-from mtl.stages.students import StudentsStage  # the stage before this one (registered first)
+from mtl.stages.base import Stage, StageContext, StageResult
+from mtl.stages.students import StudentsStage
 from mtl.stages.teacher import TeacherStage
 
 EXPORTED = "ensemble" + FORMATS[DEFAULT_FORMAT]  # ensemble.pt2
@@ -29,21 +32,20 @@ RECORD = "ensemble.json"
 REPORT_PREDS = "report_preds.npz"
 
 
-def member_task_options(use_gpu: bool) -> dict:
-    """Ray resources of one member's predictions: a CPU, and a GPU with train.use_gpu (`task_options`)."""
+def member_task_options(device: str) -> dict:
+    """Ray resources of one member's predictions on `device`: a CPU, and a GPU on cuda (`task_options`)."""
     from mtl.jobs.ray_session import task_options
 
-    return task_options(use_gpu)
+    return task_options(device == "cuda")
 
 
-def member_predictions(checkpoints: list[str], shards: str, use_gpu: bool = False) -> list[dict]:
-    """Validation predictions of every model, in parallel (one Ray task each, on a GPU with `use_gpu`)."""
+def member_predictions(checkpoints: list[str], shards: str, device: str = "cpu") -> list[dict]:
+    """Validation predictions of every model, in parallel (one Ray task each, on a GPU each with cuda)."""
     import ray
 
     from mtl.eval.evaluate import predict_model_file
 
-    task = ray.remote(**member_task_options(use_gpu))(predict_model_file)
-    device = "cuda" if use_gpu else "cpu"
+    task = ray.remote(**member_task_options(device))(predict_model_file)
     return ray.get([task.remote(path, shards, device=device) for path in checkpoints])
 
 
@@ -60,7 +62,7 @@ class EnsembleResult(StageResult):
 
 
 def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_best: Optional[str] = None,
-                   select: bool = False, rule: str = "f1", seed: int = 0, use_gpu: bool = False,
+                   select: bool = False, rule: str = "f1", seed: int = 0, device: str = "cpu",
                    fmt: str = DEFAULT_FORMAT, expr_f1: str = "present", bootstrap: int = 0) -> EnsembleResult:
     """Score the teacher (if any), each student and their ensemble on the reporting half of the validation
     videos of `shards` (thresholds, and members with `select`, from the other half, cut with `seed`), with
@@ -75,7 +77,7 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     from mtl.stages.soft_labels import write_npz_atomic
 
     checkpoints = [*([teacher_best] if teacher_best else []), *student_bests]
-    preds = member_predictions(checkpoints, shards, use_gpu)
+    preds = member_predictions(checkpoints, shards, device)
     videos = {video_of(key) for key in preds[0]["key"]}
     if len(videos) < 2:
         raise DataError(f"{shards}: {len(videos)} validation video(s); an honest ensemble needs at least 2 (its "
@@ -149,14 +151,6 @@ def export_members(checkpoints: list[str], thresholds: list[float], out_dir: str
     return location
 
 
-def ensemble_stage(cfg: Config, teacher_best: str, student_bests: list[str]) -> EnsembleResult:
-    """Score teacher, students and their ensemble on the reported half; export the ensemble."""
-    return build_ensemble(student_bests, cfg.data.shards, stage_dir(cfg, EnsembleStage.name), teacher_best,
-                          select=cfg.students.select, rule=cfg.ensemble.threshold_rule, seed=cfg.eval.split_seed,
-                          use_gpu=cfg.train.use_gpu, expr_f1=cfg.eval.expr_f1, bootstrap=cfg.ensemble.bootstrap)
-
-
-@register_stage
 class EnsembleStage(Stage):
     name = "ensemble"
     result_type = EnsembleResult
@@ -167,4 +161,18 @@ class EnsembleStage(Stage):
 
     def run(self, cfg: Config, ctx: StageContext) -> EnsembleResult:
         teacher_best, *student_bests = self.inputs(cfg, ctx)
-        return ensemble_stage(cfg, teacher_best, student_bests)
+        return self.build(cfg, student_bests, teacher_best)
+
+    def build(self, cfg: Config, students: list[str], teacher: Optional[str] = None,
+              out: Optional[str] = None) -> EnsembleResult:
+        """Score `teacher` (a model file, or None), the `students` and their ensemble on data.shards' reporting
+        half and export the ensemble into `out` (default RUN/ensemble), as the config says: students.select,
+        ensemble.threshold_rule, .format and .bootstrap, eval.split_seed and .expr_f1, runtime.device."""
+        from mtl.jobs.ray_session import ensure_ray, resolve_device
+
+        ensure_ray()
+        cfg = resolve_device(cfg)
+        return build_ensemble(students, cfg.data.shards, out or stage_dir(cfg, self.name), teacher,
+                              select=cfg.students.select, rule=cfg.ensemble.threshold_rule, seed=cfg.eval.split_seed,
+                              device=cfg.runtime.device, fmt=cfg.ensemble.format, expr_f1=cfg.eval.expr_f1,
+                              bootstrap=cfg.ensemble.bootstrap)

@@ -1,7 +1,7 @@
 """`mtl pipeline`: teacher -> soft labels -> [search] -> students -> ensemble -> report, resumable stage by stage.
 
-The stages are those registered in `mtl.stages.base.STAGES`, run in its order (docs/recipe.md names the method's
-four: teacher, soft labels, students, ensemble). A stage is done when `RUN/<stage>/stage.json` holds its current
+The stages are `PIPELINE`, in its order (docs/recipe.md names the method's four: teacher, soft labels, students,
+ensemble; the search runs between soft labels and students when tune.before_students says so). A stage is done when `RUN/<stage>/stage.json` holds its current
 digest (its config sections and input files) and its output files exist: it is skipped and its stored result
 reused; any other stage runs. Inside a stage, interrupted work resumes: a teacher or student goes on from its last
 checkpoint (a finished one is not retrained), soft labels are kept per shard for the same teacher file. With
@@ -14,21 +14,23 @@ the ensemble's members), for every model alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Optional
 
 from mtl.config import Config, absolute_paths, config_dict
-from mtl.registry import Registry
-from mtl.stages import search_stage, soft_labels  # noqa: F401  the built-in stages register themselves at import
-from mtl.stages.base import STAGES, Stage, StageContext, done_result, record_result
+from mtl.stages.base import Stage, StageContext, done_result, record_result
 from mtl.stages.ensemble import EnsembleStage, read_report_preds
+from mtl.stages.search_stage import SearchStage
+from mtl.stages.soft_labels import SoftLabelsStage
 from mtl.stages.students import StudentsStage
 from mtl.stages.teacher import TeacherStage
 
+PIPELINE: tuple[Stage, ...] = (TeacherStage(), SoftLabelsStage(), SearchStage(), StudentsStage(), EnsembleStage())
 
-def enabled_stages(cfg: Config, registry: Registry[Stage] = STAGES) -> list[Stage]:
-    """The stages `cfg` runs, in registry order."""
-    return [stage for _, stage in registry.items() if stage.enabled(cfg)]
+
+def enabled_stages(cfg: Config, stages: Sequence[Stage] = PIPELINE) -> list[Stage]:
+    """The stages of `stages` (default: the pipeline's) that `cfg` runs, in their order."""
+    return [stage for stage in stages if stage.enabled(cfg)]
 
 
 def run_stage(stage: Stage, ctx: StageContext) -> None:

@@ -27,17 +27,15 @@ import yaml
 from ray.train import UserCallback
 
 from mtl import storage
-from mtl.config import (Config, ConfigError, absolute_paths, apply_override, config_dict, read_yaml, updated,
-                        validate)
-from mtl.labels import DataError
+from mtl.config import Config, absolute_paths, apply_override, config_dict, read_yaml, updated, validate
+from mtl.errors import ConfigError, DataError
 from mtl.stages.space import Space, check_space, load_space, python_value
+from mtl.tables import text_table
 
 log = logging.getLogger(__name__)
 
 METRIC = "val_total"
 CLOCK = "epochs"  # epochs done: the schedulers' time attribute (stays right when a Train run resumes mid-way)
-# keys that may change between a search and its resumption (besides those a Train run allows)
-RESUMABLE_SEARCH_CHANGES = {"tune.max_concurrent", "tune.space", "tune.before_students"}
 
 
 def load_search(source: str, space_path: Optional[str], overrides=()) -> tuple[Config, Space]:
@@ -199,7 +197,7 @@ def concurrency(cfg: Config) -> int:
         return cfg.tune.max_concurrent
     from mtl.jobs.ray_session import trainings_that_fit
 
-    return trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker, cfg.train.gpus(),
+    return trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker, cfg.worker_gpus(),
                               ray.cluster_resources())
 
 
@@ -210,15 +208,13 @@ def search_record(cfg: Config, space: Space) -> dict:
 
 def check_same_search(record: dict, folder: str) -> None:
     """Refuse to resume a search stored in `folder` with another config or space."""
-    from mtl.runs import RESUMABLE_CHANGES, flatten
+    from mtl.runs import changed_keys
 
     path = storage.join(folder, "search.json")
     if not storage.is_file(path):
         return
     stored = storage.read_json(path)
-    allowed = RESUMABLE_CHANGES | RESUMABLE_SEARCH_CHANGES
-    old, new = flatten(config_dict(validate(stored["config"]))), flatten(record["config"])
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in allowed)
+    changed = changed_keys(config_dict(validate(stored["config"])), record["config"], "search")
     if stored["space"] != record["space"]:
         changed.append("the search space")
     if changed:
@@ -234,7 +230,7 @@ def run_search(cfg: Config, space: Space, address: Optional[str] = None) -> dict
     import ray.tune
 
     from mtl.data.index import load_index
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import ensure_ray, resolve_device
 
     cfg = absolute_paths(cfg)
     check_space(space, cfg)
@@ -250,6 +246,7 @@ def run_search(cfg: Config, space: Space, address: Optional[str] = None) -> dict
     storage.makedirs(folder)
     storage.write_json(storage.join(folder, "search.json"), record)
     ensure_ray(address)
+    cfg = resolve_device(cfg)
     pbt = cfg.tune.scheduler == "pbt"
     trainable = ray.tune.with_resources(  # the trial only drives its Train run: a token request
         ray.tune.with_parameters(run_trial, base=cfg, name=name, pbt=pbt), {"memory": 1})
@@ -340,10 +337,7 @@ def format_results(summary: dict) -> str:
     if not rows:
         return "no trial ran"
     keys = [k for k in rows[0] if k not in ("note",)]
-    cells = [[format_cell(r[k]) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = [text_table(keys, ([format_cell(r[k]) for k in keys] for r in rows), left=0)]
     lines += [f"  {r['trial']}: {r['note']}" for r in rows if r["note"]]
     best = summary["best"]
     lines.append(f"best: trial {best['trial']} (val_total {best[METRIC]:.4f}) -> {summary['best_config']}"

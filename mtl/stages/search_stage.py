@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtl.config import Config, config_dict, validate
-from mtl.stages import soft_labels  # noqa: F401  the stage before this one (registered first)
-from mtl.stages.base import Stage, StageContext, StageResult, register_stage
+from mtl.stages.base import Stage, StageContext, StageResult
 from mtl.stages.teacher import TeacherStage
 
 
@@ -24,7 +23,6 @@ class SearchResult(StageResult):
         return cls(config=validate(data["config"]))
 
 
-@register_stage
 class SearchStage(Stage):
     name = "search"
     result_type = SearchResult

@@ -1,6 +1,6 @@
 """`mtl soft-labels`: the teacher's outputs on every training sample, computed in parallel over shards on Ray.
 
-One Ray task per training shard runs the teacher (CPU, or one GPU each with `train.use_gpu`; loaded once per Ray
+One Ray task per training shard runs the teacher (CPU, or one GPU each on CUDA, runtime.device; loaded once per Ray
 worker process, decoding in loader workers, bf16 on GPU: `mtl.eval.inference`) on the shard's samples with the
 evaluation view (centre window, no augmentation) and writes `<shard name>.npz` next to
 the others under `RUN/soft_labels/`: sample keys, AU probabilities [N, A], EXPR logits [N, E] and VA bin logits
@@ -24,7 +24,8 @@ and the key's CRC-32): the file then also holds each view's offsets [N, K, 2] (i
 [N, K, 3] (float32, exact), and the outputs are [N, K, ...]; the manifest records `views`, `augment`,
 `stored_size` and `view_seed`, and a change of any of them redoes every shard. Frame teachers only.
 
-`SoftLabelsStage` is this step in the pipeline (docs/recipe.md §3): the teacher stage's model, RUN/soft_labels/.
+`SoftLabelsStage` is this step (docs/recipe.md §3), the one door of `mtl pipeline` and `mtl soft-labels`: it reads
+the config (data.shards, distill.views, data.augment, train.seed, runtime.device) and calls `compute_soft_labels`.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from mtl.config import AugmentConfig, Config, validate
 from mtl.data.soft_join import (MANIFEST, MANIFEST_FORMAT, file_record, refuse_windowed_views, soft_label_path,
                                  view_spec)
 from mtl.runs import soft_labels_dir
-from mtl.stages.base import Stage, StageContext, StageResult, config_value, register_stage
-from mtl.stages.teacher import TeacherStage  # the stage before this one (registered first)
+from mtl.stages.base import Stage, StageContext, StageResult, stage_values
+from mtl.stages.teacher import TeacherStage
 
 
 def write_npz_atomic(path: str | Path, **arrays) -> None:
@@ -72,7 +73,7 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
         return label_views(model, cfg.data.image_size, shard_url, out_path, stored_size, device,
                            max(1, batch_size // views["views"]), views, widths, num_workers)
     batches = centre_batches([shard_url], batch_size, stored_size, cfg.data.augment.crop_scale, device, num_workers,
-                             cfg.data.schema())
+                             protocol=cfg.data.schema())
     keys, outputs = [], {"au": [], "expr": [], "va": []}
     with torch.no_grad():
         for batch, on_device in prefetched(batches, device):
@@ -186,7 +187,8 @@ def label_video_windows(teacher_path: str, urls: list[str], out_path: str, store
         for start in range(0, len(windows), batch_size):
             chunk = windows[start:start + batch_size]
             batch = as_tensors(collate_windows(chunk, stored_size, side,
-                                               centre_draws(len(chunk), stored_size, cfg.data.augment.crop_scale)))
+                                               centre_draws(len(chunk), stored_size, cfg.data.augment.crop_scale),
+                                               cfg.data.schema()))
             teacher_outputs(model, batch["image"].to(device), cfg.data.image_size, device, outputs)
             keys += [window[0][0] for window in chunk]
     write_npz_atomic(out_path, keys=np.array(keys, dtype=str),
@@ -223,12 +225,13 @@ def proven(out: str, manifest: dict, file: str, shards: dict) -> bool:
             and storage.is_file(path) and storage.sha256(path) == record.get("sha256"))
 
 
-def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str | Path, use_gpu: bool = False,
+def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str | Path, device: str = "cpu",
                         progress: bool = True, views: int = 0, augment: Optional[AugmentConfig] = None,
                         seed: int = 0) -> dict:
-    """Soft labels of every training shard of `shards` into `out`; resumable per shard. Returns the manifest.
-    `views` > 0: that many augmentation views per sample, drawn with `augment` (data.augment) and `seed`
-    (train.seed); a temporal teacher then is a ConfigError, raised before any Ray task."""
+    """Soft labels of every training shard of `shards` into `out`, one Ray task per unit on `device` (cpu, or cuda:
+    a GPU each); resumable per shard. Returns the manifest. `views` > 0: that many augmentation views per sample,
+    drawn with `augment` (data.augment) and `seed` (train.seed); a temporal teacher then is a ConfigError, raised
+    before any Ray task. The pipeline and `mtl soft-labels` call it through `SoftLabelsStage.compute`."""
     import ray
 
     from mtl.data.index import check_protocol, load_index
@@ -268,11 +271,11 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
             manifest["shards"].pop(shard, None)
     ensure_ray()
     label = label_video_windows if teacher_cfg.model.temporal else label_shard
-    task = ray.remote(**task_options(use_gpu))(label_and_record)
+    task = ray.remote(**task_options(device == "cuda"))(label_and_record)
     extra = {"views": {"views": views, "augment": spec["augment"], "seed": seed}} if views else {}
     pending = {task.remote(label, soft_label_path(out, name), covers[name], teacher_path,
                            units[name][0] if teacher_cfg.model.temporal else units[name][0][0],
-                           soft_label_path(out, name), index.image_size, "cuda" if use_gpu else "cpu", **extra): name
+                           soft_label_path(out, name), index.image_size, device, **extra): name
                for name in todo}
     bar = progress_bar(total=len(units), desc="soft labels", unit="video" if teacher_cfg.model.temporal else "shard",
                        enabled=progress)
@@ -305,7 +308,6 @@ class SoftLabelsResult(StageResult):
         return [storage.join(self.folder, MANIFEST), *(soft_label_path(self.folder, name) for name in self.shards)]
 
 
-@register_stage
 class SoftLabelsStage(Stage):
     """The teacher's outputs on every training sample, for the students (docs/recipe.md §3)."""
 
@@ -316,7 +318,7 @@ class SoftLabelsStage(Stage):
     def config_sections(self, cfg: Config) -> dict:
         sections = super().config_sections(cfg)
         if cfg.distill.views:  # what the views are drawn with (docs/recipe.md §3.1)
-            sections.update({key: config_value(cfg, key) for key in ("data.augment", "train.seed")})
+            sections.update(stage_values(cfg, ("data.augment", "train.seed")))
         return sections
 
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
@@ -329,7 +331,15 @@ class SoftLabelsStage(Stage):
 
     def run(self, cfg: Config, ctx: StageContext) -> SoftLabelsResult:
         folder = storage.absolute(soft_labels_dir(cfg))
-        manifest = compute_soft_labels(ctx.result(TeacherStage.name).best, cfg.data.shards, folder,
-                                       cfg.train.use_gpu, views=cfg.distill.views, augment=cfg.data.augment,
-                                       seed=cfg.train.seed)
+        manifest = self.compute(cfg, ctx.result(TeacherStage.name).best, folder)
         return SoftLabelsResult(folder=folder, shards=manifest["shards"])
+
+    def compute(self, cfg: Config, teacher: str, out: Optional[str] = None, progress: bool = True) -> dict:
+        """The soft labels of the model file `teacher` for `cfg` into `out` (default: distill.soft_labels, else
+        RUN/soft_labels); returns the manifest. Runs on this process's Ray (a local one if none is up)."""
+        from mtl.jobs.ray_session import ensure_ray, resolve_device
+
+        ensure_ray()
+        cfg = resolve_device(cfg)
+        return compute_soft_labels(teacher, cfg.data.shards, out or soft_labels_dir(cfg), cfg.runtime.device,
+                                   progress, views=cfg.distill.views, augment=cfg.data.augment, seed=cfg.train.seed)

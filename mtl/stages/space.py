@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtl.config import Config, ConfigError, read_yaml, updated
+from mtl.config import Config, read_yaml, updated
+from mtl.errors import ConfigError
 
 KINDS = ("uniform", "loguniform", "choice", "grid", "randint")
 NOT_SEARCHABLE = ("run.", "tune.", "train.name", "data.shards")  # the search manages these itself

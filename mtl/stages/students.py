@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from mtl import storage
-from mtl.config import Config, ConfigError, updated
-from mtl.labels import DataError
+from mtl.config import Config, updated
+from mtl.errors import ConfigError, DataError
 from mtl.runs import training_outcome
-from mtl.stages import search_stage  # noqa: F401  the stage before this one (registered first)
-from mtl.stages.base import Stage, StageContext, StageResult, TrainingResult, register_stage
+from mtl.stages.base import Stage, StageContext, StageResult, TrainingResult
 from mtl.stages.teacher import TeacherStage
 
 
@@ -54,14 +53,15 @@ def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
     import ray
     import ray.tune
 
-    from mtl.jobs.ray_session import ensure_ray, trainings_that_fit
+    from mtl.jobs.ray_session import ensure_ray, resolve_device, trainings_that_fit
 
     if cfg.train.workers < 1:
         raise ConfigError("config key 'train.workers': students are Ray Train runs inside Ray Tune trials, "
                           "so they need at least 1 worker (local mode cannot run under Tune)")
     ensure_ray(address)
+    cfg = resolve_device(cfg)
     concurrent = cfg.students.concurrent or trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker,
-                                                               cfg.train.gpus(), ray.cluster_resources())
+                                                               cfg.worker_gpus(), ray.cluster_resources())
     trial = {"memory": 1}  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
     root = storage.join(storage.absolute(cfg.run.dir), "students")
     tuner = ray.tune.Tuner(
@@ -98,7 +98,6 @@ class StudentsResult(StageResult):
         return [path for student in self.students for path in student.outputs()]
 
 
-@register_stage
 class StudentsStage(Stage):
     name = "students"
     result_type = StudentsResult

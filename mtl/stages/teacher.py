@@ -5,7 +5,7 @@ interrupted run and returns a finished one at once)."""
 from __future__ import annotations
 
 from mtl.config import Config, updated
-from mtl.stages.base import Stage, StageContext, TrainingResult, register_stage
+from mtl.stages.base import Stage, StageContext, TrainingResult
 
 
 def teacher_config(cfg: Config) -> Config:
@@ -13,7 +13,6 @@ def teacher_config(cfg: Config) -> Config:
     return updated(cfg, {"train.role": "teacher"})
 
 
-@register_stage
 class TeacherStage(Stage):
     name = "teacher"
     result_type = TrainingResult

@@ -1,4 +1,4 @@
-"""A data error in a training run (a corrupt shard, an undecodable image, a malformed sample: `mtl.labels.DataError`)
+"""A data error in a training run (a corrupt shard, an undecodable image, a malformed sample: `mtl.errors.DataError`)
 ends the run on every rank at the same point and cleanly, so that Ray Train does not restart the worker group (the
 error is deterministic: a retry would read the same bytes) and the driver raises it as one line.
 
@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
-from mtl.labels import DataError, error_line
+from mtl.errors import DataError, error_line
 from mtl.storage import DiskFull
 
 T = TypeVar("T")

@@ -24,15 +24,15 @@ import torch
 
 from mtl import storage
 from mtl.checkpoint import read_model_file, save_model_file
-from mtl.config import Config, ConfigError, ModelConfig, absolute_paths, config_dict, validate
+from mtl.config import Config, ModelConfig, absolute_paths, config_dict, validate
+from mtl.errors import ConfigError
 from mtl.data.balance import BALANCERS
 from mtl.data.downsample import downsample_counts, format_counts
 from mtl.data.index import ShardIndex, check_protocol, load_index
 from mtl.data.soft_join import check_soft_labels, view_spec
 from mtl.data.verify import check_shards
-from mtl.jobs.ray_session import ensure_ray
-from mtl.labels import DataError, error_line
-from mtl.objectives.objective import OBJECTIVES
+from mtl.jobs.ray_session import ensure_ray, resolve_device
+from mtl.errors import DataError, error_line
 from mtl.runs import check_resumable, finished_training, soft_labels_dir, teacher_path, training_dir
 from mtl.train.loop import STATE_FILE, Diverged, train_loop
 
@@ -49,7 +49,6 @@ def check_inputs(cfg: Config) -> ShardIndex:
     check_protocol(index, cfg.data.protocol)
     check_shards(index)  # sizes against index.json: a truncated shard fails here
     BALANCERS.get(cfg.data.balance, key="data.balance")
-    OBJECTIVES.get(cfg.train.role, key="train.role")
     if cfg.train.role == "student":
         if not storage.is_file(teacher_path(cfg)) and cfg.distill.on_the_fly:
             raise FileNotFoundError(f"{teacher_path(cfg)}: a student needs the teacher's model")
@@ -132,6 +131,8 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
         print(f"[{cfg.train.role}] {format_counts(downsample)}", flush=True)
     if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
         check_resumable(cfg, folder)
+        ensure_ray(address)
+    cfg = resolve_device(cfg)  # what the workers run on, recorded in config.json
     storage.makedirs(folder)
     storage.write_json(storage.join(folder, "config.json"), config_dict(cfg))
     payload = {"config": cfg, "run_id": f"{storage.name(cfg.run.dir)}-{storage.name(folder)}",
@@ -140,11 +141,9 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
         local = storage.local_folder(folder, "local", cfg.runtime.scratch())
         shutil.rmtree(local, ignore_errors=True)
         payload["local_checkpoints"] = local
-    else:
-        ensure_ray(address)
     trainer = TorchTrainer(
         train_loop, train_loop_config=payload,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.workers, use_gpu=cfg.uses_cuda(),
                                                resources_per_worker=worker_resources(cfg),
                                                placement_strategy=cfg.train.placement_strategy),
         torch_config=TorchConfig(timeout_s=cfg.runtime.ddp_timeout()),
@@ -187,9 +186,9 @@ NOT_RETRIED = (DataError, storage.DiskFull, WorkersUnavailable)
 
 
 def worker_resources(cfg: Config) -> dict:
-    """Ray resources of one training worker: train.cpus_per_worker CPUs, and train.gpus_per_worker of a GPU with
-    train.use_gpu (0.5: two students or search trials share a GPU)."""
-    return {"CPU": cfg.train.cpus_per_worker, **({"GPU": cfg.train.gpus()} if cfg.train.use_gpu else {})}
+    """Ray resources of one training worker: train.cpus_per_worker CPUs, and train.gpus_per_worker of a GPU on
+    CUDA (runtime.device; 0.5: two students or search trials share a GPU)."""
+    return {"CPU": cfg.train.cpus_per_worker, **({"GPU": cfg.worker_gpus()} if cfg.uses_cuda() else {})}
 
 
 def workers_unavailable(cfg: Config) -> WorkersUnavailable:
@@ -203,7 +202,7 @@ def workers_unavailable(cfg: Config) -> WorkersUnavailable:
     return WorkersUnavailable(
         f"Ray could not start {cfg.train.workers} training worker(s) of {asked} each within "
         f"{cfg.runtime.worker_start_wait_s} s (runtime.worker_start_wait_s): the cluster has {has}; lower "
-        "train.workers or train.cpus_per_worker, set train.use_gpu=false, or free or add resources")
+        "train.workers or train.cpus_per_worker, set runtime.device=cpu, or free or add resources")
 
 
 def fit(trainer, cfg: Config):

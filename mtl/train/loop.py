@@ -69,7 +69,7 @@ def train_rank(payload: dict) -> dict:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     seed_everything(cfg.train.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
-    device = get_device() if cfg.train.use_gpu else torch.device("cpu")
+    device = get_device() if cfg.uses_cuda() else torch.device("cpu")
     torch.set_num_threads(cfg.train.cpus_per_worker)
     index = load_index(cfg.data.shards)
     loader = make_loader(cfg, index, rank, world, pin_memory=device.type == "cuda")

@@ -12,7 +12,7 @@ from mtl.bench.fidelity import (Grid, Variant, parse_level, parse_variant, read_
                                 run_grid)
 from mtl.bench.fidelity_report import COMPARISONS, pool_grid
 from mtl.cli import main
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 
 
 def test_variants_and_levels_parse_and_bad_ones_name_the_option():

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from mtl.config import ConfigError, DataConfig
+from mtl.config import DataConfig
+from mtl.errors import ConfigError
 from mtl.data.balance import BALANCERS, Balancer, TaskFactors, draw_repeats, imbalance_ratios, mlros_factors, uniform_factors
 from mtl.data.index import LabelStats
 

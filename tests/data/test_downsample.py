@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import imbalanced_videos, stream_config
-from mtl.config import ConfigError, load_config, updated
+from mtl.config import load_config, updated
+from mtl.errors import ConfigError
 from mtl.data.balance import uniform_factors
 from mtl.data.downsample import (FrameBuckets, Thinning, downsample_counts, format_counts, thinned_stats,
                                  training_stats)
 from mtl.data.index import load_index, va_cell
 from mtl.data.shards import tar_samples
 from mtl.data.stream import TrainStream, batches_per_epoch, with_labels
-from mtl.labels import DataError, EXPR_NAMES
+from mtl.labels import EXPR_NAMES
+from mtl.errors import DataError
 
 PAPER = {"expr": {"Neutral": 10, "Happiness": 2, "Sadness": 2}, "va": 5}
 ALL = {**PAPER, "au": 2}  # AU thinned too: some frames lose every label
@@ -170,7 +172,7 @@ def test_validation_and_unlisted_sources_keep_every_label(imbalanced_shards):
     for key, f, au, e, va in raw_frames():
         for source in ("affwild2", "expw"):
             buckets.add({"source": source, "frame": f, "au": list(au), "expr": e, "va": list(va)})
-    mixed, thinned = thinned_stats(buckets, Thinning.from_config(config(0, ALL))), brute_stats(0, ALL)
+    mixed, thinned = thinned_stats(buckets, Thinning.from_config(config(0, ALL)), "abaw2020"), brute_stats(0, ALL)
     assert mixed.expr_counts == [a + b for a, b in zip(thinned["expr"], raw["expr"])]
     assert mixed.samples == thinned["samples"] + raw["samples"]
     assert FrameBuckets.from_json(json.loads(json.dumps(buckets.to_json()))) == buckets

@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from mtl.data.epochs import EpochLoader, slot_batches, whole_batch, worker_of
 from mtl.data.packed import pack
 from mtl.data.stream import TrainStream
-from mtl.labels import DataError
+from mtl.errors import DataError
 from tests.conftest import stream_config
 
 
@@ -110,7 +110,7 @@ def test_a_data_error_in_a_worker_surfaces_in_the_training_process(imbalanced_sh
 
     from mtl.data.index import load_index
     from mtl.data.stream import train_loader
-    from mtl.labels import error_line
+    from mtl.errors import error_line
 
     shutil.copytree(imbalanced_shards, tmp_path / "shards")
     for shard in (tmp_path / "shards").glob("*.tar"):  # every sample's JSON made invalid, its length kept

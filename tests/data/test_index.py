@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from mtl.cli import main
 from mtl.data.index import load_index
-from mtl.labels import DataError
+from mtl.errors import DataError
 
 
 def test_a_pipe_command_is_not_a_shard_folder(tmp_path):

@@ -134,7 +134,7 @@ def test_va_bins_on_the_bin_edges_and_unlabelled_rows():
     labels = [[-1.0, 1.0], [-0.9, 0.1], None, [0.0, -0.05], [0.999999, -1.5]]
     samples = [(f"k{i}", jpeg(rng), {"au": None, "expr": None, "va": va, "__url__": "x"})
                for i, va in enumerate(labels)]
-    batch = collate(samples, STORED, SIDE, centre_draws(5, STORED, 1.2))
+    batch = collate(samples, STORED, SIDE, centre_draws(5, STORED, 1.2), "abaw2020")
     bins = pack(batch).unpacked()["va_bins"]
     assert bins.tolist() == [[0, 19], [1, 11], [0, 0], [10, 9], [19, 0]]
     values = torch.from_numpy(batch["va"]).double()  # the losses' rule on the device: the same bins
@@ -160,7 +160,8 @@ def test_the_float_block_is_aligned_whatever_the_image_size():
 
 def test_unpack_traces_as_one_graph_and_returns_views_of_the_buffer():
     rng = np.random.default_rng(4)
-    packed = pack(merge_tasks(collate(items(6, rng, soft=True), STORED, SIDE, draw_batch(rng, 6, STORED, AUGMENT))))
+    packed = pack(merge_tasks(collate(items(6, rng, soft=True), STORED, SIDE, draw_batch(rng, 6, STORED, AUGMENT),
+                                      "abaw2020")))
     compiled = torch.compile(lambda buffer: unpack(buffer, packed.layout), fullgraph=True, backend="eager")
     got, want = compiled(packed.buffer), unpack(packed.buffer, packed.layout)
     assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
@@ -170,7 +171,8 @@ def test_unpack_traces_as_one_graph_and_returns_views_of_the_buffer():
 
 def test_merge_tasks_works_on_numpy_and_tensors_alike_and_keeps_a_merged_batch():
     rng = np.random.default_rng(5)
-    batch = {task: collate(items(3, rng, only=task, prefix=task), STORED, SIDE, centre_draws(3, STORED, 1.2))
+    batch = {task: collate(items(3, rng, only=task, prefix=task), STORED, SIDE, centre_draws(3, STORED, 1.2),
+                           "abaw2020")
              for task in TASKS}
     from_numpy, from_tensors = merge_tasks(batch), merge_tasks(as_tensors(batch))
     assert all(np.array_equal(np.asarray(from_numpy[k]), from_tensors[k].numpy()) for k in from_numpy if k != "key")
@@ -191,7 +193,7 @@ def test_pack_refuses_fields_it_could_not_restore_exactly():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory and a device copy need CUDA")
 def test_a_pinned_batch_reaches_the_device_unchanged():
     rng = np.random.default_rng(6)
-    packed = pack(collate(items(4, rng), STORED, SIDE, draw_batch(rng, 4, STORED, AUGMENT)))
+    packed = pack(collate(items(4, rng), STORED, SIDE, draw_batch(rng, 4, STORED, AUGMENT), "abaw2020"))
     pinned = packed.pin_memory()
     assert pinned.buffer.is_pinned() and pinned.layout == packed.layout
     on_device = pinned.to("cuda", non_blocking=True)

@@ -16,7 +16,8 @@ from tests.test_storage import small_disk
 from mtl.cli import main
 from mtl.data.index import load_index
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
-from mtl.labels import DataError, FrameRecord
+from mtl.labels import FrameRecord
+from mtl.errors import DataError
 from mtl.data.images import MAX_PIXELS
 from mtl.data.prepare import prepare
 from mtl.storage import DiskFull

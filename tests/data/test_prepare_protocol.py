@@ -11,10 +11,10 @@ from tests.data.sources.test_affwild2_abaw3 import AU12, write_challenges
 from tests.data.sources.test_s_affwild2 import AU_NONE, label, write_s_affwild2
 from tests.data.test_prepare import read_shards
 from mtl.cli import main
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 from mtl.data.prepare import format_summary, prepare
 from mtl.data.sources import disfa
-from mtl.labels import DataError
+from mtl.errors import DataError
 
 PARTIAL = "0,1,-1,-1,0,0,0,0,0,0,1,-1"
 

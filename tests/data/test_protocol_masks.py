@@ -19,7 +19,8 @@ from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats, au_pattern, c
 from mtl.data.soft_join import SoftLabels
 from mtl.data.stream import TrainStream, collate, collate_soft, eval_loader, soft_widths
 from mtl.data.windows import collate_window_soft, eval_window_loader
-from mtl.labels import ABAW2020, ABAW3, SPLITS, TASKS, DataError
+from mtl.labels import ABAW2020, ABAW3, SPLITS, TASKS
+from mtl.errors import DataError
 from mtl.stages.soft_labels import write_npz_atomic
 
 SIZE = 16
@@ -101,7 +102,7 @@ def test_collate_of_a_mixed_batch_gives_per_au_masks(tmp_path):
 def test_a_batch_without_au_labels_has_the_protocols_width(tmp_path):
     items = [item("a", jpeg(tmp_path, 1), expr=7)]
     assert collate(items, SIZE, SIZE, centre_draws(1, SIZE, 1.0), ABAW3)["au_valid"].shape == (1, 12)
-    assert collate(items, SIZE, SIZE, centre_draws(1, SIZE, 1.0))["au"].shape == (1, 8)  # None: ABAW 2020
+    assert collate(items, SIZE, SIZE, centre_draws(1, SIZE, 1.0), ABAW2020)["au"].shape == (1, 8)
 
 
 def test_abaw2020_au_valid_is_the_row_mask_broadcast(tmp_path):

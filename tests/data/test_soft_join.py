@@ -7,11 +7,12 @@ import pytest
 
 from mtl import storage
 from mtl.data.index import load_index
-from mtl.config import AugmentConfig, ConfigError
+from mtl.config import AugmentConfig
+from mtl.errors import ConfigError
 from mtl.data.augment import BatchDraws
 from mtl.data.soft_join import (MANIFEST, MANIFEST_FORMAT, SoftLabels, check_soft_labels, file_record, replay_views,
                                  soft_label_path, view_spec)
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.stages.soft_labels import write_npz_atomic
 
 
@@ -60,7 +61,7 @@ def test_complete_labels_of_the_current_teacher_pass_and_join(tmp_path, imbalanc
     label_everything(tmp_path / "soft", index, teacher, {})
     check_soft_labels(tmp_path / "soft", teacher, train_shards(index), index=index)
     first = index.shards["train"][0].name
-    assert SoftLabels(tmp_path / "soft").lookup(first, f"{first}/0") is not None
+    assert SoftLabels(tmp_path / "soft", "abaw2020").lookup(first, f"{first}/0") is not None
 
 
 def test_another_teachers_labels_are_refused_naming_both(tmp_path, imbalanced_shards):
@@ -173,12 +174,13 @@ def test_a_truncated_file_is_one_line_before_training_and_in_a_worker(tmp_path, 
     message = one_line_error(DataError, tmp_path / "soft", teacher, train_shards(index), index=index)
     assert message.startswith(f"{path}: not a readable soft-label file (") and "re-run `mtl soft-labels`" in message
     with pytest.raises(DataError, match=rf"^{path}: changed since its soft labels were computed") as caught:
-        SoftLabels(tmp_path / "soft").lookup(second, f"{second}/0")  # a worker: the bytes against the manifest
+        # a worker: the bytes against the manifest
+        SoftLabels(tmp_path / "soft", "abaw2020").lookup(second, f"{second}/0")
     assert "\n" not in str(caught.value)
     (tmp_path / "bare").mkdir()  # no manifest (the stream reads any folder): still one line
     (tmp_path / "bare" / path.name).write_bytes(path.read_bytes())
     with pytest.raises(DataError, match=r"bare/train-000001\.npz: not a readable soft-label file \(") as caught:
-        SoftLabels(tmp_path / "bare").lookup(second, f"{second}/0")
+        SoftLabels(tmp_path / "bare", "abaw2020").lookup(second, f"{second}/0")
     assert "\n" not in str(caught.value)
 
 
@@ -186,7 +188,7 @@ def test_a_file_changed_after_the_check_is_a_data_error_in_the_worker(tmp_path, 
     index, teacher, _ = labelled
     check_soft_labels(tmp_path / "soft", teacher, train_shards(index), index=index)
     first, second = (info.name for info in index.shards["train"][:2])
-    soft = SoftLabels(tmp_path / "soft")
+    soft = SoftLabels(tmp_path / "soft", "abaw2020")
     assert soft.lookup(first, f"{first}/0") is not None
     Path(soft_label_path(tmp_path / "soft", second)).write_bytes(
         Path(soft_label_path(tmp_path / "soft", first)).read_bytes())  # a readable file, of another shard
@@ -194,7 +196,7 @@ def test_a_file_changed_after_the_check_is_a_data_error_in_the_worker(tmp_path, 
         soft.lookup(second, f"{second}/0")
     Path(soft_label_path(tmp_path / "soft", first)).unlink()
     with pytest.raises(DataError, match=r"train-000000\.npz: missing, but manifest\.json records it"):
-        SoftLabels(tmp_path / "soft").lookup(first, f"{first}/0")
+        SoftLabels(tmp_path / "soft", "abaw2020").lookup(first, f"{first}/0")
 
 
 def test_a_shard_changed_since_its_labels_were_computed_is_refused(tmp_path, labelled):

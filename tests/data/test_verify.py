@@ -10,7 +10,7 @@ from tests.conftest import http_folder
 from mtl.cli import main
 from mtl.data.index import load_index
 from mtl.data.verify import check_shards, shard_problems
-from mtl.labels import DataError
+from mtl.errors import DataError
 
 
 @pytest.fixture

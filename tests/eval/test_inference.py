@@ -16,7 +16,7 @@ from mtl.data.shards import tar_samples
 from mtl.data.stream import as_tensors, collate, with_labels
 from mtl.eval.inference import (batch_size_on, cached_model, centre_batches, prefetched, settings, shard_batches,
                                 workers_on)
-from mtl.labels import DataError
+from mtl.errors import DataError
 from tests.conftest import write_tiny_model_file
 
 
@@ -34,7 +34,7 @@ def test_centre_batches_are_the_plain_loops_whatever_the_workers(imbalanced_shar
     index = load_index(imbalanced_shards)
     urls = index.shard_urls("train")
     expected = plain_batches(urls, 5, index.image_size, 1.2, index.protocol)  # 5: batches across shard ends
-    got = list(centre_batches(urls, 5, index.image_size, 1.2, "cpu", workers, index.protocol))
+    got = list(centre_batches(urls, 5, index.image_size, 1.2, "cpu", workers, protocol=index.protocol))
     assert [b["key"] for b in got] == [b["key"] for b in expected]
     assert sum(len(b["key"]) for b in got) == index.stats["train"].samples
     for ours, plain in zip(got, expected):

@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 
 from mtl import storage
+from tests.conftest import tiny
 from tests.test_storage import moto_s3, upload_tree
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "cluster" / "local" / "two_nodes.sh"
 BUCKET = "mtl-multinode"
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=0",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.workers=2", "train.placement_strategy=SPREAD",
-        "train.epochs=1", "students.count=1")
+TINY = tiny("data.loader_workers=0", "train.workers=2", "train.placement_strategy=SPREAD", "train.epochs=1",
+            "students.count=1")
 STATE_QUERY = """
 import json, sys
 from ray.util.state import list_actors, list_nodes

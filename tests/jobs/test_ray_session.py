@@ -1,4 +1,4 @@
-"""How many trainings fit the cluster at once (students, search trials): CPUs, and GPUs with train.use_gpu."""
+"""How many trainings fit the cluster at once (students, search trials): CPUs, and GPUs on CUDA (runtime.device)."""
 
 from mtl.jobs.ray_session import trainings_that_fit
 

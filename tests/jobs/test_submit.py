@@ -66,7 +66,7 @@ def test_rayjob_manifest_has_what_kuberay_requires():
     argv = shlex.split(spec["entrypoint"])
     assert argv[:2] == ["mtl", "pipeline"]
     overrides = dict(a.split("=", 1) for a in argv if "=" in a)
-    assert overrides["train.use_gpu"] == "true" and overrides["run.dir"].startswith(("s3://", "gs://", "/mnt/"))
+    assert overrides["runtime.device"] == "cuda" and overrides["run.dir"].startswith(("s3://", "gs://", "/mnt/"))
     from mtl.config import load_config
 
     load_config(argv[argv.index("--config") + 1], [f"{k}={v}" for k, v in overrides.items()])  # valid keys

@@ -49,7 +49,7 @@ def test_a_weights_file_that_is_not_a_state_dict_is_one_line_naming_model_weight
     import warnings
     import zipfile
 
-    from mtl.labels import DataError
+    from mtl.errors import DataError
     from mtl.models.backbones import check_weights_file
 
     class Touch:

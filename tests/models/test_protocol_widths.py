@@ -8,7 +8,8 @@ import torch
 
 from mtl.checkpoint import build_model, load_model, save_model_file
 from mtl.config import ModelConfig, config_dict, validate
-from mtl.labels import ABAW2020, ABAW3, DataError
+from mtl.labels import ABAW2020, ABAW3
+from mtl.errors import DataError
 from mtl.models.factory import create_model
 from mtl.models.heads import predictions
 from mtl.models.multitask import MultitaskNet

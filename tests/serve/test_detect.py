@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 from mtl.serve.align import align, crop_geometry
 from mtl.serve.detect import DETECTORS, make_detector, match, measure
 from tests.serve.media_fixtures import FacePlacement, random_scene, render_scene

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mtl.checkpoint import load_model, read_model_file
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.serve.export import export_ensemble, export_file, load_predictor_file, read_metadata
 from mtl.serve.model_files import check_model_file
 from tests.serve.test_export import SIZE, THRESHOLDS, crops, run_cli, tiny_net

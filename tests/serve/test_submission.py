@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import write_tiny_model_file
 from tests.serve.test_predict_protocol import FRAMES, SIZE, run_cli, save_faces
 from mtl.checkpoint import load_model
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.serve.export import export_ensemble
 from mtl.serve.predict import predict_folder
 from mtl.serve.submission import HEADER, read_test_list

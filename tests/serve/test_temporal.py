@@ -14,7 +14,8 @@ from PIL import Image
 
 from mtl.checkpoint import load_model, read_model_file
 from mtl.cli import main
-from mtl.config import ConfigError, config_dict, validate
+from mtl.config import config_dict, validate
+from mtl.errors import ConfigError
 from mtl.data.augment import to_model_input, window_side
 from mtl.models.factory import create_model
 from mtl.serve.export import load_predictor_file

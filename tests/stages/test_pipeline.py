@@ -8,10 +8,9 @@ import pytest
 from mtl.config import load_config
 from mtl.stages.pipeline import run_pipeline
 from mtl.train.driver import train
+from tests.conftest import tiny
 
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.workers=1", "train.epochs=1",
-        "students.count=2")
+TINY = tiny("data.loader_workers=1", "train.workers=1", "train.epochs=1", "students.count=2")
 
 
 def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(tmp_path, imbalanced_shards,

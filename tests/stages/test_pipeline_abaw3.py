@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from mtl.cli import main
 from mtl.config import load_config
 from mtl.data.synth.generator import synthesize
-from mtl.labels import ABAW3, DataError
+from mtl.labels import ABAW3
+from mtl.errors import DataError
 from mtl.stages.pipeline import run_pipeline
 from tests.stages.test_pipeline import TINY
 

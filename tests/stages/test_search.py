@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import controller_registered_a_checkpoint
+from tests.conftest import controller_registered_a_checkpoint, tiny
 from mtl.config import load_config
 from mtl.stages.search import load_search, run_search, search_record, tuned_students
 from mtl.stages.space import load_space
 from mtl.train.driver import train
 
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.workers=1")
+TINY = tiny("data.loader_workers=1", "train.workers=1")
 
 # First key varies fastest: trials (1, 1e-9), (1e39, 1e-9), (1, 3e-3), (1e39, 3e-3). lambda_au = 1e39 overflows the
 # float32 loss to inf at the first step. At epoch 1 on this data the lr=3e-3 run scores below the (untrained)
@@ -150,7 +149,7 @@ def test_a_data_error_in_a_trial_ends_the_search_in_one_line_without_a_retry(tmp
                                                                              ray_session):
     import shutil
 
-    from mtl.labels import DataError
+    from mtl.errors import DataError
     from tests.train.test_driver import corrupt_member, first_shard_read_by, train_worker_actor_ids
 
     shards = tmp_path / "shards"

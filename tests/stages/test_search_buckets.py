@@ -11,15 +11,14 @@ import sys
 
 import pytest
 
-from tests.conftest import bucket_named_folders, job_env, moto_s3
+from tests.conftest import bucket_named_folders, job_env, moto_s3, tiny
 from mtl import storage
 from mtl.config import load_config
 from mtl.stages.search import load_search, run_search, search_record, tuned_students
 from mtl.stages.space import load_space
 
 BUCKET = "mtl-tune"
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=0",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.workers=1")
+TINY = tiny("data.loader_workers=0", "train.workers=1")
 
 
 @pytest.fixture(scope="module")

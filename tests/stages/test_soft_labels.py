@@ -9,7 +9,7 @@ import torch
 
 from mtl.config import load_config
 from mtl.data.stream import TrainStream
-from tests.conftest import stream_config
+from tests.conftest import stream_config, tiny
 from mtl.checkpoint import read_model_file
 from mtl.eval.evaluate import predict
 from mtl.data.index import load_index
@@ -18,8 +18,7 @@ from mtl.data.soft_join import soft_label_path
 from mtl.stages.soft_labels import compute_soft_labels
 from mtl.train.driver import train
 
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.workers=0")
+TINY = tiny("data.loader_workers=1", "train.workers=0")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +223,8 @@ def test_the_stream_replays_a_stored_view_with_its_pixels_draws_and_outputs(view
 
 
 def test_a_temporal_teacher_with_views_is_refused_before_any_ray_task(tmp_path, imbalanced_shards):
-    from mtl.config import ConfigError, config_dict, validate
+    from mtl.config import config_dict, validate
+    from mtl.errors import ConfigError
 
     cfg = validate({"model": {"backbone": "test_resnet", "temporal": True, "seq_len": 4}})
     torch.save({"model": {}, "config": config_dict(cfg), "epoch": 0}, tmp_path / "best.pt")
@@ -249,7 +249,7 @@ def test_the_stages_digest_follows_the_views_and_what_they_are_drawn_with():
 
 
 def test_a_student_trains_from_stored_views_and_refuses_another_k(teacher, imbalanced_shards, ray_session):
-    from mtl.labels import DataError
+    from mtl.errors import DataError
 
     run, best = teacher
     cfg = load_config("demo", (f"run.dir={run}", f"data.shards={imbalanced_shards}", "train.epochs=1", *TINY,
@@ -299,7 +299,7 @@ def test_one_shards_labels_copied_over_anothers_are_refused_before_training(teac
     import shutil
 
     from mtl.data.soft_join import SoftLabels
-    from mtl.labels import DataError
+    from mtl.errors import DataError
     from mtl.train.driver import check_inputs
 
     run, best = teacher
@@ -314,7 +314,8 @@ def test_one_shards_labels_copied_over_anothers_are_refused_before_training(teac
                                  f"it holds the soft labels of {first}, not of {second} (copied over it?): re-run "
                                  "`mtl soft-labels`")
     with pytest.raises(DataError, match=r"train-000001\.npz: changed since its soft labels were computed"):
-        SoftLabels(tmp_path / "soft").lookup(second, tar_keys(str(imbalanced_shards / second))[0])  # in a worker
+        # in a worker
+        SoftLabels(tmp_path / "soft", "abaw2020").lookup(second, tar_keys(str(imbalanced_shards / second))[0])
     manifest = compute_soft_labels(best, imbalanced_shards, tmp_path / "soft", progress=False)  # the hint: redone
     original = json.loads((run / "soft_labels" / "manifest.json").read_text())["files"]
     redone = Path(soft_label_path(tmp_path / "soft", second)).name

@@ -5,7 +5,8 @@ import sys
 import pytest
 from ray.tune.search.sample import Categorical, Float, Integer
 
-from mtl.config import ConfigError, load_config
+from mtl.config import load_config
+from mtl.errors import ConfigError
 from mtl.stages.search import check_settings, load_search, make_searcher, trial_config
 from mtl.stages.space import check_space, load_space
 

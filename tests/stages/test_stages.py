@@ -2,18 +2,15 @@
 pipeline's dispatch (toy stages registered from the test)."""
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mtl.config import load_config
-from mtl.registry import Registry
-from mtl.stages.base import STAGES, Stage, StageContext, StageResult, TrainingResult
+from mtl.stages.base import Stage, StageContext, StageResult, TrainingResult
 from mtl.stages.ensemble import EnsembleResult, EnsembleStage
-from mtl.stages.pipeline import enabled_stages, run_stages
+from mtl.stages.pipeline import PIPELINE, enabled_stages, run_stages
 from mtl.stages.search_stage import SearchResult
 from mtl.stages.soft_labels import SoftLabelsResult
 from mtl.stages.students import StudentsResult, StudentsStage
@@ -100,37 +97,24 @@ def test_a_done_stage_is_skipped_and_its_result_reloaded(tmp_path, capsys):
     assert toy.runs == 3 and (tmp_path / "toy.txt").is_file()
 
 
-def test_a_stage_runs_because_it_is_registered(tmp_path):
-    stages: Registry[Stage] = Registry("stage")
+def test_a_stage_runs_because_it_is_in_the_stages_given(tmp_path):
     cfg = config(tmp_path)
-    run_stages(enabled_stages(cfg, stages), StageContext(cfg=cfg))
+    run_stages(enabled_stages(cfg, ()), StageContext(cfg=cfg))
     assert not (tmp_path / "toy.txt").exists()
-    with stages.temporarily("toy", Toy()):
-        ctx = StageContext(cfg=cfg)
-        timings = run_stages(enabled_stages(cfg, stages), ctx)
+    ctx = StageContext(cfg=cfg)
+    timings = run_stages(enabled_stages(cfg, (Toy(),)), ctx)
     assert (tmp_path / "toy.txt").is_file() and set(timings) == set(ctx.results) == {"toy"}
     (tmp_path / "toy.txt").unlink()
-    run_stages(enabled_stages(cfg, stages), StageContext(cfg=cfg))
-    with stages.temporarily("toy", Toy(enabled=False)):
-        run_stages(enabled_stages(cfg, stages), StageContext(cfg=cfg))
+    run_stages(enabled_stages(cfg, (Toy(enabled=False),)), StageContext(cfg=cfg))
     assert not (tmp_path / "toy.txt").exists()
 
 
-def test_the_pipeline_runs_the_registered_stages_in_order_a_new_one_last():
+def test_the_pipeline_is_one_tuple_in_run_order_the_search_only_when_asked():
     cfg = config("unused")
     searching = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"before_students": True})})
+    assert [s.name for s in PIPELINE] == list(BUILT_IN)
     assert [s.name for s in enabled_stages(cfg)] == [n for n in BUILT_IN if n != "search"]
     assert [s.name for s in enabled_stages(searching)] == list(BUILT_IN)
-    toy = Toy()
-    with STAGES.temporarily("toy", toy):
-        assert enabled_stages(cfg)[-1] is toy
-    assert "toy" not in STAGES
-
-
-def test_importing_any_stage_module_registers_the_earlier_stages_first():
-    code = "import mtl.stages.students; from mtl.stages.base import STAGES; print(','.join(STAGES.names()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().split(",") == list(BUILT_IN[:4])
 
 
 def test_a_stage_hands_its_config_to_the_later_stages(tmp_path):
@@ -155,3 +139,28 @@ def test_a_stage_hands_its_config_to_the_later_stages(tmp_path):
 ], ids=lambda r: type(r).__name__)
 def test_stage_results_round_trip_through_json(result):
     assert type(result).from_json(json.loads(json.dumps(result.to_json()))) == result
+
+
+def test_one_resume_table_decides_each_level(tmp_path):
+    """runs.RESUMABLE: a run setting (where and how it runs) keeps every level's work, so no stage re-enters for it;
+    train.epochs keeps a training (it runs on) but re-enters the stage; an output-changing key keeps nothing."""
+    from mtl.config import config_dict
+    from mtl.runs import changed_keys
+
+    cfg = config(tmp_path)
+    stage, ctx = TeacherStage(), StageContext(cfg=cfg)
+    digest = stage.digest(cfg, ctx)
+    for setting in ("train.workers=2", "data.loader_workers=0", "runtime.device=cpu", "train.cuda_graph=false"):
+        other = config(tmp_path, setting)
+        assert stage.digest(other, ctx) == digest, setting
+        assert changed_keys(config_dict(cfg), config_dict(other), "training") == []
+    longer = config(tmp_path, "train.epochs=9")
+    assert stage.digest(longer, ctx) != digest
+    assert changed_keys(config_dict(cfg), config_dict(longer), "training") == []
+    assert changed_keys(config_dict(cfg), config_dict(longer), "stage") == ["train.epochs"]
+    faster = config(tmp_path, "train.lr=0.5")
+    assert stage.digest(faster, ctx) != digest
+    assert changed_keys(config_dict(cfg), config_dict(faster), "search") == ["train.lr"]
+    space = config(tmp_path, "tune.space=tune/other.yaml")
+    assert changed_keys(config_dict(cfg), config_dict(space), "search") == []
+    assert changed_keys(config_dict(cfg), config_dict(space), "training") == ["tune.space"]

@@ -3,7 +3,8 @@
 
 import pytest
 
-from mtl.config import ConfigError, load_config
+from mtl.config import load_config
+from mtl.errors import ConfigError
 from mtl.stages.students import student_config, train_students
 
 

@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from mtl.cli import main
-from mtl.config import ConfigError, load_config
+from mtl.config import load_config
+from mtl.errors import ConfigError
 from mtl.data.index import load_index
 from mtl.data.windows import read_video, videos_of_split
 from mtl.eval.evaluate import predict_model_file

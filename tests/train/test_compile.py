@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from mtl.config import ConfigError, updated
+from mtl.config import updated
+from mtl.errors import ConfigError
 from mtl.data.index import load_index
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective

@@ -12,18 +12,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import controller_registered_a_checkpoint
+from tests.conftest import controller_registered_a_checkpoint, tiny
 from mtl.cli import main
-from mtl.config import ConfigError, load_config
+from mtl.config import load_config
+from mtl.errors import ConfigError
 from mtl.data.index import load_index
 from mtl.data.verify import check_shards
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.train.driver import train
 from mtl.data.packed import merge_tasks
 from mtl.train.optim import lr_factor
 
-TINY = ("model.backbone=test_resnet", "data.image_size=16", "train.batch_size=16", "data.loader_workers=1",
-        "data.shuffle_buffer=50", "train.eval_batch_size=64", "train.lr=3e-3")
+TINY = tiny("data.loader_workers=1", "train.lr=3e-3")
 
 
 def config(run_dir: Path, shards: Path, *overrides: str):

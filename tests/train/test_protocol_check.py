@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from mtl.cli import main
 from mtl.config import config_dict, load_config, validate
 from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.stages.soft_labels import compute_soft_labels
 from mtl.train.driver import check_inputs, train
 from mtl.data.packed import merge_tasks

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Hashable, Iterator, TypeVar
 
-from mtl.labels import DataError
+from mtl.errors import DataError
 
 K = TypeVar("K", bound=Hashable)
 

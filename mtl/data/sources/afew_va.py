@@ -28,7 +28,8 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from mtl.labels import DataError, FrameRecord
+from mtl.labels import FrameRecord
+from mtl.errors import DataError
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.data.sources._text import require_file, subdirs, unique_names
 

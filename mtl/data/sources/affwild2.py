@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mtl.labels import (ABAW2020, ABAW3, DEFAULT_PROTOCOL, PROTOCOLS, DataError, FrameRecord, Protocol, check_va,
-                        get_protocol)
+from mtl.labels import ABAW2020, ABAW3, DEFAULT_PROTOCOL, PROTOCOLS, FrameRecord, Protocol, check_va, get_protocol
+from mtl.errors import DataError
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 
 log = logging.getLogger(__name__)

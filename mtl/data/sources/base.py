@@ -4,7 +4,7 @@ A source module (any public module of mtl.data.sources, found on the registry's 
 and registers them at its bottom with `SOURCES.add(name, Source(...))`, so `mtl prepare` can fan work out over Ray:
   discover(root: Path) -> list[WorkUnit]         cheap listing of independent units (a video, a chunk of a list file)
   read(unit: WorkUnit) -> Iterator[FrameRecord]  the unit's frames in a deterministic order
-Readers raise mtl.labels.DataError naming file and line for malformed or out-of-range annotations. They do not
+Readers raise mtl.errors.DataError naming file and line for malformed or out-of-range annotations. They do not
 decode images (AFEW-VA reads one image header per clip for its size): prepare checks that each image exists and
 decodes, and counts the skips.
 
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from mtl.config import ConfigError
-from mtl.labels import DataError, FrameRecord
+from mtl.errors import ConfigError
+from mtl.labels import FrameRecord
+from mtl.errors import DataError
 from mtl.registry import Registry
 
 

@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from mtl.labels import DEFAULT_PROTOCOL, INVALID_AU, DataError, FrameRecord, get_protocol
+from mtl.labels import DEFAULT_PROTOCOL, INVALID_AU, FrameRecord, get_protocol
+from mtl.errors import DataError
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.data.sources._text import numbered_lines, parse_int, require_dir, require_file, split_fields, subdirs
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mtl.labels import NUM_EXPR, DataError, FrameRecord
+from mtl.labels import NUM_EXPR, FrameRecord
+from mtl.errors import DataError
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.data.sources._text import (
     numbered_lines,

@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from mtl.labels import ABAW3, DataError, FrameRecord, Protocol, check_va, get_protocol
+from mtl.labels import ABAW3, FrameRecord, Protocol, check_va, get_protocol
+from mtl.errors import DataError
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
 from mtl.data.sources._text import numbered_lines, parse_float, parse_integral, require_dir, split_fields
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.data.sources import afew_va
 
 SIZE = (120, 100)

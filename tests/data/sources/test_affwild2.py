@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_affwild2
-from mtl.labels import HEADERS, DataError
+from mtl.labels import HEADERS
+from mtl.errors import DataError
 from mtl.data.sources import affwild2
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import write_affwild2, write_jpeg
 from mtl.data.sources import affwild2
-from mtl.labels import ABAW2020, ABAW3, DataError
+from mtl.labels import ABAW2020, ABAW3
+from mtl.errors import DataError
 
 CHALLENGES = {"au": "AU_Detection_Challenge", "expr": "EXPR_Classification_Challenge", "va": "VA_Estimation_Challenge"}
 SPLITS = {"train": "Train_Set", "val": "Validation_Set"}

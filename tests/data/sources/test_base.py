@@ -4,7 +4,7 @@ import pkgutil
 import pytest
 
 import mtl.data.sources
-from mtl.config import ConfigError
+from mtl.errors import ConfigError
 from mtl.data.sources.base import SOURCES, Source
 
 BUILT_IN = {"affwild2": "--affwild2", "expw": "--expw", "afew_va": "--afew-va", "disfa": "--disfa",

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mtl.labels import DataError
+from mtl.errors import DataError
 from mtl.data.sources import disfa
 
 AUS = (1, 2, 4, 6, 12, 15, 20, 25)

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mtl.labels import EXPR_NAMES, DataError
+from mtl.labels import EXPR_NAMES
+from mtl.errors import DataError
 from mtl.data.sources import expw
 from mtl.data.sources.base import SOURCES
 

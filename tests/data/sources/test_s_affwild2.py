@@ -8,7 +8,8 @@ import pytest
 from tests.conftest import write_jpeg
 from mtl.data.sources import s_affwild2
 from mtl.data.sources.base import SOURCES
-from mtl.labels import ABAW3, DataError
+from mtl.labels import ABAW3
+from mtl.errors import DataError
 
 HEADER = "image,valence,arousal,expression," + ",".join(ABAW3.au_names)
 AU_NONE = ",".join(["-1"] * 12)

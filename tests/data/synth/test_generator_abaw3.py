@@ -12,7 +12,8 @@ from PIL import Image
 from mtl.data.synth.expressions import label_model, simulate_labels
 from mtl.data.synth.generator import plan_videos, synthesize, video_length
 from tests.data.synth.test_generator import assert_two_person_videos_differ, crash_then_rerun
-from mtl.labels import ABAW3, ABAW2020, DataError, TASKS
+from mtl.labels import ABAW3, ABAW2020, TASKS
+from mtl.errors import DataError
 
 VIDEOS, FRAMES, SEED, SIZE = 14, 24, 5, 24
 HEADER = "image,valence,arousal,expression,AU1,AU2,AU4,AU6,AU7,AU10,AU12,AU15,AU23,AU24,AU25,AU26"
