@@ -41,13 +41,15 @@ def split_arguments(arguments: tuple) -> tuple[list[str], list[str]]:
 
 def config_of(config_source: Optional[str], model_file: str, overrides: list[str]):
     """The config a command on model files runs with: `--config` when given, else the model file's own (what it
-    was trained with), with the overrides applied."""
+    was trained with) less its runtime section (the training machine's settings: a model trained on CUDA is
+    evaluated where this machine says, runtime.device auto), with the overrides applied."""
     from mtl.checkpoint import read_model_file
-    from mtl.config import load_config, overridden, validate
+    from mtl.config import RuntimeConfig, load_config, overridden, validate
 
     if config_source:
         return load_config(config_source, overrides)
-    return overridden(validate(read_model_file(model_file)["config"]), overrides)
+    trained = validate(read_model_file(model_file)["config"])
+    return overridden(trained.model_copy(update={"runtime": RuntimeConfig()}), overrides)
 
 
 @click.command()

@@ -102,3 +102,19 @@ def test_shards_with_one_validation_video_are_a_one_line_error(run, tmp_path, ra
     assert result.output == f"error: {tmp_path / 'shards'}: 1 validation video(s); an honest ensemble needs at " \
                             "least 2 (its thresholds are tuned on one half of the videos and it is scored on the other)\n"
     assert not (tmp_path / "out" / "ensemble.pt2").exists()
+
+
+def test_a_members_config_travels_without_its_training_machines_settings(tmp_path, imbalanced_shards):
+    """A model trained on CUDA elsewhere is ensembled or evaluated where this machine says (runtime.device auto):
+    the runtime section of a model file's config is the training machine's, not this one's."""
+    from mtl.commands.models import config_of
+
+    path = tmp_path / "best.pt"
+    cfg = validate({"model": {"backbone": "test_resnet"}, "runtime": {"device": "cuda", "ddp_timeout_s": 7},
+                    "data": {"image_size": SIZE, "shards": str(imbalanced_shards)}})
+    torch.save({"model": create_model(cfg.model, SIZE).state_dict(), "config": config_dict(cfg), "epoch": 0}, path)
+    got = config_of(None, str(path), [])
+    assert got.runtime.device == "auto" and got.runtime.ddp_timeout_s != 7
+    assert got.data.shards == str(imbalanced_shards) and got.model.backbone == "test_resnet"  # the experiment stays
+    assert config_of(None, str(path), ["runtime.device=cpu"]).runtime.device == "cpu"
+    assert config_of("demo", str(path), []).data.image_size != SIZE  # --config: the file given, not the model's
