@@ -96,7 +96,12 @@ def validate(data: dict) -> Config:
 def load_config(source: str = "demo", overrides: list[str] | tuple[str, ...] = (), absolute: bool = True) -> Config:
     """A preset or YAML file with dotted `overrides`, validated; with `absolute`, its local paths made absolute
     against this process's working directory (`absolute_paths`)."""
-    data = read_yaml(source)
+    return with_overrides(read_yaml(source), overrides, absolute)
+
+
+def with_overrides(data: dict, overrides: list[str] | tuple[str, ...], absolute: bool = True) -> Config:
+    """Config dict `data` (changed in place) with dotted `overrides` applied, validated, and with `absolute` its
+    local paths made absolute (`absolute_paths`)."""
     for override in overrides:
         apply_override(data, override)
     cfg = validate(data)
@@ -141,10 +146,7 @@ def updated(cfg: Config, changes: dict[str, Any]) -> Config:
 
 def overridden(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """`cfg` with dotted `key=value` overrides applied as `load_config` applies them (validated, paths absolute)."""
-    data = config_dict(cfg)
-    for override in overrides:
-        apply_override(data, override)
-    return absolute_paths(validate(data))
+    return with_overrides(config_dict(cfg), overrides)
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

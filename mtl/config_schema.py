@@ -289,7 +289,7 @@ class Config(_Section):
     def worker_gpus(self) -> float:
         """GPUs of each training worker: train.gpus_per_worker on CUDA, else 0 (runtime.device resolved: `auto`
         counts as 0 here, see `mtl.jobs.ray_session.resolve_device`)."""
-        return self.train.gpus_per_worker if self.runtime.device == "cuda" else 0.0
+        return self.train.gpus_per_worker if self.uses_cuda() else 0.0
 
     def uses_cuda(self) -> bool:
         return self.runtime.device == "cuda"

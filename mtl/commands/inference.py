@@ -7,7 +7,7 @@ from typing import Optional
 import click
 
 from mtl import storage
-from mtl.commands.options import config_overrides, key_option, path_option
+from mtl.commands.options import config_of, config_overrides, key_option, path_option
 from mtl.labels import PROTOCOLS
 
 ray_address_option = click.option(
@@ -124,7 +124,6 @@ def evaluate(checkpoint: str, config_source: Optional[str], split: str, out: Opt
              address: Optional[str], **aliases) -> None:
     """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs. OVERRIDES are dotted
     key=value pairs (data.shards, runtime.device, train.eval_batch_size)."""
-    from mtl.commands.models import config_of
     from mtl.eval.evaluate import evaluate_checkpoint, format_scores
     from mtl.jobs.ray_session import ensure_ray, resolve_device
 

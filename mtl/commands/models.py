@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from mtl.commands.options import address_option, config_overrides, key_option, path_option
+from mtl.commands.options import address_option, config_of, config_overrides, key_option, path_option
 
 FORMAT_CHOICE = click.Choice(["torch-export", "onnx"])
 
@@ -37,19 +37,6 @@ def split_arguments(arguments: tuple) -> tuple[list[str], list[str]]:
 
     is_override = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=").match
     return ([a for a in arguments if not is_override(a)], [a for a in arguments if is_override(a)])
-
-
-def config_of(config_source: Optional[str], model_file: str, overrides: list[str]):
-    """The config a command on model files runs with: `--config` when given, else the model file's own (what it
-    was trained with) less its runtime section (the training machine's settings: a model trained on CUDA is
-    evaluated where this machine says, runtime.device auto), with the overrides applied."""
-    from mtl.checkpoint import read_model_file
-    from mtl.config import RuntimeConfig, load_config, overridden, validate
-
-    if config_source:
-        return load_config(config_source, overrides)
-    trained = validate(read_model_file(model_file)["config"])
-    return overridden(trained.model_copy(update={"runtime": RuntimeConfig()}), overrides)
 
 
 @click.command()

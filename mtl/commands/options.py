@@ -71,6 +71,19 @@ def config_overrides(params: dict, overrides: tuple = (), command: Optional[clic
     return [*aliases, *overrides]
 
 
+def config_of(config_source: Optional[str], model_file: str, overrides: list[str]):
+    """The config a command on model files runs with: `--config` when given, else the model file's own (what it
+    was trained with) less its runtime section (the training machine's settings: a model trained on CUDA is
+    evaluated where this machine says, runtime.device auto), with the overrides applied."""
+    from mtl.checkpoint import read_model_file
+    from mtl.config import RuntimeConfig, load_config, overridden, validate
+
+    if config_source:
+        return load_config(config_source, overrides)
+    trained = validate(read_model_file(model_file)["config"])
+    return overridden(trained.model_copy(update={"runtime": RuntimeConfig()}), overrides)
+
+
 def format_mapping(mapping: dict, indent: int = 0) -> str:
     lines = []
     for key, value in mapping.items():

@@ -107,7 +107,7 @@ def test_shards_with_one_validation_video_are_a_one_line_error(run, tmp_path, ra
 def test_a_members_config_travels_without_its_training_machines_settings(tmp_path, imbalanced_shards):
     """A model trained on CUDA elsewhere is ensembled or evaluated where this machine says (runtime.device auto):
     the runtime section of a model file's config is the training machine's, not this one's."""
-    from mtl.commands.models import config_of
+    from mtl.commands.options import config_of
 
     path = tmp_path / "best.pt"
     cfg = validate({"model": {"backbone": "test_resnet"}, "runtime": {"device": "cuda", "ddp_timeout_s": 7},
