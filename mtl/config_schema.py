@@ -8,8 +8,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mtl import storage
+from mtl.errors import ConfigError
 from mtl.labels import PROTOCOLS, get_protocol
-from mtl.storage import scratch_root
 
 
 Role = Literal["teacher", "student"]  # train.role: one objective each (mtl.objectives.objective.OBJECTIVES)
@@ -102,6 +103,16 @@ class DataConfig(_Section):
         """The label schema (`mtl.labels.Protocol`) this config trains and scores in."""
         return get_protocol(self.protocol)
 
+    def require_shards(self) -> str:
+        """data.shards, which training and the search read: ConfigError when unset."""
+        if not self.shards:
+            raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
+        return self.shards
+
+
+FERPLUS_SOURCE = ("`resnet50_ferplus_dag.pth`, folder `fer+` of Albanie's PyTorch model zoo "
+                  "(https://www.robots.ox.ac.uk/~albanie/pytorch-models.html)")
+
 
 class ModelConfig(_Section):
     backbone: str = Field("test_resnet", description="a timm model name or a registered backbone "
@@ -116,6 +127,18 @@ class ModelConfig(_Section):
     temporal: bool = False
     seq_len: int = Field(32, ge=1, description="frames per window of the temporal (CNN-RNN) model")
     rnn_hidden: int = Field(64, ge=1, description="GRU hidden size of the temporal model")
+
+    def check_weights(self) -> None:
+        """model.weights: required where require_weights says so (the paper preset's FER+ backbone, docs/recipe.md
+        §1.1; ConfigError), an existing file when given (FileNotFoundError). Not a validator: a preset that requires
+        weights still loads for the commands that train nothing."""
+        if self.require_weights and not self.weights:
+            source = FERPLUS_SOURCE if self.backbone == "resnet50_ferplus" else "a local state dict file"
+            raise ConfigError(f"config key 'model.weights': required (model.require_weights): {self.backbone} starts "
+                              f"from pretrained weights, {source}; pass model.weights=PATH, or "
+                              "model.require_weights=false to start from random weights")
+        if self.weights and not storage.is_file(self.weights):
+            raise FileNotFoundError(f"config key 'model.weights': {self.weights}: no such file")
 
 
 class TrainConfig(_Section):
@@ -216,7 +239,7 @@ class EnsembleConfig(_Section):
 
 
 class PrepareConfig(_Section):
-    """`mtl prepare` (the same keys as its flags: --shard-size, --image-size)."""
+    """`mtl prepare --config`/overrides; its flags --shard-size and --image-size set these keys."""
 
     shard_size: int = Field(5000, ge=1, description="samples per shard")
     image_size: int = Field(112, ge=16, description="stored face size (Aff-Wild2's 112 px faces are copied as-is)")
@@ -250,7 +273,7 @@ class RuntimeConfig(_Section):
         return int(os.environ.get("MTL_DDP_TIMEOUT_S") or self.ddp_timeout_s)
 
     def scratch(self) -> str:
-        return scratch_root(self.local_dir)
+        return storage.scratch_root(self.local_dir)
 
 
 class Config(_Section):

@@ -52,7 +52,8 @@ def test_every_inference_stage_runs_without_the_pretrained_file(trained_without_
     assert sum(manifest["shards"].values()) > 0
     model, cfg = load_model(best)
     exported = run / "ensemble.pt2"
-    export_ensemble([model], [0.5] * 8, cfg.data.image_size, exported, stored_size=32)
+    export_ensemble([model], [0.5] * 8, cfg.data.image_size, exported, stored_size=32,
+                    protocol=cfg.data.protocol)
     assert load_predictor_file(exported, "cpu").image_size == cfg.data.image_size
     faces = run / "faces"
     for i in range(3):

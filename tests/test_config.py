@@ -145,3 +145,23 @@ def test_auto_device_is_decided_by_the_gpus_there_are(monkeypatch):
     assert resolve_device(auto).runtime.device == "cuda"
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8})
     assert resolve_device(auto).runtime.device == "cpu"
+
+
+def test_the_config_checks_its_own_inputs_where_a_stage_needs_them(tmp_path):
+    """data.shards and model.weights: a config that lacks them loads (a paper preset evaluates without weights);
+    the stage that needs them asks the config, which names the key."""
+    paper = load_config("paper")
+    with pytest.raises(ConfigError, match=r"^config key 'data.shards': required \(a shard folder written by `mtl "
+                                          r"prepare`\)$"):
+        paper.data.require_shards()
+    assert load_config("paper", (f"data.shards={tmp_path}",)).data.require_shards() == str(tmp_path)
+    with pytest.raises(ConfigError, match=r"^config key 'model.weights': required \(model.require_weights\): "
+                                          r"resnet50_ferplus starts from pretrained weights, `resnet50_ferplus_dag"):
+        paper.model.check_weights()
+    load_config("paper", ("model.require_weights=false",)).model.check_weights()
+    with pytest.raises(FileNotFoundError, match=rf"^config key 'model.weights': {tmp_path / 'absent.pth'}: no such "
+                                                r"file$"):
+        load_config("paper", (f"model.weights={tmp_path / 'absent.pth'}",)).model.check_weights()
+    (tmp_path / "w.pth").write_bytes(b"")
+    load_config("demo", (f"model.weights={tmp_path / 'w.pth'}",)).model.check_weights()  # there: the contents are
+    # the driver's to check (mtl.models.backbones.check_weights_file)

@@ -96,3 +96,54 @@ def test_importing_mtl_changes_nothing_in_the_process():
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
     env = {k: v for k, v in __import__("os").environ.items() if k not in __import__("mtl").OFFLINE_DEFAULTS}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+VARIANT_NAMES = {"temporal", "seq_len", "is_temporal_state"}  # what a branch on the frame/window variant reads
+
+
+def variant_branches(path: Path) -> set[str]:
+    """The functions of `path` (by name; "<module>" outside any) with an if, conditional expression or filter that
+    reads the model's variant (model.temporal, seq_len, a temporal file) rather than asking `mtl.family`."""
+    found = set()
+
+    def reads_variant(node) -> bool:
+        return any((isinstance(n, ast.Attribute) and n.attr in VARIANT_NAMES)
+                   or (isinstance(n, ast.Name) and n.id in VARIANT_NAMES)
+                   or (isinstance(n, ast.Constant) and n.value in VARIANT_NAMES) for n in ast.walk(node))
+
+    def visit(node, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+            tests = ([child.test] if isinstance(child, (ast.If, ast.IfExp, ast.While)) else
+                     child.ifs if isinstance(child, ast.comprehension) else [])
+            if any(reads_variant(test) for test in tests):
+                found.add(name)
+            visit(child, name)
+
+    visit(ast.parse(path.read_text()), "<module>")
+    return found
+
+
+def test_few_places_branch_on_the_frame_or_window_variant_outside_the_family():
+    places = {f"{module_name(p)}.{f}" for p in MTL.rglob("*.py") if p.name != "family.py"
+              for f in variant_branches(p)}
+    assert len(places) <= 5, sorted(places)  # a feature of both families is a `mtl.family.ModelFamily` method
+
+
+def test_few_functions_take_an_optional_protocol():
+    optional = []
+    for path in MTL.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.args + node.args.kwonlyargs
+                defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + [*node.args.defaults,
+                                                                                      *node.args.kw_defaults]
+                optional += [f"{module_name(path)}.{node.name}" for arg, default in zip(args, defaults)
+                             if "protocol" in arg.arg and isinstance(default, ast.Constant) and default.value is None]
+    assert len(optional) <= 3, sorted(optional)  # None meant ABAW 2020: the protocol travels with the data now
+
+
+def test_the_variant_checker_finds_a_branch(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f(cfg):\n    return 1 if cfg.model.temporal else 2\n\ndef g(x):\n    return x\n")
+    assert variant_branches(source) == {"f"}

@@ -224,13 +224,12 @@ def test_an_http_shard_root_serves_index_json_and_the_streams_read_the_same_samp
     eval streams (shards through webdataset's gopen/curl) read exactly what they read from the folder."""
     from tests.conftest import stream_config
     from mtl.data.stream import EvalStream, TrainStream
-    from mtl.data.verify import check_shards
 
     with http_folder(imbalanced_shards.parent) as base:
         root = f"{base}/{imbalanced_shards.name}"
         local, remote = load_index(imbalanced_shards), load_index(root)
         assert remote.raw == local.raw and remote.shard_urls("val")[0] == f"{root}/val-000000.tar"
-        check_shards(remote)  # every shard's size from a HEAD request matches index.json
+        remote.check_shards()  # every shard's size from a HEAD request matches index.json
         assert storage.size(remote.shard_urls("train")[0]) == local.shards["train"][0].nbytes
         spec = stream_config(batch_size=8, shuffle_buffer=20, batch_mode="mixed")
         batches = [next(iter(TrainStream(index, spec))).unpacked() for index in (local, remote)]

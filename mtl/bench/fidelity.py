@@ -33,7 +33,6 @@ LEVELS = {"demo": (0.6, 0.3, 0.1), "harsh": (0.9, 0.1, 0.0)}  # shares of traini
 PROTOCOLS = ("abaw2020", "abaw3")
 CELL_RECORD = "cell.json"
 PREDICTIONS = "fidelity.npz"
-PREDICTION_FIELDS = ("au_prob", "expr_prob", "va_pred", "au_true", "expr_true", "va_true")
 BASE = "base"
 
 
@@ -234,7 +233,8 @@ def run_cell(grid: Grid, cell: Cell, shards: str) -> dict:
     from mtl.eval.evaluate import predictions_on_ray
     from mtl.runs import teacher_path
     from mtl.stages.pipeline import run_pipeline
-    from mtl.stages.soft_labels import write_npz_atomic
+    from mtl.eval.labelling import write_npz_atomic
+    from mtl.eval.predictions import FIELDS
 
     cell_dir = Path(grid.out) / "cells" / cell.variant.name / cell.data_name
     spec = cell_spec(grid, cell)
@@ -249,9 +249,9 @@ def run_cell(grid: Grid, cell: Cell, shards: str) -> dict:
     teacher = teacher_path(cfg)
     students = [str(cell_dir / "students" / f"student_{i}" / "best.pt") for i in range(cfg.students.count)]
     preds = predictions_on_ray([teacher, *students], shards)
-    arrays = {"key": np.asarray(preds[0]["key"])}
+    arrays = {"key": preds[0].arrays()["key"]}
     for name, pred in zip(["teacher", *[f"student_{i}" for i in range(len(students))]], preds):
-        arrays.update({f"{name}.{fld}": np.asarray(pred[fld]) for fld in PREDICTION_FIELDS})
+        arrays.update({f"{name}.{fld}": getattr(pred, fld) for fld in FIELDS})
     write_npz_atomic(str(cell_dir / PREDICTIONS), **arrays)
     record = {"spec": spec, "cell": cell.name, "students": len(students), "select": cfg.students.select,
               "split_seed": cfg.eval.split_seed, "expr_f1": cfg.eval.expr_f1,

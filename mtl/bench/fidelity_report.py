@@ -25,10 +25,11 @@ import numpy as np
 from mtl import storage
 from mtl.bench.fidelity import read_cell, read_predictions
 from mtl.eval.bootstrap import KEYS, REPLICATES
-from mtl.eval.ensemble import (average, average_logits, greedy_selection, halve_videos, scorer, subset, task_strata,
+from mtl.eval.ensemble import (average, average_logits, greedy_selection, halve_videos, scorer, task_strata,
                                tune_thresholds)
 from mtl.eval.evaluate import score
 from mtl.eval.pooled import Side, pooled_differences
+from mtl.eval.predictions import Predictions
 from mtl.labels import video_of
 from mtl.tables import markdown_table
 
@@ -39,25 +40,25 @@ MERGES = {"probabilities": average, "logits": average_logits}
 
 def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[Side, Side]], dict]:
     """The cell's comparisons as (A, B) sides scored on its reporting half, and its own scores there (teacher,
-    students, ensemble, which student the selection half picks, the ensemble's members).
+    students, ensemble, which student the selection half picks, the ensemble's members). `models`: each model's
+    arrays as `mtl.bench.fidelity.read_predictions` reads them, in the protocol of the cell's spec.
 
     Besides the pipeline's ensemble (probabilities averaged over students.select's members), two alternatives:
     the same members averaged in logit space, and the ensemble chosen on the selection half among {all students,
     greedy selection} x {probabilities, logits} (the best total there)."""
     protocol = record["spec"]["data"]["protocol"]
     rule, expr_f1 = record["threshold_rule"], record["expr_f1"]
-    teacher = models["teacher"]
-    students = [models[f"student_{i}"] for i in range(record["students"])]
-    tune, report = halve_videos(teacher["key"], record["split_seed"], task_strata(teacher))
-    greedy = greedy_selection(students, tune, rule=rule, expr_f1=expr_f1, protocol=protocol)
+    teacher = Predictions.from_arrays(models["teacher"], protocol)
+    students = [Predictions.from_arrays(models[f"student_{i}"], protocol) for i in range(record["students"])]
+    tune, report = halve_videos(teacher.keys, record["split_seed"], task_strata(teacher))
+    greedy = greedy_selection(students, tune, rule=rule, expr_f1=expr_f1)
     members = greedy if record["select"] else list(range(len(students)))
 
-    def tuned(preds: dict) -> tuple[dict, object, float]:
+    def tuned(preds: Predictions) -> tuple[Predictions, object, float]:
         """Reporting-half predictions, their scorer (thresholds from the selection half), selection-half total."""
-        chosen = subset(preds, tune)
-        thresholds = tune_thresholds(chosen["au_true"], chosen["au_prob"], rule, protocol)
-        return (subset(preds, report), scorer(thresholds, expr_f1, protocol),
-                score(chosen, thresholds, expr_f1, protocol)["total"])
+        chosen = preds.select(tune)
+        thresholds = tune_thresholds(chosen, rule)
+        return preds.select(report), scorer(thresholds, expr_f1), score(chosen, thresholds, expr_f1)["total"]
 
     def side(*entries) -> Side:
         return Side([e[0] for e in entries], [e[1] for e in entries])
@@ -133,7 +134,7 @@ def pool_grid(out: str | Path, name: str = "fidelity", replicates: int = REPLICA
         result["groups"].append({
             "variant": variant, "protocol": protocol, "level": level,
             "task_counts": grid["task_counts"][level], "seeds": [r["spec"]["data"]["seed"] for _, r, _ in cells],
-            "reported_videos": [len({video_of(k) for k in sides["student - teacher"][0].preds[0]["key"]})
+            "reported_videos": [len({video_of(k) for k in sides["student - teacher"][0].preds[0].keys})
                                 for sides, _ in per_cell],
             "comparisons": comparisons, "claim_holds": holds, "failures": failures,
             "student_sd": float(np.mean([np.std(scores["student_totals"], ddof=1) for _, scores in per_cell]))
@@ -158,7 +159,7 @@ def claim_table(result: dict) -> list[str]:
     their intervals and on how many seeds each is above zero, and the verdict."""
     rows = []
     for group in result["groups"]:
-        level = f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
+        level = level_name(group)
         cells = [f"{_cell(group['comparisons'][c]['total'])} {group['comparisons'][c]['total']['above_zero']}/"
                  f"{group['comparisons'][c]['total']['count']}" for c in CLAIM_COLUMNS]
         rows.append((group["protocol"], level, group["variant"], *cells, "holds" if group["claim_holds"] else "no"))
@@ -166,6 +167,11 @@ def claim_table(result: dict) -> list[str]:
     lines = markdown_table(header, rows, left=3)
     lines[1] = lines[1][:-5] + "---|"  # the verdict column: text, aligned left
     return lines
+
+
+def level_name(group: dict) -> str:
+    """A group's missingness level with its task counts: "harsh (0.9/0.1/0)"."""
+    return f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
 
 
 def markdown(result: dict, title: Optional[str] = None) -> str:
@@ -178,15 +184,12 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
              f"{result['replicates']} video-bootstrap replicates stratified by seed; differences on the reporting "
              "half of the validation videos (thresholds, members and the selected student from the other half); "
              "each cell: pooled difference [95 % interval] (*: outside the noise) and seeds above zero.", "",
-             *claim_table(result), "",
-             "| variant | protocol | level | comparison | AU | EXPR | VA | total | seeds > 0 |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
-    for group in result["groups"]:
-        level = f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
-        for name, entry in group["comparisons"].items():
-            total = entry["total"]
-            lines.append(f"| {group['variant']} | {group['protocol']} | {level} | {name} | "
-                         + " | ".join(_cell(entry[k]) for k in KEYS) + f" | {total['above_zero']}/{total['count']} |")
+             *claim_table(result), ""]
+    rows = [[group["variant"], group["protocol"], level_name(group), name, *(_cell(entry[k]) for k in KEYS),
+             f"{entry['total']['above_zero']}/{entry['total']['count']}"]
+            for group in result["groups"] for name, entry in group["comparisons"].items()]
+    lines += markdown_table(["variant", "protocol", "level", "comparison", "AU", "EXPR", "VA", "total", "seeds > 0"],
+                            rows, left=4)
     lines += ["", "Claim (students above the teacher on total, no task below; ensemble above the mean student and "
               "not below the selected one):", ""]
     for group in result["groups"]:

@@ -182,7 +182,7 @@ def soft_label_rate(shards: Path, out: Path, cfg, device: str) -> dict:
     """img/s of `label_shard` over every training shard in turn (what one Ray worker does), the teacher loaded
     first (a warm-up shard)."""
     from mtl.data.index import load_index
-    from mtl.stages.soft_labels import label_shard
+    from mtl.eval.labelling import label_shard
 
     index = load_index(shards)
     urls = index.shard_urls("train")
@@ -205,8 +205,8 @@ def predict_rate(shards: Path, out: Path, cfg, device: str) -> dict:
     inference_ready(device)
     started = time.perf_counter()
     preds = predict_model_file(teacher, shards, "train", device)
-    return {"img_per_s": len(preds["key"]) / (time.perf_counter() - started), "peak_gib": peak_gib(),
-            "samples": len(preds["key"])}
+    return {"img_per_s": len(preds) / (time.perf_counter() - started), "peak_gib": peak_gib(),
+            "samples": len(preds)}
 
 
 def reset_peak() -> None:

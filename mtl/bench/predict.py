@@ -104,6 +104,7 @@ def predict_folder_ray_data(model_path: str | Path, folder: str | Path, out_dir:
     import ray
 
     from mtl import storage
+    from mtl.serve.export import load_predictor_file, protocol_of
     from mtl.serve.predict import find_videos, write_predictions
 
     started = time.perf_counter()
@@ -130,7 +131,9 @@ def predict_folder_ray_data(model_path: str | Path, folder: str | Path, out_dir:
     bounds = np.cumsum([0, *(len(frames) for frames in videos.values())])
     outputs = ((video, tuple(arrays[name][bounds[i]:bounds[i + 1]] for name in names))
                for i, video in enumerate(videos))
-    return {**write_predictions(out_dir, videos, outputs, thresholds, started), "workers": workers, "device": device}
+    protocol = protocol_of(load_predictor_file(model_path, torch.device("cpu")))
+    return {**write_predictions(out_dir, videos, outputs, thresholds, started, protocol), "workers": workers,
+            "device": device}
 
 
 def compare(baseline: Path, other: Path) -> dict:

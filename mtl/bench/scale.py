@@ -104,6 +104,7 @@ def measure_size(root: Path, frames: int, image_size: int, backbone: str, seed: 
     from mtl.data.stream import train_loader
     from mtl.data.synth.generator import synthesize
     from mtl.eval.evaluate import evaluate_checkpoint
+    from mtl.jobs.ray_session import RaySession
     from mtl.stages.soft_labels import compute_soft_labels
 
     workers = ray_worker_pids()
@@ -132,7 +133,7 @@ def measure_size(root: Path, frames: int, image_size: int, backbone: str, seed: 
     save_model_file({"model": build_model(cfg).state_dict(), "config": config_dict(cfg), "epoch": 0, "metrics": {}},
                     teacher)
     soft_s, _ = timed(compute_soft_labels, teacher, shards, root / "run" / "soft_labels", progress=False)
-    eval_s, _ = timed(evaluate_checkpoint, teacher, shards, "val", on_ray=True)
+    eval_s, _ = timed(evaluate_checkpoint, teacher, shards, "val", session=RaySession())  # on the Ray up here
     return {"frames": int(made["frames"]), "train_frames": train_frames, "val_frames": val_frames,
             "prepare_seconds": prepare_s, "prepare_frames_per_s": (train_frames + val_frames) / prepare_s,
             "index_bytes": (shards / "index.json").stat().st_size,

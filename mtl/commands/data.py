@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from mtl.commands.options import address_option, format_mapping
-from mtl.config import PrepareConfig
+from mtl.commands.options import address_option, config_overrides, format_mapping, key_option, path_option
+from mtl.config import Config, PrepareConfig
 from mtl.errors import ConfigError
 from mtl.data.sources.base import SOURCES
 from mtl.labels import DEFAULT_PROTOCOL, PROTOCOLS
@@ -60,12 +60,13 @@ def synth(out: str, videos: int, frames: int, seed: int, image_size: int, protoc
 
 
 def source_options(function):
-    """One folder option per registered source (its `flag`, dest its name), and `--source NAME=DIR` for any."""
-    function = click.option("--source", "named", multiple=True, metavar="NAME=DIR",
-                            help="Root of any registered source, e.g. a plugin's (repeatable).")(function)
+    """One input folder option per registered source (its `flag`, dest its name), and `--source NAME=DIR` for
+    any."""
+    function = path_option("--source", "named", role="input", multiple=True, metavar="NAME=DIR",
+                           help="Root of any registered source, e.g. a plugin's (repeatable).")(function)
     folder = click.Path(exists=True, file_okay=False)
     for name, source in sorted(SOURCES.items(), reverse=True):  # the last applied is listed first
-        function = click.option(source.flag, name, type=folder, help=source.help)(function)
+        function = path_option(source.flag, name, role="input", type=folder, help=source.help)(function)
     return function
 
 
@@ -87,9 +88,10 @@ def source_roots(flags: dict, named: tuple) -> dict[str, str]:
     return roots
 
 
-def resolve_protocol(given: str | None, roots: dict[str, str]) -> str:
-    """The protocol to prepare under: `given`, else the one the sources' folders hold (abaw3 for --s-affwild2 or
-    an ABAW3+ per-task --affwild2 release), else abaw2020. UsageError naming both when they disagree."""
+def resolve_protocol(given: str | None, roots: dict[str, str], stated: str = "") -> str:
+    """The protocol to prepare under: `given` (`stated` names where: `--protocol X` by default), else the one the
+    sources' folders hold (abaw3 for --s-affwild2 or an ABAW3+ per-task --affwild2 release), else abaw2020.
+    UsageError naming both when they disagree."""
     detected: dict[str, str] = {}  # protocol -> the source option that holds it
     for name, root in roots.items():
         if name not in SOURCES:
@@ -101,12 +103,23 @@ def resolve_protocol(given: str | None, roots: dict[str, str]) -> str:
     if given is not None:
         for found, where in detected.items():
             if found != given:
-                raise click.UsageError(f"--protocol {given}, but {where} holds {found} labels")
+                raise click.UsageError(f"{stated or f'--protocol {given}'}, but {where} holds {found} labels")
         return given
     if len(detected) > 1:
         (a, where_a), (b, where_b) = sorted(detected.items())[:2]
         raise click.UsageError(f"{where_a} holds {a} labels, but {where_b} holds {b} labels")
     return next(iter(detected), DEFAULT_PROTOCOL)
+
+
+def output_problem(location: str) -> str | None:
+    """Why shards cannot be written to `location` (a stream URL: read-only; an existing file), else None."""
+    from mtl import storage
+
+    if storage.is_stream(location):
+        return f"{location!r} is read-only (http and pipe: shards can be read, not written)"
+    if storage.local_path(location) is not None and Path(storage.local_path(location)).is_file():
+        return f"{location!r} is a file, not a folder"
+    return None
 
 
 class OutputLocation(click.ParamType):
@@ -115,40 +128,69 @@ class OutputLocation(click.ParamType):
     name = "DIR|URI"
 
     def convert(self, value, param, ctx):
-        from mtl import storage
+        problem = output_problem(str(value))
+        if problem:
+            self.fail(problem, param, ctx)
+        return str(value)
 
-        value = str(value)
-        if storage.is_stream(value):
-            self.fail(f"{value!r} is read-only (http and pipe: shards can be read, not written)", param, ctx)
-        if storage.local_path(value) is not None and Path(storage.local_path(value)).is_file():
-            self.fail(f"{value!r} is a file, not a folder", param, ctx)
-        return value
+
+def prepare_config(config_source: str | None, overrides: list[str]) -> tuple[Config, bool]:
+    """(config, whether it states data.protocol) of `mtl prepare`: `config_source` (default: no file, the schema's
+    defaults) with `overrides`; its paths as given (data.shards is written by this process). ConfigError when
+    data.shards, the folder to write, is unset or cannot be written."""
+    from mtl.config import read_yaml, with_overrides
+
+    data = read_yaml(config_source) if config_source else {}
+    cfg = with_overrides(data, overrides, absolute=False)
+    if not cfg.data.shards:
+        raise ConfigError("config key 'data.shards': required, the folder or bucket to write (--out DIR|URI)")
+    problem = output_problem(cfg.data.shards)
+    if problem:
+        raise ConfigError(f"config key 'data.shards': {problem}")
+    return cfg, "protocol" in (data.get("data") or {})
+
+
+_DEFAULTS = PrepareConfig()
 
 
 @click.command()
+@click.option("--config", "config_source", default=None,
+              help="Config file or preset whose prepare.* keys (and data.protocol, data.shards) it runs with "
+                   "[default: the schema's defaults]; KEY=VALUE arguments override it.")
 @source_options
-@click.option("--out", required=True, type=OutputLocation(),
-              help="Shard folder or bucket URI (s3://bucket/prefix, gs://...) to write.")
-@click.option("--shard-size", default=PrepareConfig().shard_size, show_default=True, type=click.IntRange(1),
-              help="Samples per shard.")
-@click.option("--image-size", default=PrepareConfig().image_size, show_default=True, type=click.IntRange(16),
-              help="Stored face size (Aff-Wild2's 112 px faces are copied as they are).")
-@click.option("--images", type=click.Path(exists=True, file_okay=False),
-              help="Image folder of --s-affwild2 when it is not DIR/cropped_aligned.")
-@click.option("--protocol", type=protocol_choice,
-              help="Label protocol [default: abaw3 with --s-affwild2 or an ABAW3+ --affwild2 release, else abaw2020].")
+@key_option("--out", key="data.shards", type=OutputLocation(),
+            help="Shard folder or bucket URI (s3://bucket/prefix, gs://...) to write (required, here or in the "
+                 "config).")
+@key_option("--shard-size", key="prepare.shard_size", type=click.IntRange(1),
+            help=f"Samples per shard (default {_DEFAULTS.shard_size}).")
+@key_option("--image-size", key="prepare.image_size", type=click.IntRange(16),
+            help=f"Stored face size, default {_DEFAULTS.image_size} (Aff-Wild2's 112 px faces are copied as they "
+                 "are).")
+@path_option("--images", role="input", type=click.Path(exists=True, file_okay=False),
+             help="Image folder of --s-affwild2 when it is not DIR/cropped_aligned.")
+@key_option("--protocol", key="data.protocol", type=protocol_choice,
+            help="Label protocol (default: the config's data.protocol when it states one, else abaw3 with "
+                 "--s-affwild2 or an ABAW3+ --affwild2 release, else abaw2020).")
 @click.option("--verify", is_flag=True, help="Re-read every shard written and check it against index.json.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @address_option
-def prepare(named, out, shard_size, image_size, images, protocol, verify, address, **flags) -> None:
-    """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray."""
+def prepare(config_source, overrides, named, images, verify, address, **params) -> None:
+    """Raw datasets -> WebDataset shards (train-*.tar, val-*.tar) + index.json, in parallel on Ray. Settings:
+    prepare.shard_size, prepare.image_size, data.protocol and data.shards (the output), from --config and
+    KEY=VALUE overrides or the flags that set them."""
     from mtl import storage
     from mtl.data.prepare import format_summary, prepare as run_prepare
+    from mtl.jobs.ray_session import RaySession
 
-    roots = source_roots(flags, named)
+    cfg, states_protocol = prepare_config(config_source, config_overrides(params, overrides))
+    roots = source_roots({name: params[name] for name in SOURCES.names() if name in params}, named)
     if images and "s_affwild2" not in roots:
         raise click.UsageError("--images is the image folder of --s-affwild2, which is not given")
-    index = run_prepare(roots, out, shard_size=shard_size, image_size=image_size, address=address,
-                        protocol=resolve_protocol(protocol, roots),
+    given = cfg.data.protocol if states_protocol else None
+    stated = f"--protocol {given}" if params["protocol"] == given else f"data.protocol={given}"
+    out = cfg.data.shards
+    index = run_prepare(roots, out, shard_size=cfg.prepare.shard_size, image_size=cfg.prepare.image_size,
+                        session=RaySession(address), protocol=resolve_protocol(given, roots, stated),
                         images={"s_affwild2": images} if images else None)
     click.echo(format_summary(index))
     click.echo(f"wrote {storage.join(out, 'index.json')}")
@@ -162,18 +204,15 @@ def check_shards_command(shards: str) -> None:
     """Check every shard of SHARDS (a folder, bucket or http(s) URI with index.json) against the sizes and SHA-256
     checksums index.json records; one line per bad shard, exit code 2 if any."""
     from mtl.data.index import load_index
-    from mtl.data.verify import shard_problems, unverifiable
 
     index = load_index(shards)
-    problems = shard_problems(index, checksum=True)
+    problems = index.shard_problems(checksum=True)
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     total = sum(len(index.shards[split]) for split in index.shards)
     if problems:
         sys.exit(2)
-    unchecked = unverifiable(index)
-    note = f" ({unchecked} without a recorded checksum: written by an older mtl prepare)" if unchecked else ""
-    click.echo(f"{total} shard(s) of {shards} match index.json{note}")
+    click.echo(f"{total} shard(s) of {shards} match index.json")
 
 
 COMMANDS = [synth, prepare, check_shards_command]

@@ -77,9 +77,11 @@ def predict(model_path: str, images: Optional[str], media: tuple[str, ...], more
             return
         extra = {"protocol": protocol, "submission": submission, "test_list": test_list}
         if address or workers:
+            from mtl.jobs.ray_session import RaySession
             from mtl.serve.batch import predict_folder_on_ray
 
-            summary = predict_folder_on_ray(model_path, images, out, batch_size, device, workers, address, **extra)
+            summary = predict_folder_on_ray(model_path, images, out, batch_size, device, workers,
+                                            RaySession(address), **extra)
             where = f"{summary['workers']} Ray actor(s)"
         else:
             from mtl.serve.predict import predict_folder
@@ -125,16 +127,17 @@ def evaluate(checkpoint: str, config_source: Optional[str], split: str, out: Opt
     """Score a checkpoint on a split: per-AU F1 and accuracy, EXPR confusion matrix, CCCs. OVERRIDES are dotted
     key=value pairs (data.shards, runtime.device, train.eval_batch_size)."""
     from mtl.eval.evaluate import evaluate_checkpoint, format_scores
-    from mtl.jobs.ray_session import ensure_ray, resolve_device
+    from mtl.jobs.ray_session import RaySession, resolve_device
 
     cfg = config_of(config_source, checkpoint, config_overrides(aliases, overrides))
     if not cfg.data.shards:
         raise click.UsageError("give the shards: --shards FOLDER or data.shards=FOLDER")
-    if address:
-        ensure_ray(address)
+    session = RaySession(address) if address else None  # with --address: one Ray task on that cluster
+    if session:
+        session.start()  # before the device is decided: auto means the cluster's GPUs
     cfg = resolve_device(cfg)
     result = evaluate_checkpoint(checkpoint, cfg.data.shards, split, cfg.train.eval_batch_size, cfg.runtime.device,
-                                 on_ray=bool(address), address=address)
+                                 session=session)
     click.echo(format_scores(result))
     if out:
         storage.write_json(out, result)

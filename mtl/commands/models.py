@@ -73,7 +73,7 @@ def ensemble(members: tuple, arguments: tuple, run_dir: Optional[str], teacher: 
     pipeline's ensemble stage on its own)."""
     from mtl.checkpoint import read_model_file
     from mtl.eval.report import format_table
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import RaySession
     from mtl.stages.ensemble import EnsembleStage
 
     more_members, overrides = split_arguments(arguments)
@@ -81,8 +81,7 @@ def ensemble(members: tuple, arguments: tuple, run_dir: Optional[str], teacher: 
     cfg = config_of(config_source, students[0], config_overrides(aliases, tuple(overrides)))
     for path in [*students[1:], *([teacher] if teacher else [])]:
         read_model_file(path)  # each a model file, before Ray tasks read them (a DataError in one line)
-    ensure_ray(address)
-    result = EnsembleStage().build(cfg, students, teacher, out)
+    result = EnsembleStage().build(cfg, students, teacher, out, session=RaySession(address))
     names = [Path(path).parent.name or str(i) for i, path in enumerate(students)]
     click.echo(format_table({"teacher": result.teacher or None, "ensemble": result.ensemble,
                              "students": [{**s, "name": n} for s, n in zip(result.students, names)]}))

@@ -7,9 +7,11 @@ before the dotted ones (so a dotted override, the canonical spelling, wins)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 import click
+import yaml
 
 address_option = click.option("--address", default=None, envvar="RAY_ADDRESS",
                               help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray).")
@@ -50,8 +52,18 @@ def path_option(*decls, role: str, **attrs):
 
 
 def yaml_value(value: Any) -> str:
-    """The override text of a flag's value (booleans as YAML's true/false)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """The override text of a flag's value: booleans as YAML's true/false; a text that YAML would read as another
+    value (`2024`, `on`, `a: b`) quoted, so that a path flag gives its path."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value)
+    if isinstance(value, str):
+        try:
+            if yaml.safe_load(text) != value:
+                return json.dumps(value)
+        except yaml.YAMLError:
+            pass
+    return text
 
 
 def config_overrides(params: dict, overrides: tuple = (), command: Optional[click.Command] = None) -> list[str]:

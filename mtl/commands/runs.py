@@ -38,11 +38,12 @@ def demo(out: str, seed: int, protocol: str, overrides: tuple, address) -> None:
 def train(config_source: str, overrides: tuple, address) -> None:
     """Train the role the config names (train.role) on Ray Train; OVERRIDES are dotted key=value pairs."""
     from mtl.config import load_config
+    from mtl.jobs.ray_session import RaySession
     from mtl.train.driver import train as run_train
 
     cfg = load_config(config_source, overrides)
     with run_lock(cfg.run.dir, "mtl train"):
-        outcome = run_train(cfg, address)
+        outcome = run_train(cfg, RaySession(address))
     metrics = outcome["metrics"]
     click.echo(f"best epoch {metrics.get('epoch')}: " + "  ".join(
         f"{t} {metrics[f'val_{t}']:.4f}" for t in ("au", "expr", "va", "total") if f"val_{t}" in metrics))
@@ -73,11 +74,13 @@ def pipeline(config_source: str, overrides: tuple, address) -> None:
 @address_option
 def tune(config_source: str, overrides: tuple, address, **aliases) -> None:
     """Ray Tune search over a space, every trial a Ray Train run; re-run the same command to resume."""
-    from mtl.stages.search import format_results, load_search, run_search
+    from mtl.tune.results import format_results
+    from mtl.jobs.ray_session import RaySession
+    from mtl.tune.search import load_search, run_search
 
     cfg, space = load_search(config_source, None, config_overrides(aliases, overrides))
     with run_lock(cfg.run.dir, "mtl tune"):
-        click.echo(format_results(run_search(cfg, space, address)))
+        click.echo(format_results(run_search(cfg, space, RaySession(address))))
 
 
 @click.command("soft-labels")
@@ -88,14 +91,13 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
     """The teacher's outputs on every training sample (distill.teacher -> distill.soft_labels), on Ray: the
     pipeline's soft-labels stage on its own."""
     from mtl.config import load_config
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import RaySession
     from mtl.stages.soft_labels import SoftLabelsStage
     from mtl.runs import soft_labels_dir, teacher_path
 
     cfg = load_config(config_source, overrides)
     with run_lock(cfg.run.dir, "mtl soft-labels"):
-        ensure_ray(address)
-        manifest = SoftLabelsStage().compute(cfg, teacher_path(cfg))
+        manifest = SoftLabelsStage().compute(cfg, teacher_path(cfg), session=RaySession(address))
     click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
                f"{soft_labels_dir(cfg)}")
 

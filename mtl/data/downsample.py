@@ -20,11 +20,9 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from mtl import storage
 from mtl.config import DOWNSAMPLE_PERIOD, Config
-from mtl.data.index import INDEX_NAME, LabelStats, ShardIndex, au_pattern, va_cell
+from mtl.data.index import LabelStats, ShardIndex, au_pattern, va_cell
 from mtl.labels import PROTOCOLS, TASKS, Protocol, get_protocol
-from mtl.errors import DataError
 
 # position = the phase's fixed id: AU, VA, then EXPR class c at 2 + c (ABAW3's Other, class 7, after ABAW 2020's)
 SLOTS = ("au", "va", *(f"expr={c}" for c in range(max(p.num_expr for p in PROTOCOLS.values()))))
@@ -133,12 +131,8 @@ class FrameBuckets:
 
 
 def frame_buckets(index: ShardIndex) -> FrameBuckets:
-    """The training split's buckets of index.json; an index written before they were recorded is a DataError."""
-    data = index.raw["splits"]["train"].get("by_frame")
-    if data is None or data.get("period") != DOWNSAMPLE_PERIOD:
-        raise DataError(f"{storage.join(index.root, INDEX_NAME)}: no per-frame label statistics (an older `mtl "
-                        "prepare` wrote it), which data.downsample needs; re-run `mtl prepare`")
-    return FrameBuckets.from_json(data)
+    """The training split's buckets of index.json (required by its schema, `mtl.data.index.load_index`)."""
+    return FrameBuckets.from_json(index.raw["splits"]["train"]["by_frame"])
 
 
 def thinned_stats(buckets: FrameBuckets, rule: Thinning, protocol: Protocol | str) -> LabelStats:
@@ -184,12 +178,12 @@ def label_counts(stats: LabelStats, protocol: Protocol | str) -> dict:
 
 def downsample_counts(index: ShardIndex, cfg: Config) -> Optional[dict]:
     """Training samples and labels per task and EXPR class, all sources, before and after data.downsample (with
-    data.downsample.seed's phases); None when it thins nothing, or for a temporal (CNN-RNN) model, whose window
-    stream is never thinned. Unknown source names are a ConfigError."""
+    data.downsample.seed's phases); None when it thins nothing (frame models: `mtl.family` asks; windows are never
+    thinned). Unknown source names are a ConfigError."""
     from mtl.data.sources.base import SOURCES
 
     rule = Thinning.from_config(cfg)
-    if not rule.active or cfg.model.temporal:
+    if not rule.active:
         return None
     for name in sorted(rule.sources):
         SOURCES.get(name, key="data.downsample.sources")

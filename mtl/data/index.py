@@ -1,11 +1,12 @@
-"""`index.json`: what a streaming worker needs to know about the shards without reading them.
+"""`index.json`: what a streaming worker needs to know about the shards without reading them, and the checks of
+the shards against it (`ShardIndex`).
 
-Per split: the shard list with sample and label counts, and the label statistics that balancing uses
-(AU positives and AU label patterns, EXPR class counts, the 20x20 VA histogram). The top-level "protocol" names the
-label protocol the shards were written in (`mtl.labels.Protocol`; absent in indexes written before protocols: ABAW
-2020's), which gives the AU and EXPR widths of everything read from them. Also the prepare summary:
-samples per source, skipped frames by reason with examples. The training split also holds `by_frame`, its labels
-bucketed by frame % 60 (`mtl.data.downsample.FrameBuckets`; absent from indexes written before it).
+Per split: the shard list with sample and label counts, file size and SHA-256, and the label statistics that
+balancing uses (AU positives and AU label patterns, EXPR class counts, the 20x20 VA histogram). The top-level
+"protocol" names the label protocol the shards were written in (`mtl.labels.Protocol`), which gives the AU and EXPR
+widths of everything read from them. Also the prepare summary: samples per source, skipped frames by reason with
+examples. The training split also holds `by_frame`, its labels bucketed by frame % 60
+(`mtl.data.downsample.FrameBuckets`). Schema SCHEMA_VERSION only: an index of another schema is refused in one line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mtl.labels import NUM_AU, NUM_EXPR, SPLITS, TASKS, VA_BINS, Protocol, get_p
 from mtl.errors import DataError
 
 INDEX_NAME = "index.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: protocol, by_frame and each shard's bytes and sha256 always written
 VA_EDGES = np.linspace(-1.0, 1.0, VA_BINS + 1)
 
 
@@ -128,20 +129,38 @@ class ShardInfo:
     name: str
     samples: int
     labelled: dict  # task -> samples with that label
-    nbytes: Optional[int] = None  # file size and SHA-256 as written (None in indexes written before they were kept)
-    sha256: Optional[str] = None
+    nbytes: int  # file size and SHA-256 as written
+    sha256: str
+
+    def problem(self, root: str, checksum: bool) -> Optional[str]:
+        """What is wrong with this shard under `root` ("missing", a size or, with `checksum`, SHA-256 mismatch), or
+        None. Sizes of http(s) shards come from HEAD requests; a `pipe:` command's cannot be asked."""
+        url = shard_url(root, self.name)
+        if url.startswith("pipe:"):
+            return None
+        found = storage.size(url)
+        if found is None:
+            if not storage.is_file(url):
+                return f"{url}: missing"
+        elif found != self.nbytes:
+            return f"{url}: {found} bytes, index.json says {self.nbytes} (truncated or replaced)"
+        if checksum and storage.sha256(url) != self.sha256:
+            return f"{url}: SHA-256 differs from index.json (corrupt)"
+        return None
 
 
 @dataclass
 class ShardIndex:
-    """The parsed index.json of a shard folder."""
+    """The parsed index.json of a shard folder, and the checks of its shards against it (before anything reads
+    them: a truncated copy, a half-finished upload or a flipped byte stops a command in one line naming the shard,
+    not a DataLoader worker mid-epoch)."""
 
     root: str
     shards: dict  # split -> list[ShardInfo]
     stats: dict  # split -> LabelStats
     image_size: int  # every stored face is image_size x image_size
     raw: dict
-    protocol: Protocol = field(default_factory=lambda: get_protocol(None))  # the labels' (index.json "protocol")
+    protocol: Protocol  # the labels' (index.json "protocol")
 
     def shard_urls(self, split: str) -> list[str]:
         return [shard_url(self.root, s.name) for s in self.shards[split]]
@@ -149,14 +168,36 @@ class ShardIndex:
     def shard_sizes(self, split: str) -> list[int]:
         return [s.samples for s in self.shards[split]]
 
+    def check_protocol(self, protocol_name: str, where: str = "data.protocol") -> None:
+        """Refuse shards written in another label protocol than `protocol_name` (what `where` names), in one line."""
+        if self.protocol.name != protocol_name:
+            hint = f" (set data.protocol={self.protocol.name}, or prepare shards under {protocol_name})" \
+                if where == "data.protocol" else ""
+            raise DataError(f"shards {self.root} hold protocol {self.protocol.name} labels, but {where} is "
+                            f"{protocol_name}{hint}")
+
+    def shard_problems(self, checksum: bool = False) -> list[str]:
+        """One line per bad shard of every split: sizes (one stat or HEAD request per shard, cheap enough before
+        every training); with `checksum` also SHA-256 (one read of every byte: `mtl check-shards`)."""
+        return [problem for split in SPLITS for shard in self.shards[split]
+                if (problem := shard.problem(self.root, checksum)) is not None]
+
+    def check_shards(self, checksum: bool = False) -> None:
+        """Raise DataError naming the first bad shard (and how many more there are; `shard_problems`)."""
+        problems = self.shard_problems(checksum)
+        if problems:
+            more = f" (and {len(problems) - 1} more shard(s); `mtl check-shards {self.root}` lists them)" \
+                if len(problems) > 1 else ""
+            raise DataError(problems[0] + more)
+
 
 def shard_url(root: str, name: str) -> str:
     return storage.join(root, name)
 
 
 def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardIndex:
-    """Read `<root>/index.json` (or `path`): local, a bucket URI or http(s) (read-only); a missing or incompatible
-    file is a clear error."""
+    """Read `<root>/index.json` (or `path`): local, a bucket URI or http(s) (read-only); a missing file, one of
+    another schema than SCHEMA_VERSION or one lacking a field is a clear error."""
     if str(root).startswith("pipe:"):
         raise DataError(f"data.shards {root!r}: a pipe: command streams one file, not a shard folder; give the "
                         "folder's path, bucket URI or http(s) URL")
@@ -165,22 +206,19 @@ def load_index(root: str | Path, path: Optional[str | Path] = None) -> ShardInde
         raise FileNotFoundError(f"{path}: no shard index (run `mtl prepare` to write the shards first)")
     raw = storage.read_json(path)
     if raw.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: index schema {raw.get('schema')!r}, this mtl reads schema {SCHEMA_VERSION}")
-    shards = {split: [ShardInfo(s["name"], s["samples"], s["labelled"], s.get("bytes"), s.get("sha256"))
-                      for s in raw["splits"][split]["shards"]] for split in SPLITS}
-    stats = {split: LabelStats.from_json(raw["splits"][split]["stats"]) for split in SPLITS}
+        raise DataError(f"{path}: index schema {raw.get('schema')!r}, this mtl reads schema {SCHEMA_VERSION} only: "
+                        "re-run `mtl prepare` to rewrite the shards and their index")
     try:
-        protocol = get_protocol(raw.get("protocol"))
+        shards = {split: [ShardInfo(s["name"], s["samples"], s["labelled"], s["bytes"], s["sha256"])
+                          for s in raw["splits"][split]["shards"]] for split in SPLITS}
+        stats = {split: LabelStats.from_json(raw["splits"][split]["stats"]) for split in SPLITS}
+        raw["splits"]["train"]["by_frame"]  # the per-frame buckets data.downsample reads (mtl.data.downsample)
+        if not isinstance(raw["protocol"], str):  # null would mean the default protocol to get_protocol
+            raise KeyError("protocol")
+        protocol, image_size = get_protocol(raw["protocol"]), int(raw["image_size"])
+    except KeyError as err:
+        raise DataError(f"{path}: schema {SCHEMA_VERSION} index without {err.args[0]!r}: re-run `mtl prepare` to "
+                        "rewrite it") from None
     except DataError as err:
         raise DataError(f"{path}: {err}") from None
-    return ShardIndex(root=str(root), shards=shards, stats=stats, image_size=int(raw["image_size"]), raw=raw,
-                      protocol=protocol)
-
-
-def check_protocol(index: ShardIndex, protocol_name: str, where: str = "data.protocol") -> None:
-    """Refuse shards written in another label protocol than `protocol_name` (what `where` names), in one line."""
-    if index.protocol.name != protocol_name:
-        hint = f" (set data.protocol={index.protocol.name}, or prepare shards under {protocol_name})" \
-            if where == "data.protocol" else ""
-        raise DataError(f"shards {index.root} hold protocol {index.protocol.name} labels, but {where} is "
-                        f"{protocol_name}{hint}")
+    return ShardIndex(root=str(root), shards=shards, stats=stats, image_size=image_size, raw=raw, protocol=protocol)

@@ -34,6 +34,7 @@ from mtl.data.downsample import FrameBuckets
 from mtl.data.images import TooManyPixels, open_image
 from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats
 from mtl.data.sources.base import SOURCES, Source, WorkUnit
+from mtl.jobs.ray_session import RaySession
 from mtl.labels import DEFAULT_PROTOCOL, SPLITS, TASKS, FrameRecord, get_protocol
 from mtl.errors import DataError
 
@@ -225,13 +226,13 @@ _DEFAULTS = PrepareConfig()
 
 
 def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULTS.shard_size,
-            image_size: int = _DEFAULTS.image_size, progress: bool = True, address: Optional[str] = None,
+            image_size: int = _DEFAULTS.image_size, progress: bool = True, session: Optional[RaySession] = None,
             scratch: Optional[str] = None, protocol: str = DEFAULT_PROTOCOL,
             images: Optional[dict[str, str]] = None) -> dict:
     """Write shards and index.json for `sources` ({registered source name: root folder}) into `out` (a folder, or a
     bucket URI: the tasks then stage their shards in `scratch`, see storage.scratch_folder); returns the index.
-    Sources are resolved and discovered before Ray is joined (`address`, see ensure_ray), so bad names and layouts
-    fail fast. `protocol` names the label protocol (recorded in index.json); `images` gives the image folder of the
+    Sources are resolved and discovered before Ray is used (the entry point's `session`,
+    `mtl.jobs.ray_session.use_ray`), so bad names and layouts fail fast. `protocol` names the label protocol (recorded in index.json); `images` gives the image folder of the
     sources whose images live outside their root ({source name: folder}, e.g. s_affwild2's `--images`).
 
     Every stored face is `image_size` square (Aff-Wild2's cropped_aligned faces are 112 x 112 and are copied
@@ -239,7 +240,7 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
     import ray
 
     from mtl.progress import progress_bar
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import use_ray
 
     started = time.time()
     out = storage.local_path(out) or str(out)
@@ -249,7 +250,7 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
     if not pairs:
         raise DataError(f"no work units found in {sources}")
     units = [unit for _, unit in pairs]
-    ensure_ray(address)
+    use_ray(session, "mtl.data.prepare.prepare")
     tmp_dir = storage.join(out, ".prepare-tmp")
     storage.remove_tree(tmp_dir)
     storage.makedirs(tmp_dir)

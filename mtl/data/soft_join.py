@@ -3,7 +3,7 @@ RUN/soft_labels/, written by the soft-labels stage, `mtl.stages.soft_labels`), l
 With `distill.views: K` each sample has K stored augmentation views; the stream replays one of them
 (`replay_views`, docs/recipe.md §3.1). Their AU and EXPR widths are the label protocol's (`check_widths`).
 
-The labels are proven per file before training (`check_soft_labels`, on the driver): `manifest.json` (format
+The labels are proven per file before training (`SoftLabels.check`, on the driver): `manifest.json` (format
 MANIFEST_FORMAT) records under "files" each `.npz`'s SHA-256, its sample keys (count and SHA-256 of the sorted keys,
 as the task that computed them read them from the shard) and the training shards it covers with their SHA-256 as
 index.json recorded it then (`file_record`). A file that is missing, truncated, replaced by another shard's or
@@ -24,12 +24,13 @@ import numpy as np
 
 from mtl import storage
 from mtl.config import AugmentConfig
-from mtl.errors import ConfigError
 from mtl.data.augment import BatchDraws
+from mtl.data.index import ShardIndex
 from mtl.labels import Protocol, get_protocol
 from mtl.errors import DataError
 
 MANIFEST = "manifest.json"
+UNIT_TEXT = {"frame": "per frame", "window": "per window of {seq_len} frames"}  # a manifest's unit, in words
 MANIFEST_FORMAT = 2  # manifest["format"]: 2 records each file's SHA-256 and keys ("files"); absent: older, refused
 UNREADABLE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile)  # what np.load raises on a damaged file
 SHOWN = 3  # names listed in an error before "and N more"
@@ -41,15 +42,13 @@ def view_spec(views: int, augment: AugmentConfig, stored_size: int) -> dict:
     return {"views": views, "augment": augment.model_dump(mode="json"), "stored_size": stored_size} if views else {}
 
 
-def refuse_windowed_views(views: int, temporal: bool, who: str) -> None:
-    """K-view soft labels are per frame: a temporal (CNN-RNN) model's windows are out of scope (ConfigError)."""
-    if views and temporal:
-        raise ConfigError(f"config key 'distill.views': {views} stored views are per frame, but {who} is temporal "
-                          "(CNN-RNN windows are out of scope): set distill.views=0")
+def label_file_name(shard_url: str) -> str:
+    """The soft-label file named after the shard (or a video's first shard): `<shard stem>.npz`."""
+    return f"{storage.name(shard_url).removesuffix('.tar')}.npz"
 
 
 def soft_label_path(folder: str | Path, shard_url: str) -> str:
-    return storage.join(folder, f"{storage.name(shard_url).removesuffix('.tar')}.npz")
+    return storage.join(folder, label_file_name(shard_url))
 
 
 def keys_digest(keys) -> str:
@@ -63,9 +62,9 @@ def npz_keys(data: bytes) -> list[str]:
         return stored["keys"].tolist()
 
 
-def file_record(path: str, shards: dict[str, Optional[str]]) -> dict:
-    """The manifest's record of the soft-label file `path` just written from `shards` ({name: SHA-256 in
-    index.json, None if not recorded}): {"sha256", "keys": count, "keys_sha256", "shards"}."""
+def file_record(path: str, shards: dict[str, str]) -> dict:
+    """The manifest's record of the soft-label file `path` just written from `shards` ({name: its SHA-256 in
+    index.json}): {"sha256", "keys": count, "keys_sha256", "shards"}."""
     data = storage.read_bytes(path)
     keys = npz_keys(data)
     return {"sha256": hashlib.sha256(data).hexdigest(), "keys": len(keys), "keys_sha256": keys_digest(keys),
@@ -89,10 +88,11 @@ def check_widths(path: str, au: np.ndarray, expr: np.ndarray, protocol: Protocol
 
 
 class SoftLabels:
-    """Joins stored soft labels to stream samples by shard and key; keeps the tables of the last `cache` shards.
-    A file of other widths than `protocol`'s (the shards') is a DataError (`check_widths`). A file the manifest
-    records must still be there with the bytes it records, and readable: DataError naming it otherwise (a file
-    changed after `check_soft_labels`); a file it does not record joins as it is."""
+    """The soft labels stored in `folder`: proven before training (`check`), joined to stream samples by shard and
+    key in a worker (`lookup`; keeps the tables of the last `cache` shards). A file of other widths than
+    `protocol`'s (the shards') is a DataError (`check_widths`). A file the manifest records must still be there with
+    the bytes it records, and readable: DataError naming it otherwise (a file changed after `check`); a file it does
+    not record joins as it is."""
 
     def __init__(self, folder: str | Path, protocol: Protocol | str, cache: int = 64):
         self.folder, self.cache, self.protocol = str(folder), cache, protocol
@@ -109,12 +109,65 @@ class SoftLabels:
                 self.tables.popitem(last=False)
         return self.tables[name].get(key)
 
+    def manifest(self) -> Optional[dict]:
+        """The folder's manifest.json, None where there is none."""
+        path = storage.join(self.folder, MANIFEST)
+        return storage.read_json(path) if storage.is_file(path) else None
+
     def record(self, path: str) -> Optional[dict]:
         if self.records is None:
-            manifest_path = storage.join(self.folder, MANIFEST)
-            manifest = storage.read_json(manifest_path) if storage.is_file(manifest_path) else {}
+            manifest = self.manifest() or {}
             self.records = manifest.get("files", {}) if manifest.get("format") == MANIFEST_FORMAT else {}
         return self.records.get(storage.name(path))
+
+    def check(self, teacher: str | Path, shards: dict[str, tuple[int, str]], unit: dict,
+              views: Optional[dict] = None, *, index: ShardIndex) -> None:
+        """Raise DataError (one line) unless every training shard has soft labels of the right kind (and views)
+        from the current teacher, in files proven by the manifest (`problems`); FileNotFoundError naming the
+        teacher file when there are soft labels but no teacher. Reads every labels file once (its SHA-256)."""
+        if storage.is_file(storage.join(self.folder, MANIFEST)) and not storage.is_file(teacher):
+            raise FileNotFoundError(teacher_missing(teacher))
+        problems = self.problems(teacher, shards, unit, views, index=index)
+        if problems:
+            raise DataError("; ".join(problems))
+
+    def problems(self, teacher: str | Path, shards: dict[str, tuple[int, str]], unit: dict,
+                 views: Optional[dict] = None, *, index: ShardIndex) -> list[str]:
+        """Why these soft labels cannot train a student on the training shards `shards` ({name: (samples, the
+        labels file the student's stream reads them from)}, `mtl.family.ModelFamily.student_labels`) with the
+        teacher file `teacher`: no manifest, or one of the older format (no per-file digests); labels of another
+        kind (`unit`, the student's family's `unit_record`: per frame, or per window of its length); another number of
+        augmentation views than the student asks (`views`, a `view_spec`), or views drawn with other data.augment
+        parameters or image size; another teacher's labels (the manifest's SHA-256 of the teacher file, which must
+        exist, differs); then per file (`file_problems`): shards with no labels file or fewer labelled samples
+        than they hold, shards changed since (their SHA-256 in `index`), files whose SHA-256 differs from the
+        manifest's. Empty when everything is there."""
+        folder, manifest = self.folder, self.manifest()
+        if manifest is None:
+            return [f"{storage.join(folder, MANIFEST)}: no soft labels (run `mtl soft-labels`)"]
+        if manifest.get("format") != MANIFEST_FORMAT:
+            return [f"{storage.join(folder, MANIFEST)}: soft labels of an older format, without per-file SHA-256 "
+                    f"digests: recompute them (`mtl soft-labels`, or delete {folder})"]
+        stored = {"unit": "frame", **{key: manifest[key] for key in ("unit", "seq_len") if key in manifest}}
+        if stored != unit:
+            return [f"{folder}: soft labels {UNIT_TEXT[stored['unit']].format(**stored)}, but this student needs "
+                    f"them {UNIT_TEXT[unit['unit']].format(**unit)} (re-run `mtl soft-labels` with a matching "
+                    "teacher)"]
+        stored_views, wanted_views = {k: manifest.get(k) for k in VIEW_KEYS if k in manifest}, views or {}
+        if stored_views.get("views", 0) != wanted_views.get("views", 0):
+            return [f"{folder}: soft labels with {stored_views.get('views', 0)} augmentation views per sample, but "
+                    f"this student asks distill.views={wanted_views.get('views', 0)} (re-run `mtl soft-labels` "
+                    "with it)"]
+        if stored_views.get("views", 0) and stored_views != wanted_views:
+            return [f"{folder}: soft-label views drawn with data.augment {stored_views.get('augment')} on "
+                    f"{stored_views.get('stored_size')} px faces, but this student trains with "
+                    f"{wanted_views['augment']} on {wanted_views['stored_size']} px (re-run `mtl soft-labels`)"]
+        problems = []
+        if manifest.get("teacher_sha256") != storage.sha256(teacher):  # the teacher file is there: `check`
+            problems.append(f"{folder}: soft labels of another teacher ({manifest.get('teacher')}, SHA-256 "
+                            f"{str(manifest.get('teacher_sha256'))[:12]}…), not of {teacher}: re-run "
+                            "`mtl soft-labels`")
+        return problems + file_problems(folder, manifest, shards, index)
 
     def read(self, path: str) -> dict:
         """{key: stored outputs} of one file, proven against its manifest record when there is one."""
@@ -165,69 +218,28 @@ def teacher_missing(teacher: str | Path) -> str:
             "to its file (stored soft labels are proven against its SHA-256)")
 
 
-def soft_label_problems(folder: str | Path, teacher: str | Path, shards: dict[str, int], unit: str = "frame",
-                        seq_len: Optional[int] = None, views: Optional[dict] = None, index=None) -> list[str]:
-    """Why the stored soft labels in `folder` cannot train a student on the training shards `shards` ({name:
-    samples}) with the teacher file `teacher`: no manifest, or one of the older format (no per-file digests);
-    labels of another kind (`unit` "frame", or "window" of `seq_len` frames for a temporal student); another number
-    of augmentation views than the student asks (`views`, a `view_spec`), or views drawn with other data.augment
-    parameters or image size; another teacher's labels (the manifest's SHA-256 of the teacher file, which must
-    exist, differs);
-    then per file (`file_problems`): shards with no labels file or fewer labelled samples than they hold, shards
-    changed since (`index`, the shards' ShardIndex: their SHA-256 in index.json), files whose SHA-256 differs
-    from the manifest's. Empty when everything is there."""
-    manifest_path = storage.join(folder, MANIFEST)
-    if not storage.is_file(manifest_path):
-        return [f"{manifest_path}: no soft labels (run `mtl soft-labels`)"]
-    manifest = storage.read_json(manifest_path)
-    if manifest.get("format") != MANIFEST_FORMAT:
-        return [f"{manifest_path}: soft labels of an older format, without per-file SHA-256 digests: recompute them "
-                f"(`mtl soft-labels`, or delete {folder})"]
-    stored = (manifest.get("unit", "frame"), manifest.get("seq_len"))
-    wanted = (unit, seq_len if unit == "window" else None)
-    if stored != wanted:
-        kind = {"frame": "per frame", "window": "per window of {} frames"}
-        return [f"{folder}: soft labels {kind[stored[0]].format(stored[1])}, but this student needs them "
-                f"{kind[unit].format(seq_len)} (re-run `mtl soft-labels` with a matching teacher)"]
-    stored_views, wanted_views = {k: manifest.get(k) for k in VIEW_KEYS if k in manifest}, views or {}
-    if stored_views.get("views", 0) != wanted_views.get("views", 0):
-        return [f"{folder}: soft labels with {stored_views.get('views', 0)} augmentation views per sample, but this "
-                f"student asks distill.views={wanted_views.get('views', 0)} (re-run `mtl soft-labels` with it)"]
-    if stored_views.get("views", 0) and stored_views != wanted_views:
-        return [f"{folder}: soft-label views drawn with data.augment {stored_views.get('augment')} on "
-                f"{stored_views.get('stored_size')} px faces, but this student trains with {wanted_views['augment']} "
-                f"on {wanted_views['stored_size']} px (re-run `mtl soft-labels`)"]
-    problems = []
-    if manifest.get("teacher_sha256") != storage.sha256(teacher):  # the teacher file is there: check_soft_labels
-        problems.append(f"{folder}: soft labels of another teacher ({manifest.get('teacher')}, SHA-256 "
-                        f"{str(manifest.get('teacher_sha256'))[:12]}…), not of {teacher}: re-run `mtl soft-labels`")
-    return problems + file_problems(str(folder), manifest, shards, unit, index)
-
-
 def listed(names: list[str]) -> str:
     more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
     return f"{', '.join(names[:SHOWN])}{more}"
 
 
-def file_problems(folder: str, manifest: dict, shards: dict[str, int], unit: str, index=None) -> list[str]:
-    """Per shard of `shards`: its labels file recorded (a frame shard's own `<shard>.npz`, a video's file for
-    windows) and there, all its samples labelled, the shard unchanged since (its SHA-256 in `index` against the
-    one recorded, where both are known), and the file's SHA-256 the manifest's (one read of each file)."""
+def file_problems(folder: str, manifest: dict, shards: dict[str, tuple[int, str]], index: ShardIndex) -> list[str]:
+    """Per shard of `shards` ({name: (samples, labels file)}): the file the stream reads its labels from (a frame
+    shard's own `<shard>.npz`, a video's file for windows) recorded as covering it and there, all its samples
+    labelled, the shard unchanged since (its SHA-256 in `index` against the one recorded), and the file's SHA-256
+    the manifest's (one read of each file)."""
     labelled, records = manifest.get("shards", {}), manifest.get("files", {})
-    covering = {shard: file for file, record in records.items() for shard in record.get("shards", {})}
-    if unit == "frame":  # the stream reads a frame shard's labels from <shard>.npz, nothing else
-        covering = {shard: file for shard, file in covering.items()
-                    if file == storage.name(soft_label_path(folder, shard))}
-    missing = [name for name, samples in shards.items() if labelled.get(name, -1) < samples or name not in covering
-               or not storage.is_file(storage.join(folder, covering[name]))]
+    covering = {shard: file for file, record in records.items() for shard in record.get("shards", {})
+                if shard in shards and file == shards[shard][1]}
+    missing = [name for name, (samples, _) in shards.items() if labelled.get(name, -1) < samples
+               or name not in covering or not storage.is_file(storage.join(folder, covering[name]))]
     problems = []
     if missing:
         problems.append(f"{folder}: {len(missing)} of {len(shards)} training shards have no complete soft labels: "
                         f"{listed(missing)} (re-run `mtl soft-labels` to finish them)")
     present = [name for name in shards if name not in missing]
-    current = {info.name: info.sha256 for info in index.shards["train"]} if index is not None else {}
-    changed = [name for name in present if current.get(name) and
-               records[covering[name]]["shards"].get(name) not in (None, current[name])]
+    current = {info.name: info.sha256 for info in index.shards["train"]}
+    changed = [name for name in present if records[covering[name]]["shards"].get(name) != current.get(name)]
     if changed:
         problems.append(f"{index.root}: {len(changed)} training shard(s) changed since their soft labels were computed "
                         f"(SHA-256 in index.json differs): {listed(changed)} (re-run `mtl soft-labels`)")
@@ -257,18 +269,3 @@ def file_problem(folder: str, file: str, records: dict) -> Optional[str]:
     else:
         what = f"its {len(keys)} sample keys are not the {record.get('keys')} of {covered}"
     return f"{path}: SHA-256 differs from {MANIFEST}: {what}: re-run `mtl soft-labels`"
-
-
-def check_soft_labels(folder: str | Path, teacher: str | Path, shards: dict[str, int], unit: str = "frame",
-                      seq_len: Optional[int] = None, views: Optional[dict] = None, index=None) -> None:
-    """Raise DataError (one line) unless every training shard has soft labels of the right kind (and views) from
-    the current teacher, in files proven by the manifest (`soft_label_problems`; `index`: the shards' ShardIndex,
-    whose SHA-256 of each shard must be the one recorded); FileNotFoundError naming the teacher file when there
-    are soft labels but no teacher; ConfigError for views asked by a temporal student. Reads every labels file
-    once (its SHA-256)."""
-    refuse_windowed_views((views or {}).get("views", 0), unit == "window", "this student")
-    if storage.is_file(storage.join(folder, MANIFEST)) and not storage.is_file(teacher):
-        raise FileNotFoundError(teacher_missing(teacher))
-    problems = soft_label_problems(folder, teacher, shards, unit, seq_len, views, index)
-    if problems:
-        raise DataError("; ".join(problems))

@@ -6,17 +6,30 @@ percentile interval of the replicates. A paired interval scores two models on th
 get right or wrong on a video cancels: that is the interval to read for "student − teacher". The intervals hold
 the thresholds fixed (tuned once on the other half), so they cover the sampling of reported videos, not the
 variance of tuning or of training seeds.
+
+What is resampled is any `Frames`: `mtl.eval.predictions.Predictions`, or another table of frames with their keys.
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from mtl.labels import video_of
 
-Scores = Callable[[dict], Mapping[str, float]]
+
+class Frames(typing.Protocol):
+    """Rows of frames with their sample keys (`<source>/<video>/<frame>`) that can be drawn by position."""
+
+    @property
+    def keys(self) -> Sequence[str]: ...
+
+    def take(self, index: np.ndarray) -> "Frames": ...
+
+
+Scores = Callable[[Frames], Mapping[str, float]]
 REPLICATES = 1000
 LEVEL = 0.95
 KEYS = ("au", "expr", "va", "total")
@@ -35,11 +48,9 @@ def replicate_indices(groups: Sequence[np.ndarray], replicates: int, seed: int) 
     return [np.concatenate([groups[v] for v in row]) for row in draws]
 
 
-def take(preds: dict, index: np.ndarray) -> dict:
-    """The frames of `preds` at `index` (repeats allowed), keys included."""
-    keys = preds["key"]
-    return {name: ([keys[i] for i in index] if name == "key" else np.asarray(value)[index])
-            for name, value in preds.items()}
+def same_keys(a: Frames, b: Frames) -> bool:
+    """Whether `a` and `b` hold the same frames in the same order."""
+    return len(a.keys) == len(b.keys) and bool(np.array_equal(np.asarray(a.keys), np.asarray(b.keys)))
 
 
 def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -52,25 +63,25 @@ def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float
     return float(low), float(high)
 
 
-def bootstrap_interval(preds: dict, scores: Scores, keys: Sequence[str] = KEYS, replicates: int = REPLICATES,
+def bootstrap_interval(preds: Frames, scores: Scores, keys: Sequence[str] = KEYS, replicates: int = REPLICATES,
                        seed: int = 0, level: float = LEVEL) -> dict[str, list[float]]:
     """{key: [low, high]} of `scores(preds)[key]` over video-bootstrap replicates of `preds`."""
-    draws = replicate_indices(video_groups(preds["key"]), replicates, seed)
-    values = np.array([[scores(take(preds, index))[k] for k in keys] for index in draws], dtype=np.float64)
+    draws = replicate_indices(video_groups(preds.keys), replicates, seed)
+    values = np.array([[scores(preds.take(index))[k] for k in keys] for index in draws], dtype=np.float64)
     return {k: list(percentile_interval(values[:, j], level)) for j, k in enumerate(keys)}
 
 
-def paired_difference(preds_a: dict, scores_a: Scores, preds_b: dict, scores_b: Scores,
+def paired_difference(preds_a: Frames, scores_a: Scores, preds_b: Frames, scores_b: Scores,
                       keys: Sequence[str] = KEYS, replicates: int = REPLICATES, seed: int = 0,
                       level: float = LEVEL) -> dict[str, dict]:
     """{key: {"delta": a − b on all frames, "interval": [low, high], "outside_noise": interval excludes 0}} of
     two models' predictions of the same frames in the same order, scored on the same video replicates."""
-    if list(preds_a["key"]) != list(preds_b["key"]):
+    if not same_keys(preds_a, preds_b):
         raise ValueError("paired_difference needs both models' predictions of the same frames in the same order")
     full_a, full_b = scores_a(preds_a), scores_b(preds_b)
-    draws = replicate_indices(video_groups(preds_a["key"]), replicates, seed)
+    draws = replicate_indices(video_groups(preds_a.keys), replicates, seed)
     deltas = np.array([[a[k] - b[k] for k in keys] for index in draws
-                       for a, b in [(scores_a(take(preds_a, index)), scores_b(take(preds_b, index)))]])
+                       for a, b in [(scores_a(preds_a.take(index)), scores_b(preds_b.take(index)))]])
     out = {}
     for j, k in enumerate(keys):
         low, high = percentile_interval(deltas[:, j], level)

@@ -8,7 +8,8 @@ import numpy as np
 
 from mtl.data.index import ShardIndex
 from mtl.data.stream import eval_loader
-from mtl.eval.evaluate import FIELDS, metric_labels, score
+from mtl.eval.evaluate import metric_labels, score
+from mtl.eval.predictions import LABELS, Predictions
 from mtl.eval.split import video_half
 from mtl.labels import VA_BINS
 
@@ -30,15 +31,13 @@ def chance_scores(index: ShardIndex, split: str = "val", half: Optional[str] = N
     total = max(int(train.va_hist.sum()), 1)
     mean_va = [float(train.va_hist.sum(1) @ centres / total), float(train.va_hist.sum(0) @ centres / total)]
     batches = list(eval_loader(index, split, batch_size=256, num_workers=0, rank=0, world=1))
-    labels = {name: np.concatenate([metric_labels(b)[name] for b in batches]) for name in FIELDS[3:]}
-    labels["key"] = [key for b in batches for key in b["key"]]
-    if half is not None:
-        labels = video_half(labels, half, seed)
-    frames, protocol = len(labels["key"]), index.protocol
-    guesses = {"au_prob": np.full((frames, protocol.num_au), BLIND_AU[protocol.metric]),
-               "expr_prob": np.eye(protocol.num_expr)[np.full(frames, int(np.argmax(train.expr_counts)))],
-               "va_pred": np.tile(mean_va, (frames, 1))}
-    result = score({**labels, **guesses}, protocol=protocol)
+    labels = {name: np.concatenate([metric_labels(b)[name] for b in batches]) for name in LABELS}
+    keys = [key for b in batches for key in b["key"]]
+    frames, protocol = len(keys), index.protocol
+    guesses = Predictions(keys, np.full((frames, protocol.num_au), BLIND_AU[protocol.metric]),
+                          np.eye(protocol.num_expr)[np.full(frames, int(np.argmax(train.expr_counts)))],
+                          np.tile(mean_va, (frames, 1)), **labels, protocol=protocol)
+    result = score(guesses if half is None else video_half(guesses, half, seed))
     scores = {task: result[task] for task in ("au", "expr", "va")}
     scores["total"] = float(sum(scores.values()))
     return scores

@@ -1,9 +1,10 @@
 """Validation predictions and their scores by the label protocol's metric (ABAW 2020's or ABAW3's P_MTL,
 `mtl.eval.metrics.protocol_scores`): used every epoch by training and by `mtl evaluate`.
 
-Each rank predicts its share of the split (every sample exactly once across ranks: every world-th shard); the
-predictions are gathered on rank 0, which scores the whole split. Decoding runs in loader workers, and on CUDA
-inference runs in bf16 with channels_last on large pinned, prefetched batches (`mtl.eval.inference`).
+Each rank predicts its share of the split (every sample exactly once across ranks: every world-th shard) as
+`Predictions` in the shards' label protocol; they are gathered on rank 0, which scores the whole split by that
+protocol's metric. Decoding runs in loader workers, and on CUDA inference runs in bf16 with channels_last on large
+pinned, prefetched batches (`mtl.eval.inference`).
 """
 
 from __future__ import annotations
@@ -16,39 +17,35 @@ import torch
 import torch.distributed as dist
 
 from mtl.data.augment import model_input
-from mtl.data.index import ShardIndex, check_protocol, load_index
-from mtl.eval.inference import batch_size_on, cached_model, centre_batches, prefetched, settings, to_host
-from mtl.labels import INVALID_AU, INVALID_VA, Protocol, get_protocol
+from mtl.data.index import ShardIndex, load_index
+from mtl.eval.inference import batch_size_on, cached_model, prefetched, settings, to_host
 from mtl.eval.metrics import METRIC_NAMES, protocol_scores
+from mtl.eval.predictions import FIELDS, Predictions
+from mtl.family import FrameFamily, ModelFamily, family_of
+from mtl.jobs.ray_session import RaySession
+from mtl.labels import INVALID_AU, INVALID_VA, get_protocol
 from mtl.models.heads import predictions
-
-FIELDS = ("au_prob", "expr_prob", "va_pred", "au_true", "expr_true", "va_true")
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: int, batch_size: int,
             device: torch.device, crop_scale: float = 1.2, rank: int = 0, world: int = 1,
-            channels_last: bool = False, autocast: bool = False, seq_len: Optional[int] = None,
-            num_workers: Optional[int] = None) -> dict:
+            channels_last: bool = False, autocast: bool = False, family: ModelFamily = FrameFamily(),
+            num_workers: Optional[int] = None) -> Predictions:
     """This rank's predictions and labels on `split`: keys, AU/EXPR probabilities, VA expectations, and the
-    labels with missing ones as the metric markers (-1, -5), in the widths of the shards' label protocol. With
-    `seq_len` the model is temporal: it reads windows of that many frames, and each frame is scored once (its
-    first occurrence in its video's windows).
+    labels with missing ones as the metric markers (-1, -5), in the shards' label protocol (`index.protocol`). The
+    model's `family` gives the batches (`ModelFamily.eval_batches`: frames, or windows whose frames are each
+    scored once, at their first occurrence in their video's windows).
 
     The rank's shards are every world-th of the split from `rank`; their samples are decoded by `num_workers`
     loader workers (`mtl.eval.inference.workers_on`: 1 on a CPU) into the same batches, in the same order,
     whatever their number (windows: one worker). On CUDA the batch is at least 256 (`batch_size_on`), pinned and
     copied one batch ahead, and the outputs stay on the device until the end (one wait)."""
-    from mtl.data.windows import eval_window_loader
-
     was_training = model.training
     model.eval()
-    batch_size = batch_size_on(device, batch_size)
-    batches = (eval_window_loader(index, split, seq_len, max(1, batch_size // seq_len), crop_scale, rank=rank,
-                                  world=world) if seq_len else
-               centre_batches(index.shard_urls(split)[rank::world], batch_size, index.image_size, crop_scale, device,
-                              num_workers, protocol=index.protocol))
-    keys, outputs, labels, valid = [], {name: [] for name in FIELDS[:3]}, [], []
+    batches = family.eval_batches(index, split, batch_size_on(device, batch_size), crop_scale, device, rank, world,
+                                  num_workers)
+    keys, outputs, labels, scored = [], {name: [] for name in FIELDS[:3]}, [], []
     for batch, on_device in prefetched(batches, device):
         x = model_input(on_device["image"], image_size, channels_last=channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -57,21 +54,17 @@ def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: i
         for name, task in zip(FIELDS[:3], ("au", "expr", "va")):
             outputs[name].append(probs[task])
         labels.append(metric_labels(batch))
-        if seq_len:  # windows [B, T, ...] -> the frames scored here
-            marks = batch["valid"].numpy()
-            valid.append(marks)
-            keys += [k for window, flags in zip(batch["key"], marks) for k, keep in zip(window, flags) if keep]
-        else:
-            keys += batch["key"]
+        scored.append(batch["scored"])  # the rows (frames, or frames of windows [B, T]) scored here
+        keys += batch["key"]
     model.train(was_training)
     values = {name: to_host(parts) for name, parts in outputs.items()}
     values = {name: value.numpy() if value is not None else None for name, value in values.items()}
     values.update({name: np.concatenate([part[name] for part in labels]) if labels else None
                    for name in FIELDS[3:]})
-    if seq_len and valid:
-        marks = np.concatenate(valid)
-        values = {name: value[marks] for name, value in values.items()}
-    return {"key": keys, **{name: _filled(values[name], name, index.protocol) for name in FIELDS}}
+    if values["au_prob"] is None:  # no sample of the split on this rank
+        return Predictions.empty(index.protocol)
+    marks = np.concatenate(scored)
+    return Predictions(keys, *(values[name][marks] for name in FIELDS), protocol=index.protocol)
 
 
 def metric_labels(batch: dict) -> dict:
@@ -83,16 +76,7 @@ def metric_labels(batch: dict) -> dict:
             "va_true": np.where(batch["va_mask"][..., None].numpy(), batch["va"].numpy(), INVALID_VA)}
 
 
-def _filled(value: Optional[np.ndarray], name: str, protocol: Protocol) -> np.ndarray:
-    """`value`, or the empty array of the field's width when the split has no sample here."""
-    if value is not None:
-        return value
-    width = {"au_prob": protocol.num_au, "au_true": protocol.num_au, "expr_prob": protocol.num_expr, "va_pred": 2,
-             "va_true": 2}.get(name)
-    return np.zeros((0, width) if width else (0,))
-
-
-def gather(preds: dict) -> Optional[dict]:
+def gather(preds: Predictions) -> Optional[Predictions]:
     """All ranks' predictions on rank 0 (None elsewhere); the identity without torch.distributed."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return preds
@@ -100,19 +84,17 @@ def gather(preds: dict) -> Optional[dict]:
     dist.gather_object(preds, everything, dst=0)
     if dist.get_rank() != 0:
         return None
-    return {"key": [k for p in everything for k in p["key"]],
-            **{name: np.concatenate([p[name] for p in everything]) for name in FIELDS}}
+    return Predictions.concat(everything)
 
 
-def score(preds: dict, au_thresholds=0.5, expr_f1: str = "present", protocol: Protocol | str | None = None) -> dict:
-    """Scores of gathered predictions by `protocol`'s metric (None: ABAW 2020; `protocol_scores`), AUs on at
-    `au_thresholds`, the most probable class: {"au", "expr", "va", "total"} plus "details" (each task's results,
-    "protocol", "metric", "samples"). `expr_f1`: the classes EXPR's macro F1 averages over
-    (`mtl.eval.metrics.expr_metric`)."""
-    result = protocol_scores(protocol, preds["au_true"], (preds["au_prob"] >= np.asarray(au_thresholds)).astype(int),
-                             preds["expr_true"], preds["expr_prob"].argmax(axis=1), preds["va_true"],
-                             preds["va_pred"], expr_f1)
-    result["details"]["samples"] = len(preds["key"])
+def score(preds: Predictions, au_thresholds=0.5, expr_f1: str = "present") -> dict:
+    """Scores of gathered predictions by the metric of their label protocol (`preds.protocol`,
+    `protocol_scores`), AUs on at `au_thresholds`, the most probable class: {"au", "expr", "va", "total"} plus
+    "details" (each task's results, "protocol", "metric", "samples"). `expr_f1`: the classes EXPR's macro F1
+    averages over (`mtl.eval.metrics.expr_metric`)."""
+    result = protocol_scores(preds.protocol, preds.au_true, (preds.au_prob >= np.asarray(au_thresholds)).astype(int),
+                             preds.expr_true, preds.expr_prob.argmax(axis=1), preds.va_true, preds.va_pred, expr_f1)
+    result["details"]["samples"] = len(preds)
     return result
 
 
@@ -140,17 +122,17 @@ def format_scores(result: dict) -> str:
 
 
 def predict_model_file(location: str | Path, shards: str | Path, split: str = "val", device: str = "cpu",
-                       batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> dict:
+                       batch_size: Optional[int] = None, num_workers: Optional[int] = None) -> Predictions:
     """`predict` of a saved model on a split of a shard folder, on `device` (bf16 autocast and channels_last on a
     GPU); the batch size defaults to the model's train.eval_batch_size (at least 256 on CUDA). The model is loaded
     once per process while its file is unchanged (`mtl.eval.inference.cached_model`: a Ray worker that predicts
     again loads nothing). A model of another label protocol than the shards' is a DataError naming both."""
     model, cfg = cached_model(location, device)
     index = load_index(shards)
-    check_protocol(index, cfg.data.protocol, where=f"the model {location}'s data.protocol")
+    index.check_protocol(cfg.data.protocol, where=f"the model {location}'s data.protocol")
     return predict(model, index, split, cfg.data.image_size, batch_size or cfg.train.eval_batch_size,
                    torch.device(device), cfg.data.augment.crop_scale, **settings(device),
-                   seq_len=cfg.model.seq_len if cfg.model.temporal else None, num_workers=num_workers)
+                   family=family_of(cfg.model), num_workers=num_workers)
 
 
 def prediction_task_options(device: str) -> dict:
@@ -161,7 +143,7 @@ def prediction_task_options(device: str) -> dict:
 
 
 def predictions_on_ray(locations: list[str | Path], shards: str | Path, split: str = "val", device: str = "cpu",
-                       batch_size: Optional[int] = None) -> list[dict]:
+                       batch_size: Optional[int] = None) -> list[Predictions]:
     """`predict_model_file` of each model as its own Ray task (`prediction_task_options`), in parallel; Ray must be
     up. Local paths are made absolute: the tasks may run elsewhere (a shared filesystem or URIs on a cluster)."""
     import ray
@@ -174,17 +156,15 @@ def predictions_on_ray(locations: list[str | Path], shards: str | Path, split: s
 
 
 def evaluate_checkpoint(checkpoint: str | Path, shards: str | Path, split: str = "val", batch_size: int = 128,
-                        device: str = "cpu", on_ray: bool = False, address: Optional[str] = None) -> dict:
-    """Score a saved model on a split of a shard folder (`mtl evaluate`). The predictions run in this process, or
-    with `on_ray` as one Ray task (one GPU with cuda) on the cluster at `address` (`ensure_ray`); the same code
-    either way. Scoring itself is cheap and runs here, by the metric of the shards' label protocol."""
-    if not on_ray:  # the model file is read (and refused when it is not one) before the shards
-        preds = predict_model_file(checkpoint, shards, split, device, batch_size)
-        return score(preds, protocol=load_index(shards).protocol)
+                        device: str = "cpu", session: Optional[RaySession] = None) -> dict:
+    """Score a saved model on a split of a shard folder (`mtl evaluate`). The predictions run in this process, or,
+    given the entry point's Ray `session`, as one Ray task (one GPU with cuda) on it; the same code either way.
+    Scoring itself is cheap and runs here, by the metric of the shards' label protocol."""
+    if session is None:  # the model file is read (and refused when it is not one) before the shards
+        return score(predict_model_file(checkpoint, shards, split, device, batch_size))
     from mtl.checkpoint import read_model_file
-    from mtl.jobs.ray_session import ensure_ray
 
     read_model_file(checkpoint)  # a file that is not a model: one line here, not a Ray task's traceback
-    protocol = load_index(shards).protocol
-    ensure_ray(address)
-    return score(predictions_on_ray([checkpoint], shards, split, device, batch_size)[0], protocol=protocol)
+    load_index(shards)  # nor shards that are none
+    session.start()
+    return score(predictions_on_ray([checkpoint], shards, split, device, batch_size)[0])

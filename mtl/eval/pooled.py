@@ -24,17 +24,18 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mtl.eval.bootstrap import KEYS, LEVEL, REPLICATES, Scores, percentile_interval, replicate_indices, video_groups
+from mtl.eval.bootstrap import (KEYS, LEVEL, REPLICATES, Frames, Scores, percentile_interval, replicate_indices,
+                                same_keys, video_groups)
 
 
 @dataclass(frozen=True)
 class Side:
     """One side of a comparison in one stratum: its score is the mean over models of `scores[i](preds[i])`.
-    Every prediction dict (`mtl.eval.evaluate.predict` output or any dict with "key") holds the same frames in the
-    same order; one scorer per model (e.g. `mtl.eval.ensemble.scorer` with that model's thresholds). Scorers get
-    every field as a numpy array, "key" included."""
+    Every model's predictions (`mtl.eval.predictions.Predictions`, or any `mtl.eval.bootstrap.Frames`) hold the
+    same frames in the same order; one scorer per model (e.g. `mtl.eval.ensemble.scorer` with that model's
+    thresholds)."""
 
-    preds: Sequence[dict]
+    preds: Sequence[Frames]
     scores: Sequence[Scores]
 
 
@@ -76,7 +77,7 @@ def pooled_differences(strata: Sequence[Mapping[str, tuple[Side, Side]]], keys: 
     full = {name: [] for name in comparisons}  # per stratum: deltas [K] on all frames
     draws = {name: [] for name in comparisons}  # per stratum: deltas [replicates, K]
     for index, (models, sides) in enumerate(prepared):
-        groups = video_groups(models[0][0]["key"])
+        groups = video_groups(models[0][0].keys)
         values = _scores(models, keys)
         per_replicate = np.array([_scores(models, keys, frames)
                                   for frames in replicate_indices(groups, replicates, stratum_seed(seed, index))])
@@ -102,12 +103,12 @@ def _summary(full: np.ndarray, means: np.ndarray, keys: Sequence[str], level: fl
 
 
 def _models(stratum: Mapping[str, tuple[Side, Side]], comparisons: list[str],
-            label: str) -> tuple[list[tuple[dict, Scores]], dict[str, tuple[list[int], list[int]]]]:
-    """The stratum's distinct (predictions with every field an array, scorer) pairs, and which of them make up
-    each comparison's sides A and B; a ValueError naming the stratum for bad input."""
+            label: str) -> tuple[list[tuple[Frames, Scores]], dict[str, tuple[list[int], list[int]]]]:
+    """The stratum's distinct (predictions, scorer) pairs, and which of them make up each comparison's sides A
+    and B; a ValueError naming the stratum for bad input."""
     if list(stratum) != comparisons:
         raise ValueError(f"{label}: comparisons {list(stratum)} differ from stratum 0's {comparisons}")
-    models: list[tuple[dict, Scores]] = []
+    models: list[tuple[Frames, Scores]] = []
     seen: dict[tuple[int, int], int] = {}
     sides = {}
     for comparison, pair in stratum.items():
@@ -122,24 +123,23 @@ def _models(stratum: Mapping[str, tuple[Side, Side]], comparisons: list[str],
             for i, (preds, score) in enumerate(zip(side.preds, side.scores)):
                 identity = (id(preds), id(score))
                 if identity not in seen:
-                    arrays = {name: np.asarray(value) for name, value in preds.items()}
-                    if models and not np.array_equal(arrays["key"], models[0][0]["key"]):
+                    if models and not same_keys(preds, models[0][0]):
                         raise ValueError(f"{place} model {i}'s keys differ from the stratum's first model's "
                                          "(the same frames in the same order needed)")
                     seen[identity] = len(models)
-                    models.append((arrays, score))
+                    models.append((preds, score))
                 where[-1].append(seen[identity])
         sides[comparison] = (where[0], where[1])
-    if len(models[0][0]["key"]) == 0:
+    if len(models[0][0].keys) == 0:
         raise ValueError(f"{label}: no frames")
     return models, sides
 
 
-def _scores(models: list[tuple[dict, Scores]], keys: Sequence[str],
+def _scores(models: list[tuple[Frames, Scores]], keys: Sequence[str],
             frames: Optional[np.ndarray] = None) -> np.ndarray:
     """[M, K] each model's scores on `frames` (indices, repeats allowed; None: all), all on the same frames."""
     values = []
     for preds, score in models:
-        result = score(preds if frames is None else {name: value[frames] for name, value in preds.items()})
+        result = score(preds if frames is None else preds.take(frames))
         values.append([result[k] for k in keys])
     return np.array(values, dtype=np.float64)

@@ -4,13 +4,14 @@ Inputs are `mtl.eval.ensemble.ensemble_report` results (scores on the reporting 
 model may carry "selected_on_videos" and "reported_on_videos" (video names), "intervals" ({score: [low, high]}, 95 %
 video bootstrap) and "vs_teacher" ({score: {"delta", "interval", "outside_noise"}}, paired); the teacher and each
 student "name" and "history" (per-epoch dicts with "epoch", "train_loss", "val_au", "val_expr", "val_va",
-"val_total"); the ensemble "members", "thresholds" and optionally "preds" (its predictions on the reporting half),
+"val_total"); the ensemble "members", "thresholds" and optionally "preds" (its `Predictions` on the reporting half),
 which feed the plots but never report.json. Missing models and NaN scores are shown as "n/a" (null in JSON).
 
 The scores are those of the run's label protocol (`mtl.eval.metrics.protocol_scores`): ABAW 2020's, or P_MTL's
 terms under abaw3; report.md names the metric, and its tables and plots use the protocol's AU and class names.
 report.json records "protocol" and "metric" for every protocol but ABAW 2020, whose report keeps the schema it
-always had (its protocol is the config's data.protocol, the default).
+always had (the protocol is the config's data.protocol, which the shards' index and the models were checked
+against before any score; ABAW 2020 for a config without one).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mtl import storage, tables
 from mtl.storage import json_ready
 from mtl.data.downsample import format_counts
 from mtl.eval.metrics import METRIC_NAMES
+from mtl.eval.predictions import Predictions
 from mtl.labels import DEFAULT_PROTOCOL, INVALID_VA, VA_NAMES, Protocol, get_protocol
 
 COLUMNS = ("au", "expr", "va", "total")
@@ -48,13 +50,13 @@ NOT_IN_JSON = ("preds",)
 
 def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequence[Mapping],
                  ensemble: Optional[Mapping], timings: Mapping[str, float], config: Any,
-                 data: Optional[Mapping] = None, protocol: Protocol | str | None = None) -> dict:
+                 data: Optional[Mapping] = None) -> dict:
     """Write report.json, report.md and plots/ into `run_dir`; return the report as written to JSON.
 
-    `config` is a mapping or a pydantic model (dumped with `model_dump(mode="json")`); `data`, when given, is
-    recorded as report["data"] (the pipeline's: {"downsample": `mtl.data.downsample.downsample_counts`} when
-    data.downsample thins the training labels). `protocol`: the scores' label protocol (None: the config's
-    data.protocol, ABAW 2020 without one)."""
+    `config` is a mapping or a pydantic model (dumped with `model_dump(mode="json")`); its data.protocol is the
+    scores' label protocol (`report_protocol`). `data`, when given, is recorded as report["data"] (the
+    pipeline's: {"downsample": `mtl.data.downsample.downsample_counts`} when data.downsample thins the training
+    labels)."""
     run_dir = storage.absolute(run_dir)  # a local path or a storage URI
     if hasattr(config, "model_dump"):
         config = config.model_dump(mode="json")
@@ -62,9 +64,9 @@ def write_report(run_dir: str | Path, teacher: Optional[Mapping], students: Sequ
               "students": [_entry(s, f"student {i}") for i, s in enumerate(students)],
               "ensemble": _entry(ensemble, "ensemble"),
               "timings": json_ready(dict(timings)), "config": json_ready(config)}
-    protocol = get_protocol(protocol or ((config or {}).get("data") or {}).get("protocol"))
-    if protocol.name != DEFAULT_PROTOCOL:
-        report.update(protocol=protocol.name, metric=protocol.metric)
+    scored = report_protocol(report)
+    if scored.name != DEFAULT_PROTOCOL:
+        report.update(protocol=scored.name, metric=scored.metric)
     if data is not None:
         report["data"] = json_ready(dict(data))
     storage.write_json(storage.join(run_dir, "report.json"), report)
@@ -222,7 +224,7 @@ def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(folder: str | Path, report: Mapping, preds: Optional[Mapping]) -> dict[str, Optional[str]]:
+def write_plots(folder: str | Path, report: Mapping, preds: Optional[Predictions]) -> dict[str, Optional[str]]:
     """Draw every plot into `folder` (local or a storage URI); {plot name: None if written, else why it was
     skipped}."""
     storage.makedirs(folder)
@@ -314,12 +316,12 @@ def plot_au_f1(report: Mapping) -> Figure | str:
     return figure
 
 
-def plot_va(preds: Optional[Mapping]) -> Figure | str:
+def plot_va(preds: Optional[Predictions]) -> Figure | str:
     """Predicted vs true valence and arousal of the ensemble (frames with VA labels only)."""
     if preds is None:
         return "no ensemble predictions given"
-    true = np.asarray(preds["va_true"], dtype=float).reshape(-1, 2)
-    pred = np.asarray(preds["va_pred"], dtype=float).reshape(-1, 2)
+    true = np.asarray(preds.va_true, dtype=float).reshape(-1, 2)
+    pred = np.asarray(preds.va_pred, dtype=float).reshape(-1, 2)
     keep = ~(np.isnan(true) | (true == INVALID_VA)).any(axis=1)
     figure, axes = new_figure(7, 3.5, 2, sharey=True)
     for j, (ax, name) in enumerate(zip(axes, VA_NAMES)):

@@ -10,33 +10,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtl.eval.ensemble import halve_videos, subset, task_strata
+from mtl.eval.ensemble import halve_videos, task_strata
+from mtl.eval.predictions import Predictions
 from mtl.labels import video_of
 
 
-def halves(preds: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def halves(preds: Predictions, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(selection, report) frame masks of a validation prediction (`mtl.eval.evaluate.predict` output)."""
-    return halve_videos(preds["key"], seed, task_strata(preds))
+    return halve_videos(preds.keys, seed, task_strata(preds))
 
 
 HALVES = ("selection", "report")
 
 
-def video_half(preds: dict, half: str, seed: int = 0) -> dict:
-    """The frames of `preds` (predictions or labels) whose videos are in `half`, "selection" or "report" (all of
-    them with fewer than 2 videos: nothing to cut)."""
+def video_half(preds: Predictions, half: str, seed: int = 0) -> Predictions:
+    """The frames of `preds` whose videos are in `half`, "selection" or "report" (all of them with fewer than 2
+    videos: nothing to cut)."""
     if half not in HALVES:
         raise ValueError(f"half must be 'selection' or 'report', got {half!r}")
-    if len({video_of(key) for key in preds["key"]}) < 2:
+    if len({video_of(key) for key in preds.keys}) < 2:
         return preds
-    return subset(preds, halves(preds, seed)[HALVES.index(half)])
+    return preds.select(halves(preds, seed)[HALVES.index(half)])
 
 
-def selection_half(preds: dict, seed: int = 0) -> dict:
+def selection_half(preds: Predictions, seed: int = 0) -> Predictions:
     """The frames of `preds` whose videos are in the selection half (`video_half`)."""
     return video_half(preds, "selection", seed)
 
 
-def video_names(preds: dict, mask: np.ndarray) -> list[str]:
+def video_names(preds: Predictions, mask: np.ndarray) -> list[str]:
     """Sorted names of the videos of the frames in `mask`."""
-    return sorted({video_of(key) for key, keep in zip(preds["key"], mask) if keep})
+    return sorted({video_of(key) for key, keep in zip(preds.keys, mask) if keep})

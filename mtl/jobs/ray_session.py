@@ -16,7 +16,8 @@ the current user's processes whose command line names that exact session folder 
 under it) or that hold a file under it open (SIGTERM, then SIGKILL). Nothing is read from the shared,
 world-writable Ray temp folder, so no other user can plant a record, and a session that was not recorded (`ray
 start`, another tool's Ray) or whose driver lives is never touched. Processes are read from /proc (Linux);
-elsewhere this is a no-op.
+elsewhere this is a no-op. The private Ray API used here, and the list of every Ray workaround, are in
+`mtl.jobs.ray_compat`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import socket
 import stat
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from mtl.jobs.ray_compat import bootstrap_address, node_ip_address, session_dir
 from mtl.run_lock import process_start
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,35 @@ def resolve_device(cfg):
     return updated(cfg, {"runtime.device": "cuda" if gpus else "cpu"})
 
 
+@dataclass(frozen=True)
+class RaySession:
+    """The Ray an entry point (a command, `run_pipeline`, `mtl demo`, a benchmark) runs its work on: the cluster at
+    `address` (else RAY_ADDRESS), else a new local instance. Nothing starts when it is made: the library function
+    it is handed calls `start()` when it first needs Ray, after checking its inputs, so a bad input fails in one
+    line before any Ray process exists. Library functions never start Ray otherwise (`use_ray`)."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    log_to_driver: bool = True
+
+    def start(self) -> str:
+        """Join or start this session's Ray (`ensure_ray`; a no-op when it is up); returns its GCS address."""
+        return ensure_ray(self.address, self.num_cpus, self.log_to_driver)
+
+
+def use_ray(session: Optional[RaySession], what: str) -> None:
+    """Ray for a library function (`what`): the `session` it was given, started now if need be; without one, the
+    Ray this process already runs, else a RuntimeError saying how to give one."""
+    import ray
+
+    if session is not None:
+        session.start()
+    elif not ray.is_initialized():
+        raise RuntimeError(f"{what} runs on Ray, which this process has not started: pass "
+                           "session=mtl.jobs.ray_session.RaySession(address) (None: a local Ray), or call "
+                           "mtl.jobs.ray_session.ensure_ray() first")
+
+
 def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
     """Join `address` (or RAY_ADDRESS); without either, start a new local Ray instance. No-op if Ray is up.
     Returns the GCS address of the instance, which every task and actor started from here sees as RAY_ADDRESS.
@@ -83,7 +115,7 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, lo
         if stopped:
             log.info("stopped %d Ray process(es) left by a dead driver", stopped)
         start_local_ray(num_cpus, log_to_driver)
-        record_session(Path(ray._private.worker._global_node.get_session_dir_path()))
+        record_session(session_dir())
         log.info("started a local Ray instance at %s", ray.get_runtime_context().gcs_address)
     return ray.get_runtime_context().gcs_address
 
@@ -92,11 +124,10 @@ def join_ray(address: str, log_to_driver: bool = True) -> None:
     """ray.init on an existing cluster, its resolved GCS address handed to every task and actor (not for a Ray
     Client `ray://` address, nor where the job's own runtime_env already sets RAY_ADDRESS: `mtl submit` jobs)."""
     import ray
-    from ray._private import services
 
     runtime_env = None
     if "://" not in address and "RAY_ADDRESS" not in job_env_vars():
-        runtime_env = {"env_vars": {"RAY_ADDRESS": services.canonicalize_bootstrap_address_or_die(address)}}
+        runtime_env = {"env_vars": {"RAY_ADDRESS": bootstrap_address(address)}}
     ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
 
 
@@ -114,9 +145,8 @@ def start_local_ray(num_cpus: Optional[int] = None, log_to_driver: bool = True) 
     chosen here, so that its address is known before it starts and goes into the job's runtime_env as RAY_ADDRESS.
     Returns that address."""
     import ray
-    from ray._private import services
 
-    host = services.get_node_ip_address()
+    host = node_ip_address()
     for attempt in range(START_TRIES):
         gcs = f"{host}:{free_port()}"
         try:

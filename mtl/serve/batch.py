@@ -35,6 +35,7 @@ import torch
 
 from mtl import storage
 from mtl.errors import DataError
+from mtl.jobs.ray_session import RaySession
 from mtl.progress import progress_bar
 from mtl.labels import get_protocol
 from mtl.serve.export import protocol_of, read_model_bytes, read_torch_state
@@ -87,16 +88,16 @@ class FramePredictor:
 
 
 def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: str | Path, batch_size: int = 64,
-                          device: Optional[str] = None, workers: Optional[int] = None, address: Optional[str] = None,
-                          progress: bool = True, protocol: Optional[str] = None, submission: Optional[str] = None,
-                          test_list: Optional[str | Path] = None) -> dict:
-    """`mtl.serve.predict.predict_folder` on Ray actors (`workers` of them, default `default_workers`; joins
-    `address` or starts a local Ray); `device` None: cuda when the cluster has a GPU; `protocol`, `submission`
+                          device: Optional[str] = None, workers: Optional[int] = None,
+                          session: Optional[RaySession] = None, progress: bool = True, protocol: Optional[str] = None,
+                          submission: Optional[str] = None, test_list: Optional[str | Path] = None) -> dict:
+    """`mtl.serve.predict.predict_folder` on Ray actors (`workers` of them, default `default_workers`; on the
+    entry point's Ray `session`, `mtl.jobs.ray_session.use_ray`); `device` None: cuda when the cluster has a GPU; `protocol`, `submission`
     and `test_list` as there. Returns predict_folder's summary plus "workers" and "device". Frame models only: a
     temporal one is a DataError (its windows span a video, while the actors take batches of frames)."""
     import ray
 
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import use_ray
 
     started = time.perf_counter()
     videos, plan = plan_submission(find_videos(Path(folder)), folder, submission, test_list)
@@ -107,7 +108,7 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
                         "frame models only: predict in this process (without --address and --workers)")
     batches = [(video, frames[start:start + batch_size]) for video, frames in videos.items()
                for start in range(0, len(frames), batch_size)]
-    ensure_ray(address)
+    use_ray(session, "mtl.serve.batch.predict_folder_on_ray")
     resources = ray.cluster_resources()
     device = device or ("cuda" if resources.get("GPU") else "cpu")
     count = min(workers or default_workers(device, resources), len(batches))

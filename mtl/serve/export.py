@@ -5,7 +5,7 @@ is). Every model file is told by its content (`mtl.checkpoint.model_kind`) and r
 carries: torch files with weights_only=True, `.pt2` archives checked first (`mtl.serve.model_files`), TorchScript
 (the `ensemble.pt` of earlier versions) refused.
 
-The exported graph is `mtl.eval.ensemble.EnsembleModule.forward`: normalised float crops x [B, 3, S, S] (RGB on the
+The exported graph is `mtl.models.ensembles.EnsembleModule.forward`: normalised float crops x [B, 3, S, S] (RGB on the
 0..255 scale minus `mean_rgb`, std 1: `mtl.data.augment.to_model_input`) -> (au_prob [B, A], expr_prob [B, E],
 va [B, 2]), with a dynamic batch dimension B; A and E are the label protocol's (`mtl.labels`: 8 and 7 for ABAW
 2020, 12 and 8 for ABAW3). Every artefact carries its metadata as one JSON object (`.pt2`: the extra file
@@ -36,20 +36,19 @@ from torch import Tensor, nn
 
 from mtl import storage
 from mtl.checkpoint import MISFIT_ERRORS, misfit, model_from_state, model_kind, not_a_model, torch_file_state
-from mtl.eval.ensemble import EnsembleModule
+from mtl.models.ensembles import EnsembleModule
 from mtl.labels import Protocol, get_protocol
 from mtl.errors import DataError
+from mtl.models.loaded import EXPORT_EXTRA, METADATA_KEY, ExportedPredictor, OnnxPredictor
 from mtl.serve.model_files import check_archive
-from mtl.serve.temporal import is_temporal_state, label_names, temporal_predictor
+from mtl.serve.temporal import KIND as TEMPORAL_KIND, is_temporal_state, label_names, temporal_predictor
 
 FORMATS = {"torch-export": ".pt2", "onnx": ".onnx"}  # format -> file suffix
 DEFAULT_FORMAT = "torch-export"
-METADATA_KEY = "mtl"  # ONNX metadata_props key; the .pt2 extra file is METADATA_KEY + ".json"
 INPUT_NAME = "x"
 OUTPUT_NAMES = ("au_prob", "expr_prob", "va")
 DEFAULT_STORED_SIZE = 112  # a checkpoint does not record the stored face size; Aff-Wild2's crops are 112 px
 TOLERANCE = 1e-4  # largest |exported - PyTorch| accepted on the check batch
-EXPORT_EXTRA = "pip install 'mtl[export]'"
 
 log = logging.getLogger(__name__)
 Outputs = tuple[Tensor, Tensor, Tensor]
@@ -81,21 +80,22 @@ def read_torch_state(location: str | Path, data: Optional[bytes] = None) -> dict
     loaded with weights_only=True; a one-line DataError naming the file otherwise."""
     data = read_model_bytes(location) if data is None else data
     state = torch_file_state(data, location)
-    if not {"model", "config"} <= set(state) and not is_temporal_state(state):
+    if not ({"model", "config"} <= set(state) or state.get("kind") == TEMPORAL_KIND):  # a best.pt, or an ensemble
         raise not_a_model(location, "a torch file holding a dict without 'model' and 'config'")
     return state
 
 
 def torch_file_module(location: str | Path, data: Optional[bytes] = None, temporal: bool = True) -> nn.Module:
-    """A torch.save model file (read by content) in eval mode on the CPU: a frame `best.pt` as a one-member
-    `EnsembleModule` (thresholds 0.5, stored size 112, its config's image size, crop scale and label protocol); a
-    temporal `best.pt` (alike) or ensemble_temporal.pt as a `mtl.serve.temporal.TemporalEnsemble`, refused with
-    `temporal=False`. Anything else is a DataError naming the file."""
+    """A torch.save model file (read by content) in eval mode on the CPU, of the family the file says
+    (`mtl.family`): a frame `best.pt` as a one-member `EnsembleModule` (thresholds 0.5, stored size 112, its
+    config's image size, crop scale and label protocol); a temporal `best.pt` (alike) or ensemble_temporal.pt as a
+    `mtl.serve.temporal.TemporalEnsemble`, refused with `temporal=False`. Anything else is a DataError naming the
+    file."""
     state = read_torch_state(location, data)
-    if is_temporal_state(state) and not temporal:
-        raise DataError(NOT_EXPORTED.format(location))
     try:
-        if is_temporal_state(state):
+        if is_temporal_state(state):  # the window family's predictor: run here, never exported
+            if not temporal:
+                raise DataError(NOT_EXPORTED.format(location))
             return temporal_predictor(state, DEFAULT_STORED_SIZE)
         net, cfg = model_from_state(state)
     except MISFIT_ERRORS as err:
@@ -106,10 +106,9 @@ def torch_file_module(location: str | Path, data: Optional[bytes] = None, tempor
 
 def export_ensemble(models: Sequence[nn.Module], thresholds: Sequence[float] | np.ndarray, image_size: int,
                     location: str | Path, stored_size: int = DEFAULT_STORED_SIZE, crop_scale: float = 1.2,
-                    fmt: str = DEFAULT_FORMAT, protocol: Protocol | str | None = None) -> dict:
+                    fmt: str = DEFAULT_FORMAT, *, protocol: Protocol | str) -> dict:
     """Write the ensemble of `models` (left untouched) with its thresholds as `fmt`; returns `export_module`'s.
-    `protocol`: the members' label protocol (their config's data.protocol; None: the one with as many AUs as
-    `thresholds` has values, `EnsembleModule`)."""
+    `protocol`: the members' label protocol (their config's data.protocol)."""
     module = EnsembleModule([copy.deepcopy(model).cpu() for model in models], thresholds, image_size, stored_size,
                             crop_scale, protocol=protocol).eval()
     return export_module(module, location, fmt, kind="ensemble")
@@ -280,63 +279,3 @@ def read_metadata(location: str | Path) -> dict:
     read_torch_state(location, data)  # a torch file that is not a model file says so
     raise DataError(f"{location}: a torch.save model file carries no export metadata (`mtl export` writes a .pt2 or "
                     ".onnx from it)")
-
-
-class _Described(nn.Module):
-    """The attributes `mtl predict` reads, from an export's metadata."""
-
-    def __init__(self, meta: dict):
-        super().__init__()
-        self.metadata = meta
-        self.register_buffer("au_thresholds", torch.tensor(meta["au_thresholds"], dtype=torch.float32))
-        self.image_size = int(meta["image_size"])
-        self.stored_size = int(meta["stored_size"])
-        self.crop_scale = float(meta["crop_scale"])
-        self.mean_rgb = [float(v) for v in meta["mean_rgb"]]
-        self.protocol = get_protocol(meta.get("protocol"))
-
-
-class ExportedPredictor(_Described):
-    """A loaded `.pt2` program (a GraphModule) with its metadata."""
-
-    def __init__(self, program: nn.Module, meta: dict):
-        super().__init__(meta)
-        self.program = program
-
-    def train(self, mode: bool = True) -> ExportedPredictor:
-        """An exported program is always in eval mode (its module refuses `train()`)."""
-        self.training = mode
-        return self
-
-    def forward(self, x: Tensor) -> Outputs:
-        return tuple(self.program(x))
-
-
-class OnnxPredictor(_Described):
-    """An ONNX file run by onnxruntime (CUDA provider on a cuda `device` when onnxruntime has it), taking and
-    returning torch tensors on the input's device."""
-
-    def __init__(self, data: bytes, name: str, device: torch.device):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise DataError(f"{name}: an ONNX model; running it needs onnxruntime ({EXPORT_EXTRA})") from None
-        wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
-        providers = [p for p in wanted if p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        try:
-            session = onnxruntime.InferenceSession(data, options, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types for unparsable files
-            raise DataError(f"{name}: an ONNX model onnxruntime cannot load ({str(err).splitlines()[0][:200]})") \
-                from None
-        meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if meta is None:
-            raise DataError(f"{name}: an ONNX model without mtl's metadata (not written by `mtl export`)")
-        super().__init__(json.loads(meta))
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-
-    def forward(self, x: Tensor) -> Outputs:
-        outputs = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})
-        return tuple(torch.from_numpy(output).to(x.device) for output in outputs)

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 from mtl.data.augment import to_model_input, window_side
 from mtl import storage
-from mtl.eval.ensemble import threshold_protocol
 from mtl.serve.export import load_predictor_file, protocol_of
 from mtl.serve.submission import Submission, check_protocol, plan_submission
 from mtl.serve.temporal import predict_video_windows
@@ -86,17 +85,14 @@ def predict_folder(model_path: str | Path, folder: str | Path, out_dir: str | Pa
 
 
 def write_predictions(out_dir: str | Path, videos: dict[str, list[Path]], outputs, au_thresholds: np.ndarray,
-                      started: float, protocol: Optional[Protocol] = None,
-                      submission: Optional[Submission] = None) -> dict:
+                      started: float, protocol: Protocol, submission: Optional[Submission] = None) -> dict:
     """Write each video's files as its `(video, (au, expr, va, readable))` arrives from `outputs` (in any order),
     then predictions.csv in the order of `videos`, then the `submission` file if any; returns predict_folder's
-    summary (`started`: perf_counter). `protocol`: the model's (None: the one with as many AUs as `au_thresholds`
-    has values); the outputs must have its widths."""
+    summary (`started`: perf_counter). `protocol`: the model's; the outputs must have its widths."""
     out_dir = str(out_dir)
     rows: dict[str, list[list]] = {}
     unreadable: dict[str, list[str]] = {}
     skipped: list[str] = []
-    protocol = protocol or threshold_protocol(torch.as_tensor(au_thresholds), None)
     for video, (au, expr, va, readable) in outputs:
         if (au.shape[1], expr.shape[1]) != (protocol.num_au, protocol.num_expr):
             raise DataError(f"the model gives {au.shape[1]} AUs and {expr.shape[1]} classes, but protocol "

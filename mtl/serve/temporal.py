@@ -1,6 +1,6 @@
-"""Temporal (CNN-RNN) models at prediction time (docs/recipe.md §1.5): `TemporalEnsemble`, the members' averaged
-per-frame predictions on windows; the temporal ensemble file; and `predict_video_windows`, one video's frames cut
-into the evaluation windows.
+"""Temporal (CNN-RNN) models at prediction time (docs/recipe.md §1.5): the temporal ensemble file (its model is
+`mtl.models.ensembles.TemporalEnsemble`, the members' averaged per-frame predictions on windows), and
+`predict_video_windows`, one video's frames cut into the evaluation windows.
 
 The ensemble stage writes temporal members as RUN/ensemble/ensemble_temporal.pt, a plain torch file that
 `torch.load(..., weights_only=True)` reads: {"kind": "temporal-ensemble", "version": 1, "members": [{"model":
@@ -18,7 +18,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from mtl import storage
 from mtl.checkpoint import model_from_state
@@ -27,39 +26,11 @@ from mtl.errors import ConfigError
 from mtl.data.augment import MEAN_RGB, model_input
 from mtl.data.windows import first_occurrences, window_indices
 from mtl.labels import Protocol, get_protocol
-from mtl.models.heads import predictions
+from mtl.models.ensembles import TemporalEnsemble
 
 KIND = "temporal-ensemble"
 FILE_NAME = "ensemble_temporal.pt"
 VERSION = 1
-Outputs = tuple[Tensor, Tensor, Tensor]
-
-
-class TemporalEnsemble(nn.Module):
-    """Temporal members' averaged predictions on normalised windows x [B, T, 3, S, S] -> (AU probabilities
-    [B, T, A], EXPR probabilities [B, T, E], VA expectations [B, T, 2]), A and E those of the label `protocol`
-    (None: ABAW 2020): the frame ensemble's rule (`mtl.eval.ensemble.EnsembleModule`) per frame. Carries what
-    `mtl predict` reads (`au_thresholds` [A], `image_size`, `stored_size`, `crop_scale`, `mean_rgb`, `protocol`)
-    and `seq_len`, the window length T."""
-
-    def __init__(self, models: Sequence[nn.Module], au_thresholds: Sequence[float] | np.ndarray | Tensor,
-                 image_size: int, stored_size: int, crop_scale: float, seq_len: int,
-                 protocol: Protocol | str | None = None):
-        super().__init__()
-        if not models:
-            raise ValueError("an ensemble needs at least one model")
-        self.members = nn.ModuleList(models)
-        self.protocol = get_protocol(protocol)
-        self.register_buffer("au_thresholds", torch.as_tensor(au_thresholds, dtype=torch.float32)
-                             .expand(self.protocol.num_au).clone())
-        self.image_size, self.stored_size, self.seq_len = int(image_size), int(stored_size), int(seq_len)
-        self.crop_scale = float(crop_scale)
-        self.mean_rgb = [float(v) for v in MEAN_RGB]
-
-    def forward(self, x: Tensor) -> Outputs:
-        outputs = [predictions({task: member(x)[task].float() for task in ("au", "expr", "va")})
-                   for member in self.members]
-        return tuple(torch.stack([out[task] for out in outputs]).mean(0) for task in ("au", "expr", "va"))
 
 
 def is_temporal_state(state: dict) -> bool:
@@ -75,7 +46,7 @@ def temporal_predictor(state: dict, stored_size: int) -> TemporalEnsemble:
     if state.get("kind") == KIND:
         members = [model_from_state(member)[0] for member in state["members"]]
         return TemporalEnsemble(members, state["au_thresholds"], state["image_size"], state["stored_size"],
-                                state["crop_scale"], state["seq_len"], state.get("protocol")).eval()
+                                state["crop_scale"], state["seq_len"], state.get("protocol", "abaw2020")).eval()
     net, cfg = model_from_state(state)
     return TemporalEnsemble([net], 0.5, cfg.data.image_size, stored_size, cfg.data.augment.crop_scale,
                             cfg.model.seq_len, cfg.data.schema()).eval()
@@ -88,12 +59,10 @@ def label_names(protocol: Protocol) -> dict[str, list[str]]:
 
 
 def ensemble_file_state(members: Sequence[dict], au_thresholds: Sequence[float], stored_size: int) -> dict:
-    """The temporal ensemble file's content from its members' model files ({"model", "config"}, read with
-    weights_only); ConfigError unless all are temporal with one image size, crop scale, window length and label
-    protocol."""
+    """The temporal ensemble file's content from its temporal members' model files ({"model", "config"}, read
+    with weights_only; `mtl.family.family_of_members` checks their family); ConfigError unless they have one image
+    size, crop scale, window length and label protocol."""
     cfgs = [validate(member["config"]) for member in members]
-    if not all(cfg.model.temporal for cfg in cfgs):
-        raise ConfigError("a temporal ensemble takes temporal (CNN-RNN) members only")
     inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale, cfg.model.seq_len, cfg.data.protocol)
               for cfg in cfgs}
     if len(inputs) > 1:

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from mtl import runs, storage
 from mtl.config import Config
+from mtl.jobs.ray_session import RaySession
 
 RECORD = "stage.json"
 
@@ -61,10 +62,11 @@ class TrainingResult(StageResult):
 @dataclass
 class StageContext:
     """What the stages of one pipeline run share: the config later stages use (a stage may change it, see
-    `Stage.config_after`), the Ray address, and the results of the stages run so far, by name."""
+    `Stage.config_after`), the entry point's Ray session (`mtl.jobs.ray_session.RaySession`; None: the Ray this
+    process runs), and the results of the stages run so far, by name."""
 
     cfg: Config
-    address: Optional[str] = None
+    session: Optional[RaySession] = None
     results: dict[str, StageResult] = field(default_factory=dict)
 
     def result(self, name: str) -> Any:

@@ -17,12 +17,13 @@ import numpy as np
 
 from mtl import storage
 from mtl.config import Config
-from mtl.errors import ConfigError
-from mtl.labels import video_of
 from mtl.errors import DataError
+from mtl.eval.labelling import write_npz_atomic
+from mtl.eval.predictions import Predictions
+from mtl.jobs.ray_session import RaySession
+from mtl.labels import video_of
 from mtl.runs import stage_dir
 from mtl.serve.export import DEFAULT_FORMAT, FORMATS
-from mtl.serve.temporal import FILE_NAME as TEMPORAL_FILE  # ensemble_temporal.pt
 from mtl.stages.base import Stage, StageContext, StageResult
 from mtl.stages.students import StudentsStage
 from mtl.stages.teacher import TeacherStage
@@ -39,7 +40,7 @@ def member_task_options(device: str) -> dict:
     return task_options(device == "cuda")
 
 
-def member_predictions(checkpoints: list[str], shards: str, device: str = "cpu") -> list[dict]:
+def member_predictions(checkpoints: list[str], shards: str, device: str = "cpu") -> list[Predictions]:
     """Validation predictions of every model, in parallel (one Ray task each, on a GPU each with cuda)."""
     import ray
 
@@ -55,7 +56,7 @@ class EnsembleResult(StageResult):
     students: list[dict]
     ensemble: dict  # + "members", "thresholds"
     exported: str  # ensemble.pt2 (or .onnx); ensemble_temporal.pt for temporal (CNN-RNN) members
-    preds: str = ""  # the ensemble's predictions on the reporting half (.npz), for the report's plots
+    preds: str = ""  # the ensemble's predictions on the reporting half (.npz, `save_preds`), for the report's plots
 
     def outputs(self) -> list[str]:
         return [path for path in (self.exported, self.preds) if path]
@@ -69,41 +70,37 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     `bootstrap` replicates of 95 % intervals and, against the teacher, paired intervals of each difference
     ("vs_teacher", `mtl.eval.bootstrap.paired_difference`); export the ensemble as `fmt` to
     `out_dir`/ensemble<suffix>, its reporting-half predictions to `out_dir`/report_preds.npz, and record its
-    sources in `out_dir`/ensemble.json. Scores and thresholds are those of the shards' label protocol (the
-    members' too: `predict_model_file` refuses a member of another)."""
-    from mtl.data.index import load_index
+    sources in `out_dir`/ensemble.json. Scores and thresholds are those of the shards' label protocol, which the
+    predictions carry (the members' too: `predict_model_file` refuses a member of another)."""
     from mtl.eval.bootstrap import paired_difference
     from mtl.eval.ensemble import ensemble_report, scorer
-    from mtl.stages.soft_labels import write_npz_atomic
 
     checkpoints = [*([teacher_best] if teacher_best else []), *student_bests]
     preds = member_predictions(checkpoints, shards, device)
-    videos = {video_of(key) for key in preds[0]["key"]}
+    videos = {video_of(key) for key in preds[0].keys}
     if len(videos) < 2:
         raise DataError(f"{shards}: {len(videos)} validation video(s); an honest ensemble needs at least 2 (its "
                         "thresholds are tuned on one half of the videos and it is scored on the other)")
-    protocol = load_index(shards).protocol
-    options = {"seed": seed, "rule": rule, "expr_f1": expr_f1, "bootstrap": bootstrap, "protocol": protocol}
+    options = {"seed": seed, "rule": rule, "expr_f1": expr_f1, "bootstrap": bootstrap}
     single = [ensemble_report([p], **options) for p in preds]
     ensemble = ensemble_report(preds[len(checkpoints) - len(student_bests):], select=select, **options)
     if teacher_best and bootstrap:
         teacher = single[0]
         for entry in [*single[1:], ensemble]:
             entry["vs_teacher"] = paired_difference(
-                entry["preds"], scorer(entry["thresholds"], expr_f1, protocol), teacher["preds"],
-                scorer(teacher["thresholds"], expr_f1, protocol), replicates=bootstrap, seed=seed)
-    preds_file = storage.join(out_dir, REPORT_PREDS)
-    write_npz_atomic(preds_file, **{name: np.asarray(v) for name, v in ensemble["preds"].items()})
+                entry["preds"], scorer(entry["thresholds"], expr_f1), teacher["preds"],
+                scorer(teacher["thresholds"], expr_f1), replicates=bootstrap, seed=seed)
+    preds_file = save_preds(ensemble["preds"], storage.join(out_dir, REPORT_PREDS))
     single, ensemble = ([without_preds(e) for e in single], without_preds(ensemble))
-    exported = export_members([student_bests[i] for i in ensemble["members"]], ensemble["thresholds"],
+    exported, written_as = export_members([student_bests[i] for i in ensemble["members"]], ensemble["thresholds"],
                               out_dir, shards, fmt)
     result = EnsembleResult(teacher=single[0] if teacher_best else {}, students=single[-len(student_bests):],
                             ensemble=ensemble, exported=exported, preds=preds_file)
     storage.write_json(storage.join(out_dir, RECORD), {
-        "protocol": protocol.name, "students": student_bests, "teacher": teacher_best, "shards": str(shards),
-        "select": select, "threshold_rule": rule, "split_seed": seed,
+        "protocol": preds[0].protocol.name, "students": student_bests, "teacher": teacher_best,
+        "shards": str(shards), "select": select, "threshold_rule": rule, "split_seed": seed,
         "members": [student_bests[i] for i in ensemble["members"]], "exported": exported,
-        "format": "torch" if exported.endswith(TEMPORAL_FILE) else fmt, "result": result.to_json()})
+        "format": written_as, "result": result.to_json()})
     return result
 
 
@@ -112,43 +109,42 @@ def without_preds(entry: dict) -> dict:
     return storage.json_ready({k: v for k, v in entry.items() if k != "preds"})
 
 
-def read_report_preds(location: str) -> Optional[dict]:
-    """The predictions `build_ensemble` kept for the report's plots, or None when there are none."""
+def save_preds(preds: Predictions, location: str) -> str:
+    """Write `preds` as .npz ("key", the six fields, "protocol": its name) to `location`; returns it."""
+    write_npz_atomic(location, **preds.arrays(), protocol=np.asarray(preds.protocol.name))
+    return location
+
+
+def read_report_preds(location: str) -> Optional[Predictions]:
+    """The predictions `build_ensemble` kept for the report's plots (`save_preds`), or None when there are none.
+    A file written before it held its protocol is in the one ensemble.json beside it records."""
     if not location or not storage.is_file(location):
         return None
     with np.load(io.BytesIO(storage.read_bytes(location))) as data:
-        return {name: data[name] for name in data.files}
+        arrays = {name: data[name] for name in data.files}
+    protocol = arrays.pop("protocol", None)
+    if protocol is None:
+        protocol = storage.read_json(location.rpartition("/")[0] + "/" + RECORD)["protocol"]
+    return Predictions.from_arrays(arrays, str(protocol))
 
 
-def export_members(checkpoints: list[str], thresholds: list[float], out_dir: str, shards: str, fmt: str) -> str:
-    """Export the models of `checkpoints` with `thresholds` at their (shared) image size, crop scale and label
-    protocol and the shards' stored face size to `out_dir`/ensemble<suffix of fmt>; temporal (CNN-RNN) members,
-    which do not export, are written to `out_dir`/ensemble_temporal.pt instead (`mtl.serve.temporal`). Returns the
-    path."""
-    from mtl.checkpoint import model_from_state, read_model_file
+def export_members(checkpoints: list[str], thresholds: list[float], out_dir: str, shards: str,
+                   fmt: str) -> tuple[str, str]:
+    """Write the ensemble of the models of `checkpoints` with `thresholds` and the shards' stored face size into
+    `out_dir`, as their family writes it (`mtl.family.ModelFamily.write_ensemble`: ensemble<suffix of fmt> for
+    frame models, ensemble_temporal.pt for temporal ones, which do not export). Returns (the path, the format
+    written: `fmt`, or "torch")."""
+    from mtl.checkpoint import read_model_file
     from mtl.config import validate
     from mtl.data.index import load_index
-    from mtl.serve.export import export_ensemble
-    from mtl.serve.temporal import write_temporal_ensemble
+    from mtl.family import family_of_members
 
     states = [read_model_file(path) for path in checkpoints]
     cfgs = [validate(state["config"]) for state in states]
-    if len({cfg.model.temporal for cfg in cfgs}) > 1:
-        raise ConfigError(f"the members {', '.join(checkpoints)} mix temporal (CNN-RNN) and frame models; an "
-                          "ensemble takes one kind")
-    stored_size = load_index(shards).image_size
-    if cfgs[0].model.temporal:
-        return write_temporal_ensemble(states, thresholds, storage.join(out_dir, TEMPORAL_FILE), stored_size)
-    inputs = {(cfg.data.image_size, cfg.data.augment.crop_scale, cfg.data.protocol) for cfg in cfgs}
-    if len(inputs) > 1:
-        raise ConfigError(f"the members {', '.join(checkpoints)} take different inputs or give different outputs "
-                          f"(data.image_size, data.augment.crop_scale, data.protocol: {sorted(inputs)}); an "
-                          "ensemble needs one")
-    (image_size, crop_scale, protocol), = inputs
-    location = storage.join(out_dir, "ensemble" + FORMATS[fmt])
-    export_ensemble([model_from_state(state)[0] for state in states], thresholds, image_size, location,
-                    stored_size=stored_size, crop_scale=crop_scale, fmt=fmt, protocol=protocol)
-    return location
+    names = ", ".join(checkpoints)
+    family = family_of_members(cfgs, names)
+    location = family.write_ensemble(states, cfgs, thresholds, out_dir, load_index(shards).image_size, fmt, names)
+    return location, family.ensemble_format(fmt)
 
 
 class EnsembleStage(Stage):
@@ -161,16 +157,17 @@ class EnsembleStage(Stage):
 
     def run(self, cfg: Config, ctx: StageContext) -> EnsembleResult:
         teacher_best, *student_bests = self.inputs(cfg, ctx)
-        return self.build(cfg, student_bests, teacher_best)
+        return self.build(cfg, student_bests, teacher_best, session=ctx.session)
 
     def build(self, cfg: Config, students: list[str], teacher: Optional[str] = None,
-              out: Optional[str] = None) -> EnsembleResult:
+              out: Optional[str] = None, session: Optional[RaySession] = None) -> EnsembleResult:
         """Score `teacher` (a model file, or None), the `students` and their ensemble on data.shards' reporting
         half and export the ensemble into `out` (default RUN/ensemble), as the config says: students.select,
-        ensemble.threshold_rule, .format and .bootstrap, eval.split_seed and .expr_f1, runtime.device."""
-        from mtl.jobs.ray_session import ensure_ray, resolve_device
+        ensemble.threshold_rule, .format and .bootstrap, eval.split_seed and .expr_f1, runtime.device. The
+        members' predictions are Ray tasks on the entry point's `session` (`use_ray`)."""
+        from mtl.jobs.ray_session import resolve_device, use_ray
 
-        ensure_ray()
+        use_ray(session, "EnsembleStage.build")
         cfg = resolve_device(cfg)
         return build_ensemble(students, cfg.data.shards, out or stage_dir(cfg, self.name), teacher,
                               select=cfg.students.select, rule=cfg.ensemble.threshold_rule, seed=cfg.eval.split_seed,

@@ -1,15 +1,14 @@
 """`mtl pipeline`: teacher -> soft labels -> [search] -> students -> ensemble -> report, resumable stage by stage.
 
 The stages are `PIPELINE`, in its order (docs/recipe.md names the method's four: teacher, soft labels, students,
-ensemble; the search runs between soft labels and students when tune.before_students says so). A stage is done when `RUN/<stage>/stage.json` holds its current
-digest (its config sections and input files) and its output files exist: it is skipped and its stored result
-reused; any other stage runs. Inside a stage, interrupted work resumes: a teacher or student goes on from its last
-checkpoint (a finished one is not retrained), soft labels are kept per shard for the same teacher file. With
-tune.before_students, a search (tune.space, e.g. tune/distill.yaml) runs between soft labels and students, and
-its best distillation values train every student. Kill it anywhere and run the same command again. Scores in the
-report are all measured on the same half of the validation videos: the other half tunes the AU thresholds (and
-the ensemble's members), for every model alike.
-"""
+ensemble; the search runs between soft labels and students when tune.before_students says so). A stage is done when
+`RUN/<stage>/stage.json` holds its current digest (its config sections and input files) and its output files exist:
+it is skipped and its stored result reused; any other stage runs. Inside a stage, interrupted work resumes: a
+teacher or student goes on from its last checkpoint (a finished one is not retrained), soft labels are kept per
+shard for the same teacher file. With tune.before_students, a search (tune.space, e.g. tune/distill.yaml) runs
+between soft labels and students, and its best distillation values train every student. Kill it anywhere and run the
+same command again. Scores in the report are all measured on the same half of the validation videos: the other half
+tunes the AU thresholds (and the ensemble's members), for every model alike."""
 
 from __future__ import annotations
 
@@ -20,10 +19,10 @@ from typing import Optional
 from mtl.config import Config, absolute_paths, config_dict
 from mtl.stages.base import Stage, StageContext, done_result, record_result
 from mtl.stages.ensemble import EnsembleStage, read_report_preds
-from mtl.stages.search_stage import SearchStage
 from mtl.stages.soft_labels import SoftLabelsStage
 from mtl.stages.students import StudentsStage
 from mtl.stages.teacher import TeacherStage
+from mtl.tune.stage import SearchStage
 
 PIPELINE: tuple[Stage, ...] = (TeacherStage(), SoftLabelsStage(), SearchStage(), StudentsStage(), EnsembleStage())
 
@@ -61,8 +60,8 @@ def run_stages(stages: Iterable[Stage], ctx: StageContext) -> dict[str, float]:
 def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
     """report.json/.md and plots/ of the teacher, students and ensemble stages' results (`write_report`, by the
     metric of data.protocol), and what data.downsample left of the training labels (docs/recipe.md §4.5)."""
-    from mtl.data.downsample import downsample_counts
     from mtl.data.index import load_index
+    from mtl.family import family_of
     from mtl.eval.report import write_report
 
     trained, scores = ctx.result(TeacherStage.name), ctx.result(EnsembleStage.name)
@@ -70,20 +69,23 @@ def write_run_report(ctx: StageContext, timings: dict[str, float]) -> dict:
     student_entries = [{**score, "name": s.name, "history": s.history}
                        for score, s in zip(scores.students, ctx.result(StudentsStage.name).students)]
     ensemble_entry = {**scores.ensemble, "preds": read_report_preds(scores.preds)}
-    downsample = downsample_counts(load_index(ctx.cfg.data.shards), ctx.cfg)  # None when nothing is thinned
+    index = load_index(ctx.cfg.data.shards)
+    downsample = family_of(ctx.cfg.model).downsample_counts(index, ctx.cfg)  # None when nothing is thinned
     return write_report(ctx.cfg.run.dir, teacher_entry, student_entries, ensemble_entry, timings,
-                        config_dict(ctx.cfg), {"downsample": downsample} if downsample else None,
-                        protocol=ctx.cfg.data.schema())
+                        config_dict(ctx.cfg), {"downsample": downsample} if downsample else None)
 
 
 def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:
-    """All enabled stages for `cfg` (its train section configures the teacher), then the report; returns it."""
-    from mtl.jobs.ray_session import ensure_ray
+    """All enabled stages for `cfg` (its train section configures the teacher), then the report; returns it. An
+    entry point: it starts or joins Ray (`address`, else RAY_ADDRESS, else a local one) and hands that session to
+    every stage."""
+    from mtl.jobs.ray_session import RaySession
     from mtl.train.driver import check_weights
 
     cfg = absolute_paths(cfg)  # a relative path means the same on every Ray worker
     check_weights(cfg.model)  # before Ray starts: the paper preset's FER+ weights (docs/recipe.md §1.1)
-    ensure_ray(address)
-    ctx = StageContext(cfg=cfg, address=address)
+    session = RaySession(address)
+    session.start()
+    ctx = StageContext(cfg=cfg, session=session)
     timings = run_stages(enabled_stages(cfg), ctx)
     return write_run_report(ctx, timings)

@@ -16,6 +16,7 @@ from typing import Optional
 from mtl import storage
 from mtl.config import Config, updated
 from mtl.errors import ConfigError, DataError
+from mtl.jobs.ray_session import RaySession
 from mtl.runs import training_outcome
 from mtl.stages.base import Stage, StageContext, StageResult, TrainingResult
 from mtl.stages.teacher import TeacherStage
@@ -48,21 +49,23 @@ def student_trial(params: dict, cfg: Config) -> None:
                      **{k: v for k, v in metrics.items() if k.startswith("val_")}})
 
 
-def train_students(cfg: Config, address: Optional[str] = None) -> list[dict]:
-    """Train all students (in parallel on Ray Tune); returns [{"name", "best", "metrics", "history"}] by index."""
+def train_students(cfg: Config, session: Optional[RaySession] = None) -> list[dict]:
+    """Train all students (in parallel on Ray Tune, on the entry point's `session`: `use_ray`); returns [{"name",
+    "best", "metrics", "history"}] by index."""
     import ray
     import ray.tune
 
-    from mtl.jobs.ray_session import ensure_ray, resolve_device, trainings_that_fit
+    from mtl.jobs.ray_compat import TOKEN_TRIAL
+    from mtl.jobs.ray_session import resolve_device, trainings_that_fit, use_ray
 
     if cfg.train.workers < 1:
         raise ConfigError("config key 'train.workers': students are Ray Train runs inside Ray Tune trials, "
                           "so they need at least 1 worker (local mode cannot run under Tune)")
-    ensure_ray(address)
+    use_ray(session, "mtl.stages.students.train_students")
     cfg = resolve_device(cfg)
     concurrent = cfg.students.concurrent or trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker,
                                                                cfg.worker_gpus(), ray.cluster_resources())
-    trial = {"memory": 1}  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
+    trial = dict(TOKEN_TRIAL)  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
     root = storage.join(storage.absolute(cfg.run.dir), "students")
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(student_trial, cfg=cfg), trial),
@@ -107,4 +110,4 @@ class StudentsStage(Stage):
         return [ctx.result(TeacherStage.name).best]  # the model their soft labels come from
 
     def run(self, cfg: Config, ctx: StageContext) -> StudentsResult:
-        return StudentsResult(students=[TrainingResult(**outcome) for outcome in train_students(cfg, ctx.address)])
+        return StudentsResult(students=[TrainingResult(**outcome) for outcome in train_students(cfg, ctx.session)])

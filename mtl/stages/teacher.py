@@ -21,6 +21,6 @@ class TeacherStage(Stage):
     def run(self, cfg: Config, ctx: StageContext) -> TrainingResult:
         from mtl.train.driver import train
 
-        outcome = train(teacher_config(cfg), ctx.address)
+        outcome = train(teacher_config(cfg), ctx.session)
         return TrainingResult(name=self.name, best=outcome["best"], metrics=outcome["metrics"],
                               history=outcome["history"])

@@ -6,7 +6,8 @@ Ray Train 2.60 retries every exception a worker raises, up to FailureConfig.max_
 hook). So the ranks agree instead: at each batch fetch and around validation every rank says whether it hit a
 DataError (one all-reduce of a flag; the messages are gathered only when one did), and then all of them raise
 DataStop with the first such message. `mtl.train.loop.train_loop` returns it as {"data_error": message}; the driver
-raises that as DataError, which the CLI prints as `error: ...` (exit code 2).
+raises that as DataError, which the CLI prints as `error: ...` (exit code 2). (Listed with the other Ray
+workarounds in `mtl.jobs.ray_compat`.)
 
 A full disk is stopped alike: a retry would find the disk as full, and a checkpoint copy cut short would stay
 behind. After each checkpoint the ranks agree on whether rank 0 could write it (`agreed_disk`) and all raise

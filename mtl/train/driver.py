@@ -27,12 +27,12 @@ from mtl.checkpoint import read_model_file, save_model_file
 from mtl.config import Config, ModelConfig, absolute_paths, config_dict, validate
 from mtl.errors import ConfigError
 from mtl.data.balance import BALANCERS
-from mtl.data.downsample import downsample_counts, format_counts
-from mtl.data.index import ShardIndex, check_protocol, load_index
-from mtl.data.soft_join import check_soft_labels, view_spec
-from mtl.data.verify import check_shards
-from mtl.jobs.ray_session import ensure_ray, resolve_device
+from mtl.data.downsample import format_counts
+from mtl.data.index import ShardIndex, load_index
+from mtl.data.soft_join import SoftLabels, view_spec
+from mtl.jobs.ray_session import RaySession, resolve_device, use_ray
 from mtl.errors import DataError, error_line
+from mtl.family import family_of
 from mtl.runs import check_resumable, finished_training, soft_labels_dir, teacher_path, training_dir
 from mtl.train.loop import STATE_FILE, Diverged, train_loop
 
@@ -40,14 +40,14 @@ log = logging.getLogger(__name__)
 
 
 def check_inputs(cfg: Config) -> ShardIndex:
-    """Fail here, in one line, not in a worker: shards (and their label protocol against data.protocol), names
-    looked up in registries, a student's teacher; returns the shards' index."""
-    if not cfg.data.shards:
-        raise ConfigError("config key 'data.shards': required (a shard folder written by `mtl prepare`)")
+    """Fail here, in one line, not in a worker: each input checks itself (the config, the shards' index: their
+    label protocol against data.protocol and their sizes, the stored soft labels), names looked up in registries,
+    a student's teacher; returns the shards' index."""
+    cfg.data.require_shards()
     check_weights(cfg.model)
     index = load_index(cfg.data.shards)
-    check_protocol(index, cfg.data.protocol)
-    check_shards(index)  # sizes against index.json: a truncated shard fails here
+    index.check_protocol(cfg.data.protocol)
+    index.check_shards()  # sizes against index.json: a truncated shard fails here
     BALANCERS.get(cfg.data.balance, key="data.balance")
     if cfg.train.role == "student":
         if not storage.is_file(teacher_path(cfg)) and cfg.distill.on_the_fly:
@@ -56,8 +56,11 @@ def check_inputs(cfg: Config) -> ShardIndex:
             check_teacher(cfg, index)
         if not cfg.distill.on_the_fly:  # every training shard's labels proven: by this teacher (a missing one is
             # refused there, FileNotFoundError), in the files and with the keys the manifest records, shards unchanged
-            check_soft_labels(soft_labels_dir(cfg), teacher_path(cfg), *student_shards(cfg, index),
-                              views=view_spec(cfg.distill.views, cfg.data.augment, index.image_size), index=index)
+            family = family_of(cfg.model)
+            family.check_views(cfg.distill.views, "this student")
+            SoftLabels(soft_labels_dir(cfg), index.protocol).check(
+                teacher_path(cfg), family.student_labels(index), family.unit_record(),
+                views=view_spec(cfg.distill.views, cfg.data.augment, index.image_size), index=index)
     return index
 
 
@@ -66,52 +69,25 @@ def check_teacher(cfg: Config, index: ShardIndex) -> None:
     fly it runs on the student's own input, frames [B, 3, S, S] or windows [B, T, 3, S, S]: both must be frame
     models or both temporal (CNN-RNN) ones."""
     teacher_cfg = validate(read_model_file(teacher_path(cfg))["config"])
-    check_protocol(index, teacher_cfg.data.protocol, where=f"the teacher {teacher_path(cfg)}'s data.protocol")
-    teacher = teacher_cfg.model.temporal
-    if cfg.distill.on_the_fly and teacher != cfg.model.temporal:
-        kinds = {True: "a temporal (CNN-RNN) model", False: "a frame model"}
-        raise ConfigError(f"distill.on_the_fly: the teacher {teacher_path(cfg)} is {kinds[teacher]} but the student "
-                          f"(model.temporal={cfg.model.temporal}) is {kinds[cfg.model.temporal]}; the teacher runs "
-                          "on the student's inputs, so both must be of one kind")
-
-
-FERPLUS_SOURCE = ("`resnet50_ferplus_dag.pth`, folder `fer+` of Albanie's PyTorch model zoo "
-                  "(https://www.robots.ox.ac.uk/~albanie/pytorch-models.html)")
+    index.check_protocol(teacher_cfg.data.protocol, where=f"the teacher {teacher_path(cfg)}'s data.protocol")
+    if cfg.distill.on_the_fly:
+        family_of(cfg.model).check_on_the_fly(family_of(teacher_cfg.model), teacher_path(cfg))
 
 
 def check_weights(model: ModelConfig) -> None:
-    """model.weights: required where model.require_weights says so (the paper preset's FER+ backbone, docs/recipe.md
-    §1.1), and a state dict file when given."""
-    if model.require_weights and not model.weights:
-        source = FERPLUS_SOURCE if model.backbone == "resnet50_ferplus" else "a local state dict file"
-        raise ConfigError(f"config key 'model.weights': required (model.require_weights): {model.backbone} starts "
-                          f"from pretrained weights, {source}; pass model.weights=PATH, or "
-                          "model.require_weights=false to start from random weights")
-    if model.weights and not storage.is_file(model.weights):
-        raise FileNotFoundError(f"config key 'model.weights': {model.weights}: no such file")
+    """model.weights: given where required and there (`ModelConfig.check_weights`), and a state dict file."""
+    model.check_weights()
     if model.weights:  # a file that is not a state dict: one line here, not a retried failure in every worker
         from mtl.models.backbones import check_weights_file
 
         check_weights_file(model.weights)
 
 
-def student_shards(cfg: Config, index) -> tuple[dict[str, int], str, Optional[int]]:
-    """({training shard name: samples} a student's stream reads, soft-label unit, window length): every training
-    shard for a frame student; the shards of the windowed videos, labelled per window, for a temporal one."""
-    if not cfg.model.temporal:
-        return {info.name: info.samples for info in index.shards["train"]}, "frame", None
-    from mtl.data.windows import videos_of_split
-
-    samples = {info.name: info.samples for info in index.shards["train"]}
-    shards = {storage.name(url): samples[storage.name(url)] for video in videos_of_split(index, "train")
-              for url in video.urls}
-    return shards, "window", cfg.model.seq_len
-
-
-def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[list] = None,
+def train(cfg: Config, session: Optional[RaySession] = None, *, callbacks: Optional[list] = None,
           wandb_group: Optional[str] = None, init_checkpoint: Optional[str] = None) -> dict:
     """Train on Ray Train and return {"best": path of best.pt, "metrics": its metrics, "history": [...],
-    "start_epoch"}.
+    "start_epoch"}. Ray: the `session` of the entry point (`mtl.jobs.ray_session.use_ray`), joined after the
+    inputs are checked; local mode (train.workers=0) needs none.
 
     `callbacks`: ray.train.UserCallbacks (e.g. forwarding each epoch to Ray Tune); `init_checkpoint`: a
     checkpoint folder to start from when the run has none of its own (PBT). A loss that goes NaN/inf ends the
@@ -121,7 +97,7 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
 
     cfg = absolute_paths(cfg)  # a relative path means the same on every worker
     index = check_inputs(cfg)
-    downsample = downsample_counts(index, cfg)  # an index without per-frame statistics fails here
+    downsample = family_of(cfg.model).downsample_counts(index, cfg)
     folder = training_dir(cfg)
     done = finished_training(cfg)
     if done is not None:
@@ -131,7 +107,7 @@ def train(cfg: Config, address: Optional[str] = None, *, callbacks: Optional[lis
         print(f"[{cfg.train.role}] {format_counts(downsample)}", flush=True)
     if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
         check_resumable(cfg, folder)
-        ensure_ray(address)
+        use_ray(session, "mtl.train.driver.train")
     cfg = resolve_device(cfg)  # what the workers run on, recorded in config.json
     storage.makedirs(folder)
     storage.write_json(storage.join(folder, "config.json"), config_dict(cfg))
@@ -211,15 +187,14 @@ def fit(trainer, cfg: Config):
     DataError or storage.DiskFull line; workers that never started, as one WorkersUnavailable line."""
     import ray.train
 
+    from mtl.jobs.ray_compat import failure_causes, startup_timed_out
+
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as err:
-        failures = getattr(err, "worker_failures", {}) or {}
-        causes = [getattr(e, "_base_exc", e) for _, e in sorted(failures.items())]
-        controller = getattr(err, "controller_failure", None)
-        if type(controller).__name__ == "WorkerGroupStartupTimeoutError":  # every start-up period ran out
+        if startup_timed_out(err):  # every start-up period ran out
             raise workers_unavailable(cfg) from None
-        causes += [controller] if controller is not None else []
+        causes = failure_causes(err)
         data_errors = [c for c in causes if isinstance(c, DataError)]
         if data_errors:
             raise DataError(error_line(data_errors[0])) from None

@@ -24,11 +24,10 @@ from mtl import storage
 from mtl.config import Config, config_dict
 from mtl.data.index import load_index
 from mtl.data.packed import Packed
-from mtl.data.stream import train_loader
-from mtl.data.windows import window_loader
 from mtl.eval.evaluate import gather, predict, score
 from mtl.eval.metrics import selection_total
 from mtl.eval.split import selection_half
+from mtl.family import family_of
 from mtl.labels import TASKS
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
@@ -119,14 +118,13 @@ def train_rank(payload: dict) -> dict:
             preds = gather(agreed(predict, unwrapped, index, "val", cfg.data.image_size, cfg.train.eval_batch_size,
                                   device, cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
                                   autocast=device.type == "cuda",
-                                  seq_len=cfg.model.seq_len if cfg.model.temporal else None))
+                                  family=family_of(cfg.model)))
             metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done),
                        "lr": float(scheduler.get_last_lr()[0]),
                        "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
                        **{f"train_{k}": v / steps for k, v in sums.items() if k != "steps"}}
             if preds is not None:  # scored on the selection half only: the reporting half stays unseen
-                result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1,
-                               protocol=cfg.data.protocol)
+                result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1)
                 metrics.update({f"val_{task}": result[task] for task in TASKS})
                 metrics["val_total"] = selection_total(result, cfg.eval.selection)
             history.append(metrics)
@@ -179,11 +177,8 @@ def seed_everything(seed: int) -> None:
 def make_loader(cfg: Config, index, rank: int, world: int, pin_memory: bool = False):
     """The training stream of this rank: packed batches of frames (balanced), or of windows of frames for the
     temporal model; page-locked with `pin_memory` (a CUDA training)."""
-    if cfg.model.temporal:
-        return window_loader(index, cfg, cfg.model.seq_len, cfg.data.loader_workers, rank, world,
-                             soft_labels=stored_soft_labels(cfg), pin_memory=pin_memory)
-    return train_loader(index, cfg, rank=rank, world=world, soft_labels=stored_soft_labels(cfg),
-                        pin_memory=pin_memory)
+    return family_of(cfg.model).train_loader(index, cfg, rank, world, soft_labels=stored_soft_labels(cfg),
+                                             pin_memory=pin_memory)
 
 
 def batch_samples(packed: Packed) -> int:

@@ -21,3 +21,31 @@ def test_the_claim_needs_students_above_the_teacher_and_the_ensemble_above_the_m
     assert claim_holds(below_selected)[1] == ["ensemble below the selected student outside the noise"]
     no_gain = {**good, "ensemble - mean student": comparison((-0.01, 0.05))}
     assert not claim_holds(no_gain)[0]
+
+
+def test_a_cells_sides_score_the_arrays_as_the_pipelines_ensemble_report_would():
+    """`cell_sides` reads the cell's saved arrays in the protocol of its spec: its teacher and ensemble scores are
+    `ensemble_report`'s on the same halves, and a side of several students is the mean of their scores."""
+    import numpy as np
+    import pytest
+
+    from mtl.bench.fidelity_report import cell_sides
+    from mtl.eval.ensemble import ensemble_report
+    from tests.eval.test_ensemble import labelled, member
+
+    labels = labelled()
+    members = [member(labels, noise, seed) for seed, noise in enumerate((0.8, 0.3, 0.5))]
+    arrays = {name: m.arrays() for name, m in zip(("teacher", "student_0", "student_1"), members)}
+    record = {"spec": {"data": {"protocol": "abaw2020"}}, "threshold_rule": "break_even", "expr_f1": "present",
+              "split_seed": 4, "students": 2, "select": True}
+    comparisons, scores = cell_sides(arrays, record)
+    options = {"seed": 4, "rule": "break_even"}
+    assert scores["teacher"]["total"] == pytest.approx(ensemble_report(members[:1], **options)["total"], abs=1e-12)
+    ensemble = ensemble_report(members[1:], select=True, **options)
+    assert scores["ensemble"]["total"] == pytest.approx(ensemble["total"], abs=1e-12)
+    assert scores["members"] == ensemble["members"]
+    each = [ensemble_report([m], **options)["total"] for m in members[1:]]
+    assert scores["students"]["total"] == pytest.approx(np.mean(each), abs=1e-12)
+    assert scores["student_totals"] == pytest.approx(each, abs=1e-12)
+    side = comparisons["student - teacher"][0]
+    assert len(side.preds) == 2 and side.preds[0].protocol.name == "abaw2020"

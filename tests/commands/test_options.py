@@ -11,8 +11,9 @@ from mtl.cli import main
 from mtl.commands.options import KeyOption, PathOption, config_overrides
 from mtl.config import Config, load_config
 
-STAGE_COMMANDS = ("train", "soft-labels", "tune", "pipeline", "ensemble", "evaluate")
-NOT_A_SETTING = {"address": "which Ray cluster runs it, not what runs", "help": "click's"}
+STAGE_COMMANDS = ("train", "soft-labels", "tune", "pipeline", "ensemble", "evaluate", "prepare")
+NOT_A_SETTING = {"address": "which Ray cluster runs it, not what runs", "help": "click's",
+                 "verify": "mtl prepare's re-read of what it wrote (mtl check-shards), not what it writes"}
 
 
 def config_keys(model=Config, prefix: str = "") -> set[str]:
@@ -64,7 +65,7 @@ def test_each_alias_sets_its_key_as_the_override_does(name):
         elif isinstance(param.type, click.Choice):
             given = expected = param.type.choices[-1]
         elif isinstance(param.type, click.types.IntParamType):
-            given = expected = 7
+            given = expected = max(7, getattr(param.type, "min", None) or 0)  # within an IntRange's bounds
         else:
             given = expected = "/somewhere/else"
         [override] = config_overrides({param.name: given}, (), command)
@@ -79,3 +80,10 @@ def test_flags_left_unset_set_nothing():
     unset = {param.name: (False if param.is_flag and param.key_value is not None else None)
              for param in command.params if isinstance(param, KeyOption)}
     assert config_overrides(unset, ("students.count=2",), command) == ["students.count=2"]
+
+
+@pytest.mark.parametrize("text", ["2024", "on", "a: b", "null", "/data/shards", "s3://bucket/x y"])
+def test_a_text_flag_value_reads_back_as_the_same_text(text):
+    from mtl.commands.options import yaml_value
+
+    assert load_config("demo", [f"train.name={yaml_value(text)}"]).train.name == text

@@ -6,13 +6,12 @@ default_rng([seed, id]) in [0, N), id 0 for AU, 1 for VA, 2 + c for EXPR class c
 """
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from tests.conftest import imbalanced_videos, stream_config
-from mtl.config import load_config, updated
+from mtl.config import load_config
 from mtl.errors import ConfigError
 from mtl.data.balance import uniform_factors
 from mtl.data.downsample import (FrameBuckets, Thinning, downsample_counts, format_counts, thinned_stats,
@@ -22,6 +21,7 @@ from mtl.data.shards import tar_samples
 from mtl.data.stream import TrainStream, batches_per_epoch, with_labels
 from mtl.labels import EXPR_NAMES
 from mtl.errors import DataError
+from mtl.family import FrameFamily, WindowFamily
 
 PAPER = {"expr": {"Neutral": 10, "Happiness": 2, "Sadness": 2}, "va": 5}
 ALL = {**PAPER, "au": 2}  # AU thinned too: some frames lose every label
@@ -198,23 +198,15 @@ def test_presets_and_unknown_sources(imbalanced_shards):
         downsample_counts(load_index(imbalanced_shards), config(0, {**PAPER, "sources": ["afwild2"]}))
 
 
-def test_an_old_index_loads_but_downsampling_on_it_asks_to_rerun_prepare(imbalanced_shards, tmp_path):
+def test_an_index_without_per_frame_statistics_is_refused_in_one_line(imbalanced_shards, tmp_path):
     raw = json.loads((imbalanced_shards / "index.json").read_text())
     del raw["splits"]["train"]["by_frame"]
-    for shard in imbalanced_shards.glob("*.tar"):
-        shutil.copy(shard, tmp_path / shard.name)
     (tmp_path / "index.json").write_text(json.dumps(raw))
-    index = load_index(tmp_path)
-    assert batches_per_epoch(index, config(), world=1) == index.stats["train"].samples // 8  # off: as before
     with pytest.raises(DataError) as caught:
-        TrainStream(index, config(0, PAPER))
+        load_index(tmp_path)
     message = str(caught.value)
-    assert str(tmp_path / "index.json") in message and "mtl prepare" in message and "\n" not in message
-    from mtl.train.driver import train
-
-    with pytest.raises(DataError, match="mtl prepare"):  # before any worker starts
-        train(config(0, PAPER, shards=str(tmp_path)))
-
+    assert str(tmp_path / "index.json") in message and "'by_frame'" in message and "mtl prepare" in message
+    assert "\n" not in message
 
 def test_counts_are_one_line_and_go_into_the_report(imbalanced_shards, tmp_path):
     from mtl.eval.report import write_report
@@ -222,7 +214,8 @@ def test_counts_are_one_line_and_go_into_the_report(imbalanced_shards, tmp_path)
     index = load_index(imbalanced_shards)
     counts, raw, want = downsample_counts(index, config(0, PAPER)), brute_stats(0, {}), brute_stats(0, PAPER)
     assert downsample_counts(index, config()) is None
-    assert downsample_counts(index, updated(config(0, PAPER), {"model.temporal": True})) is None  # windows: never
+    assert WindowFamily(seq_len=4).downsample_counts(index, config(0, PAPER)) is None  # windows: never thinned
+    assert FrameFamily().downsample_counts(index, config(0, PAPER)) == counts
     assert counts["before"]["expr"]["Neutral"] == raw["expr"][0] and counts["after"]["va"] == want["labelled"]["va"]
     line = format_counts(counts)
     assert "\n" not in line and f"Neutral {raw['expr'][0]} -> {want['expr'][0]}" in line

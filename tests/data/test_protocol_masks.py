@@ -11,17 +11,18 @@ import pytest
 import webdataset as wds
 
 from tests.conftest import stream_config, write_jpeg
+from mtl import storage
 from mtl.config import DataConfig
 from mtl.data.augment import centre_draws
 from mtl.data.balance import Balancer, imbalance_ratios, mlros_factors
 from mtl.data.downsample import FrameBuckets, Thinning, downsample_counts, thinned_stats, training_stats
-from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats, au_pattern, check_protocol, load_index
+from mtl.data.index import INDEX_NAME, SCHEMA_VERSION, LabelStats, au_pattern, load_index
 from mtl.data.soft_join import SoftLabels
 from mtl.data.stream import TrainStream, collate, collate_soft, eval_loader, soft_widths
 from mtl.data.windows import collate_window_soft, eval_window_loader
 from mtl.labels import ABAW2020, ABAW3, SPLITS, TASKS
 from mtl.errors import DataError
-from mtl.stages.soft_labels import write_npz_atomic
+from mtl.eval.labelling import write_npz_atomic
 
 SIZE = 16
 PARTIAL = [0, 1, 0, 1, -1, -1, 1, 0, -1, -1, 1, 0]  # DISFA under abaw3: AU7, AU10, AU23, AU24 unlabelled
@@ -65,7 +66,8 @@ def write_shards(folder: Path, frames: int = 24, shard_size: int = 10) -> Path:
                     buckets.add(labels)
                     for t in TASKS:
                         labelled[t] += labels[t] is not None
-            shards.append({"name": name, "samples": min(start + shard_size, count) - start, "labelled": labelled})
+            shards.append({"name": name, "samples": min(start + shard_size, count) - start, "labelled": labelled,
+                           "bytes": (folder / name).stat().st_size, "sha256": storage.sha256(folder / name)})
         splits[split] = {"shards": shards, "stats": stats.to_json(),
                          **({"by_frame": buckets.to_json()} if split == "train" else {})}
     index = {"schema": SCHEMA_VERSION, "protocol": "abaw3", "splits": splits,
@@ -74,12 +76,13 @@ def write_shards(folder: Path, frames: int = 24, shard_size: int = 10) -> Path:
     return folder
 
 
-def bare_index(folder: Path, protocol) -> Path:
-    """A folder holding only an index.json (no shard) recording `protocol` (None: written before protocols)."""
+def bare_index(folder: Path, protocol: str) -> Path:
+    """A folder holding only an index.json (no shard) recording `protocol`."""
     folder.mkdir(parents=True)
     split = {"shards": [], "stats": LabelStats().to_json()}
-    (folder / INDEX_NAME).write_text(json.dumps({"schema": SCHEMA_VERSION, **({"protocol": protocol} if protocol else {}),
-                                                 "splits": {s: split for s in SPLITS}, "image_size": SIZE}))
+    splits = {s: {**split, **({"by_frame": {"period": 60, "sources": {}}} if s == "train" else {})} for s in SPLITS}
+    (folder / INDEX_NAME).write_text(json.dumps({"schema": SCHEMA_VERSION, "protocol": protocol, "splits": splits,
+                                                 "image_size": SIZE}))
     return folder
 
 
@@ -139,27 +142,13 @@ def test_soft_labels_of_another_protocols_width_are_refused_naming_the_file(tmp_
 # --- index ---------------------------------------------------------------------------------------------------
 
 
-def test_an_index_without_protocol_is_abaw2020_and_the_key_is_read(tmp_path):
-    assert load_index(bare_index(tmp_path / "old", None)).protocol is ABAW2020
+def test_the_index_protocol_key_is_read(tmp_path):
     assert load_index(bare_index(tmp_path / "2020", "abaw2020")).protocol is ABAW2020
     index = load_index(write_shards(tmp_path / "new"))
     assert index.protocol is ABAW3
     assert index.stats["train"].num_au == 12 and len(index.stats["train"].expr_counts) == 8
     with pytest.raises(DataError, match=r"index\.json: unknown label protocol 'abaw9'"):
         load_index(bare_index(tmp_path / "bad", "abaw9"))
-
-
-def test_check_protocol_names_both_protocols_and_the_shards(tmp_path):
-    index = load_index(write_shards(tmp_path / "shards"))
-    check_protocol(index, "abaw3")
-    with pytest.raises(DataError) as err:
-        check_protocol(index, "abaw2020")
-    message = str(err.value)
-    assert message.startswith(f"shards {tmp_path / 'shards'} hold protocol abaw3 labels, but data.protocol is abaw2020")
-    assert "\n" not in message
-    with pytest.raises(DataError, match=r"hold protocol abaw3 labels, but the teacher t\.pt's data\.protocol is "
-                                        r"abaw2020$"):
-        check_protocol(index, "abaw2020", where="the teacher t.pt's data.protocol")
 
 
 def test_label_stats_count_per_au_labels_and_keep_their_widths():

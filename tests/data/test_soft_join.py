@@ -8,12 +8,12 @@ import pytest
 from mtl import storage
 from mtl.data.index import load_index
 from mtl.config import AugmentConfig
-from mtl.errors import ConfigError
 from mtl.data.augment import BatchDraws
-from mtl.data.soft_join import (MANIFEST, MANIFEST_FORMAT, SoftLabels, check_soft_labels, file_record, replay_views,
-                                 soft_label_path, view_spec)
+from mtl.data.soft_join import (MANIFEST, MANIFEST_FORMAT, SoftLabels, file_record, replay_views, soft_label_path,
+                                 view_spec)
 from mtl.errors import DataError
-from mtl.stages.soft_labels import write_npz_atomic
+from mtl.family import FrameFamily, WindowFamily
+from mtl.eval.labelling import write_npz_atomic
 
 
 def label_everything(folder: Path, index, teacher: Path, keys_per_shard: dict, views: dict | None = None) -> dict:
@@ -41,8 +41,10 @@ def label_everything(folder: Path, index, teacher: Path, keys_per_shard: dict, v
     return manifest
 
 
-def train_shards(index) -> dict:
-    return {info.name: info.samples for info in index.shards["train"]}
+def check(folder: Path, teacher: Path, index, family=FrameFamily(), **kwargs) -> None:
+    """The driver's check of the soft labels in `folder` for a student of `family` on the shards of `index`."""
+    SoftLabels(folder, index.protocol).check(teacher, family.student_labels(index), family.unit_record(),
+                                             index=index, **kwargs)
 
 
 def test_labels_of_another_kind_are_refused(tmp_path, imbalanced_shards):
@@ -51,7 +53,7 @@ def test_labels_of_another_kind_are_refused(tmp_path, imbalanced_shards):
     teacher.write_bytes(b"teacher")
     label_everything(tmp_path / "soft", index, teacher, {})  # per frame
     with pytest.raises(DataError, match="soft labels per frame, but this student needs them per window of 4 frames"):
-        check_soft_labels(tmp_path / "soft", teacher, train_shards(index), unit="window", seq_len=4)
+        check(tmp_path / "soft", teacher, index, WindowFamily(seq_len=4))
 
 
 def test_complete_labels_of_the_current_teacher_pass_and_join(tmp_path, imbalanced_shards):
@@ -59,7 +61,7 @@ def test_complete_labels_of_the_current_teacher_pass_and_join(tmp_path, imbalanc
     teacher = tmp_path / "best.pt"
     teacher.write_bytes(b"teacher one")
     label_everything(tmp_path / "soft", index, teacher, {})
-    check_soft_labels(tmp_path / "soft", teacher, train_shards(index), index=index)
+    check(tmp_path / "soft", teacher, index)
     first = index.shards["train"][0].name
     assert SoftLabels(tmp_path / "soft", "abaw2020").lookup(first, f"{first}/0") is not None
 
@@ -71,7 +73,7 @@ def test_another_teachers_labels_are_refused_naming_both(tmp_path, imbalanced_sh
     label_everything(tmp_path / "soft", index, teacher, {})
     teacher.write_bytes(b"teacher two: retrained")
     with pytest.raises(DataError, match=r"soft labels of another teacher .*not of .*best\.pt"):
-        check_soft_labels(tmp_path / "soft", teacher, train_shards(index))
+        check(tmp_path / "soft", teacher, index)
 
 
 def test_missing_or_partial_shards_are_refused_by_name(tmp_path, imbalanced_shards):
@@ -83,7 +85,7 @@ def test_missing_or_partial_shards_are_refused_by_name(tmp_path, imbalanced_shar
     label_everything(tmp_path / "soft", index, teacher, {names[0]: ["k0"]})  # one shard only partly labelled
     (tmp_path / "soft" / Path(soft_label_path(tmp_path / "soft", names[1])).name).unlink()  # one file lost
     with pytest.raises(DataError) as caught:
-        check_soft_labels(tmp_path / "soft", teacher, train_shards(index))
+        check(tmp_path / "soft", teacher, index)
     message = str(caught.value)
     assert "\n" not in message and f"2 of {len(names)} training shards" in message
     assert names[0] in message and names[1] in message
@@ -91,7 +93,7 @@ def test_missing_or_partial_shards_are_refused_by_name(tmp_path, imbalanced_shar
 
 def test_no_manifest_says_how_to_make_one(tmp_path, imbalanced_shards):
     with pytest.raises(DataError, match=r"no soft labels \(run `mtl soft-labels`\)"):
-        check_soft_labels(tmp_path / "nothing", tmp_path / "best.pt", train_shards(load_index(imbalanced_shards)))
+        check(tmp_path / "nothing", tmp_path / "best.pt", load_index(imbalanced_shards))
 
 
 def test_views_must_match_what_the_student_asks(tmp_path, imbalanced_shards):
@@ -100,31 +102,22 @@ def test_views_must_match_what_the_student_asks(tmp_path, imbalanced_shards):
     teacher.write_bytes(b"teacher")
     augment = AugmentConfig(crop_scale=1.2, flip=0.5, jitter=0.3)
     label_everything(tmp_path / "soft", index, teacher, {}, view_spec(4, augment, index.image_size))
-    check_soft_labels(tmp_path / "soft", teacher, train_shards(index), views=view_spec(4, augment, index.image_size))
+    check(tmp_path / "soft", teacher, index, views=view_spec(4, augment, index.image_size))
     refused = {  # views the student asks -> what the one-line error says
         0: r"soft labels with 4 augmentation views per sample, but this student asks distill.views=0",
         2: r"soft labels with 4 augmentation views per sample, but this student asks distill.views=2"}
     for k, message in refused.items():
         with pytest.raises(DataError, match=message):
-            check_soft_labels(tmp_path / "soft", teacher, train_shards(index),
-                              views=view_spec(k, augment, index.image_size))
+            check(tmp_path / "soft", teacher, index, views=view_spec(k, augment, index.image_size))
     other = AugmentConfig(crop_scale=1.2, flip=0.5, jitter=0.0)
     for spec in (view_spec(4, other, index.image_size), view_spec(4, augment, 2 * index.image_size)):
         with pytest.raises(DataError, match=r"soft-label views drawn with data.augment .* but this student trains "
                                             r"with .*re-run `mtl soft-labels`") as caught:
-            check_soft_labels(tmp_path / "soft", teacher, train_shards(index), views=spec)
+            check(tmp_path / "soft", teacher, index, views=spec)
         assert "\n" not in str(caught.value)
     label_everything(tmp_path / "centre", index, teacher, {})  # centre-view labels: a student asking views is refused
     with pytest.raises(DataError, match=r"with 0 augmentation views per sample, but this student asks distill.views=4"):
-        check_soft_labels(tmp_path / "centre", teacher, train_shards(index), views=view_spec(4, augment, index.image_size))
-
-
-def test_a_temporal_student_asking_views_is_a_config_error(tmp_path, imbalanced_shards):
-    index = load_index(imbalanced_shards)
-    with pytest.raises(ConfigError, match=r"^config key 'distill.views': 3 stored views are per frame, but this "
-                                          r"student is temporal \(CNN-RNN windows are out of scope\)"):
-        check_soft_labels(tmp_path / "soft", tmp_path / "best.pt", train_shards(index), unit="window", seq_len=4,
-                          views=view_spec(3, AugmentConfig(), index.image_size))
+        check(tmp_path / "centre", teacher, index, views=view_spec(4, augment, index.image_size))
 
 
 def test_replay_takes_a_stored_view_per_sample_and_leaves_the_others_drawn(tmp_path):
@@ -152,7 +145,7 @@ def test_replay_takes_a_stored_view_per_sample_and_leaves_the_others_drawn(tmp_p
 
 def one_line_error(error: type, *args, **kwargs) -> str:
     with pytest.raises(error) as caught:
-        check_soft_labels(*args, **kwargs)
+        check(*args, **kwargs)
     assert "\n" not in str(caught.value)
     return str(caught.value)
 
@@ -171,7 +164,7 @@ def test_a_truncated_file_is_one_line_before_training_and_in_a_worker(tmp_path, 
     second = index.shards["train"][1].name
     path = Path(soft_label_path(tmp_path / "soft", second))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    message = one_line_error(DataError, tmp_path / "soft", teacher, train_shards(index), index=index)
+    message = one_line_error(DataError, tmp_path / "soft", teacher, index)
     assert message.startswith(f"{path}: not a readable soft-label file (") and "re-run `mtl soft-labels`" in message
     with pytest.raises(DataError, match=rf"^{path}: changed since its soft labels were computed") as caught:
         # a worker: the bytes against the manifest
@@ -186,7 +179,7 @@ def test_a_truncated_file_is_one_line_before_training_and_in_a_worker(tmp_path, 
 
 def test_a_file_changed_after_the_check_is_a_data_error_in_the_worker(tmp_path, labelled):
     index, teacher, _ = labelled
-    check_soft_labels(tmp_path / "soft", teacher, train_shards(index), index=index)
+    check(tmp_path / "soft", teacher, index)
     first, second = (info.name for info in index.shards["train"][:2])
     soft = SoftLabels(tmp_path / "soft", "abaw2020")
     assert soft.lookup(first, f"{first}/0") is not None
@@ -207,7 +200,7 @@ def test_a_shard_changed_since_its_labels_were_computed_is_refused(tmp_path, lab
     shards["train"] = [dataclasses.replace(info, sha256="0" * 64) if i == 2 else info
                        for i, info in enumerate(index.shards["train"])]  # shard 2 prepared again, other bytes
     changed = dataclasses.replace(index, shards=shards)
-    message = one_line_error(DataError, tmp_path / "soft", teacher, train_shards(index), index=changed)
+    message = one_line_error(DataError, tmp_path / "soft", teacher, changed)
     assert "1 training shard(s) changed since their soft labels were computed" in message
     assert index.shards["train"][2].name in message and index.shards["train"][1].name not in message
 
@@ -216,7 +209,7 @@ def test_a_manifest_of_the_older_format_is_refused_with_the_way_to_recompute(tmp
     index, teacher, manifest = labelled
     old = {key: value for key, value in manifest.items() if key not in ("format", "files")}  # as written before
     storage.write_json(tmp_path / "soft" / MANIFEST, old)
-    message = one_line_error(DataError, tmp_path / "soft", teacher, train_shards(index), index=index)
+    message = one_line_error(DataError, tmp_path / "soft", teacher, index)
     assert message == (f"{tmp_path / 'soft' / MANIFEST}: soft labels of an older format, without per-file SHA-256 "
                        f"digests: recompute them (`mtl soft-labels`, or delete {tmp_path / 'soft'})")
 
@@ -224,5 +217,5 @@ def test_a_manifest_of_the_older_format_is_refused_with_the_way_to_recompute(tmp
 def test_a_missing_teacher_is_refused_naming_it(tmp_path, labelled):
     index, teacher, _ = labelled
     teacher.unlink()
-    message = one_line_error(FileNotFoundError, tmp_path / "soft", teacher, train_shards(index), index=index)
+    message = one_line_error(FileNotFoundError, tmp_path / "soft", teacher, index)
     assert message.startswith(f"{teacher}: the teacher these soft labels must come from is missing; ")

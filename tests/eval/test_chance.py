@@ -41,7 +41,8 @@ def test_each_half_is_scored_on_its_own_videos_frames_only(imbalanced_shards):
 def test_under_p_mtl_the_blind_au_guess_is_every_au_active(tmp_path):
     """P_MTL's AU term is F1 alone: "never active" scores 0, "always active" 2p / (1 + p) per AU."""
     from mtl.eval.metrics import masked_au_f1
-    from mtl.eval.evaluate import FIELDS, metric_labels
+    from mtl.eval.evaluate import metric_labels
+    from mtl.eval.predictions import FIELDS
     from mtl.data.stream import eval_loader
     from tests.data.test_protocol_masks import write_shards
 

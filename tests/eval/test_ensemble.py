@@ -3,13 +3,16 @@ export: tests/serve/test_export.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from mtl.labels import video_of
-from mtl.eval.ensemble import (EnsembleModule, average, ensemble_report, greedy_selection, halve_videos,
-                          task_strata, tune_thresholds)
+from mtl.eval.ensemble import average, ensemble_report, greedy_selection, halve_videos, task_strata, tune_thresholds
+from mtl.models.ensembles import EnsembleModule
+from mtl.eval.predictions import Predictions
+from mtl.labels import ABAW2020, ABAW3, video_of
 from mtl.models.heads import predictions
 from mtl.models.multitask import MultitaskNet
 
@@ -33,15 +36,17 @@ def labelled(videos: int = 12, frames: int = 30, seed: int = 0) -> dict:
     return {"key": keys_of(videos, frames), "au_true": au, "expr_true": expr, "va_true": va}
 
 
-def member(labels: dict, noise: float, seed: int) -> dict:
+def member(labels: dict, noise: float, seed: int) -> Predictions:
     """A `predict` output whose predictions are the labels blurred by `noise` (1 = pure noise)."""
     rng = np.random.default_rng(seed)
     n = len(labels["key"])
     au_signal = np.clip(labels["au_true"], 0, 1) * 0.6 + 0.2
     expr_signal = np.eye(7)[np.clip(labels["expr_true"], 0, 6)]
     expr = (1 - noise) * expr_signal + noise * rng.dirichlet(np.ones(7), n)
-    return {**labels, "au_prob": (1 - noise) * au_signal + noise * rng.random((n, 8)),
-            "expr_prob": expr, "va_pred": (1 - noise) * labels["va_true"] + noise * rng.uniform(-1, 1, (n, 2))}
+    return Predictions.from_arrays({**labels, "au_prob": (1 - noise) * au_signal + noise * rng.random((n, 8)),
+                                    "expr_prob": expr,
+                                    "va_pred": (1 - noise) * labels["va_true"] + noise * rng.uniform(-1, 1, (n, 2))},
+                                   ABAW2020)
 
 
 def test_split_is_by_video_disjoint_and_deterministic():
@@ -72,11 +77,14 @@ def test_average_means_probabilities_and_checks_keys():
     a, b = member(labels, 0.5, 1), member(labels, 0.5, 2)
     merged = average([a, b])
     for name in ("au_prob", "expr_prob", "va_pred"):
-        np.testing.assert_allclose(merged[name], (a[name] + b[name]) / 2)
-    np.testing.assert_array_equal(merged["au_true"], labels["au_true"])
-    assert merged["key"] == labels["key"]
-    with pytest.raises(ValueError, match="member 1"):
-        average([a, {**b, "key": list(reversed(b["key"]))}])
+        np.testing.assert_allclose(getattr(merged, name), (getattr(a, name) + getattr(b, name)) / 2)
+    np.testing.assert_array_equal(merged.au_true, labels["au_true"])
+    assert merged.keys.tolist() == labels["key"] and merged.protocol is ABAW2020
+    with pytest.raises(ValueError, match="member 1: its keys differ"):
+        average([a, b.take(np.arange(len(b))[::-1])])
+    with pytest.raises(ValueError, match="member 1: label protocol abaw3"):
+        average([a, replace(b, au_prob=np.zeros((6, 12)), au_true=np.zeros((6, 12), dtype=int), protocol=ABAW3,
+                            expr_prob=np.full((6, 8), 1 / 8))])
 
 
 def test_thresholds_on_a_hand_built_case():
@@ -87,8 +95,16 @@ def test_thresholds_on_a_hand_built_case():
     au_true[6] = [0, -1, 0, 0, 0, 0, 0, 0]  # a row with a missing label is left out, whatever its probability
     au_prob[6, 0] = 0.95
     # F1 per threshold 0.9 .. 0.1: 0.5, 0.8, 0.67, 0.86, 0.75, 0.67; precision = recall at 0.7
-    np.testing.assert_allclose(tune_thresholds(au_true, au_prob), [0.6] + [0.5] * 7)
-    np.testing.assert_allclose(tune_thresholds(au_true, au_prob, rule="break_even"), [0.7] + [0.5] * 7)
+    preds = au_only(au_true, au_prob)
+    np.testing.assert_allclose(tune_thresholds(preds), [0.6] + [0.5] * 7)
+    np.testing.assert_allclose(tune_thresholds(preds, rule="break_even"), [0.7] + [0.5] * 7)
+
+
+def au_only(au_true: np.ndarray, au_prob: np.ndarray) -> Predictions:
+    """ABAW 2020 predictions of these AU labels and probabilities (the other tasks unlabelled)."""
+    n = len(au_true)
+    return Predictions([f"s/v/{i:05d}" for i in range(n)], au_prob, np.full((n, 7), 1 / 7), np.zeros((n, 2)), au_true,
+                       np.full(n, -1), np.full((n, 2), -5.0), ABAW2020)
 
 
 def test_break_even_is_the_reference_precision_recall_curve_rule():
@@ -101,7 +117,7 @@ def test_break_even_is_the_reference_precision_recall_curve_rule():
     for y, p in zip(au_true.T, au_prob.T):
         precision, recall, thresholds = precision_recall_curve(y, p)
         expected.append(thresholds[np.argmin(np.abs(precision[:-1] - recall[:-1]))])
-    np.testing.assert_allclose(tune_thresholds(au_true, au_prob, rule="break_even"), expected)
+    np.testing.assert_allclose(tune_thresholds(au_only(au_true, au_prob), rule="break_even"), expected)
 
 
 def test_greedy_selection_picks_the_good_member_over_noisy_ones():
@@ -118,7 +134,7 @@ def test_report_schema_and_tuning_never_sees_the_reported_half():
     first = ensemble_report(members, seed=0, select=True)
     assert len(first["selected_on_videos"]) == len(first["reported_on_videos"]) == 6
     assert not set(first["selected_on_videos"]) & set(first["reported_on_videos"])
-    assert first["preds"]["key"] == [k for k, r in zip(labels["key"], halve_videos(labels["key"], 0, task_strata(
+    assert first["preds"].keys.tolist() == [k for k, r in zip(labels["key"], halve_videos(labels["key"], 0, task_strata(
         members[0]))[1]) if r]  # the merged predictions of the reported half, for plots and paired intervals
     assert first["total"] == pytest.approx(first["au"] + first["expr"] + first["va"])
     assert len(first["thresholds"]) == 8 and first["members"][0] == 0
@@ -128,9 +144,9 @@ def test_report_schema_and_tuning_never_sees_the_reported_half():
     rng = np.random.default_rng(9)
     n = int(reported.sum())
 
-    def scrambled(preds: dict) -> dict:
+    def scrambled(preds: Predictions) -> Predictions:
         """Any labels and predictions on the reported half (which tasks are labelled stays as it was)."""
-        out = {name: value if name == "key" else np.array(value, copy=True) for name, value in preds.items()}
+        out = {name: np.array(value, copy=True) for name, value in preds.arrays().items()}
         au, expr = out["au_true"][reported], out["expr_true"][reported]
         out["au_true"][reported] = np.where(au == -1, -1, 1 - au)
         out["expr_true"][reported] = np.where(expr == -1, -1, rng.integers(0, 7, n))
@@ -138,7 +154,7 @@ def test_report_schema_and_tuning_never_sees_the_reported_half():
         out["au_prob"][reported] = rng.random((n, 8))
         out["expr_prob"][reported] = rng.dirichlet(np.ones(7), n)
         out["va_pred"][reported] = rng.uniform(-1, 1, (n, 2))
-        return out
+        return Predictions.from_arrays(out, preds.protocol)
 
     second = ensemble_report([scrambled(m) for m in members], seed=0, select=True)
     assert second["thresholds"] == first["thresholds"] and second["members"] == first["members"]
@@ -160,7 +176,7 @@ def nets() -> list[MultitaskNet]:
 
 def test_ensemble_module_averages_member_predictions(nets):
     x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
-    ensemble = EnsembleModule(nets, np.linspace(0.1, 0.8, 8), image_size=SIZE).eval()
+    ensemble = EnsembleModule(nets, np.linspace(0.1, 0.8, 8), image_size=SIZE, protocol="abaw2020").eval()
     with torch.no_grad():
         got = ensemble(x)
         each = [predictions(net(x)) for net in nets]
@@ -173,15 +189,14 @@ def test_average_logits_is_the_mean_logit_and_the_normalised_geometric_mean():
     from mtl.eval.ensemble import average_logits
 
     def member(au, expr, va):
-        return {"key": ["s/v/0"], "au_prob": np.array([[au] * 8]), "expr_prob": np.array([expr + [0.0] * 5]),
-                "va_pred": np.array([[va, -va]]), "au_true": np.zeros((1, 8)), "expr_true": np.zeros(1),
-                "va_true": np.zeros((1, 2))}
+        return Predictions(["s/v/0"], np.array([[au] * 8]), np.array([expr + [0.0] * 5]), np.array([[va, -va]]),
+                           np.zeros((1, 8)), np.zeros(1), np.zeros((1, 2)), ABAW2020)
 
     merged = average_logits([member(0.9, [0.5, 0.5], 0.2), member(0.5, [0.9, 0.1], 0.4)])
     # logit(0.9) = ln 9, logit(0.5) = 0: mean ln 3, sigmoid 0.75; sqrt(0.5·0.9) : sqrt(0.5·0.1) = 3 : 1
-    assert merged["au_prob"] == pytest.approx(np.full((1, 8), 0.75))
-    assert merged["expr_prob"][0, :2] == pytest.approx([0.75, 0.25], abs=1e-5)
-    assert merged["expr_prob"][0].sum() == pytest.approx(1.0)
-    assert merged["va_pred"] == pytest.approx(np.array([[0.3, -0.3]]))
+    assert merged.au_prob == pytest.approx(np.full((1, 8), 0.75))
+    assert merged.expr_prob[0, :2] == pytest.approx([0.75, 0.25], abs=1e-5)
+    assert merged.expr_prob[0].sum() == pytest.approx(1.0)
+    assert merged.va_pred == pytest.approx(np.array([[0.3, -0.3]]))
     single = member(0.7, [0.2, 0.8], 0.1)
-    assert average_logits([single])["au_prob"] == pytest.approx(single["au_prob"])
+    assert average_logits([single]).au_prob == pytest.approx(single.au_prob)

@@ -46,7 +46,8 @@ def plain_predictions(model, index, split: str, batch_size: int, rank: int, worl
     batch, fp32."""
     from mtl.data.augment import model_input
     from mtl.data.stream import eval_loader
-    from mtl.eval.evaluate import FIELDS, metric_labels
+    from mtl.eval.evaluate import metric_labels
+    from mtl.eval.predictions import FIELDS
     from mtl.models.heads import predictions
 
     parts = {name: [] for name in ("key", *FIELDS)}
@@ -73,7 +74,61 @@ def test_predict_on_a_cpu_is_the_plain_loops_numbers_whatever_the_workers(imbala
     for rank in (0, 1):
         plain = plain_predictions(model, index, "train", 5, rank, 2)
         ours = predict(model, index, "train", 16, 5, torch.device("cpu"), rank=rank, world=2, num_workers=workers)
-        assert ours["key"] == plain["key"] and len(set(ours["key"])) == len(ours["key"]) > 0
+        assert ours.keys.tolist() == plain["key"] and len(set(ours.keys)) == len(ours) > 0
+        assert ours.protocol is index.protocol  # the shards' label protocol
         for name, value in plain.items():
             if name != "key":
-                assert ours[name].dtype == value.dtype and np.array_equal(ours[name], value), name
+                got = getattr(ours, name)
+                assert got.dtype == value.dtype and np.array_equal(got, value), name
+
+
+def test_a_rank_without_shards_predicts_nothing_in_the_protocols_widths(imbalanced_shards):
+    from mtl.data.index import load_index
+    from mtl.eval.evaluate import gather, predict
+
+    cfg = validate({"model": {"backbone": "test_resnet"}, "data": {"image_size": 16}})
+    index = load_index(imbalanced_shards)
+    world = len(index.shard_urls("val")) + 1
+    empty = predict(create_model(cfg.model, 16).eval(), index, "val", 16, 5, torch.device("cpu"), rank=world - 1,
+                    world=world)
+    assert len(empty) == 0 and empty.au_prob.shape == (0, index.protocol.num_au) and empty.protocol is index.protocol
+    assert gather(empty) is empty  # without torch.distributed
+
+
+def gathering_rank(rank: int, world: int, address: str, out: str) -> None:
+    """One rank of `test_gather_brings_every_ranks_predictions_to_rank_0` (a spawned process)."""
+    import pickle
+
+    import torch.distributed as dist
+
+    from mtl.eval.evaluate import gather
+    from tests.eval.test_predictions import made
+
+    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+    try:
+        got = gather(made(n=3 + rank, seed=rank, video=f"rank{rank}-"))
+        with open(f"{out}.{rank}", "wb") as f:
+            pickle.dump(got, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_brings_every_ranks_predictions_to_rank_0(tmp_path):
+    """Through torch.distributed's gather_object: the ranks' frames in rank order, in their protocol; None
+    elsewhere."""
+    import pickle
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from tests.eval.test_predictions import made
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(gathering_rank, args=(2, f"tcp://127.0.0.1:{port}", str(tmp_path / "got")), nprocs=2)
+    first, second = (pickle.loads((tmp_path / f"got.{rank}").read_bytes()) for rank in (0, 1))
+    expected = [made(n=3 + rank, seed=rank, video=f"rank{rank}-") for rank in (0, 1)]
+    assert second is None and first.protocol.name == "abaw2020"
+    assert first.keys.tolist() == expected[0].keys.tolist() + expected[1].keys.tolist()
+    np.testing.assert_array_equal(first.au_prob, np.concatenate([e.au_prob for e in expected]))

@@ -180,6 +180,7 @@ def test_va_shape_errors():
 def test_the_selection_total_is_the_references_sum_of_both_cccs_or_the_reports_total():
     from mtl.eval.evaluate import score
     from mtl.eval.metrics import selection_total
+    from mtl.eval.predictions import Predictions
 
     rng = np.random.default_rng(0)
     n = 200
@@ -187,12 +188,12 @@ def test_the_selection_total_is_the_references_sum_of_both_cccs_or_the_reports_t
              "au_prob": rng.random((n, 8)), "expr_true": rng.integers(0, 7, n), "expr_prob": rng.random((n, 7)),
              "va_true": rng.uniform(-1, 1, (n, 2))}
     preds["va_pred"] = preds["va_true"] * 0.5 + rng.normal(0, 0.3, (n, 2))
-    s = score(preds)
+    s = score(Predictions.from_arrays(preds, "abaw2020"))
     v = reference_ccc(preds["va_true"][:, 0], preds["va_pred"][:, 0])
     a = reference_ccc(preds["va_true"][:, 1], preds["va_pred"][:, 1])
     assert selection_total(s) == pytest.approx(s["au"] + s["expr"] + v + a)
     assert selection_total(s, "report") == pytest.approx(s["au"] + s["expr"] + (v + a) / 2)
     preds["va_true"][:] = -5  # no VA label: the task adds nothing
-    assert selection_total(score(preds)) == pytest.approx(s["au"] + s["expr"])
+    assert selection_total(score(Predictions.from_arrays(preds, "abaw2020"))) == pytest.approx(s["au"] + s["expr"])
     with pytest.raises(ValueError, match="selection rule"):
         selection_total(s, "best")

@@ -3,22 +3,26 @@ determinism, the mean-of-models side, real scorers, bad input."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from mtl.eval.ensemble import scorer, tune_thresholds
 from mtl.eval.pooled import Side, pooled_difference, pooled_differences
+from mtl.eval.predictions import Predictions
 from mtl.labels import get_protocol
+from tests.eval.test_bootstrap import Values
 
 FRAMES = 10
 SHARED, OWN, NOISE = 1.0, 0.3, 0.5  # sd of the per-video effect both sides share, of each side's own, of frames
 
 
-def mean_of_x(preds: dict) -> dict:
-    return {"x": float(np.mean(preds["x"]))}
+def mean_of_x(preds: Values) -> dict:
+    return {"x": float(np.mean(preds.x))}
 
 
-def zero(preds: dict) -> dict:
+def zero(preds: Values) -> dict:
     return {"x": 0.0}
 
 
@@ -27,24 +31,24 @@ def keys_of(videos: int, frames: int = FRAMES, source: str = "s") -> list[str]:
 
 
 def pair(rng: np.random.Generator, videos: int, difference: float, shared: float = SHARED,
-         source: str = "s") -> tuple[dict, dict]:
+         source: str = "s") -> tuple[Values, Values]:
     """Predictions of sides A and B on the same frames: a per-video effect both share (cancels in the pair), a
     per-video effect of each side's own, frame noise; the population difference of their means is `difference`."""
     effect = rng.normal(0.0, shared, videos)
     values = [np.repeat(effect + offset + rng.normal(0.0, OWN, videos), FRAMES)
               + rng.normal(0.0, NOISE, videos * FRAMES) for offset in (difference, 0.0)]
-    keys = keys_of(videos, source=source)
-    return {"key": keys, "x": values[0]}, {"key": keys, "x": values[1]}
+    keys = np.array(keys_of(videos, source=source))
+    return Values(keys, values[0]), Values(keys, values[1])
 
 
-def stratum(a: dict, b: dict) -> tuple[Side, Side]:
+def stratum(a: Values, b: Values) -> tuple[Side, Side]:
     return Side([a], [mean_of_x]), Side([b], [mean_of_x])
 
 
 def constant(videos: int, difference: float, seed: int = 0) -> tuple[Side, Side]:
     """A stratum whose delta is `difference` on any resample (B shifted by a constant)."""
-    b = {"key": keys_of(videos), "x": np.random.default_rng(seed).normal(0.0, 1.0, videos * FRAMES)}
-    return stratum({**b, "x": b["x"] + difference}, b)
+    b = Values(np.array(keys_of(videos)), np.random.default_rng(seed).normal(0.0, 1.0, videos * FRAMES))
+    return stratum(replace(b, x=b.x + difference), b)
 
 
 VIDEOS, OFFSETS = (20, 30, 40), (-0.5, 0.0, 0.5)  # runs of unequal size whose own differences are d + offset
@@ -127,9 +131,9 @@ def test_a_side_of_several_models_is_the_mean_of_their_scores():
     double = lambda preds: {"x": 2 * mean_of_x(preds)["x"]}  # noqa: E731  (a second model's own scorer)
     both = pooled_difference([(Side([one, two], [mean_of_x, double]), Side([one], [zero]))], keys=("x",),
                              replicates=200)["x"]
-    assert both["delta"] == pytest.approx((np.mean(one["x"]) + 2 * np.mean(two["x"])) / 2)
+    assert both["delta"] == pytest.approx((np.mean(one.x) + 2 * np.mean(two.x)) / 2)
     # mean_of_x is linear: the mean of the two scores on each replicate is the score of the averaged predictions
-    merged = {**one, "x": (one["x"] + 2 * two["x"]) / 2}
+    merged = replace(one, x=(one.x + 2 * two.x) / 2)
     single = pooled_difference([(Side([merged], [mean_of_x]), Side([one], [zero]))], keys=("x",),
                                replicates=200)["x"]
     np.testing.assert_allclose(both["interval"], single["interval"])
@@ -144,14 +148,14 @@ def test_several_comparisons_share_replicates_and_score_each_model_once():
     rng = np.random.default_rng(9)
     calls = []
 
-    def counting(preds: dict) -> dict:
+    def counting(preds: Values) -> dict:
         calls.append(1)
         return mean_of_x(preds)
 
     strata = []
     for videos in (6, 9):
         teacher, student = pair(rng, videos, 0.2)
-        ensemble = {**student, "x": student["x"] + 0.1}
+        ensemble = replace(student, x=student.x + 0.1)
         sides = [Side([p], [counting]) for p in (teacher, student, ensemble)]
         strata.append({"student - teacher": (sides[1], sides[0]), "ensemble - student": (sides[2], sides[1])})
     together = pooled_differences(strata, keys=("x",), replicates=50, seed=3)
@@ -163,14 +167,15 @@ def test_several_comparisons_share_replicates_and_score_each_model_once():
         pooled_differences([strata[0], {"student - teacher": strata[1]["student - teacher"]}], keys=("x",))
 
 
-def predictions(labels: dict, noise: float, rng: np.random.Generator, protocol) -> dict:
+def predictions(labels: dict, noise: float, rng: np.random.Generator, protocol) -> Predictions:
     """A `mtl.eval.evaluate.predict` output: the labels blurred by `noise` (1 = pure noise)."""
     n, au, expr = len(labels["key"]), protocol.num_au, protocol.num_expr
     au_signal = np.clip(labels["au_true"], 0, 1) * 0.6 + 0.2
     expr_signal = np.eye(expr)[np.clip(labels["expr_true"], 0, expr - 1)]
-    return {**labels, "au_prob": (1 - noise) * au_signal + noise * rng.random((n, au)),
-            "expr_prob": (1 - noise) * expr_signal + noise * rng.dirichlet(np.ones(expr), n),
-            "va_pred": (1 - noise) * labels["va_true"] + noise * rng.uniform(-1, 1, (n, 2))}
+    return Predictions.from_arrays({**labels, "au_prob": (1 - noise) * au_signal + noise * rng.random((n, au)),
+                                    "expr_prob": (1 - noise) * expr_signal + noise * rng.dirichlet(np.ones(expr), n),
+                                    "va_pred": (1 - noise) * labels["va_true"] + noise * rng.uniform(-1, 1, (n, 2))},
+                                   protocol)
 
 
 @pytest.mark.parametrize("protocol_name", ["abaw2020", "abaw3"])
@@ -190,8 +195,7 @@ def test_real_scorers_on_predict_outputs_give_finite_deltas(protocol_name):
         labels = {"key": keys_of(videos, frames, source=f"run{run}"), "au_true": au, "expr_true": expr,
                   "va_true": rng.uniform(-1, 1, (videos * frames, 2))}
         models = [predictions(labels, noise, rng, protocol) for noise in (0.2, 0.3, 0.8)]
-        scores = [scorer(tune_thresholds(m["au_true"], m["au_prob"], protocol=protocol), protocol=protocol)
-                  for m in models]
+        scores = [scorer(tune_thresholds(m)) for m in models]
         strata.append((Side(models[:2], scores[:2]), Side(models[2:], scores[2:])))
         names.append(f"seed {run}")
     result = pooled_difference(strata, replicates=100, names=names)
@@ -207,7 +211,7 @@ def test_real_scorers_on_predict_outputs_give_finite_deltas(protocol_name):
 def test_bad_input_is_named():
     a, b = pair(np.random.default_rng(7), 4, 0.0)
     good = stratum(a, b)
-    shuffled = {**b, "key": list(reversed(b["key"]))}
+    shuffled = replace(b, keys=b.keys[::-1])
     with pytest.raises(ValueError, match=r"stratum 1 \(seed 1\): side B model 0's keys differ"):
         pooled_difference([good, stratum(a, shuffled)], keys=("x",), replicates=10, names=["seed 0", "seed 1"])
     with pytest.raises(ValueError, match="stratum 0: side A model 1's keys differ from the stratum's first"):
@@ -228,7 +232,7 @@ def test_every_stratum_is_checked_before_any_replicate_is_scored():
     a, b = pair(np.random.default_rng(8), 4, 0.0)
     calls = []
     counting = lambda preds: calls.append(1) or mean_of_x(preds)  # noqa: E731
-    bad = stratum(a, {**b, "key": list(reversed(b["key"]))})
+    bad = stratum(a, replace(b, keys=b.keys[::-1]))
     with pytest.raises(ValueError, match="stratum 1"):
         pooled_difference([(Side([a], [counting]), Side([b], [counting])), bad], keys=("x",), replicates=10)
     assert calls == []

@@ -9,31 +9,31 @@ import numpy as np
 import pytest
 
 from mtl.eval.metrics import au_metric, expr_metric, va_metric
+from mtl.eval.predictions import Predictions
 from mtl.eval.report import format_table, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("scores", "expr_confusion", "au_f1", "va_scatter", "training_curves")
 
 
-def fake_preds(n: int = 60, seed: int = 0, va_missing: bool = False) -> dict:
-    """Random predictions and labels in `mtl.eval.evaluate.predict`'s layout."""
+def fake_preds(n: int = 60, seed: int = 0, va_missing: bool = False) -> Predictions:
+    """Random predictions and labels as `mtl.eval.evaluate.predict` gives them."""
     rng = np.random.default_rng(seed)
     expr = rng.random((n, 7))
     va_true = np.full((n, 2), -5.0) if va_missing else rng.uniform(-1, 1, (n, 2))
-    return {"key": [f"affwild2/v{i % 4}/{i:05d}" for i in range(n)],
-            "au_prob": rng.random((n, 8)).astype(np.float32), "expr_prob": expr / expr.sum(1, keepdims=True),
-            "va_pred": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
-            "au_true": rng.integers(0, 2, (n, 8)), "expr_true": rng.integers(0, 7, n), "va_true": va_true}
+    return Predictions([f"affwild2/v{i % 4}/{i:05d}" for i in range(n)], rng.random((n, 8)).astype(np.float32),
+                       expr / expr.sum(1, keepdims=True), rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+                       rng.integers(0, 2, (n, 8)), rng.integers(0, 7, n), va_true, "abaw2020")
 
 
-def scored(preds: dict) -> dict:
+def scored(preds: Predictions) -> dict:
     """What `mtl.eval.evaluate.score` returns (built from the same metrics, without importing torch)."""
-    au = au_metric(preds["au_true"], (preds["au_prob"] >= 0.5).astype(int))
-    expr = expr_metric(preds["expr_true"], preds["expr_prob"].argmax(1))
-    va = va_metric(preds["va_true"], preds["va_pred"])
+    au = au_metric(preds.au_true, (preds.au_prob >= 0.5).astype(int))
+    expr = expr_metric(preds.expr_true, preds.expr_prob.argmax(1))
+    va = va_metric(preds.va_true, preds.va_pred)
     scores = {"au": np.float64(au["score"]), "expr": expr["score"], "va": va["score"]}
     scores["total"] = float(np.nansum(list(scores.values())))
-    return {**scores, "details": {"au": au, "expr": expr, "va": va, "samples": len(preds["key"])}}
+    return {**scores, "details": {"au": au, "expr": expr, "va": va, "samples": len(preds)}}
 
 
 def with_scores(result: dict, au: float, expr: float, va: float) -> dict:

@@ -17,7 +17,7 @@ from PIL import Image
 from mtl.cli import main
 from mtl.config import config_dict, validate
 from mtl.data.augment import MEAN_RGB
-from mtl.eval.ensemble import EnsembleModule, MemberProbabilities
+from mtl.models.ensembles import EnsembleModule, MemberProbabilities
 from mtl.labels import AU_NAMES, EXPR_NAMES, VA_NAMES
 from mtl.models.factory import create_model
 from mtl.serve import export
@@ -63,7 +63,7 @@ def artefacts(nets, tmp_path_factory) -> dict[str, Path]:
     best.pt exported by `mtl export` in both formats."""
     root = tmp_path_factory.mktemp("export")
     out = {"ensemble.pt2": export_ensemble(nets, THRESHOLDS, SIZE, root / "ensemble.pt2", stored_size=40,
-                                           crop_scale=1.25)["path"]}
+                                           crop_scale=1.25, protocol="abaw2020")["path"]}
     assert all(not net.training for net in nets)  # the given models are left as they were
     cfg = validate({"model": {"backbone": "test_resnet", "weights": "/nonexistent/backbone.pth"},
                     "data": {"image_size": SIZE}})
@@ -82,7 +82,7 @@ def artefacts(nets, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", ["ensemble.pt2", "ensemble.onnx"])
 def test_exported_ensemble_equals_the_pytorch_ensemble_at_any_batch_size(nets, artefacts, name):
     model = load_predictor_file(artefacts[name], CPU)
-    eager = EnsembleModule(nets, THRESHOLDS, SIZE, stored_size=40, crop_scale=1.25).eval()
+    eager = EnsembleModule(nets, THRESHOLDS, SIZE, stored_size=40, crop_scale=1.25, protocol="abaw2020").eval()
     with torch.no_grad():
         for batch, seed in ((5, 7), (1, 8), (64, 9)):
             x = crops(batch, seed)
@@ -156,7 +156,7 @@ def test_predict_from_onnx_and_pt2_writes_the_checkpoints_predictions(artefacts,
 def test_an_export_that_differs_from_the_model_is_not_written(nets, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference, even 0, is too large
     with pytest.raises(RuntimeError, match="differs from the PyTorch model"):
-        export_ensemble(nets[:1], THRESHOLDS, SIZE, tmp_path / "ensemble.pt2")
+        export_ensemble(nets[:1], THRESHOLDS, SIZE, tmp_path / "ensemble.pt2", protocol="abaw2020")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -49,7 +49,7 @@ def code(marker: Path) -> str:
 @pytest.fixture(scope="module")
 def genuine(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pt2") / "ensemble.pt2"
-    export_ensemble([tiny_net(1)], THRESHOLDS, SIZE, path)
+    export_ensemble([tiny_net(1)], THRESHOLDS, SIZE, path, protocol="abaw2020")
     assert check_model_file(path.read_bytes(), path) == "torch-export"
     return path
 

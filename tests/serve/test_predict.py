@@ -116,7 +116,8 @@ def test_exported_ensemble_on_a_folder_of_images(checkpoint, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
     net = create_model(validate(state["config"]).model.model_copy(update={"weights": None}), SIZE)
     net.load_state_dict(state["model"])
-    exported = export_ensemble([net], np.zeros(8), SIZE, tmp_path / "ensemble.pt2", stored_size=40)["path"]
+    exported = export_ensemble([net], np.zeros(8), SIZE, tmp_path / "ensemble.pt2", stored_size=40,
+                               protocol="abaw2020")["path"]
     folder = tmp_path / "single"
     for i in (1, 2, 11):
         save_image(folder / f"{i:d}.png", "RGB", (40, 40), i, "PNG")

@@ -99,10 +99,11 @@ def test_exports_carry_the_protocol_and_predict_like_the_checkpoint(model3, face
             assert (out / task / "vidA.txt").read_text() == (reference / task / "vidA.txt").read_text()
 
 
-def test_an_exported_ensemble_takes_the_protocol_of_its_members_widths(model3, tmp_path):
-    net, _ = load_model(model3)
+def test_an_exported_ensemble_records_its_members_protocol(model3, tmp_path):
+    net, cfg = load_model(model3)
     thresholds = np.linspace(0.2, 0.7, 12)
-    export_ensemble([net, net], thresholds, SIZE, tmp_path / "ensemble.pt2", stored_size=40)
+    export_ensemble([net, net], thresholds, SIZE, tmp_path / "ensemble.pt2", stored_size=40,
+                    protocol=cfg.data.protocol)
     meta = read_metadata(tmp_path / "ensemble.pt2")
     assert meta["protocol"] == "abaw3" and meta["au_thresholds"] == pytest.approx(thresholds)
     model = load_predictor_file(tmp_path / "ensemble.pt2", CPU)

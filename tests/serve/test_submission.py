@@ -70,7 +70,7 @@ def test_the_ensembles_tuned_thresholds_decide_the_aus(model3, faces, tmp_path):
     net, _ = load_model(model3)
     for value, expected in ((0.0, "1"), (1.01, "0")):
         location = tmp_path / f"ensemble{value}.pt2"
-        export_ensemble([net], np.full(12, value), SIZE, location, stored_size=40)
+        export_ensemble([net], np.full(12, value), SIZE, location, stored_size=40, protocol="abaw3")
         predict_folder(location, faces, tmp_path / "out", progress=False, submission=str(tmp_path / "sub.txt"))
         assert {au for fields in read_submission(tmp_path / "sub.txt") for au in fields[4:]} == {expected}
 

@@ -45,7 +45,7 @@ def test_soft_labels_hold_the_teachers_outputs_for_every_training_sample(teacher
     model = create_model(load_config("demo", TINY).model, 16)
     model.load_state_dict(state["model"])
     direct = predict(model, index, "train", 16, 64, torch.device("cpu"))
-    for key, au_prob in zip(direct["key"][:40], direct["au_prob"][:40]):
+    for key, au_prob in zip(direct.keys[:40], direct.au_prob[:40]):
         assert np.allclose(rows[key][0], au_prob, atol=2e-3)  # float16 storage
 
 
@@ -168,7 +168,7 @@ def test_views_are_the_same_on_every_run_whatever_the_shard(views_folder, imbala
 
     from mtl.config import AugmentConfig
     from mtl.data.augment import draw_batch
-    from mtl.stages.soft_labels import label_shard
+    from mtl.eval.labelling import label_shard
 
     best, folder, _ = views_folder
     index = load_index(imbalanced_shards)
@@ -339,7 +339,8 @@ def test_stored_soft_labels_without_their_teacher_are_refused_in_one_line(teache
 
 def test_a_pipeline_rerun_over_labels_of_the_older_format_recomputes_them(teacher, imbalanced_shards, ray_session,
                                                                         tmp_path):
-    from mtl.data.soft_join import check_soft_labels
+    from mtl.data.soft_join import SoftLabels
+    from mtl.family import FrameFamily
     from mtl.stages.base import Stage, StageContext, TrainingResult, record_result
     from mtl.stages.pipeline import run_stage
     from mtl.stages.soft_labels import SoftLabelsResult, SoftLabelsStage
@@ -357,4 +358,5 @@ def test_a_pipeline_rerun_over_labels_of_the_older_format_recomputes_them(teache
     assert all(p.stat().st_mtime_ns != written[p.name] for p in folder.glob("*.npz"))
     assert json.loads((folder / "manifest.json").read_text())["format"] == 2
     index = load_index(imbalanced_shards)
-    check_soft_labels(folder, best, {i.name: i.samples for i in index.shards["train"]}, index=index)
+    SoftLabels(folder, index.protocol).check(best, FrameFamily().student_labels(index), {"unit": "frame"},
+                                             index=index)

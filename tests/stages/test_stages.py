@@ -11,10 +11,10 @@ from mtl.config import load_config
 from mtl.stages.base import Stage, StageContext, StageResult, TrainingResult
 from mtl.stages.ensemble import EnsembleResult, EnsembleStage
 from mtl.stages.pipeline import PIPELINE, enabled_stages, run_stages
-from mtl.stages.search_stage import SearchResult
 from mtl.stages.soft_labels import SoftLabelsResult
 from mtl.stages.students import StudentsResult, StudentsStage
 from mtl.stages.teacher import TeacherStage
+from mtl.tune.stage import SearchResult
 
 BUILT_IN = ("teacher", "soft_labels", "search", "students", "ensemble")
 

@@ -75,8 +75,8 @@ def test_the_cnn_rnn_pipeline_runs_end_to_end_on_windows(tmp_path, imbalanced_sh
 
     # the evaluation path (its window stream and first-occurrence marks) on the only member, frame by frame
     evaluated = predict_model_file(tmp_path / "rnn" / "students" / "student_0" / "best.pt", imbalanced_shards)
-    expected = dict(zip(evaluated["key"], np.concatenate(
-        [evaluated["au_prob"], evaluated["expr_prob"], evaluated["va_pred"]], axis=1)))
+    expected = dict(zip(evaluated.keys, np.concatenate(
+        [evaluated.au_prob, evaluated.expr_prob, evaluated.va_pred], axis=1)))
     assert sorted(expected) == sorted(keys.values())
     np.testing.assert_allclose(got, np.array([expected[keys[name]] for name in keys]), atol=2e-6)
 

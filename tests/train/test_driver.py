@@ -17,7 +17,6 @@ from mtl.cli import main
 from mtl.config import load_config
 from mtl.errors import ConfigError
 from mtl.data.index import load_index
-from mtl.data.verify import check_shards
 from mtl.errors import DataError
 from mtl.train.driver import train
 from mtl.data.packed import merge_tasks
@@ -230,7 +229,7 @@ def test_an_undecodable_image_on_one_rank_ends_the_ddp_run_in_one_line_without_a
                                                                                          ray_session):
     victim = first_shard_read_by(shards_copy, rank=1, world=2)
     key = corrupt_member(victim, "jpg", lambda jpg: b"\0\0" + jpg[2:])  # no JPEG start marker: strict decode fails
-    assert check_shards(load_index(shards_copy)) is None  # same size: the up-front check passes
+    assert load_index(shards_copy).shard_problems() == []  # same size: the up-front check passes
     before = train_worker_actor_ids()
     result = CliRunner().invoke(main, ["train", f"data.shards={shards_copy}", f"run.dir={tmp_path / 'run'}", *TINY,
                                        "train.workers=2", "train.epochs=2", "train.max_failures=2"])

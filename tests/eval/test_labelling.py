@@ -14,7 +14,7 @@ from mtl.data.augment import centre_draws, cut_windows, model_input, sample_view
 from mtl.data.index import load_index
 from mtl.data.shards import tar_samples
 from mtl.data.stream import as_tensors, collate, decoded, with_labels
-from mtl.stages.soft_labels import label_shard
+from mtl.eval.labelling import label_shard
 from tests.conftest import write_tiny_model_file
 
 VIEWS = {"views": 3, "augment": AugmentConfig(flip=0.5, jitter=0.4).model_dump(mode="json"), "seed": 7}

@@ -1,5 +1,5 @@
-"""Shards against index.json: a truncated shard stops training before any worker starts, a flipped byte is
-caught by the checksum check; both in one line naming the shard, exit code 2."""
+"""Shards against index.json (`ShardIndex.check_shards`): a truncated shard stops training before any worker
+starts, a flipped byte is caught by the checksum check; both in one line naming the shard, exit code 2."""
 
 import shutil
 
@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from tests.conftest import http_folder
 from mtl.cli import main
 from mtl.data.index import load_index
-from mtl.data.verify import check_shards, shard_problems
 from mtl.errors import DataError
 
 
@@ -24,14 +23,14 @@ def test_prepare_records_each_shards_size_and_checksum(shards):
     index = load_index(shards)
     assert all(s.nbytes == (shards / s.name).stat().st_size and len(s.sha256) == 64
                for split in index.shards for s in index.shards[split])
-    assert shard_problems(index, checksum=True) == []
+    assert index.shard_problems(checksum=True) == []
 
 
 def test_a_truncated_shard_stops_training_in_one_line_before_any_worker(shards, tmp_path):
     victim = shards / load_index(shards).shards["train"][1].name
     victim.write_bytes(victim.read_bytes()[:-700])
     with pytest.raises(DataError, match=f"{victim.name}: .* bytes, index.json says"):
-        check_shards(load_index(shards))
+        load_index(shards).check_shards()
     result = CliRunner().invoke(main, ["train", f"data.shards={shards}", f"run.dir={tmp_path / 'run'}",
                                        "train.workers=1"])
     assert result.exit_code == 2, result.output
@@ -44,7 +43,7 @@ def test_a_flipped_byte_is_caught_by_the_checksum_check(shards):
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    assert shard_problems(load_index(shards)) == []  # the same size: the cheap check cannot see it
+    assert load_index(shards).shard_problems() == []  # the same size: the cheap check cannot see it
     result = CliRunner().invoke(main, ["check-shards", str(shards)])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: {victim}: SHA-256 differs from index.json (corrupt)"

@@ -1,5 +1,6 @@
-"""Ray Tune searches of Ray Train runs on tiny data: concurrency, ASHA, divergence, the exported best config, the
-pipeline hook's read-back, and a search killed mid-way that resumes without redoing finished trials."""
+"""Ray Tune searches of Ray Train runs on tiny data: concurrency, ASHA, divergence, the exported best config, and
+a search killed mid-way that resumes without redoing finished trials; first the settings refused before Ray starts
+(no Ray instance needed)."""
 
 import csv
 import json
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import controller_registered_a_checkpoint, tiny
+from tests.tune.test_space import space_file
 from mtl.config import load_config
-from mtl.stages.search import load_search, run_search, search_record, tuned_students
-from mtl.stages.space import load_space
+from mtl.errors import ConfigError
 from mtl.train.driver import train
+from mtl.tune.search import check_settings, load_search, make_searcher, run_search
+from mtl.tune.space import load_space
 
 TINY = tiny("data.loader_workers=1", "train.workers=1")
 
@@ -34,6 +37,33 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def test_settings_that_cannot_run_are_refused_before_ray_starts(tmp_path, monkeypatch):
+    grid = load_space(space_file(tmp_path, "search:\n  train.lr: {grid: [0.1, 0.01]}\n"))
+    choice = load_space(space_file(tmp_path, "search:\n  train.lr: {choice: [0.1, 0.01]}\n"))
+    cfg = load_config("demo", ("data.shards=x", "tune.searcher=optuna"))
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
+    with pytest.raises(ConfigError, match="grid does not work with tune.searcher=optuna"):
+        check_settings(cfg, grid)  # a meaningless setting is named whether or not optuna is installed
+    with pytest.raises(ConfigError, match="pbt needs tune.searcher=random"):
+        check_settings(cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"scheduler": "pbt"})}), choice)
+    with pytest.raises(ConfigError, match=r"pip install 'mtl\[optuna\]'"):
+        check_settings(cfg, choice)
+    with pytest.raises(ConfigError, match="train.workers"):
+        check_settings(load_config("demo", ("data.shards=x", "train.workers=0")), grid)
+
+
+def test_the_optuna_searcher_is_built_seeded_when_the_extra_is_installed(tmp_path):
+    pytest.importorskip("optuna", reason="the optional extra mtl[optuna] is not installed")
+    from ray.tune.search import ConcurrencyLimiter
+
+    choice = load_space(space_file(tmp_path, "search:\n  train.lr: {choice: [0.1, 0.01]}\n"))
+    cfg = load_config("demo", ("data.shards=x", "tune.searcher=optuna", "train.seed=7"))
+    check_settings(cfg, choice)
+    searcher = make_searcher(cfg, concurrent=2)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
+    assert type(searcher.searcher).__name__ == "OptunaSearch" and searcher.searcher._seed == 7
+
+
 def test_four_trials_two_at_once_asha_stops_the_worse_a_diverged_one_is_reported_and_the_best_config_trains(
         tmp_path, imbalanced_shards, ray_session, other_ray_instance):
     """With a second Ray instance on the machine, recorded as its current cluster (issue #20.2): Ray's own clients
@@ -43,9 +73,9 @@ def test_four_trials_two_at_once_asha_stops_the_worse_a_diverged_one_is_reported
 
     @ray.remote(num_cpus=0)
     def state_api_cluster() -> str:
-        from ray._private.services import canonicalize_bootstrap_address_or_die
+        from mtl.jobs.ray_compat import bootstrap_address
 
-        return canonicalize_bootstrap_address_or_die(None)
+        return bootstrap_address(None)  # what Ray's clients given no address resolve to
 
     assert other_ray_instance != ray.get_runtime_context().gcs_address
     assert ray.get(state_api_cluster.remote()) == ray.get_runtime_context().gcs_address
@@ -74,30 +104,6 @@ def test_four_trials_two_at_once_asha_stops_the_worse_a_diverged_one_is_reported
     assert (best.loss.lambda_au, best.train.lr, best.train.role, best.train.name) == (1, 1e-9, "teacher", None)
     assert best.data.shards == str(imbalanced_shards) and best.model.backbone == "test_resnet"
     assert Path(train(best)["best"]).is_file()
-
-
-def test_the_pipeline_hook_reads_a_finished_search_back_and_gives_students_its_best_distill_values(
-        tmp_path, imbalanced_shards):
-    from mtl import storage
-
-    cfg = load_config("demo", (f"run.dir={tmp_path}", f"data.shards={imbalanced_shards}", *TINY,
-                               "tune.before_students=true", "tune.space=tune/distill.yaml", "students.epochs=2"))
-    space = load_space("tune/distill.yaml")
-    search_cfg = space.fix(load_config("demo", (f"run.dir={tmp_path}", f"data.shards={imbalanced_shards}", *TINY,
-                                                "tune.before_students=true", "tune.space=tune/distill.yaml",
-                                                "students.epochs=2", "train.epochs=2")))
-    folder = tmp_path / "tune" / "distill"
-    storage.write_json(folder / "search.json", search_record(search_cfg, space))
-    best = {"trial": "t1", "status": "finished", "val_total": 1.0, "distill.temperature": 3.0,
-            "distill.alpha": 0.25, "train.lr": 5e-4}
-    storage.write_json(folder / "summary.json", {"name": "distill", "dir": str(folder), "rows": [best],
-                                                "best": best, "best_config": None})
-    students = tuned_students(cfg)
-    assert (students.distill.temperature, students.distill.alpha, students.train.lr) == (3.0, 0.25, 5e-4)
-    assert students.train.role == "teacher" and students.train.epochs == cfg.train.epochs  # only the searched keys
-    with pytest.raises(Exception, match="another config"):  # a changed search is refused, not silently reused
-        tuned_students(load_config("demo", (f"run.dir={tmp_path}", f"data.shards={imbalanced_shards}", *TINY,
-                                            "tune.space=tune/distill.yaml", "students.epochs=3")))
 
 
 def test_a_search_killed_mid_way_resumes_with_the_same_command_keeping_finished_trials(

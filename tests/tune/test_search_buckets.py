@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import bucket_named_folders, job_env, moto_s3, tiny
 from mtl import storage
 from mtl.config import load_config
-from mtl.stages.search import load_search, run_search, search_record, tuned_students
-from mtl.stages.space import load_space
+from mtl.tune.search import load_search, run_search, search_record
+from mtl.tune.space import load_space
+from mtl.tune.stage import tuned_students
 
 BUCKET = "mtl-tune"
 TINY = tiny("data.loader_workers=0", "train.workers=1")
@@ -63,7 +64,7 @@ def test_a_search_with_run_dir_in_a_bucket_keeps_tune_there_and_a_rerun_restores
 
     stamp = modified(best_pt)
     storage.remove(f"{folder}/summary.json")
-    with caplog.at_level(logging.INFO, logger="mtl.stages.search"):
+    with caplog.at_level(logging.INFO, logger="mtl.tune.search"):
         summary = run_search(*load_search("demo", str(tmp_path / "one.yaml"), command[command.index("--address") + 2:]))
     assert f"resuming the search stored in {folder}/ray" in caplog.text
     assert modified(best_pt) == stamp  # the finished trial was not trained again

@@ -1,14 +1,12 @@
-"""Search-space grammar and the checks that run before any trial (no Ray instance needed)."""
-
-import sys
+"""Search-space grammar and its checks against a config, before any trial (no Ray instance needed)."""
 
 import pytest
 from ray.tune.search.sample import Categorical, Float, Integer
 
 from mtl.config import load_config
 from mtl.errors import ConfigError
-from mtl.stages.search import check_settings, load_search, make_searcher, trial_config
-from mtl.stages.space import check_space, load_space
+from mtl.tune.search import load_search
+from mtl.tune.space import check_space, load_space
 
 
 def space_file(tmp_path, text: str):
@@ -37,9 +35,6 @@ search:
     cfg = space.fix(load_config("demo"))
     assert cfg.train.role == "student"
     check_space(space, cfg)
-    trial = trial_config(load_config("demo"), {"train.lr": 2e-4, "model.rnn_hidden": 40},
-                         "tune/space/trial_x")
-    assert (trial.train.lr, trial.model.rnn_hidden, trial.train.name) == (2e-4, 40, "tune/space/trial_x")
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -80,30 +75,3 @@ def test_the_shipped_spaces_check_against_the_presets_and_overrides_beat_fixed_k
         load_search("demo", None)
     cfg, _ = load_search("demo", None, ("tune.space=tune/distill.yaml",))
     assert cfg.train.role == "student"
-
-
-def test_settings_that_cannot_run_are_refused_before_ray_starts(tmp_path, monkeypatch):
-    grid = load_space(space_file(tmp_path, "search:\n  train.lr: {grid: [0.1, 0.01]}\n"))
-    choice = load_space(space_file(tmp_path, "search:\n  train.lr: {choice: [0.1, 0.01]}\n"))
-    cfg = load_config("demo", ("data.shards=x", "tune.searcher=optuna"))
-    monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
-    with pytest.raises(ConfigError, match="grid does not work with tune.searcher=optuna"):
-        check_settings(cfg, grid)  # a meaningless setting is named whether or not optuna is installed
-    with pytest.raises(ConfigError, match="pbt needs tune.searcher=random"):
-        check_settings(cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"scheduler": "pbt"})}), choice)
-    with pytest.raises(ConfigError, match=r"pip install 'mtl\[optuna\]'"):
-        check_settings(cfg, choice)
-    with pytest.raises(ConfigError, match="train.workers"):
-        check_settings(load_config("demo", ("data.shards=x", "train.workers=0")), grid)
-
-
-def test_the_optuna_searcher_is_built_seeded_when_the_extra_is_installed(tmp_path):
-    pytest.importorskip("optuna", reason="the optional extra mtl[optuna] is not installed")
-    from ray.tune.search import ConcurrencyLimiter
-
-    choice = load_space(space_file(tmp_path, "search:\n  train.lr: {choice: [0.1, 0.01]}\n"))
-    cfg = load_config("demo", ("data.shards=x", "tune.searcher=optuna", "train.seed=7"))
-    check_settings(cfg, choice)
-    searcher = make_searcher(cfg, concurrent=2)
-    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
-    assert type(searcher.searcher).__name__ == "OptunaSearch" and searcher.searcher._seed == 7

@@ -1,4 +1,4 @@
-"""Search spaces for `mtl tune`: a small YAML grammar mapped to Ray Tune's distributions.
+"""Search spaces of `mtl tune`: a small YAML grammar mapped to Ray Tune's distributions.
 
 A space file (`tune/NAME.yaml`) holds two mappings of dotted config keys:
 

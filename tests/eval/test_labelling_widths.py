@@ -15,7 +15,7 @@ from PIL import Image
 
 from mtl.checkpoint import build_model
 from mtl.config import AugmentConfig, config_dict, validate
-from mtl.stages.soft_labels import label_shard
+from mtl.eval.labelling import label_shard
 
 STORED, SIZE = 20, 16
 
