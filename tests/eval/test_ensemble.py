@@ -7,14 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from mtl.eval.ensemble import average, ensemble_report, greedy_selection, halve_videos, task_strata, tune_thresholds
-from mtl.models.ensembles import EnsembleModule
 from mtl.eval.predictions import Predictions
 from mtl.labels import ABAW2020, ABAW3, video_of
-from mtl.models.heads import predictions
-from mtl.models.multitask import MultitaskNet
 
 SIZE = 32
 
@@ -159,30 +155,6 @@ def test_report_schema_and_tuning_never_sees_the_reported_half():
     second = ensemble_report([scrambled(m) for m in members], seed=0, select=True)
     assert second["thresholds"] == first["thresholds"] and second["members"] == first["members"]
     assert second["total"] != pytest.approx(first["total"])  # the reported half is what gets scored
-
-
-@pytest.fixture(scope="module")
-def nets() -> list[MultitaskNet]:
-    """Two tiny members whose BatchNorm statistics have moved off their initial values, in eval mode."""
-    torch.manual_seed(0)
-    out = []
-    for seed in (1, 2):
-        net = MultitaskNet("test_resnet", image_size=SIZE)
-        with torch.no_grad():
-            net(torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 3)
-        out.append(net.eval())
-    return out
-
-
-def test_ensemble_module_averages_member_predictions(nets):
-    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
-    ensemble = EnsembleModule(nets, np.linspace(0.1, 0.8, 8), image_size=SIZE, protocol="abaw2020").eval()
-    with torch.no_grad():
-        got = ensemble(x)
-        each = [predictions(net(x)) for net in nets]
-    for name, value in zip(("au", "expr", "va"), got):
-        torch.testing.assert_close(value, (each[0][name] + each[1][name]) / 2)
-    torch.testing.assert_close(ensemble.au_thresholds, torch.linspace(0.1, 0.8, 8))
 
 
 def test_average_logits_is_the_mean_logit_and_the_normalised_geometric_mean():

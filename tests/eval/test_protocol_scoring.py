@@ -13,14 +13,12 @@ import torch
 from sklearn.metrics import f1_score
 
 from mtl.eval.ensemble import ensemble_report, task_strata, tune_thresholds
-from mtl.models.ensembles import EnsembleModule
 from mtl.eval.evaluate import format_scores, metric_labels, score
 from mtl.eval.metrics import selection_total
 from mtl.eval.predictions import Predictions
 from mtl.eval.report import plot_au_f1, plot_confusion, write_report
-from mtl.labels import ABAW2020, ABAW3
+from mtl.labels import ABAW3
 from mtl.metrics import abaw3_mtl_metric
-from mtl.models.multitask import MultitaskNet
 from tests.eval.test_ensemble import au_only
 
 
@@ -163,23 +161,6 @@ def test_ensemble_report_under_abaw3():
                                                reported.expr_prob.argmax(1), reported.va_true,
                                                reported.va_pred)["total"]
     assert set(report["intervals"]) == {"au", "expr", "va", "total"}
-
-
-def test_ensemble_module_takes_its_widths_from_the_members_protocol():
-    torch.manual_seed(0)
-    nets = [MultitaskNet("test_resnet", image_size=32, widths=ABAW3.widths).eval() for _ in range(2)]
-    module = EnsembleModule(nets, np.linspace(0.2, 0.7, 12), image_size=32, protocol="abaw3").eval()
-    assert module.protocol is ABAW3 and module.au_thresholds.shape == (12,)
-    with torch.no_grad():
-        au, expr, va = module(torch.randn(2, 3, 32, 32))
-    assert au.shape == (2, 12) and expr.shape == (2, 8) and va.shape == (2, 2)
-    assert EnsembleModule(nets, 0.5, image_size=32, protocol=ABAW3).au_thresholds.shape == (12,)
-    with pytest.raises(ValueError, match="8 AU thresholds for the 12 AUs of protocol abaw3"):
-        EnsembleModule(nets, [0.5] * 8, image_size=32, protocol=ABAW3)
-    with pytest.raises(ValueError, match="5 AU thresholds for the 8 AUs of protocol abaw2020"):
-        EnsembleModule(nets, [0.5] * 5, image_size=32, protocol=ABAW2020)
-    with pytest.raises(TypeError, match="protocol"):  # no default: the members' protocol is named
-        EnsembleModule(nets, [0.5] * 12, image_size=32)
 
 
 def test_report_under_abaw3_names_the_metric_the_12_aus_and_other(tmp_path):
