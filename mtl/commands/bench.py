@@ -204,4 +204,31 @@ def bench_fidelity(out, name, size, seeds, levels, protocols, preset, variants, 
     click.echo(markdown(pool_grid(out, name, replicates=replicates)))
 
 
+@bench.command("demo")
+@click.option("--out", default="runs/bench-demo", show_default=True, type=click.Path(file_okay=False),
+              help="The demo's folder (replaced); its console output goes to OUT.log.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.05),
+              help="Seconds between memory samples.")
+@click.option("--json", "json_file", default=None, type=click.Path(dir_okay=False), help="Also save the result.")
+@click.argument("overrides", nargs=-1)
+def bench_demo(out, seed, interval, json_file, overrides) -> None:
+    """`mtl demo` as a user runs it: wall time per stage and peak memory, system-wide above idle and per kind of
+    process (the driver, Ray Train workers, Ray's own processes), sampled from /proc (Linux). OVERRIDES go to the
+    demo."""
+    import shutil
+
+    from mtl import storage
+    from mtl.bench.demo import format_result, run_demo_bench
+
+    shutil.rmtree(out, ignore_errors=True)
+    result = run_demo_bench(Path(out), seed, interval, overrides)
+    click.echo(format_result(result))
+    if json_file:
+        storage.write_json(json_file, result)
+        click.echo(f"wrote {json_file}")
+    if result["exit"] != 0:
+        raise click.ClickException(f"mtl demo failed (exit {result['exit']}): see {out}.log")
+
+
 COMMANDS = [bench]
