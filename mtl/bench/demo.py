@@ -144,7 +144,7 @@ def run_demo_bench(out: Path, seed: int = 0, interval: float = 1.0, overrides: S
         result["timings"] = data.get("timings", {})
         result["totals"] = {"teacher": data["teacher"]["total"], "students": [s["total"] for s in data["students"]],
                             "ensemble": data["ensemble"]["total"]}
-    result["command"] = "mtl demo " + " ".join(command[5:])
+    result["command"] = "mtl " + " ".join(command[3:])
     result["cpus"] = os.cpu_count()
     return result
 
