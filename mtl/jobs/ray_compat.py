@@ -16,7 +16,7 @@ Shims here (private or unstable Ray API):
   (`mtl.tune.trial.run_trial`: the Train run in a thread, the queue pumped in the trial's own). Ray's
   `TuneReportCallback` carries no checkpoint, which PBT needs.
 - `TOKEN_TRIAL`: the resources of a Tune trial that only drives a Train run (`{"memory": 1}`: Tune refuses an empty
-  request). Used by `mtl.tune.search`; `mtl.stages.students.train_students` spells the same dict.
+  request). Used by `mtl.tune.search` and `mtl.stages.students.train_students`.
 
 Workarounds that live where their concept does:
 - Ray Train retries every exception a worker raises (up to FailureConfig.max_failures; its failure policy has no
