@@ -232,8 +232,9 @@ def prepare(sources: dict[str, str], out: str | Path, shard_size: int = _DEFAULT
     """Write shards and index.json for `sources` ({registered source name: root folder}) into `out` (a folder, or a
     bucket URI: the tasks then stage their shards in `scratch`, see storage.scratch_folder); returns the index.
     Sources are resolved and discovered before Ray is used (the entry point's `session`,
-    `mtl.jobs.ray_session.use_ray`), so bad names and layouts fail fast. `protocol` names the label protocol (recorded in index.json); `images` gives the image folder of the
-    sources whose images live outside their root ({source name: folder}, e.g. s_affwild2's `--images`).
+    `mtl.jobs.ray_session.use_ray`), so bad names and layouts fail fast. `protocol` names the label protocol
+    (recorded in index.json); `images` gives the image folder of the sources whose images live outside their root
+    ({source name: folder}, e.g. s_affwild2's `--images`).
 
     Every stored face is `image_size` square (Aff-Wild2's cropped_aligned faces are 112 x 112 and are copied
     as they are)."""

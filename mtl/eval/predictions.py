@@ -94,7 +94,6 @@ class Predictions:
         return {"key": self.keys.astype(str), **{name: getattr(self, name) for name in FIELDS}}
 
 
-
 def _key_array(keys: Sequence[str]) -> np.ndarray:
     """`keys` as a 1-D object array of str (fast to index, pickles as the strings)."""
     if isinstance(keys, np.ndarray) and keys.dtype == object and keys.ndim == 1:

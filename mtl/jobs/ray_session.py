@@ -94,6 +94,13 @@ def use_ray(session: Optional[RaySession], what: str) -> None:
                            "mtl.jobs.ray_session.ensure_ray() first")
 
 
+def on_ray(cfg, session: Optional[RaySession], what: str):
+    """`use_ray(session, what)`, then `cfg` with runtime.device decided (`resolve_device`) by the Ray the work
+    now runs on: the entry of a library function that runs a stage's work on Ray."""
+    use_ray(session, what)
+    return resolve_device(cfg)
+
+
 def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
     """Join `address` (or RAY_ADDRESS); without either, start a new local Ray instance. No-op if Ray is up.
     Returns the GCS address of the instance, which every task and actor started from here sees as RAY_ADDRESS.

@@ -23,9 +23,9 @@ Outputs = tuple[Tensor, Tensor, Tensor]
 
 class TemporalEnsemble(nn.Module):
     """Temporal members' averaged predictions on normalised windows x [B, T, 3, S, S] -> (AU probabilities
-    [B, T, A], EXPR probabilities [B, T, E], VA expectations [B, T, 2]), A and E those of the label `protocol`: the frame ensemble's rule (`EnsembleModule`) per frame. Carries what
-    `mtl predict` reads (`au_thresholds` [A], `image_size`, `stored_size`, `crop_scale`, `mean_rgb`, `protocol`)
-    and `seq_len`, the window length T."""
+    [B, T, A], EXPR probabilities [B, T, E], VA expectations [B, T, 2]), A and E those of the label `protocol`:
+    the frame ensemble's rule (`EnsembleModule`) per frame. Carries what `mtl predict` reads (`au_thresholds` [A],
+    `image_size`, `stored_size`, `crop_scale`, `mean_rgb`, `protocol`) and `seq_len`, the window length T."""
 
     def __init__(self, models: Sequence[nn.Module], au_thresholds: Sequence[float] | np.ndarray | Tensor,
                  image_size: int, stored_size: int, crop_scale: float, seq_len: int, protocol: Protocol | str):

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 
 from mtl.errors import DataError
 from mtl.labels import get_protocol
+from mtl.models.ensembles import Outputs
 
 METADATA_KEY = "mtl"  # ONNX metadata_props key; the .pt2 extra file is METADATA_KEY + ".json"
 EXPORT_EXTRA = "pip install 'mtl[export]'"
-Outputs = tuple[Tensor, Tensor, Tensor]
 
 
 class Described(nn.Module):

@@ -92,9 +92,10 @@ def predict_folder_on_ray(model_path: str | Path, folder: str | Path, out_dir: s
                           session: Optional[RaySession] = None, progress: bool = True, protocol: Optional[str] = None,
                           submission: Optional[str] = None, test_list: Optional[str | Path] = None) -> dict:
     """`mtl.serve.predict.predict_folder` on Ray actors (`workers` of them, default `default_workers`; on the
-    entry point's Ray `session`, `mtl.jobs.ray_session.use_ray`); `device` None: cuda when the cluster has a GPU; `protocol`, `submission`
-    and `test_list` as there. Returns predict_folder's summary plus "workers" and "device". Frame models only: a
-    temporal one is a DataError (its windows span a video, while the actors take batches of frames)."""
+    entry point's Ray `session`, `mtl.jobs.ray_session.use_ray`); `device` None: cuda when the cluster has a GPU;
+    `protocol`, `submission` and `test_list` as there. Returns predict_folder's summary plus "workers" and
+    "device". Frame models only: a temporal one is a DataError (its windows span a video, while the actors take
+    batches of frames)."""
     import ray
 
     from mtl.jobs.ray_session import use_ray

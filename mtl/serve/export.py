@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from mtl import storage
 from mtl.checkpoint import MISFIT_ERRORS, misfit, model_from_state, model_kind, not_a_model, torch_file_state
-from mtl.models.ensembles import EnsembleModule
+from mtl.models.ensembles import EnsembleModule, Outputs
 from mtl.labels import Protocol, get_protocol
 from mtl.errors import DataError
 from mtl.models.loaded import EXPORT_EXTRA, METADATA_KEY, ExportedPredictor, OnnxPredictor
@@ -51,7 +51,6 @@ DEFAULT_STORED_SIZE = 112  # a checkpoint does not record the stored face size; 
 TOLERANCE = 1e-4  # largest |exported - PyTorch| accepted on the check batch
 
 log = logging.getLogger(__name__)
-Outputs = tuple[Tensor, Tensor, Tensor]
 
 
 def metadata(module: EnsembleModule, kind: str) -> dict:

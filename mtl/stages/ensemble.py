@@ -93,7 +93,7 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     preds_file = save_preds(ensemble["preds"], storage.join(out_dir, REPORT_PREDS))
     single, ensemble = ([without_preds(e) for e in single], without_preds(ensemble))
     exported, written_as = export_members([student_bests[i] for i in ensemble["members"]], ensemble["thresholds"],
-                              out_dir, shards, fmt)
+                                          out_dir, shards, fmt)
     result = EnsembleResult(teacher=single[0] if teacher_best else {}, students=single[-len(student_bests):],
                             ensemble=ensemble, exported=exported, preds=preds_file)
     storage.write_json(storage.join(out_dir, RECORD), {
@@ -124,7 +124,7 @@ def read_report_preds(location: str) -> Optional[Predictions]:
         arrays = {name: data[name] for name in data.files}
     protocol = arrays.pop("protocol", None)
     if protocol is None:
-        protocol = storage.read_json(location.rpartition("/")[0] + "/" + RECORD)["protocol"]
+        protocol = storage.read_json(storage.join(location.rpartition("/")[0], RECORD))["protocol"]
     return Predictions.from_arrays(arrays, str(protocol))
 
 
@@ -165,10 +165,9 @@ class EnsembleStage(Stage):
         half and export the ensemble into `out` (default RUN/ensemble), as the config says: students.select,
         ensemble.threshold_rule, .format and .bootstrap, eval.split_seed and .expr_f1, runtime.device. The
         members' predictions are Ray tasks on the entry point's `session` (`use_ray`)."""
-        from mtl.jobs.ray_session import resolve_device, use_ray
+        from mtl.jobs.ray_session import on_ray
 
-        use_ray(session, "EnsembleStage.build")
-        cfg = resolve_device(cfg)
+        cfg = on_ray(cfg, session, "EnsembleStage.build")
         return build_ensemble(students, cfg.data.shards, out or stage_dir(cfg, self.name), teacher,
                               select=cfg.students.select, rule=cfg.ensemble.threshold_rule, seed=cfg.eval.split_seed,
                               device=cfg.runtime.device, fmt=cfg.ensemble.format, expr_f1=cfg.eval.expr_f1,

@@ -70,7 +70,8 @@ def compute_soft_labels(teacher_path: str | Path, shards: str | Path, out: str |
     """Soft labels of every training shard of `shards` into `out`, one Ray task per unit on `device` (cpu, or cuda:
     a GPU each); resumable per shard. Returns the manifest. `views` > 0: that many augmentation views per sample,
     drawn with `augment` (data.augment) and `seed` (train.seed); a temporal teacher then is a ConfigError, raised
-    before Ray is used (the entry point's `session`, `mtl.jobs.ray_session.use_ray`). The pipeline and `mtl soft-labels` call it through `SoftLabelsStage.compute`."""
+    before Ray is used (the entry point's `session`, `mtl.jobs.ray_session.use_ray`). The pipeline and `mtl
+    soft-labels` call it through `SoftLabelsStage.compute`."""
     import ray
 
     from mtl.data.index import load_index
@@ -173,9 +174,8 @@ class SoftLabelsStage(Stage):
                 session: Optional[RaySession] = None) -> dict:
         """The soft labels of the model file `teacher` for `cfg` into `out` (default: distill.soft_labels, else
         RUN/soft_labels); returns the manifest. Runs on the entry point's Ray `session` (`use_ray`)."""
-        from mtl.jobs.ray_session import resolve_device, use_ray
+        from mtl.jobs.ray_session import on_ray
 
-        use_ray(session, "SoftLabelsStage.compute")
-        cfg = resolve_device(cfg)
+        cfg = on_ray(cfg, session, "SoftLabelsStage.compute")
         return compute_soft_labels(teacher, cfg.data.shards, out or soft_labels_dir(cfg), cfg.runtime.device,
                                    progress, views=cfg.distill.views, augment=cfg.data.augment, seed=cfg.train.seed)

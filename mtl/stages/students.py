@@ -56,13 +56,12 @@ def train_students(cfg: Config, session: Optional[RaySession] = None) -> list[di
     import ray.tune
 
     from mtl.jobs.ray_compat import TOKEN_TRIAL
-    from mtl.jobs.ray_session import resolve_device, trainings_that_fit, use_ray
+    from mtl.jobs.ray_session import on_ray, trainings_that_fit
 
     if cfg.train.workers < 1:
         raise ConfigError("config key 'train.workers': students are Ray Train runs inside Ray Tune trials, "
                           "so they need at least 1 worker (local mode cannot run under Tune)")
-    use_ray(session, "mtl.stages.students.train_students")
-    cfg = resolve_device(cfg)
+    cfg = on_ray(cfg, session, "mtl.stages.students.train_students")
     concurrent = cfg.students.concurrent or trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker,
                                                                cfg.worker_gpus(), ray.cluster_resources())
     trial = dict(TOKEN_TRIAL)  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)

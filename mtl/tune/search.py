@@ -143,7 +143,7 @@ def run_search(cfg: Config, space: Space, session: Optional[RaySession] = None) 
     import ray.tune
 
     from mtl.data.index import load_index
-    from mtl.jobs.ray_session import resolve_device, use_ray
+    from mtl.jobs.ray_session import on_ray
 
     cfg = absolute_paths(cfg)
     check_space(space, cfg)
@@ -158,8 +158,7 @@ def run_search(cfg: Config, space: Space, session: Optional[RaySession] = None) 
         return storage.read_json(storage.join(folder, "summary.json"))
     storage.makedirs(folder)
     storage.write_json(storage.join(folder, "search.json"), record)
-    use_ray(session, "mtl.tune.search.run_search")
-    cfg = resolve_device(cfg)
+    cfg = on_ray(cfg, session, "mtl.tune.search.run_search")
     pbt = cfg.tune.scheduler == "pbt"
     trainable = ray.tune.with_resources(  # the trial only drives its Train run: a token request
         ray.tune.with_parameters(run_trial, base=cfg, name=name, pbt=pbt), dict(TOKEN_TRIAL))
