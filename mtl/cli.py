@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import click
 
-from mtl import runtime_defaults
+from mtl import console, runtime_defaults
 from mtl.commands import bench, data, inference, models, runs
 from mtl.errors import ConfigError, DataError
 from mtl.storage import FULL_DISK_ERRNOS, DiskFull
@@ -35,15 +34,14 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Everything on the console: Ray's, Ray Train's and wandb's output and debug logging.")
 @click.version_option(package_name="mtl")
 def main(verbose: bool) -> None:
     """Multitask emotion recognition (AUs, expression, valence-arousal) from incompletely labelled data, on Ray."""
     if verbose:
         os.environ.setdefault("WANDB_SILENT", "false")
     runtime_defaults()
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    console.setup(verbose)  # quiet: progress and summaries here, Ray's and wandb's lines in RUN/logs/console.log
 
 
 for _module in (data, runs, inference, models, bench):

@@ -56,7 +56,7 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides:
     from mtl.data.index import load_index
     from mtl.stages.pipeline import run_pipeline
     from mtl.data.prepare import format_summary, prepare
-    from mtl.jobs.ray_session import ensure_ray
+    from mtl.jobs.ray_session import LEAN_IDLE_WORKERS, ensure_ray
     from mtl.eval.report import format_table
     from mtl.data.synth.generator import synthesize
 
@@ -71,15 +71,16 @@ def run_demo(out: Path, seed: int = 0, address: Optional[str] = None, overrides:
         synthesize(raw, videos=DEMO_VIDEOS, frames=DEMO_FRAMES, seed=seed, protocol=schema.name)
     else:
         print(f"[1/4] synth: {raw} exists, kept")
-    ensure_ray(address)
+    ensure_ray(address, idle_workers=LEAN_IDLE_WORKERS)
     print(f"[2/4] prepare: {raw} -> {shards}")
     print(format_summary(prepare({source: str(raw)}, shards, shard_size=500, protocol=schema.name)))
     index = load_index(shards)
-    print("[3/4] balanced stream: one epoch, raw vs paper balancing")
+    print("[3/4] balanced stream: one epoch's EXPR class shares and AU positive rates, raw vs paper balancing")
     raw_dist, balanced = (stream_distributions(index, seed, mode) for mode in ("none", "paper"))
-    shares = [(name, f"{raw_dist[task][i]:.3f}", f"{balanced[task][i]:.3f}")
-              for task, names in (("expr", schema.expr_names), ("au", schema.au_names)) for i, name in enumerate(names)]
-    print(text_table(("", "raw", "paper"), shares, indent="  "))
+    for task, names in (("expr", schema.expr_names), ("au", schema.au_names)):
+        rows = [(mode, *(f"{share:.3f}" for share in dist[task])) for mode, dist in (("raw", raw_dist),
+                                                                                   ("paper", balanced))]
+        print(text_table((task.upper(), *names), rows, indent="  "))
     print("[4/4] pipeline: teacher -> soft labels -> students -> ensemble -> report")
     cfg = load_config("demo", (f"run.dir={out}", f"data.shards={shards}", f"train.seed={seed}", *overrides))
     report = run_pipeline(cfg, address)

@@ -133,11 +133,13 @@ def measure(command: Sequence[str], interval: float = 1.0, log: Optional[Path] =
 
 
 def run_demo_bench(out: Path, seed: int = 0, interval: float = 1.0, overrides: Sequence[str] = ()) -> dict:
-    """`mtl demo --out OUT --seed SEED [OVERRIDES]` under `measure` (its console output in OUT.log); adds the
-    report's per-stage "timings" and the scores' "totals". Environment as the caller's (set WANDB_MODE etc.)."""
+    """`mtl demo --out OUT --seed SEED [OVERRIDES]` under `measure` (its console output in OUT.log, counted as
+    "console_lines": what a run without a terminal prints); adds the report's per-stage "timings" and the scores'
+    "totals". Environment as the caller's (set WANDB_MODE etc.)."""
     command = [sys.executable, "-c", "from mtl.cli import main; main()", "demo", "--out", str(out), "--seed",
                str(seed), *overrides]
     result = measure(command, interval, log=Path(f"{out}.log"))
+    result["console_lines"] = len(Path(f"{out}.log").read_text(errors="replace").splitlines())  # no terminal
     report = Path(out) / "report.json"
     if result["exit"] == 0 and report.is_file():
         data = json.loads(report.read_text())
@@ -153,7 +155,8 @@ def format_result(result: dict) -> str:
     """The benchmark as text: wall time and stages, memory peaks (system-wide above idle, then per kind)."""
     from mtl.tables import text_table
 
-    lines = [f"{result['command']}: exit {result['exit']}, {result['wall_s']:.1f} s wall on {result['cpus']} CPUs"]
+    lines = [f"{result['command']}: exit {result['exit']}, {result['wall_s']:.1f} s wall on {result['cpus']} CPUs, "
+             f"{result.get('console_lines', '?')} console lines (no terminal)"]
     timings = result.get("timings", {})
     rows = [(stage, f"{seconds:.1f}") for stage, seconds in timings.items()]
     rows.append(("data, shards and start-up", f"{result['wall_s'] - sum(timings.values()):.1f}"))

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
 
-from mtl import storage
+from mtl import console, storage
 from mtl.commands.options import address_option, config_option, config_overrides, key_option
 from mtl.run_lock import run_lock
 from mtl.jobs.submit import COMMANDS as SUBMITTABLE
+
+
+@contextmanager
+def in_run(run_dir, command: str) -> Iterator[None]:
+    """The block of a command that runs in `run_dir`: its run lock held, its console log open (`mtl.console`)."""
+    with run_lock(run_dir, command), console.run_log(run_dir):
+        yield
 
 
 @click.command()
@@ -26,7 +35,7 @@ def demo(out: str, seed: int, protocol: str, overrides: tuple, address) -> None:
     adjust the demo config of the pipeline, e.g. runtime.device=cuda."""
     from mtl.demo import run_demo
 
-    with run_lock(out, "mtl demo"):
+    with in_run(out, "mtl demo"):
         run_demo(Path(out), seed=seed, address=address, overrides=overrides, protocol=protocol)
 
 
@@ -42,7 +51,7 @@ def train(config_source: str, overrides: tuple, address) -> None:
     from mtl.train.driver import train as run_train
 
     cfg = load_config(config_source, overrides)
-    with run_lock(cfg.run.dir, "mtl train"):
+    with in_run(cfg.run.dir, "mtl train"):
         outcome = run_train(cfg, RaySession(address))
     metrics = outcome["metrics"]
     click.echo(f"best epoch {metrics.get('epoch')}: " + "  ".join(
@@ -61,7 +70,7 @@ def pipeline(config_source: str, overrides: tuple, address) -> None:
     from mtl.eval.report import format_table
 
     cfg = load_config(config_source, overrides)
-    with run_lock(cfg.run.dir, "mtl pipeline"):
+    with in_run(cfg.run.dir, "mtl pipeline"):
         report = run_pipeline(cfg, address)
     click.echo(format_table(report))
     click.echo(f"report: {storage.join(cfg.run.dir, 'report.md')}")
@@ -79,7 +88,7 @@ def tune(config_source: str, overrides: tuple, address, **aliases) -> None:
     from mtl.tune.search import load_search, run_search
 
     cfg, space = load_search(config_source, None, config_overrides(aliases, overrides))
-    with run_lock(cfg.run.dir, "mtl tune"):
+    with in_run(cfg.run.dir, "mtl tune"):
         click.echo(format_results(run_search(cfg, space, RaySession(address))))
 
 
@@ -96,7 +105,7 @@ def soft_labels(config_source: str, overrides: tuple, address) -> None:
     from mtl.runs import soft_labels_dir, teacher_path
 
     cfg = load_config(config_source, overrides)
-    with run_lock(cfg.run.dir, "mtl soft-labels"):
+    with in_run(cfg.run.dir, "mtl soft-labels"):
         manifest = SoftLabelsStage().compute(cfg, teacher_path(cfg), session=RaySession(address))
     click.echo(f"{sum(manifest['shards'].values())} samples in {len(manifest['shards'])} shards -> "
                f"{soft_labels_dir(cfg)}")

@@ -15,6 +15,14 @@ Shims here (private or unstable Ray API):
   the Tune trial that started the Train run, through a Ray queue that the trial drains and reports to Tune
   (`mtl.tune.trial.run_trial`: the Train run in a thread, the queue pumped in the trial's own). Ray's
   `TuneReportCallback` carries no checkpoint, which PBT needs.
+- `route_worker_output`: the driver prints every worker's output line through one handler ("ray_print_logs") of
+  `ray._private.worker.global_worker_stdstream_dispatcher` (no public hook): it is replaced by one that hands each
+  batch of lines to `mtl.console.worker_output` with Ray's own printer (`print_to_stdstream`); the raylet's error
+  messages (a worker killed for memory, too many workers started) are printed by `listen_error_messages` through
+  the module's `print_to_stdstream`, replaced by the same route. Called by `mtl.jobs.ray_session.ensure_ray` once
+  Ray is up.
+- Ray Tune's "new output engine" prints its experiment table and result paths whatever the verbosity:
+  `mtl.console.setup` sets RAY_AIR_NEW_OUTPUT=0 on a quiet console (the legacy reporter, silent at verbose=0).
 - `TOKEN_TRIAL`: the resources of a Tune trial that only drives a Train run (`{"memory": 1}`: Tune refuses an empty
   request). Used by `mtl.tune.search` and `mtl.stages.students.train_students`.
 
@@ -118,3 +126,38 @@ def forwarder_class() -> type:
             self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
 
     return Forward
+
+
+ROUTE_NAME = "mtl_console"
+
+
+def route_worker_output() -> bool:
+    """Hand the worker output lines this driver receives (log_to_driver) to `mtl.console.worker_output` instead of
+    Ray's printer; False where Ray forwards none (log_to_driver=False) or the dispatcher is not as expected."""
+    import functools
+
+    from ray._private import worker
+
+    from mtl.console import worker_output
+    from mtl.progress import receiving
+
+    receiving()
+    dispatcher = getattr(worker, "global_worker_stdstream_dispatcher", None)
+    names = [name for name, _ in getattr(dispatcher, "handlers", ())]
+    if ROUTE_NAME in names:
+        return True
+    if "ray_print_logs" not in names:
+        return False
+    ignore_prefix = worker._should_ignore_worker_log_prefix(worker.global_worker)
+    printer = getattr(worker.print_to_stdstream, "ray_printer", worker.print_to_stdstream)
+    ray_print = functools.partial(printer, ignore_prefix=ignore_prefix)
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler(ROUTE_NAME, functools.partial(worker_output, ray_print=ray_print,
+                                                         autoscaler_events=worker.filter_autoscaler_events))
+
+    def error_message(data: dict, ignore_prefix: bool) -> None:  # what listen_error_messages prints
+        worker_output(data, ray_print=functools.partial(printer, ignore_prefix=ignore_prefix))
+
+    error_message.ray_printer = printer
+    worker.print_to_stdstream = error_message
+    return True

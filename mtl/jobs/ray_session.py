@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from mtl.jobs.ray_compat import bootstrap_address, node_ip_address, session_dir
+from mtl.jobs.ray_compat import bootstrap_address, node_ip_address, route_worker_output, session_dir
+from mtl.progress import EVENTS_ENV
 from mtl.run_lock import process_start
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def resolve_device(cfg):
     return updated(cfg, {"runtime.device": "cuda" if gpus else "cpu"})
 
 
+LEAN_IDLE_WORKERS = 0  # idle task workers a command's local Ray keeps (each would hold ~0.5 GiB of torch)
+
+
 @dataclass(frozen=True)
 class RaySession:
     """The Ray an entry point (a command, `run_pipeline`, `mtl demo`, a benchmark) runs its work on: the cluster at
@@ -75,10 +79,11 @@ class RaySession:
     address: Optional[str] = None
     num_cpus: Optional[int] = None
     log_to_driver: bool = True
+    idle_workers: Optional[int] = LEAN_IDLE_WORKERS  # a local Ray it starts keeps none (`start_local_ray`)
 
     def start(self) -> str:
         """Join or start this session's Ray (`ensure_ray`; a no-op when it is up); returns its GCS address."""
-        return ensure_ray(self.address, self.num_cpus, self.log_to_driver)
+        return ensure_ray(self.address, self.num_cpus, self.log_to_driver, self.idle_workers)
 
 
 def use_ray(session: Optional[RaySession], what: str) -> None:
@@ -101,17 +106,20 @@ def on_ray(cfg, session: Optional[RaySession], what: str):
     return resolve_device(cfg)
 
 
-def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
+def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True,
+               idle_workers: Optional[int] = None) -> str:
     """Join `address` (or RAY_ADDRESS); without either, start a new local Ray instance. No-op if Ray is up.
     Returns the GCS address of the instance, which every task and actor started from here sees as RAY_ADDRESS.
 
     The dashboard stays enabled: Ray Tune needs its state API to free the resources of stopped Train runs."""
     import ray
 
-    from mtl import runtime_defaults
+    from mtl import console, runtime_defaults
 
     runtime_defaults()  # inherited by the Ray processes this starts
+    console.quiet_ray_logger()  # Ray's own driver lines: to the run's log on a quiet console
     if ray.is_initialized():
+        route_worker_output()
         return ray.get_runtime_context().gcs_address
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
@@ -121,9 +129,10 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, lo
         stopped = clean_dead_sessions()
         if stopped:
             log.info("stopped %d Ray process(es) left by a dead driver", stopped)
-        start_local_ray(num_cpus, log_to_driver)
+        start_local_ray(num_cpus, log_to_driver, idle_workers)
         record_session(session_dir())
         log.info("started a local Ray instance at %s", ray.get_runtime_context().gcs_address)
+    route_worker_output()  # progress marks to mtl.progress; with a quiet console, the rest to the run's log
     return ray.get_runtime_context().gcs_address
 
 
@@ -134,7 +143,7 @@ def join_ray(address: str, log_to_driver: bool = True) -> None:
 
     runtime_env = None
     if "://" not in address and "RAY_ADDRESS" not in job_env_vars():
-        runtime_env = {"env_vars": {"RAY_ADDRESS": bootstrap_address(address)}}
+        runtime_env = {"env_vars": {"RAY_ADDRESS": bootstrap_address(address), EVENTS_ENV: "1"}}
     ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
 
 
@@ -147,10 +156,13 @@ def job_env_vars() -> dict:
         return {}
 
 
-def start_local_ray(num_cpus: Optional[int] = None, log_to_driver: bool = True) -> str:
+def start_local_ray(num_cpus: Optional[int] = None, log_to_driver: bool = True,
+                    idle_workers: Optional[int] = None) -> str:
     """Start a new local Ray instance (address="local": never join one a scan finds) whose GCS listens on a port
     chosen here, so that its address is known before it starts and goes into the job's runtime_env as RAY_ADDRESS.
-    Returns that address."""
+    Returns that address. `idle_workers`: the idle task workers it keeps (Ray's num_workers_soft_limit; None:
+    Ray's default, one per CPU); the others exit a second after their last task, and with them the torch they
+    imported (`LEAN_IDLE_WORKERS`, what a command's Ray keeps: a later stage's tasks start their own)."""
     import ray
 
     host = node_ip_address()
@@ -158,8 +170,9 @@ def start_local_ray(num_cpus: Optional[int] = None, log_to_driver: bool = True) 
         gcs = f"{host}:{free_port()}"
         try:
             with environment(RAY_GCS_SERVER_PORT=gcs.rsplit(":", 1)[1]):
-                ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver,
-                         runtime_env={"env_vars": {"RAY_ADDRESS": gcs}})
+                ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver, _system_config=(
+                             None if idle_workers is None else {"num_workers_soft_limit": idle_workers}),
+                         runtime_env={"env_vars": {"RAY_ADDRESS": gcs, EVENTS_ENV: "1"}})
         except Exception:  # the port was taken between the choice and the GCS start: another port
             ray.shutdown()
             if attempt == START_TRIES - 1:

@@ -59,6 +59,16 @@ class TrainingResult(StageResult):
         return [self.best]
 
 
+def training_summary(result: TrainingResult) -> str:
+    """`best epoch E (of 0-N): validation total T (au A, expr X, va V) -> best.pt`, of one training (epochs count
+    from 0, as its log lines do)."""
+    m = result.metrics
+    tasks = ", ".join(f"{t} {m[f'val_{t}']:.3f}" for t in ("au", "expr", "va") if f"val_{t}" in m)
+    epochs = len(result.history)
+    return (f"best epoch {m.get('epoch', '?')} (of 0-{epochs - 1}): validation total "
+            f"{m.get('val_total', float('nan')):.3f} ({tasks}) -> {result.best}")
+
+
 @dataclass
 class StageContext:
     """What the stages of one pipeline run share: the config later stages use (a stage may change it, see
@@ -98,6 +108,10 @@ class Stage(ABC):
 
     @abstractmethod
     def run(self, cfg: Config, ctx: StageContext) -> StageResult: ...
+
+    def summary(self, result: StageResult) -> str:
+        """One line on what the stage made (the console prints it after the stage, `[name] ... (N s)`)."""
+        return ", ".join(result.outputs())
 
     def config_after(self, cfg: Config, result: StageResult) -> Config:
         """The config the later stages use once this one is done (the same, but for a search)."""

@@ -155,6 +155,10 @@ class EnsembleStage(Stage):
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
         return [ctx.result(TeacherStage.name).best, *(s.best for s in ctx.result(StudentsStage.name).students)]
 
+    def summary(self, result: EnsembleResult) -> str:
+        members = result.ensemble.get("members", [])
+        return f"{len(members)} of {len(result.students)} students -> {result.exported}"
+
     def run(self, cfg: Config, ctx: StageContext) -> EnsembleResult:
         teacher_best, *student_bests = self.inputs(cfg, ctx)
         return self.build(cfg, student_bests, teacher_best, session=ctx.session)

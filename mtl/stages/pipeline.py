@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Optional
 
+from mtl import console
 from mtl.config import Config, absolute_paths, config_dict
 from mtl.stages.base import Stage, StageContext, done_result, record_result
 from mtl.stages.ensemble import EnsembleStage, read_report_preds
@@ -39,10 +40,12 @@ def run_stage(stage: Stage, ctx: StageContext) -> None:
     digest = stage.digest(cfg, ctx)
     result = done_result(stage, cfg, digest)
     if result is None:
+        started = time.monotonic()
         result = stage.run(cfg, ctx)
         record_result(stage, cfg, digest, result)
+        console.show(f"[{stage.name}] {stage.summary(result)} ({time.monotonic() - started:.0f} s)")
     else:
-        print(f"[pipeline] {stage.name}: done, skipped", flush=True)
+        console.show(f"[{stage.name}] done, kept: {stage.summary(result)}")
     ctx.results[stage.name] = result
     ctx.cfg = stage.config_after(cfg, result)
 

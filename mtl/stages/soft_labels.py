@@ -165,6 +165,9 @@ class SoftLabelsStage(Stage):
         rerun recomputes labels whose manifest `SoftLabels.check` would refuse."""
         return hashlib.sha256(f"{super().digest(cfg, ctx)} manifest format {MANIFEST_FORMAT}".encode()).hexdigest()
 
+    def summary(self, result: SoftLabelsResult) -> str:
+        return f"{sum(result.shards.values())} training samples in {len(result.shards)} shards -> {result.folder}"
+
     def run(self, cfg: Config, ctx: StageContext) -> SoftLabelsResult:
         folder = storage.absolute(soft_labels_dir(cfg))
         manifest = self.compute(cfg, ctx.result(TeacherStage.name).best, folder, session=ctx.session)

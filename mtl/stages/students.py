@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from mtl import storage
+from mtl import progress, storage
 from mtl.config import Config, updated
 from mtl.errors import ConfigError, DataError
 from mtl.jobs.ray_session import RaySession
@@ -72,20 +72,17 @@ def train_students(cfg: Config, session: Optional[RaySession] = None) -> list[di
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=min(concurrent, cfg.students.count)),
         run_config=ray.tune.RunConfig(name="tune", storage_path=storage.join(root, "ray"), verbose=0,
                                       failure_config=ray.tune.FailureConfig(max_failures=1)))
-    print(f"[students] {cfg.students.count} students, {min(concurrent, cfg.students.count)} at a time "
-          f"(Ray Tune; every epoch is logged by its Ray Train run)", flush=True)
-    grid = tuner.fit()
+    epochs = student_config(cfg, 0).train.epochs
+    with progress.stage("students", total=cfg.students.count * epochs, unit="epoch") as bar:
+        bar.write(f"[students] {cfg.students.count} students of {epochs} epochs, "
+                  f"{min(concurrent, cfg.students.count)} at a time (Ray Tune trials, each a Ray Train run)")
+        grid = tuner.fit()
     data_errors = [r.metrics["data_error"] for r in grid if r.metrics and r.metrics.get("data_error")]
     if data_errors:
         raise DataError(data_errors[0])
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
-    outcomes = [training_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
-    for outcome in outcomes:
-        metrics = outcome["metrics"]
-        print(f"[students] {outcome['name']}: best epoch {metrics.get('epoch')}, validation total "
-              f"{metrics.get('val_total', float('nan')):.3f}", flush=True)
-    return outcomes
+    return [training_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
 
 
 @dataclass
@@ -107,6 +104,10 @@ class StudentsStage(Stage):
 
     def inputs(self, cfg: Config, ctx: StageContext) -> list[str]:
         return [ctx.result(TeacherStage.name).best]  # the model their soft labels come from
+
+    def summary(self, result: StudentsResult) -> str:
+        return "validation total " + ", ".join(f"{storage.name(s.name)} {s.metrics.get('val_total', float('nan')):.3f} "
+                                               f"(best epoch {s.metrics.get('epoch', '?')})" for s in result.students)
 
     def run(self, cfg: Config, ctx: StageContext) -> StudentsResult:
         return StudentsResult(students=[TrainingResult(**outcome) for outcome in train_students(cfg, ctx.session)])

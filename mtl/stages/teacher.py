@@ -5,7 +5,7 @@ interrupted run and returns a finished one at once)."""
 from __future__ import annotations
 
 from mtl.config import Config, updated
-from mtl.stages.base import Stage, StageContext, TrainingResult
+from mtl.stages.base import Stage, StageContext, TrainingResult, training_summary
 
 
 def teacher_config(cfg: Config) -> Config:
@@ -24,3 +24,6 @@ class TeacherStage(Stage):
         outcome = train(teacher_config(cfg), ctx.session)
         return TrainingResult(name=self.name, best=outcome["best"], metrics=outcome["metrics"],
                               history=outcome["history"])
+
+    def summary(self, result: TrainingResult) -> str:
+        return training_summary(result)

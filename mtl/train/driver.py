@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from mtl import storage
+from mtl import progress, storage
 from mtl.checkpoint import read_model_file, save_model_file
 from mtl.config import Config, ModelConfig, absolute_paths, config_dict, validate
 from mtl.errors import ConfigError
@@ -130,7 +130,8 @@ def train(cfg: Config, session: Optional[RaySession] = None, *, callbacks: Optio
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute="val_total",
                                                          checkpoint_score_order="max")))
-    result = fit(trainer, cfg)
+    with progress.stage(storage.name(folder), total=cfg.train.epochs, unit="epoch"):
+        result = fit(trainer, cfg)
     final = result.return_value or {}
     if final.get("data_error"):  # every rank stopped at a bad shard or sample: not retried, one line
         raise DataError(final["data_error"])

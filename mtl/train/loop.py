@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from mtl.family import family_of
 from mtl.labels import TASKS
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
+from mtl.progress import reporter
 from mtl.runs import stored_soft_labels
 from mtl.train.data_stop import DataStop, DiskStop, agreed, agreed_batches, agreed_disk
 from mtl.train.optim import float_base_lrs, load_optimizer_state, make_optimizer, make_scheduler
@@ -99,6 +100,8 @@ def train_rank(payload: dict) -> dict:
         model = torch.compile(model)
     run = open_wandb(cfg, payload["run_id"], payload["run_name"], payload.get("wandb_group")) if rank == 0 else None
     step = Step(model, optimizer, scheduler, objective, cfg, device, graph=graph, ddp=world > 1)
+    part = cfg.train.name or cfg.train.role
+    tick = reporter(part, cfg.train.epochs) if rank == 0 else None  # the driver's progress bar (mtl.progress)
     try:
         diverged = None
         for epoch in range(start_epoch, cfg.train.epochs):
@@ -106,7 +109,8 @@ def train_rank(payload: dict) -> dict:
             model.train()
             started = time.perf_counter()
             try:
-                done, samples = train_epoch(step, loader, device, epoch, cfg.train.log_every)
+                done, samples = train_epoch(step, loader, device, epoch, cfg.train.log_every,
+                                            tick and (lambda i, e=epoch: tick(e + i / max(steps, 1))))
             except Diverged as err:  # all ranks are here at the same check: end the run, do not retry it
                 diverged = str(err)
                 ray.train.report({"epoch": epoch, "diverged": True, "divergence": diverged, "val_total": float("nan")})
@@ -132,6 +136,8 @@ def train_rank(payload: dict) -> dict:
                          payload.get("local_checkpoints"))
             if rank == 0:
                 print(format_epoch(cfg.train.role, metrics), flush=True)
+                tick(epoch + 1, f"{storage.name(part)} epoch {epoch}: val total "
+                                f"{metrics.get('val_total', float('nan')):.3f}", force=True)
                 if run is not None:
                     run.log(metrics, step=epoch)
     finally:
@@ -142,14 +148,18 @@ def train_rank(payload: dict) -> dict:
             "step_mode": step.mode}
 
 
-def train_epoch(step: Step, loader, device: torch.device, epoch: int, log_every: int) -> tuple[int, int]:
+def train_epoch(step: Step, loader, device: torch.device, epoch: int, log_every: int,
+                tick: Optional[Callable[[int], None]] = None) -> tuple[int, int]:
     """One epoch of steps: (steps, frames). The batches reach the device one step ahead; nothing waits on the
-    device except the divergence checks, every `log_every` steps and at the end (Diverged on every rank)."""
+    device except the divergence checks, every `log_every` steps and at the end (Diverged on every rank).
+    `tick(steps done)` after every step (progress, throttled by the caller)."""
     samples, done = 0, 0
     for packed in on_device(agreed_batches(loader), device):
         step(packed)  # no host sync: loss parts summed and a non-finite loss flagged on the device
         samples += batch_samples(packed)
         done += 1
+        if tick is not None:
+            tick(done)
         if done % log_every == 0:
             step.check(epoch, done)  # every rank at the same step
     step.check(epoch, done)

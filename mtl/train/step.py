@@ -19,7 +19,6 @@ capture fails (an operation that cannot be captured), the step says so once and 
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, Optional
 
 import torch
@@ -28,8 +27,8 @@ from mtl.config import Config
 from mtl.data.augment import model_input
 from mtl.data.packed import Packed, unpack
 from mtl.labels import TASKS
+from mtl.progress import warn
 
-log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture (torch's advice for whole-network capture)
 DDP_WARMUP_STEPS = 11  # DDP needs 11 before it can be captured (torch.cuda graphs notes)
@@ -131,7 +130,7 @@ class Step:
             with torch.cuda.graph(graph, stream=self.side):
                 self._run(self.static, layout, zero_grad=False)
         except RuntimeError as err:
-            log.warning("CUDA graph capture failed (%s); the training step stays eager", str(err).splitlines()[0])
+            warn(f"CUDA graph capture failed ({str(err).splitlines()[0]}); the training step stays eager")
             self.mode, self.static, self.layout = "eager", None, None
             self._run(buffer, layout)
             return

@@ -14,7 +14,7 @@ import logging
 import math
 from typing import Optional
 
-from mtl import storage
+from mtl import console, progress, storage
 from mtl.config import Config, absolute_paths, apply_override, config_dict, read_yaml, validate
 from mtl.errors import ConfigError, DataError
 from mtl.jobs.ray_compat import TOKEN_TRIAL
@@ -176,9 +176,10 @@ def run_search(cfg: Config, space: Space, session: Optional[RaySession] = None) 
                                             trial_dirname_creator=lambda trial: f"tune_{trial.trial_id}"),
             run_config=ray.tune.RunConfig(
                 name=storage.name(experiment), storage_path=folder,
-                failure_config=ray.tune.FailureConfig(max_failures=1),
+                failure_config=ray.tune.FailureConfig(max_failures=1), verbose=0 if console.routed() else None,
                 checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=4) if pbt else None))
-    grid = tuner.fit()
+    with progress.stage(f"search {name}", unit="epoch"):  # trials add their epochs as they start
+        grid = tuner.fit()
     data_errors = [r.metrics["data_error"] for r in grid if r.metrics and r.metrics.get("data_error")]
     if data_errors:  # no summary: the search runs again once the data is fixed
         raise DataError(data_errors[0])

@@ -46,6 +46,11 @@ class SearchStage(Stage):
     def run(self, cfg: Config, ctx: StageContext) -> SearchResult:
         return SearchResult(config=tuned_students(cfg, ctx.session))
 
+    def summary(self, result: SearchResult) -> str:
+        chosen = result.config
+        return (f"students use distill.alpha {chosen.distill.alpha:.3g}, distill.temperature "
+                f"{chosen.distill.temperature:.3g}, train.lr {chosen.train.lr:.3g}")
+
     def config_after(self, cfg: Config, result: SearchResult) -> Config:
         return result.config
 

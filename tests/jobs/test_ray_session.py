@@ -117,3 +117,35 @@ def test_a_command_line_names_a_folder_by_an_argument_equal_to_it_or_under_it():
     assert not names_folder(b"raylet\0--session_dir=/tmp/ray/session_2099-01\0", folder)
     assert not names_folder(b"python\0/tmp/ray/session_2099/logs\0/tmp/ray/session_22\0", folder)
 
+
+
+IDLE = """
+import subprocess, sys, time
+import ray
+from mtl.jobs.ray_session import RaySession
+RaySession(num_cpus=2).start()
+raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+
+@ray.remote
+def imports_torch():
+    import torch
+    return torch.__version__
+
+ray.get([imports_torch.remote() for _ in range(4)])
+time.sleep(4)
+children = subprocess.run(["pgrep", "-a", "-P", str(raylet)], capture_output=True, text=True).stdout.splitlines()
+print(sum("ray::IDLE" in line for line in children), flush=True)
+"""
+
+
+def test_a_commands_local_ray_keeps_no_idle_worker_holding_torch_after_its_tasks(tmp_path):
+    """RaySession's local Ray (`idle_workers=0`): the task workers exit a second after their last task, where Ray's
+    default keeps one per CPU (each with the torch its task imported) until the run ends."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", IDLE], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "0"

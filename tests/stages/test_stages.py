@@ -88,7 +88,7 @@ def test_a_done_stage_is_skipped_and_its_result_reloaded(tmp_path, capsys):
     timings = run_stages([toy], again)
     assert toy.runs == 1 and set(timings) == {"toy"}
     assert again.results["toy"] == first.results["toy"] == Written(path=str(tmp_path / "toy.txt"), count=3)
-    assert "[pipeline] toy: done, skipped" in capsys.readouterr().out
+    assert f"[toy] done, kept: {tmp_path / 'toy.txt'}" in capsys.readouterr().out  # its outputs, by default
     assert json.loads((tmp_path / "toy" / "stage.json").read_text())["result"]["count"] == 3
     run_stages([toy], StageContext(cfg=config(tmp_path, "students.count=4")))  # another digest: runs
     assert toy.runs == 2

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -30,6 +29,7 @@ from mtl.data.synth.plan import (TASK_COUNT_PROBS, VAL_FRACTION, VideoPlan, chec
                                  plan_videos, task_count_targets)
 from mtl.labels import (ABAW2020, HEADERS, INVALID_AU, INVALID_EXPR, INVALID_VA, TASKS, VA_NAMES, Protocol,
                         get_protocol)
+from mtl.progress import progress_bar
 
 SET_DIRS = {"au": "AU_Set", "expr": "EXPR_Set", "va": "VA_Set"}
 SPLIT_DIRS = {"train": "Training_Set", "val": "Validation_Set"}
@@ -273,16 +273,13 @@ def synthesize(out, videos: int = 24, frames: int = 200, seed: int = 0, image_si
     if staging.exists():
         shutil.rmtree(staging)
     start = time.perf_counter()
-    tty = sys.stderr.isatty()
     stats, done_frames = [], 0
-    for i, plan in enumerate(plans):
+    bar = progress_bar(len(plans), "synth", "video", enabled=progress)
+    for plan in plans:
         stats.append(write_video(staging, plan, seed, frames, image_size, schema.name))
         done_frames += stats[-1]["frames"]
-        if progress:
-            rate = done_frames / (time.perf_counter() - start)
-            print(f"synth: {i + 1}/{len(plans)} videos, {done_frames} frames, {rate:.0f} frames/s",
-                  end="\r" if tty else "\n", file=sys.stderr, flush=True)
-    if progress and tty:
-        print(file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(frames=done_frames, per_s=f"{done_frames / (time.perf_counter() - start):.0f}")
+    bar.close()
     _finish(staging, out, schema, plans, stats)
     return _summary(out, schema, plans, stats, time.perf_counter() - start, task_counts)

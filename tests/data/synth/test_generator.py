@@ -151,10 +151,11 @@ def test_refuses_a_non_empty_folder_and_bad_arguments(tmp_path):
             synthesize(tmp_path / "new", **{"videos": 2, "frames": 2, "progress": False, **bad})
 
 
-def test_progress_goes_to_stderr(tmp_path, capsys):
+def test_progress_goes_to_stderr(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MTL_PROGRESS_SECONDS", "0")  # without a terminal: a line per update at this interval
     synthesize(tmp_path / "p", videos=2, frames=3, image_size=24, progress=True)
     captured = capsys.readouterr()
-    assert captured.out == "" and "2/2 videos" in captured.err
+    assert captured.out == "" and "synth: 2/2 videos" in captured.err
 
 
 @pytest.mark.parametrize("videos", [1, 2, 3, 4, 10, 24, 61])
