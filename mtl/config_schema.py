@@ -197,7 +197,14 @@ class StudentsConfig(_Section):
     epochs: Optional[int] = Field(None, ge=1, description="epochs per student (default: train.epochs)")
     backbones: list[str] = Field(default_factory=list, description="student i uses backbones[i % len]; "
                                                                    "empty: model.backbone")
-    concurrent: int = Field(0, ge=0, description="students trained at once (0: as the cluster's resources allow)")
+    workers: Optional[int] = Field(None, ge=0, description="Ray Train workers per student (default: "
+                                   "train.workers); 0: each student trains in one Ray task, in-process and "
+                                   "without loader processes (no Ray Train run, no Tune trial: the lightest way "
+                                   "to train several small students at once on one machine; the same numbers; "
+                                   "an interrupted student starts over)")
+    concurrent: int = Field(0, ge=0, description="students trained at once (0: as the cluster's resources allow; "
+                                                 "students.workers=0: they share the CPUs, N at once ask for "
+                                                 "CPUs/N each)")
     select: bool = Field(False, description="greedy forward selection of ensemble members on the tuning half")
 
 

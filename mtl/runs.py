@@ -31,7 +31,7 @@ RESUMABLE: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(("runtime.device", "runtime.ddp_timeout_s", "runtime.local_dir", "runtime.worker_start_wait_s",
                      "train.workers", "train.cpus_per_worker", "train.gpus_per_worker", "train.max_failures",
                      "train.log_every", "train.cuda_graph", "data.loader_workers", "tune.max_concurrent",
-                     "tune.before_students"), _RUN_SETTING),
+                     "tune.before_students", "students.workers", "students.concurrent"), _RUN_SETTING),
     "train.epochs": ("training", "search"),  # a training runs on to the new count; a stage re-enters to do so
     "tune.space": ("search",),  # the search compares the space's content
 }

@@ -94,10 +94,14 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.interval, self.done = root, interval, threading.Event()
         self.peak_used, self.peak_tree, self.peak_kinds, self.samples = 0, 0, {}, 0
+        self.at_peak: dict[str, int] = {}  # the kinds' PSS in the sample where the tree's total peaked
+        self.peak_second, self.started = 0.0, time.monotonic()
 
     def run(self) -> None:
         while not self.done.is_set():
             used, kinds = used_bytes(), by_kind(self.root)
+            if sum(kinds.values()) > self.peak_tree:
+                self.at_peak, self.peak_second = kinds, time.monotonic() - self.started
             self.peak_used, self.peak_tree = max(self.peak_used, used), max(self.peak_tree, sum(kinds.values()))
             for kind, size in kinds.items():
                 self.peak_kinds[kind] = max(self.peak_kinds.get(kind, 0), size)
@@ -129,7 +133,8 @@ def measure(command: Sequence[str], interval: float = 1.0, log: Optional[Path] =
             "peak_used_gib": gib(sampler.peak_used), "peak_above_idle_gib": gib(max(0, sampler.peak_used - idle)),
             "peak_tree_gib": gib(sampler.peak_tree),
             "peak_by_kind_gib": {kind: gib(size) for kind, size in sorted(sampler.peak_kinds.items())},
-            "samples": sampler.samples}
+            "at_tree_peak_gib": {kind: gib(size) for kind, size in sorted(sampler.at_peak.items())},
+            "tree_peak_at_s": round(sampler.peak_second, 1), "samples": sampler.samples}
 
 
 def run_demo_bench(out: Path, seed: int = 0, interval: float = 1.0, overrides: Sequence[str] = ()) -> dict:
@@ -164,6 +169,8 @@ def format_result(result: dict) -> str:
     lines.append(f"memory: idle {result['idle_gib']:.2f} GiB, peak {result['peak_used_gib']:.2f} GiB, "
                  f"peak above idle {result['peak_above_idle_gib']:.2f} GiB ({result['samples']} samples); "
                  f"the demo's processes at their peak {result['peak_tree_gib']:.2f} GiB PSS")
-    lines.append(text_table(("process kind", "peak PSS (GiB)"),
-                            [(kind, f"{size:.2f}") for kind, size in result["peak_by_kind_gib"].items()]))
+    at_peak = result.get("at_tree_peak_gib", {})
+    lines.append(text_table(("process kind", "peak PSS (GiB)", f"at the peak, {result.get('tree_peak_at_s', 0):.0f} s"),
+                            [(kind, f"{size:.2f}", f"{at_peak.get(kind, 0):.2f}")
+                             for kind, size in result["peak_by_kind_gib"].items()]))
     return "\n".join(lines)

@@ -23,6 +23,9 @@ Shims here (private or unstable Ray API):
   Ray is up.
 - Ray Tune's "new output engine" prints its experiment table and result paths whatever the verbosity:
   `mtl.console.setup` sets RAY_AIR_NEW_OUTPUT=0 on a quiet console (the legacy reporter, silent at verbose=0).
+- `sigint_restored`: Ray Train's `fit()` in the main thread installs a SIGINT handler whose closure holds the
+  run's controller actor and never removes it, so the controller (torch imported, ~0.4 GiB) outlives the run until
+  the next `fit()`; restoring the previous handler after `fit()` lets Ray end it. Used by `mtl.train.driver.fit`.
 - `TOKEN_TRIAL`: the resources of a Tune trial that only drives a Train run (`{"memory": 1}`: Tune refuses an empty
   request). Used by `mtl.tune.search` and `mtl.stages.students.train_students`.
 
@@ -42,6 +45,8 @@ Workarounds that live where their concept does:
 - Worker-group start-up is retried in periods of RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (default 60 s) through
   FailureConfig.controller_failure_limit: `mtl.config_schema.RuntimeConfig.worker_start_tries`,
   `mtl.train.driver.train`.
+- Ray Train starts a PreemptionWatcher actor per run (Ray >= 2.5x), useless on one machine: a local Ray's
+  processes inherit RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0 (`mtl.jobs.ray_session.LOCAL_RAY_ENV`).
 - Ray Train's print patch shows every worker line twice: RAY_TRAIN_ENABLE_PRINT_PATCH=0 in `mtl.OFFLINE_DEFAULTS`.
 - Ray's own clients in our processes find "their" cluster by RAY_ADDRESS, else by scanning the machine (which fails
   or picks another instance): `mtl.jobs.ray_session.ensure_ray` states the address in every job's runtime_env and
@@ -62,9 +67,10 @@ Workarounds that live where their concept does:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 TOKEN_TRIAL = {"memory": 1}  # a Tune trial that only drives its Ray Train run: Tune refuses an empty request
 
@@ -161,3 +167,19 @@ def route_worker_output() -> bool:
     error_message.ray_printer = printer
     worker.print_to_stdstream = error_message
     return True
+
+
+@contextmanager
+def sigint_restored() -> Iterator[None]:
+    """The block (a Ray Train `fit()`) with the SIGINT handler it installs removed after it: the one before it
+    is put back (main thread only: elsewhere neither Ray nor Python sets handlers)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)

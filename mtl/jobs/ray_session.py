@@ -67,6 +67,10 @@ def resolve_device(cfg):
 
 
 LEAN_IDLE_WORKERS = 0  # idle task workers a command's local Ray keeps (each would hold ~0.5 GiB of torch)
+IDLE_WORKER_LINGER_MS = 5000  # how long the others live on after their last task (Ray's default: 1 s)
+# what the processes of a local Ray inherit: no preemption watcher actor per Ray Train run (one machine is never
+# drained; ~0.1 GiB and a line of Ray's noise each)
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 @dataclass(frozen=True)
@@ -161,17 +165,21 @@ def start_local_ray(num_cpus: Optional[int] = None, log_to_driver: bool = True,
     """Start a new local Ray instance (address="local": never join one a scan finds) whose GCS listens on a port
     chosen here, so that its address is known before it starts and goes into the job's runtime_env as RAY_ADDRESS.
     Returns that address. `idle_workers`: the idle task workers it keeps (Ray's num_workers_soft_limit; None:
-    Ray's default, one per CPU); the others exit a second after their last task, and with them the torch they
-    imported (`LEAN_IDLE_WORKERS`, what a command's Ray keeps: a later stage's tasks start their own)."""
+    Ray's default, one per CPU); the others exit `IDLE_WORKER_LINGER_MS` after their last task, and with them the
+    torch they imported (`LEAN_IDLE_WORKERS`, what a command's Ray keeps: the next stage's tasks reuse them when
+    they follow at once, a later one starts its own)."""
     import ray
 
     host = node_ip_address()
     for attempt in range(START_TRIES):
         gcs = f"{host}:{free_port()}"
         try:
-            with environment(RAY_GCS_SERVER_PORT=gcs.rsplit(":", 1)[1]):
+            with environment(RAY_GCS_SERVER_PORT=gcs.rsplit(":", 1)[1],
+                             **{key: os.environ.get(key, value) for key, value in LOCAL_RAY_ENV.items()}):
                 ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver, _system_config=(
-                             None if idle_workers is None else {"num_workers_soft_limit": idle_workers}),
+                             None if idle_workers is None else {"num_workers_soft_limit": idle_workers,
+                                                                "idle_worker_killing_time_threshold_ms":
+                                                                    IDLE_WORKER_LINGER_MS}),
                          runtime_env={"env_vars": {"RAY_ADDRESS": gcs, EVENTS_ENV: "1"}})
         except Exception:  # the port was taken between the choice and the GCS start: another port
             ray.shutdown()

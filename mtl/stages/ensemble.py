@@ -72,6 +72,8 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
     `out_dir`/ensemble<suffix>, its reporting-half predictions to `out_dir`/report_preds.npz, and record its
     sources in `out_dir`/ensemble.json. Scores and thresholds are those of the shards' label protocol, which the
     predictions carry (the members' too: `predict_model_file` refuses a member of another)."""
+    import ray
+
     from mtl.eval.bootstrap import paired_difference
     from mtl.eval.ensemble import ensemble_report, scorer
 
@@ -82,14 +84,17 @@ def build_ensemble(student_bests: list[str], shards: str, out_dir: str, teacher_
         raise DataError(f"{shards}: {len(videos)} validation video(s); an honest ensemble needs at least 2 (its "
                         "thresholds are tuned on one half of the videos and it is scored on the other)")
     options = {"seed": seed, "rule": rule, "expr_f1": expr_f1, "bootstrap": bootstrap}
-    single = [ensemble_report([p], **options) for p in preds]
-    ensemble = ensemble_report(preds[len(checkpoints) - len(student_bests):], select=select, **options)
+    report, paired = (ray.remote(num_cpus=1)(f) for f in (ensemble_report, paired_difference))  # bootstraps at once
+    *single, ensemble = ray.get([*(report.remote([p], **options) for p in preds),
+                                 report.remote(preds[len(checkpoints) - len(student_bests):], select=select,
+                                               **options)])
     if teacher_best and bootstrap:
-        teacher = single[0]
-        for entry in [*single[1:], ensemble]:
-            entry["vs_teacher"] = paired_difference(
-                entry["preds"], scorer(entry["thresholds"], expr_f1), teacher["preds"],
-                scorer(teacher["thresholds"], expr_f1), replicates=bootstrap, seed=seed)
+        teacher, others = single[0], [*single[1:], ensemble]
+        differences = ray.get([paired.remote(entry["preds"], scorer(entry["thresholds"], expr_f1), teacher["preds"],
+                                             scorer(teacher["thresholds"], expr_f1), replicates=bootstrap, seed=seed)
+                               for entry in others])
+        for entry, difference in zip(others, differences):
+            entry["vs_teacher"] = difference
     preds_file = save_preds(ensemble["preds"], storage.join(out_dir, REPORT_PREDS))
     single, ensemble = ([without_preds(e) for e in single], without_preds(ensemble))
     exported, written_as = export_members([student_bests[i] for i in ensemble["members"]], ensemble["thresholds"],

@@ -1,10 +1,12 @@
-"""Parallel students: `students.count` distillation runs scheduled by Ray Tune, each one a Ray Train run.
+"""Parallel students: `students.count` distillation runs scheduled by Ray Tune, each one a Ray Train run (or, with
+students.workers=0, each one Ray task training in-process: `students_in_tasks`).
 
 Student i trains from scratch (model.weights, never the teacher's weights) with seed train.seed + 1 + i,
 optionally its own backbone (students.backbones[i % len]), on ground truth mixed with the teacher's soft labels
 (docs/recipe.md §3), into RUN/students/student_i/ (best.pt, history.json, Ray checkpoints). Tune runs as many at
 once as the cluster's resources allow (or students.concurrent); each logs its own wandb run in the run's group.
-A student whose Ray Train run already finished is not retrained: its run resumes at its end and returns at once.
+A student that already finished is not retrained: its run resumes at its end and returns at once. The two ways
+train the same students: a student's numbers do not depend on how it is scheduled.
 `StudentsStage` is this step in the pipeline, with the config the search stage chose when it ran.
 """
 
@@ -25,7 +27,8 @@ from mtl.stages.teacher import TeacherStage
 def student_config(cfg: Config, i: int) -> Config:
     """Student i's config: its role, folder, seed, epochs and backbone."""
     changes = {"train.role": "student", "train.name": f"students/student_{i}", "train.seed": cfg.train.seed + 1 + i,
-               "train.epochs": cfg.students.epochs or cfg.train.epochs}
+               "train.epochs": cfg.students.epochs or cfg.train.epochs,
+               "train.workers": cfg.train.workers if cfg.students.workers is None else cfg.students.workers}
     if cfg.students.backbones:
         changes["model.backbone"] = cfg.students.backbones[i % len(cfg.students.backbones)]
     return updated(cfg, changes)
@@ -58,11 +61,11 @@ def train_students(cfg: Config, session: Optional[RaySession] = None) -> list[di
     from mtl.jobs.ray_compat import TOKEN_TRIAL
     from mtl.jobs.ray_session import on_ray, trainings_that_fit
 
-    if cfg.train.workers < 1:
-        raise ConfigError("config key 'train.workers': students are Ray Train runs inside Ray Tune trials, "
-                          "so they need at least 1 worker (local mode cannot run under Tune)")
     cfg = on_ray(cfg, session, "mtl.stages.students.train_students")
-    concurrent = cfg.students.concurrent or trainings_that_fit(cfg.train.workers, cfg.train.cpus_per_worker,
+    if student_config(cfg, 0).train.workers == 0:  # local mode cannot run under Tune: one Ray task each
+        return students_in_tasks(cfg)
+    concurrent = cfg.students.concurrent or trainings_that_fit(student_config(cfg, 0).train.workers,
+                                                               cfg.train.cpus_per_worker,
                                                                cfg.worker_gpus(), ray.cluster_resources())
     trial = dict(TOKEN_TRIAL)  # the trial only drives its Ray Train run: a token request (Tune refuses an empty one)
     root = storage.join(storage.absolute(cfg.run.dir), "students")
@@ -83,6 +86,46 @@ def train_students(cfg: Config, session: Optional[RaySession] = None) -> list[di
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
     return [training_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
+
+
+def train_student(cfg: Config, i: int) -> None:
+    """Student i in this process (a Ray task of `students_in_tasks`), in local mode, decoding its own batches."""
+    from mtl.train.driver import train
+
+    train(updated(student_config(cfg, i), {"data.loader_workers": 0}))
+
+
+def students_in_tasks(cfg: Config) -> list[dict]:
+    """students.workers=0: each student trains in local mode inside one Ray task (no Ray Train run, no Tune trial),
+    students.concurrent at once (0: as train.cpus_per_worker allows), the CPUs shared between them (N at once ask
+    for CPUs/N each; a student's threads stay train.cpus_per_worker, so its numbers are those of a one-worker Ray
+    Train run), each decoding its batches itself (no loader processes: data.loader_workers changes no number, and
+    students that share CPUs gain nothing from more processes but their memory). A crashed task is retried once; a data error, a full disk or a bad config ends the stage in one
+    line. Returns the outcomes as `train_students`."""
+    import ray
+
+    from mtl.jobs.ray_session import trainings_that_fit
+
+    count, resources = cfg.students.count, ray.cluster_resources()
+    at_once = min(count, cfg.students.concurrent or trainings_that_fit(1, cfg.train.cpus_per_worker,
+                                                                        cfg.worker_gpus(), resources))
+    options = {"num_cpus": min(cfg.train.cpus_per_worker, resources.get("CPU", 1) / at_once), "max_retries": 1,
+               "num_gpus": cfg.worker_gpus() if cfg.uses_cuda() else 0}
+    task = ray.remote(**options)(train_student)
+    epochs = student_config(cfg, 0).train.epochs
+    with progress.stage("students", total=count * epochs, unit="epoch") as bar:
+        bar.write(f"[students] {count} students of {epochs} epochs, {at_once} at a time (one Ray task each)")
+        pending = [task.remote(cfg, i) for i in range(count)]
+        try:
+            ray.get(pending)
+        except ray.exceptions.RayTaskError as err:
+            for ref in pending:
+                ray.cancel(ref)
+            if isinstance(err.cause, (DataError, ConfigError, OSError)):
+                raise err.cause from None  # one line (mtl.cli), as a student's data error under Tune
+            raise
+    root = storage.join(storage.absolute(cfg.run.dir), "students")
+    return [training_outcome(storage.join(root, f"student_{i}")) for i in range(count)]
 
 
 @dataclass

@@ -188,10 +188,11 @@ def fit(trainer, cfg: Config):
     DataError or storage.DiskFull line; workers that never started, as one WorkersUnavailable line."""
     import ray.train
 
-    from mtl.jobs.ray_compat import failure_causes, startup_timed_out
+    from mtl.jobs.ray_compat import failure_causes, sigint_restored, startup_timed_out
 
     try:
-        return trainer.fit()
+        with sigint_restored():  # else Ray's handler keeps the run's controller actor alive
+            return trainer.fit()
     except ray.train.TrainingFailedError as err:
         if startup_timed_out(err):  # every start-up period ran out
             raise workers_unavailable(cfg) from None

@@ -29,7 +29,11 @@ def test_a_failing_command_gives_its_exit_code_and_the_table_names_stages_and_ki
     text = format_result({"command": "mtl demo --out x", "exit": 0, "wall_s": 100.0, "cpus": 2,
                           "timings": {"teacher": 30.0, "students": 50.0}, "idle_gib": 1.0, "peak_used_gib": 4.5,
                           "peak_above_idle_gib": 3.5, "samples": 90, "peak_tree_gib": 3.2,
-                          "peak_by_kind_gib": {"raylet": 0.1, DRIVER: 1.2}})
+                          "peak_by_kind_gib": {"raylet": 0.1, DRIVER: 1.2}, "console_lines": 41,
+                          "at_tree_peak_gib": {"raylet": 0.09, DRIVER: 0.8}, "tree_peak_at_s": 61.0})
     rows = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in text.splitlines()[1:]}
     assert rows["data, shards and start-up"] == "20.0" and rows["teacher"] == "30.0"  # the wall time not in stages
-    assert rows[DRIVER] == "1.20" and rows["raylet"] == "0.10" and "peak above idle 3.50 GiB" in text
+    kinds = {line.rsplit(None, 2)[0].strip(): line.rsplit(None, 2)[1:] for line in text.splitlines()
+             if line.startswith((DRIVER, "raylet"))}
+    assert kinds == {DRIVER: ["1.20", "0.80"], "raylet": ["0.10", "0.09"]} and "at the peak, 61 s" in text
+    assert "peak above idle 3.50 GiB" in text and "41 console lines" in text

@@ -3,6 +3,8 @@ upgrade moves what they read."""
 
 import queue
 
+import pytest
+
 from mtl.errors import DataError
 from mtl.jobs.ray_compat import (
     bootstrap_address, failure_causes, node_ip_address, session_dir, startup_timed_out, tune_forwarder,
@@ -52,3 +54,26 @@ def test_the_session_folder_and_addresses_of_the_running_ray(ray_session):
     assert folder.is_dir() and folder.name.startswith("session_") and (folder / "logs").is_dir()
     assert bootstrap_address(gcs) == gcs
     assert gcs.rsplit(":", 1)[0] == node_ip_address()
+
+
+def test_the_sigint_handler_a_fit_installs_is_removed_after_it_and_the_one_before_is_back():
+    import signal
+
+    from mtl.jobs.ray_compat import sigint_restored
+
+    held = object()  # what Ray's handler closes over: the run's controller
+
+    def ours(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGINT, ours)
+    try:
+        with sigint_restored():
+            signal.signal(signal.SIGINT, lambda signum, frame, run=held: None)  # as Ray Train's fit() does
+        assert signal.getsignal(signal.SIGINT) is ours
+        with pytest.raises(RuntimeError), sigint_restored():
+            signal.signal(signal.SIGINT, lambda signum, frame, run=held: None)
+            raise RuntimeError("the run failed")
+        assert signal.getsignal(signal.SIGINT) is ours
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -132,15 +132,18 @@ def imports_torch():
     return torch.__version__
 
 ray.get([imports_torch.remote() for _ in range(4)])
-time.sleep(4)
+time.sleep(9)  # IDLE_WORKER_LINGER_MS after the last task, and Ray's check period
 children = subprocess.run(["pgrep", "-a", "-P", str(raylet)], capture_output=True, text=True).stdout.splitlines()
 print(sum("ray::IDLE" in line for line in children), flush=True)
+environ = open(f"/proc/{raylet}/environ", "rb").read().split(bytes(1))
+print(b"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0" in environ, flush=True)
 """
 
 
 def test_a_commands_local_ray_keeps_no_idle_worker_holding_torch_after_its_tasks(tmp_path):
-    """RaySession's local Ray (`idle_workers=0`): the task workers exit a second after their last task, where Ray's
-    default keeps one per CPU (each with the torch its task imported) until the run ends."""
+    """RaySession's local Ray (`idle_workers=0`): the task workers exit seconds after their last task, where Ray's
+    default keeps one per CPU (each with the torch its task imported) until the run ends; and its processes run
+    Ray Train without a preemption watcher (`LOCAL_RAY_ENV`)."""
     import os
     import subprocess
     import sys
@@ -148,4 +151,4 @@ def test_a_commands_local_ray_keeps_no_idle_worker_holding_torch_after_its_tasks
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     result = subprocess.run([sys.executable, "-c", IDLE], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "0"
+    assert result.stdout.strip().splitlines()[-2:] == ["0", "True"]

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from mtl.config import load_config
+from mtl.config import load_config, updated
 from mtl.stages.pipeline import run_pipeline
+from mtl.stages.students import train_students
 from mtl.train.driver import train
 from tests.conftest import tiny
 
@@ -43,6 +44,13 @@ def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(t
     assert (tmp_path / "plots" / "scores.png").is_file() and (tmp_path / "plots" / "va_scatter.png").is_file()
     histories = [json.loads((tmp_path / f"students/student_{i}/history.json").read_text()) for i in range(2)]
     assert histories[0]["history"][0]["train_loss"] != histories[1]["history"][0]["train_loss"]  # own seeds
+    in_tasks = updated(cfg, {"run.dir": str(tmp_path / "tasks"), "students.workers": 0, "students.concurrent": 2,
+                             "distill.teacher": str(teacher_file), "distill.soft_labels": str(tmp_path / "soft_labels")})
+    outcomes = train_students(in_tasks)  # both at once, each in one Ray task: the same students as on Tune
+    figures = ("train_loss", "val_au", "val_expr", "val_va", "val_total")
+    assert [[[epoch[k] for k in figures] for epoch in o["history"]] for o in outcomes] == \
+        [[[epoch[k] for k in figures] for epoch in h["history"]] for h in histories]
+    assert not (tmp_path / "tasks" / "students" / "ray").exists()  # no Tune experiment, no Ray Train run
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("students/student_*/best.pt")}
     again = run_pipeline(cfg)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # students not retrained

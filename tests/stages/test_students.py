@@ -1,11 +1,8 @@
-"""Student configs derived from the run's (their parallel training runs in tests/test_pipeline.py)."""
+"""Student configs derived from the run's (their parallel training runs, on Tune and in Ray tasks, in
+tests/stages/test_pipeline.py)."""
 
-
-import pytest
-
-from mtl.config import load_config
-from mtl.errors import ConfigError
-from mtl.stages.students import student_config, train_students
+from mtl.config import load_config, updated
+from mtl.stages.students import student_config
 
 
 def test_student_configs_differ_by_seed_folder_and_backbone():
@@ -18,6 +15,7 @@ def test_student_configs_differ_by_seed_folder_and_backbone():
     assert all(s.train.role == "student" and s.train.epochs == 2 for s in students)
 
 
-def test_students_refuse_local_mode():
-    with pytest.raises(ConfigError, match="train.workers"):
-        train_students(load_config("demo", ("train.workers=0",)))
+def test_students_run_with_their_own_worker_count_else_the_runs():
+    cfg = load_config("demo", ("train.workers=2",))
+    assert student_config(cfg, 0).train.workers == 2
+    assert student_config(updated(cfg, {"students.workers": 0}), 1).train.workers == 0
