@@ -35,6 +35,7 @@ class _State:
     log: Optional[TextIO] = None
     path: Optional[Path] = None
     handler: Optional[logging.Handler] = None
+    announced: bool = False
 
 
 _state = _State()
@@ -78,10 +79,11 @@ def routed() -> bool:
 
 
 @contextmanager
-def run_log(folder: "str | Path", announce: bool = True) -> Iterator[Optional[Path]]:
+def run_log(folder: "str | Path") -> Iterator[Optional[Path]]:
     """For the block, the log of a run in `folder` (`folder/logs/console.log`, appended; a bucket folder: a local
-    file named on the console): worker lines and INFO logging go there. Named on the console once. Yields the
-    path (None when the console is not routed: `mtl -v`, or no `setup`)."""
+    file named on the console): worker lines and INFO logging go there. Named on the console once Ray starts
+    (`announce_log`), so an input refused before that stays a one-line error. Yields the path (None when the
+    console is not routed: `mtl -v`, or no `setup`)."""
     if not _state.routed or _state.log is not None:
         yield _state.path
         return
@@ -93,9 +95,7 @@ def run_log(folder: "str | Path", announce: bool = True) -> Iterator[Optional[Pa
     handler.setLevel(logging.INFO)
     logging.getLogger().addHandler(handler)
     with _lock:
-        _state.log, _state.path, _state.handler = log, path, handler
-    if announce:
-        print(f"logs: {path} (Ray, Ray Train and wandb output; `mtl -v` prints it here)", flush=True)
+        _state.log, _state.path, _state.handler, _state.announced = log, path, handler, False
     try:
         yield path
     finally:
@@ -103,6 +103,16 @@ def run_log(folder: "str | Path", announce: bool = True) -> Iterator[Optional[Pa
         with _lock:
             _state.log, _state.path, _state.handler = None, None, None
         log.close()
+
+
+def announce_log() -> None:
+    """Name the open run log on the console, once (`mtl.jobs.ray_session.ensure_ray` calls it: from then on Ray's
+    lines go there)."""
+    with _lock:
+        if _state.log is None or _state.announced:
+            return
+        _state.announced = True
+    print(f"logs: {_state.path} (Ray, Ray Train and wandb output; `mtl -v` prints it here)", flush=True)
 
 
 def local_log_path(folder: "str | Path") -> Path:
@@ -127,6 +137,8 @@ def worker_output(data: dict, ray_print: Callable[[dict], None],
             lines.append(line)
         elif "warning" in event:
             show(f"warning: {event['warning']}", err=True)
+        elif "notice" in event:
+            show(str(event["notice"]))
         else:
             progress.receive(event)
     if not lines:

@@ -193,6 +193,15 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def notice(message: str) -> None:
+    """A line for the console (a training resumed, a run stopped), from a worker too (a marked line the driver
+    shows; in the run's log as well)."""
+    if in_worker():
+        print(MARK + json.dumps({"notice": message}), flush=True)
+    else:
+        print(message, flush=True)
+
+
 def reporter(part: str, total: Optional[float], every: float = 2.0):
     """`tick(done, note="", force=False)`: `report(part, done, total, note)` at most every `every` seconds (a loop
     that ticks every step), or now when `force`."""

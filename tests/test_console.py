@@ -13,19 +13,23 @@ from tests.conftest import tiny
 @pytest.fixture
 def quiet(monkeypatch, capsys):
     """A quiet console (`setup(verbose=False)`), the root logger's handlers and levels put back after."""
-    root = logging.getLogger()
+    root, ray_logger = logging.getLogger(), logging.getLogger("ray")
     saved = (root.handlers[:], root.level, [(h, h.level, h.filters[:]) for h in root.handlers])
+    saved_ray = (ray_logger.handlers[:], ray_logger.propagate)
     handler = logging.StreamHandler()
-    root.handlers[:] = [handler]
+    root.handlers[:], ray_logger.handlers[:] = [handler], [logging.StreamHandler()]  # Ray's own, on this stderr
     monkeypatch.setattr(console, "_state", console._State())
     monkeypatch.setattr(progress, "_driver", True)
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # put back after the test (setup sets it)
     console.setup(verbose=False)
+    console.quiet_ray_logger()  # as ensure_ray does once Ray is imported
     yield handler
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
     for h, level, filters in saved[2]:
         h.setLevel(level)
         h.filters[:] = filters
+    ray_logger.handlers[:], ray_logger.propagate = saved_ray
 
 
 def batch(*lines, pid=4242, actor="RayTrainWorker", is_err=False) -> dict:
@@ -38,12 +42,16 @@ def test_in_a_run_worker_lines_go_to_its_log_progress_to_the_stage_and_nothing_t
     printed = []
     with console.run_log(tmp_path / "run") as path:
         assert path == tmp_path / "run" / "logs" / "console.log"
+        assert capsys.readouterr().out == ""  # named once Ray starts: an input refused before is one line
+        console.announce_log()
+        console.announce_log()
         with progress.stage("teacher", total=8, unit="epoch") as bar:
             console.worker_output(batch("Reporting training result 1: TrainingReport(...)",
                                         progress.MARK + '{"part": "teacher", "done": 1, "total": 8, "note": ""}',
                                         "wandb: Tracking run with wandb version 0.31.0"), printed.append)
             assert bar.done == 1
-        console.worker_output(batch(progress.MARK + '{"warning": "CUDA graph capture failed"}'), printed.append)
+        console.worker_output(batch(progress.MARK + '{"warning": "CUDA graph capture failed"}',
+                                    progress.MARK + '{"notice": "[teacher] resuming at epoch 3"}'), printed.append)
         console.worker_output(batch("A worker died or was killed while executing a task", pid="raylet", actor=""),
                               printed.append)
         console.worker_output(batch("Resized to 4 CPUs.", "INFO autoscaler.py:147 -- fetched nodes",
@@ -53,7 +61,8 @@ def test_in_a_run_worker_lines_go_to_its_log_progress_to_the_stage_and_nothing_t
         logging.getLogger("ray._private.worker").warning("Token authentication is enabled")
     assert printed == []
     out, err = capsys.readouterr()
-    assert out.splitlines() == [f"logs: {path} (Ray, Ray Train and wandb output; `mtl -v` prints it here)"]
+    assert out.splitlines() == [f"logs: {path} (Ray, Ray Train and wandb output; `mtl -v` prints it here)",
+                                "[teacher] resuming at epoch 3"]
     assert "warning: CUDA graph capture failed" in err and "(raylet) A worker died" in err
     assert "Token authentication" not in err and "started a local Ray" not in err
     log = path.read_text()

@@ -50,8 +50,10 @@ def test_a_worker_marks_its_progress_and_the_driver_reads_it_back(capsys, monkey
         assert not silent.enabled and progress.current() is None
         progress.report("teacher", 2.25, 8, note="epoch 2")
         progress.warn("CUDA graph capture failed")
+        progress.notice("[teacher] resuming at epoch 3")
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all(line.startswith(progress.MARK) for line in lines)
+    assert len(lines) == 3 and all(line.startswith(progress.MARK) for line in lines)
+    assert progress.parse(lines[2]) == {"notice": "[teacher] resuming at epoch 3"}
     event = progress.parse(lines[0])
     assert event == {"part": "teacher", "done": 2.25, "total": 8, "note": "epoch 2"}
     assert progress.parse(lines[1]) == {"warning": "CUDA graph capture failed"}

@@ -124,6 +124,7 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, lo
     console.quiet_ray_logger()  # Ray's own driver lines: to the run's log on a quiet console
     if ray.is_initialized():
         route_worker_output()
+        console.announce_log()
         return ray.get_runtime_context().gcs_address
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
@@ -137,6 +138,7 @@ def ensure_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, lo
         record_session(session_dir())
         log.info("started a local Ray instance at %s", ray.get_runtime_context().gcs_address)
     route_worker_output()  # progress marks to mtl.progress; with a quiet console, the rest to the run's log
+    console.announce_log()
     return ray.get_runtime_context().gcs_address
 
 

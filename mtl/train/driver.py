@@ -104,7 +104,7 @@ def train(cfg: Config, session: Optional[RaySession] = None, *, callbacks: Optio
         log.info("%s: already trained for %d epochs, not retrained", folder, cfg.train.epochs)
         return done
     if downsample:
-        print(f"[{cfg.train.role}] {format_counts(downsample)}", flush=True)
+        progress.notice(f"[{cfg.train.role}] {format_counts(downsample)}")
     if cfg.train.workers > 0:  # local mode starts over every time: nothing to resume
         check_resumable(cfg, folder)
         use_ray(session, "mtl.train.driver.train")

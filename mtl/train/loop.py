@@ -31,7 +31,7 @@ from mtl.family import family_of
 from mtl.labels import TASKS
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
-from mtl.progress import reporter
+from mtl.progress import notice, reporter
 from mtl.runs import stored_soft_labels
 from mtl.train.data_stop import DataStop, DiskStop, agreed, agreed_batches, agreed_disk
 from mtl.train.optim import float_base_lrs, load_optimizer_state, make_optimizer, make_scheduler
@@ -90,7 +90,7 @@ def train_rank(payload: dict) -> dict:
         float_base_lrs(scheduler, cfg.train.lr)  # a PBT-perturbed lr takes effect
         start_epoch, history = state["epoch"] + 1, json.loads(state["history"])
         if rank == 0:
-            print(f"[{cfg.train.role}] resuming at epoch {start_epoch} from {checkpoint.path}", flush=True)
+            notice(f"[{cfg.train.role}] resuming at epoch {start_epoch} from {checkpoint.path}")
     graph = cfg.train.cuda_graph and device.type == "cuda"
     if world > 1:  # a captured step needs DDP's static graph (the same buckets every step)
         model = prepare_model(model, move_to_device=False, parallel_strategy_kwargs={"static_graph": graph})
@@ -115,7 +115,7 @@ def train_rank(payload: dict) -> dict:
                 diverged = str(err)
                 ray.train.report({"epoch": epoch, "diverged": True, "divergence": diverged, "val_total": float("nan")})
                 if rank == 0:
-                    print(f"[{cfg.train.role}] diverged at {diverged}; training stopped", flush=True)
+                    notice(f"[{cfg.train.role}] diverged at {diverged}; training stopped")
                 break
             sums = step.read()
             seconds = time.perf_counter() - started

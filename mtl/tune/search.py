@@ -165,7 +165,7 @@ def run_search(cfg: Config, space: Space, session: Optional[RaySession] = None) 
     experiment = storage.join(folder, "ray")  # a URI stays one: Tune stores and restores through pyarrow
     random.seed(cfg.train.seed)  # PBT draws its explore/exploit choices from `random`
     if ray.tune.Tuner.can_restore(experiment):
-        log.info("resuming the search stored in %s", experiment)
+        console.show(f"[search] resuming the search stored in {experiment}")
         tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = ray.tune.Tuner(

@@ -225,6 +225,15 @@ def train_worker_actor_ids() -> set:
                                             filters=[("class_name", "=", "RayTrainWorker")])}
 
 
+def after_log_line(output: str) -> str:
+    """A command's output after the line naming its run log (printed once Ray starts, `mtl.console.announce_log`),
+    which must be the only line before."""
+    first, _, rest = output.partition("\n")
+    assert first.startswith("logs: ") and first.endswith("console.log (Ray, Ray Train and wandb output; `mtl -v` "
+                                                          "prints it here)"), output
+    return rest
+
+
 def test_an_undecodable_image_on_one_rank_ends_the_ddp_run_in_one_line_without_a_restart(tmp_path, shards_copy,
                                                                                          ray_session):
     victim = first_shard_read_by(shards_copy, rank=1, world=2)
@@ -234,8 +243,8 @@ def test_an_undecodable_image_on_one_rank_ends_the_ddp_run_in_one_line_without_a
     result = CliRunner().invoke(main, ["train", f"data.shards={shards_copy}", f"run.dir={tmp_path / 'run'}", *TINY,
                                        "train.workers=2", "train.epochs=2", "train.max_failures=2"])
     assert result.exit_code == 2, result.output
-    assert result.output == f"error: {victim}: sample {key!r}: its JPEG does not decode " \
-                            f"(tjDecompressHeader3(): Could not determine subsampling level of JPEG image)\n"
+    assert after_log_line(result.output) == f"error: {victim}: sample {key!r}: its JPEG does not decode " \
+                                            f"(tjDecompressHeader3(): Could not determine subsampling level of JPEG image)\n"
     assert len(train_worker_actor_ids() - before) == 2  # one worker group of 2 ranks: Ray Train did not restart it
 
 
@@ -272,6 +281,6 @@ def test_workers_that_cannot_start_end_the_training_in_one_line_after_the_wait(t
                                        *TINY, "train.workers=1", "train.cpus_per_worker=64",
                                        "runtime.worker_start_wait_s=4"])
     assert result.exit_code == 2, result.output
-    line = result.output.strip()
+    line = after_log_line(result.output).strip()
     assert "\n" not in line and line.startswith("error: Ray could not start 1 training worker(s) of {'CPU': 64}")
     assert "within 4 s (runtime.worker_start_wait_s): the cluster has CPU 4 (" in line

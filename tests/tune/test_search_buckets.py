@@ -4,7 +4,6 @@ finished search back from the bucket; no local folder named after the URI (`./s3
 
 import csv
 import io
-import logging
 import os
 import subprocess
 import sys
@@ -34,7 +33,7 @@ def modified(location: str) -> int:
 
 
 def test_a_search_with_run_dir_in_a_bucket_keeps_tune_there_and_a_rerun_restores_it(
-        tmp_path, imbalanced_shards, aws, ray_session, caplog):
+        tmp_path, imbalanced_shards, aws, ray_session, capsys):
     """One trial of one epoch through `mtl tune` (a CLI joining the session's Ray; the bucket's variables in its
     job runtime_env, as `mtl submit --env` gives a cluster job); then summary.json is removed and the same search
     (in this process: restoring a finished search starts no trial) is restored from the bucket (Tuner.restore)
@@ -64,9 +63,8 @@ def test_a_search_with_run_dir_in_a_bucket_keeps_tune_there_and_a_rerun_restores
 
     stamp = modified(best_pt)
     storage.remove(f"{folder}/summary.json")
-    with caplog.at_level(logging.INFO, logger="mtl.tune.search"):
-        summary = run_search(*load_search("demo", str(tmp_path / "one.yaml"), command[command.index("--address") + 2:]))
-    assert f"resuming the search stored in {folder}/ray" in caplog.text
+    summary = run_search(*load_search("demo", str(tmp_path / "one.yaml"), command[command.index("--address") + 2:]))
+    assert f"[search] resuming the search stored in {folder}/ray" in capsys.readouterr().out  # a console line
     assert modified(best_pt) == stamp  # the finished trial was not trained again
     assert summary["best"]["trial"] == row["trial"] and storage.is_file(f"{folder}/summary.json")
     assert bucket_named_folders(tmp_path) == [] and not [n for n in os.listdir() if n.startswith("s3:")]
