@@ -85,7 +85,7 @@ def train_students(cfg: Config, session: Optional[RaySession] = None) -> list[di
         raise DataError(data_errors[0])
     if grid.errors:
         raise RuntimeError(f"{len(grid.errors)} student run(s) failed: {grid.errors[0]}")
-    return [training_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
+    return student_outcomes(cfg)
 
 
 def train_student(cfg: Config, i: int) -> None:
@@ -124,8 +124,13 @@ def students_in_tasks(cfg: Config) -> list[dict]:
             if isinstance(err.cause, (DataError, ConfigError, OSError)):
                 raise err.cause from None  # one line (mtl.cli), as a student's data error under Tune
             raise
+    return student_outcomes(cfg)
+
+
+def student_outcomes(cfg: Config) -> list[dict]:
+    """The finished students' {"name", "best", "metrics", "history"}, by index (either way they trained)."""
     root = storage.join(storage.absolute(cfg.run.dir), "students")
-    return [training_outcome(storage.join(root, f"student_{i}")) for i in range(count)]
+    return [training_outcome(storage.join(root, f"student_{i}")) for i in range(cfg.students.count)]
 
 
 @dataclass
