@@ -27,6 +27,7 @@ LOG_NAME = "console.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_ONLY_NOTICES = ("PYTHON worker processes have been started",)  # raylet notices a quiet console does not show
 QUIET_LOGGERS = ("ray",)  # driver-side loggers whose INFO and WARNING lines go to the log only (ERROR: console too)
+CHATTY_LIBRARIES = ("matplotlib", "PIL", "fsspec", "urllib3", "asyncio", "filelock", "h5py", "git")  # INFO with -v
 
 
 @dataclass
@@ -49,6 +50,8 @@ def setup(verbose: bool) -> None:
     logging.basicConfig(format=FORMAT, datefmt="%H:%M:%S")
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
+        for name in CHATTY_LIBRARIES:  # their DEBUG lines (a font search: a hundred lines) say nothing of a run
+            logging.getLogger(name).setLevel(logging.INFO)
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter: silent at verbose=0 (ray_compat)
     for handler in logging.getLogger().handlers:

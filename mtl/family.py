@@ -20,7 +20,7 @@ Prediction from a model file reads the family from the file itself (`mtl.serve.e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Collection, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -63,12 +63,14 @@ class FrameFamily(ModelFamily):
         return train_loader(index, cfg, rank=rank, world=world, soft_labels=soft_labels, pin_memory=pin_memory)
 
     def eval_batches(self, index, split: str, batch_size: int, crop_scale: float, device, rank: int = 0,
-                     world: int = 1, num_workers: Optional[int] = None) -> Iterator[dict]:
-        """Centre-view batches of every world-th shard of `split` from `rank` (`mtl.eval.inference`)."""
+                     world: int = 1, num_workers: Optional[int] = None,
+                     videos: Optional[Collection[str]] = None) -> Iterator[dict]:
+        """Centre-view batches of every world-th shard of `split` from `rank` (`mtl.eval.inference`); with
+        `videos`, of their frames only."""
         from mtl.eval.inference import centre_batches
 
         for batch in centre_batches(index.shard_urls(split)[rank::world], batch_size, index.image_size, crop_scale,
-                                    device, num_workers, protocol=index.protocol):
+                                    device, num_workers, protocol=index.protocol, videos=videos):
             batch["scored"] = np.ones(len(batch["key"]), dtype=bool)
             yield batch
 
@@ -139,13 +141,15 @@ class WindowFamily(ModelFamily):
                              soft_labels=soft_labels, pin_memory=pin_memory)
 
     def eval_batches(self, index, split: str, batch_size: int, crop_scale: float, device, rank: int = 0,
-                     world: int = 1, num_workers: Optional[int] = None) -> Iterator[dict]:
-        """Non-overlapping windows of this rank's videos of `split`, `batch_size` frames a batch (one loader
-        worker); "scored" [B, T] marks each frame's first occurrence (`mtl.data.windows.EvalWindowStream`)."""
+                     world: int = 1, num_workers: Optional[int] = None,
+                     videos: Optional[Collection[str]] = None) -> Iterator[dict]:
+        """Non-overlapping windows of this rank's videos of `split` (of `videos` only, when given), `batch_size`
+        frames a batch (one loader worker); "scored" [B, T] marks each frame's first occurrence
+        (`mtl.data.windows.EvalWindowStream`)."""
         from mtl.data.windows import eval_window_loader
 
         for batch in eval_window_loader(index, split, self.seq_len, max(1, batch_size // self.seq_len), crop_scale,
-                                        rank=rank, world=world):
+                                        rank=rank, world=world, videos=videos):
             marks = batch["valid"].numpy()
             batch["key"] = [key for window, flags in zip(batch["key"], marks)
                             for key, keep in zip(window, flags) if keep]

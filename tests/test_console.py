@@ -127,3 +127,17 @@ def test_a_training_shows_its_summary_and_logs_rays_lines_and_v_prints_them_as_r
     shown = verbose.stdout + verbose.stderr
     assert "(RayTrainWorker pid=" in shown and "[teacher] epoch 0" in shown and "best epoch 0:" in shown
     assert progress.MARK not in shown and not (tmp_path / "verbose" / "logs").exists()
+
+
+def test_verbose_logs_mtls_debug_lines_but_not_the_libraries_font_searches(monkeypatch):
+    monkeypatch.setattr(console, "_state", console._State())
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in console.CHATTY_LIBRARIES)]
+    levels = [logger.level for logger in loggers]
+    try:
+        console.setup(verbose=True)
+        assert logging.getLogger("mtl.train").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.INFO)
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -57,11 +57,18 @@ def test_window_models_refuse_stored_views_and_a_teacher_of_the_other_family():
 
 
 @pytest.mark.parametrize("family", [FrameFamily(), WindowFamily(seq_len=LENGTH)], ids=["frame", "window"])
-def test_evaluation_batches_score_every_stored_frame_once_over_the_ranks(shards, family):
+@pytest.mark.parametrize("some", [False, True], ids=["all", "some videos"])
+def test_evaluation_batches_score_every_stored_frame_once_over_the_ranks(shards, family, some):
+    """Every frame of the split once (of the videos asked for, with `videos`)."""
     stored = [sample["__key__"] for sample in tar_samples(shards.shard_urls("val"))]
+    videos = sorted({video_of(key) for key in stored})
+    assert len(videos) >= 2
+    chosen = set(videos[1:]) if some else None
+    stored = [key for key in stored if chosen is None or video_of(key) in chosen]
     keys, rows = [], 0
     for rank in range(2):
-        for batch in family.eval_batches(shards, "val", 8, 1.2, torch.device("cpu"), rank=rank, world=2):
+        for batch in family.eval_batches(shards, "val", 8, 1.2, torch.device("cpu"), rank=rank, world=2,
+                                         videos=chosen):
             assert batch["scored"].sum() == len(batch["key"])  # the keys name exactly the rows scored
             assert batch["scored"].shape == batch["image"].shape[:batch["scored"].ndim]
             keys += batch["key"]

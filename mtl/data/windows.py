@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Iterator, Optional, Sequence
+from typing import Collection, Iterator, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset
@@ -232,12 +232,15 @@ def window_loader(index: ShardIndex, cfg: Config, length: int = 32, num_workers:
 
 
 class EvalWindowStream(IterableDataset):
-    """Non-overlapping centre-cropped windows of every video exactly once across ranks and workers, with "valid"."""
+    """Non-overlapping centre-cropped windows of every video (of `videos`, when given) exactly once across ranks
+    and workers, with "valid"."""
 
     def __init__(self, index: ShardIndex, split: str = "val", length: int = 32, batch_size: int = 8,
-                 crop_scale: float = 1.2, rank: int = 0, world: int = 1, sources: Optional[Sequence[str]] = None):
+                 crop_scale: float = 1.2, rank: int = 0, world: int = 1, sources: Optional[Sequence[str]] = None,
+                 videos: Optional[Collection[str]] = None):
         super().__init__()
-        self.videos = videos_of_split(index, split, sources)
+        self.videos = [video for video in videos_of_split(index, split, sources)
+                       if videos is None or video.name in videos]
         self.stored_size, self.protocol = index.image_size, index.protocol
         self.length, self.batch_size, self.crop_scale = length, batch_size, crop_scale
         self.rank, self.world = rank, world
@@ -267,10 +270,12 @@ class EvalWindowStream(IterableDataset):
 
 def eval_window_loader(index: ShardIndex, split: str = "val", length: int = 32, batch_size: int = 8,
                        crop_scale: float = 1.2, num_workers: int = 1, rank: Optional[int] = None,
-                       world: Optional[int] = None, sources: Optional[Sequence[str]] = None) -> Iterator[dict]:
-    """Batches of windows of this rank's share of the videos of `split` (see EvalWindowStream)."""
+                       world: Optional[int] = None, sources: Optional[Sequence[str]] = None,
+                       videos: Optional[Collection[str]] = None) -> Iterator[dict]:
+    """Batches of windows of this rank's share of the videos of `split` (of `videos` only, when given; see
+    EvalWindowStream)."""
     if rank is None or world is None:
         rank, world = rank_and_world()
-    stream = EvalWindowStream(index, split, length, batch_size, crop_scale, rank, world, sources)
+    stream = EvalWindowStream(index, split, length, batch_size, crop_scale, rank, world, sources, videos)
     for batch in DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=whole_batch):
         yield as_tensors(batch)

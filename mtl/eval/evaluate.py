@@ -10,7 +10,7 @@ pinned, prefetched batches (`mtl.eval.inference`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from mtl.models.heads import predictions
 def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: int, batch_size: int,
             device: torch.device, crop_scale: float = 1.2, rank: int = 0, world: int = 1,
             channels_last: bool = False, autocast: bool = False, family: ModelFamily = FrameFamily(),
-            num_workers: Optional[int] = None) -> Predictions:
+            num_workers: Optional[int] = None, videos: Optional[Collection[str]] = None) -> Predictions:
     """This rank's predictions and labels on `split`: keys, AU/EXPR probabilities, VA expectations, and the
     labels with missing ones as the metric markers (-1, -5), in the shards' label protocol (`index.protocol`). The
     model's `family` gives the batches (`ModelFamily.eval_batches`: frames, or windows whose frames are each
@@ -40,11 +40,12 @@ def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: i
     The rank's shards are every world-th of the split from `rank`; their samples are decoded by `num_workers`
     loader workers (`mtl.eval.inference.workers_on`: 1 on a CPU) into the same batches, in the same order,
     whatever their number (windows: one worker). On CUDA the batch is at least 256 (`batch_size_on`), pinned and
-    copied one batch ahead, and the outputs stay on the device until the end (one wait)."""
+    copied one batch ahead, and the outputs stay on the device until the end (one wait). With `videos`, only the
+    frames of those videos are decoded and predicted (training's per-epoch validation: the selection half)."""
     was_training = model.training
     model.eval()
     batches = family.eval_batches(index, split, batch_size_on(device, batch_size), crop_scale, device, rank, world,
-                                  num_workers)
+                                  num_workers, videos)
     keys, outputs, labels, scored = [], {name: [] for name in FIELDS[:3]}, [], []
     for batch, on_device in prefetched(batches, device):
         x = model_input(on_device["image"], image_size, channels_last=channels_last)
@@ -85,6 +86,15 @@ def gather(preds: Predictions) -> Optional[Predictions]:
     if dist.get_rank() != 0:
         return None
     return Predictions.concat(everything)
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank (`value` itself without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def score(preds: Predictions, au_thresholds=0.5, expr_f1: str = "present") -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from functools import partial
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Collection, Iterable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -27,7 +27,7 @@ from mtl.data.augment import centre_draws, window_side
 from mtl.data.shards import tar_samples
 from mtl.data.stream import as_tensors, collate, whole_batch, with_labels
 from mtl.errors import DataError, error_line
-from mtl.labels import Protocol
+from mtl.labels import Protocol, video_of
 
 GPU_MIN_BATCH = 256  # inference batches on CUDA: a ResNet-50 forward of 256 images at 112 px is ~2 ms of an H100
 CPU_WORKERS = 1  # decoding workers of an inference loader on a CPU (the model, not decoding, bounds it there)
@@ -60,17 +60,22 @@ def workers_on(device: torch.device | str, num_workers: Optional[int] = None) ->
 class ShardBatches(IterableDataset):
     """Batches of `batch_size` consecutive samples of `urls` ((key, jpg, labels) items, the last batch short),
     each turned into a batch dict by `make(items)`; in a DataLoader of W workers, worker w makes batches w, w + W,
-    ... (the others' samples it only reads past)."""
+    ... (the others' samples it only reads past). With `videos`, only the samples of those videos (the others are
+    read past before they are decoded)."""
 
-    def __init__(self, urls: list[str], batch_size: int, make: Callable[[list], dict]):
+    def __init__(self, urls: list[str], batch_size: int, make: Callable[[list], dict],
+                 videos: Optional[Collection[str]] = None):
         super().__init__()
         self.urls, self.batch_size, self.make = list(urls), batch_size, make
+        self.videos = None if videos is None else frozenset(videos)
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         number, items = 0, []
         for item in with_labels(tar_samples(self.urls)):
+            if self.videos is not None and video_of(item[0]) not in self.videos:
+                continue
             items.append(item)
             if len(items) == self.batch_size:
                 if number % workers == worker_id:
@@ -81,11 +86,12 @@ class ShardBatches(IterableDataset):
 
 
 def shard_batches(urls: list[str], batch_size: int, make: Callable[[list], dict], device: torch.device | str,
-                  num_workers: Optional[int] = None) -> Iterator[dict]:
-    """`ShardBatches` through a DataLoader of `workers_on(device, num_workers)` workers, pinned on CUDA; numpy
-    fields become tensors. A DataError in a worker is raised here with its own one-line message."""
+                  num_workers: Optional[int] = None, videos: Optional[Collection[str]] = None) -> Iterator[dict]:
+    """`ShardBatches` (of `videos` only, when given) through a DataLoader of `workers_on(device, num_workers)`
+    workers, pinned on CUDA; numpy fields become tensors. A DataError in a worker is raised here with its own
+    one-line message."""
     workers = workers_on(device, num_workers)
-    loader = DataLoader(ShardBatches(urls, batch_size, make), batch_size=None, num_workers=workers,
+    loader = DataLoader(ShardBatches(urls, batch_size, make, videos), batch_size=None, num_workers=workers,
                         collate_fn=whole_batch, pin_memory=torch.device(device).type == "cuda",
                         prefetch_factor=4 if workers else None)
     try:
@@ -102,10 +108,11 @@ def centre_batch(items: list, stored_size: int, crop_scale: float, protocol: Pro
 
 
 def centre_batches(urls: list[str], batch_size: int, stored_size: int, crop_scale: float, device: torch.device | str,
-                   num_workers: Optional[int] = None, *, protocol: Protocol | str) -> Iterator[dict]:
-    """`shard_batches` of the evaluation view (`centre_batch`)."""
+                   num_workers: Optional[int] = None, *, protocol: Protocol | str,
+                   videos: Optional[Collection[str]] = None) -> Iterator[dict]:
+    """`shard_batches` of the evaluation view (`centre_batch`), of `videos` only when given."""
     make = partial(centre_batch, stored_size=stored_size, crop_scale=crop_scale, protocol=protocol)
-    return shard_batches(urls, batch_size, make, device, num_workers)
+    return shard_batches(urls, batch_size, make, device, num_workers, videos)
 
 
 def prefetched(batches: Iterable[dict], device: torch.device | str,

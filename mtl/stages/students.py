@@ -89,10 +89,18 @@ def train_students(cfg: Config, session: Optional[RaySession] = None) -> list[di
 
 
 def train_student(cfg: Config, i: int) -> None:
-    """Student i in this process (a Ray task of `students_in_tasks`), in local mode, decoding its own batches."""
+    """Student i in this process (a Ray task of `students_in_tasks`), in local mode, decoding its own batches.
+    wandb's service is closed after it: the worker process outlives the task, and wandb's exit hook, run when Ray
+    ends an idle worker, finds the service gone and prints a traceback."""
+    import sys
+
     from mtl.train.driver import train
 
-    train(updated(student_config(cfg, i), {"data.loader_workers": 0}))
+    try:
+        train(updated(student_config(cfg, i), {"data.loader_workers": 0}))
+    finally:
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].teardown()
 
 
 def students_in_tasks(cfg: Config) -> list[dict]:

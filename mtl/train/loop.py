@@ -24,9 +24,10 @@ from mtl import storage
 from mtl.config import Config, config_dict
 from mtl.data.index import load_index
 from mtl.data.packed import Packed
-from mtl.eval.evaluate import gather, predict, score
+from mtl.eval.evaluate import from_rank0, gather, predict, score
 from mtl.eval.metrics import selection_total
-from mtl.eval.split import selection_half
+from mtl.eval.predictions import Predictions
+from mtl.eval.split import selection_half, selection_videos
 from mtl.family import family_of
 from mtl.labels import TASKS
 from mtl.models.factory import create_model
@@ -103,7 +104,7 @@ def train_rank(payload: dict) -> dict:
     part = cfg.train.name or cfg.train.role
     tick = reporter(part, cfg.train.epochs) if rank == 0 else None  # the driver's progress bar (mtl.progress)
     try:
-        diverged = None
+        diverged, selection = None, None
         for epoch in range(start_epoch, cfg.train.epochs):
             loader.set_epoch(epoch)
             model.train()
@@ -119,16 +120,13 @@ def train_rank(payload: dict) -> dict:
                 break
             sums = step.read()
             seconds = time.perf_counter() - started
-            preds = gather(agreed(predict, unwrapped, index, "val", cfg.data.image_size, cfg.train.eval_batch_size,
-                                  device, cfg.data.augment.crop_scale, rank, world, channels_last=device.type == "cuda",
-                                  autocast=device.type == "cuda",
-                                  family=family_of(cfg.model)))
+            preds, selection = validation(unwrapped, index, cfg, device, rank, world, selection)
             metrics = {"epoch": epoch, "steps": steps, "steps_per_rank": all_ranks(done),
                        "lr": float(scheduler.get_last_lr()[0]),
                        "samples_per_s": samples * world / seconds, "epoch_seconds": seconds,
                        **{f"train_{k}": v / steps for k, v in sums.items() if k != "steps"}}
-            if preds is not None:  # scored on the selection half only: the reporting half stays unseen
-                result = score(selection_half(preds, cfg.eval.split_seed), expr_f1=cfg.eval.expr_f1)
+            if preds is not None:  # the selection half only: the reporting half stays unseen
+                result = score(preds, expr_f1=cfg.eval.expr_f1)
                 metrics.update({f"val_{task}": result[task] for task in TASKS})
                 metrics["val_total"] = selection_total(result, cfg.eval.selection)
             history.append(metrics)
@@ -146,6 +144,23 @@ def train_rank(payload: dict) -> dict:
         run.finish()
     return {"start_epoch": start_epoch, "history": history, "world": world, "diverged": diverged,
             "step_mode": step.mode}
+
+
+def validation(model, index, cfg: Config, device: torch.device, rank: int, world: int,
+               selection: Optional[frozenset]) -> tuple[Optional[Predictions], frozenset]:
+    """The epoch's predictions on the selection half of the validation videos (rank 0; None elsewhere) and that
+    half's video names (every rank). The first validation predicts every video and draws the half
+    (`mtl.eval.split`); later ones predict only the `selection` videos (the same frames' scores, to float
+    rounding: a batch holds other frames)."""
+    on_gpu = device.type == "cuda"
+    preds = gather(agreed(predict, model, index, "val", cfg.data.image_size, cfg.train.eval_batch_size, device,
+                          cfg.data.augment.crop_scale, rank, world, channels_last=on_gpu, autocast=on_gpu,
+                          family=family_of(cfg.model), videos=selection))
+    if selection is not None:
+        return preds, selection
+    chosen = selection_videos(preds, cfg.eval.split_seed) if preds is not None else None
+    selection = from_rank0(chosen)
+    return (selection_half(preds, cfg.eval.split_seed) if preds is not None else None), selection
 
 
 def train_epoch(step: Step, loader, device: torch.device, epoch: int, log_every: int,

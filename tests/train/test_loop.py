@@ -104,3 +104,40 @@ def test_checkpoint_folders_the_snapshot_does_not_name_are_removed_after_the_tra
     assert remove_stray_checkpoints(str(run)) == ["checkpoint_2026-01-01_00-00-02.000002"]
     assert sorted(os.listdir(run)) == ["checkpoint_2026-01-01_00-00-01.000001",
                                        "checkpoint_2026-01-01_00-00-03.000003", SNAPSHOT]
+
+
+def test_later_validations_predict_only_the_selection_videos_with_the_same_scores(tmp_path, imbalanced_shards):
+    """The first validation predicts the whole split and draws the half; a later one predicts only that half's
+    videos: the same frames, scores equal to float rounding (batches hold other frames)."""
+    import numpy as np
+    import torch
+
+    from mtl.data.index import load_index
+    from mtl.eval.split import selection_half
+    from mtl.train.loop import training_model, validation
+
+    cfg = config(tmp_path / "run", imbalanced_shards)
+    torch.manual_seed(0)
+    model, index = training_model(cfg, torch.device("cpu")), load_index(imbalanced_shards)
+    first, selection = validation(model, index, cfg, torch.device("cpu"), 0, 1, None)
+    whole = whole_split(model, index, cfg)
+    assert first.keys.tolist() == selection_half(whole, cfg.eval.split_seed).keys.tolist()
+    assert selection == set(video_names(whole, halves(whole, cfg.eval.split_seed)[0]))
+    assert len(first) < len(whole)
+    later, again = validation(model, index, cfg, torch.device("cpu"), 0, 1, selection)
+    assert again is selection and later.keys.tolist() == first.keys.tolist()
+    for name in ("au_prob", "expr_prob", "va_pred"):
+        np.testing.assert_allclose(getattr(later, name), getattr(first, name), rtol=0, atol=1e-5)
+    for name in ("au_true", "expr_true", "va_true"):
+        assert np.array_equal(getattr(later, name), getattr(first, name))
+    assert score(later)["total"] == pytest.approx(score(first)["total"], abs=1e-4)
+
+
+def whole_split(model, index, cfg):
+    """The model's predictions on the whole validation split, as `mtl evaluate` makes them."""
+    import torch
+
+    from mtl.eval.evaluate import predict
+
+    return predict(model, index, "val", cfg.data.image_size, cfg.train.eval_batch_size, torch.device("cpu"),
+                   cfg.data.augment.crop_scale)
