@@ -2,7 +2,8 @@
 
 Importing mtl changes nothing in the process: the offline defaults (no hub downloads, wandb offline, no
 duplicated worker prints) are set by the CLI (`mtl.cli.main`) and, for library use, by `mtl.jobs.ray_session`
-when it starts Ray; `mtl.runtime_defaults()` applies them by hand.
+when it starts Ray; `mtl.runtime_defaults()` applies them by hand. `mtl.load(path)`, the Python inference API
+(`mtl.api`), imports torch when it is called, not before.
 """
 
 __version__ = "0.1.0"
@@ -22,3 +23,13 @@ def runtime_defaults() -> None:
 
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def load(path, device: str = "auto"):
+    """A model file (best.pt, .pt2, .onnx, a CNN-RNN file) loaded for inference: `mtl.api.load`, which returns a
+    `mtl.api.Predictor` (`predict(images)`, `predict_media(paths)`). torch is imported on the first call only."""
+    import importlib
+
+    # imported by name at call time: `import mtl` stays free of torch, and the package (a parent of every mtl
+    # module) takes no import edge to one of its modules
+    return importlib.import_module("mtl.api").load(path, device)

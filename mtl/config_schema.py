@@ -21,7 +21,7 @@ class _Section(BaseModel):
 
 
 class RunConfig(_Section):
-    dir: str = "runs/demo"
+    dir: str = Field("runs/demo", description="the run folder: a local or shared path, or a bucket URI (s3://, gs://)")
 
 
 class AugmentConfig(_Section):
@@ -72,12 +72,15 @@ class DownsampleConfig(_Section):
 class DataConfig(_Section):
     protocol: str = Field("abaw2020", description="label schema (mtl.labels.PROTOCOLS): abaw2020 (8 AUs, 7 "
                                                   "expressions) | abaw3 (ABAW3+ releases: 12 AUs, 8 expressions)")
-    shards: str = ""
-    image_size: int = Field(112, ge=8)
+    shards: str = Field("", description="the shard folder `mtl prepare` wrote (index.json + tars): a path, a bucket URI or an "
+                                       "http(s) URL")
+    image_size: int = Field(112, ge=8, description="the model's input side in pixels (the stored face is cropped and resized "
+                                                  "to it)")
     balance: str = Field("paper", description="a registered balancer (mtl.data.balance.BALANCERS): paper | none")
-    batch_mode: Literal["mixed", "per_task"] = "mixed"
-    loader_workers: int = Field(2, ge=0)
-    shuffle_buffer: int = Field(1000, ge=1)
+    batch_mode: Literal["mixed", "per_task"] = Field("mixed", description="mixed: one batch with label masks; per_task: one "
+                                                  "batch per task per step, as the paper (docs/recipe.md §4)")
+    loader_workers: int = Field(2, ge=0, description="loader processes per training rank (0: decode in the training process)")
+    shuffle_buffer: int = Field(1000, ge=1, description="samples held for shuffling by each loader worker")
     mean_ir: float = Field(2.0, gt=0.0, description="ML-ROS target imbalance ratio for AUs (reference: 2.0)")
     max_clone_fraction: float = Field(0.5, ge=0.0, description="ML-ROS cap on clones, as a fraction of N")
     augment: AugmentConfig = AugmentConfig()
@@ -124,7 +127,8 @@ class ModelConfig(_Section):
                                                     "a storage URI (s3://, gs://, file://)")
     require_weights: bool = Field(False, description="refuse to train without model.weights (paper preset: the "
                                                      "FER+ backbone, docs/recipe.md §1.1)")
-    temporal: bool = False
+    temporal: bool = Field(False, description="the CNN-RNN: a frozen CNN (from model.weights) and a GRU per task over "
+                                             "windows of model.seq_len frames")
     seq_len: int = Field(32, ge=1, description="frames per window of the temporal (CNN-RNN) model")
     rnn_hidden: int = Field(64, ge=1, description="GRU hidden size of the temporal model")
 
@@ -145,16 +149,16 @@ class TrainConfig(_Section):
     role: Role = Field("teacher", description="teacher: ground truth only; student: with the teacher's soft labels "
                                               "(the objective: mtl.objectives.objective.OBJECTIVES)")
     name: Optional[str] = Field(None, description="output folder under run.dir (default: the role)")
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(4, ge=1, description="training epochs (raise it and re-run to train on from the last checkpoint)")
     batch_size: int = Field(32, ge=1, description="per rank; per task in per_task batch mode")
-    lr: float = Field(1e-3, gt=0.0)
-    optimizer: Literal["adam", "adamw"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.05, ge=0.0)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    warmup_epochs: float = Field(0.5, ge=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate")
+    optimizer: Literal["adam", "adamw"] = Field("adamw", description="Adam (the paper) or AdamW; fused on CUDA")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's betas (the paper: 0.5, 0.999)")
+    weight_decay: float = Field(0.05, ge=0.0, description="weight decay (decoupled with AdamW)")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="learning-rate schedule after the warm-up")
+    warmup_epochs: float = Field(0.5, ge=0.0, description="linear warm-up, in epochs")
     workers: int = Field(1, ge=0, description="Ray Train workers (DDP ranks); 0 = local mode in this process")
-    cpus_per_worker: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs (and torch threads) per training rank")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement of the DDP workers: PACK fills a node first, SPREAD uses many nodes")
     gpus_per_worker: float = Field(1.0, gt=0.0, le=1.0, description="GPU share of each training worker on "
@@ -163,23 +167,24 @@ class TrainConfig(_Section):
                                                "warm-up (stays eager where capture fails); CPU is always eager")
     log_every: int = Field(50, ge=1, description="steps between divergence checks (one host sync each; a "
                                                  "non-finite loss stops every rank at the next check)")
-    seed: int = 0
-    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = Field(0, description="fixes initialisation, data order, balancing and augmentation; students use "
+                                    "seed + 1 + i")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept, the best by val_total")
     max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
-    eval_batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(128, ge=1, description="validation and prediction batch (at least 256 on CUDA)")
     compile: bool = Field(False, description="torch.compile the training model (the DDP-wrapped one, as "
                                              "PyTorch recommends); validation and checkpoints use the plain module")
 
 
 class LossConfig(_Section):
-    lambda_au: float = Field(1.0, ge=0.0)
-    lambda_expr: float = Field(1.0, ge=0.0)
-    lambda_va: float = Field(1.0, ge=0.0)
+    lambda_au: float = Field(1.0, ge=0.0, description="weight of the AU loss (the paper: 8)")
+    lambda_expr: float = Field(1.0, ge=0.0, description="weight of the expression loss")
+    lambda_va: float = Field(1.0, ge=0.0, description="weight of the valence-arousal loss")
     ccc_weight: float = Field(1.0, ge=0.0, description="weight of (1 - CCC) next to the VA bin cross-entropy")
 
 
 class DistillConfig(_Section):
-    temperature: float = Field(1.5, gt=0.0)
+    temperature: float = Field(1.5, gt=0.0, description="distillation temperature T of the EXPR and VA-bin KL terms")
     alpha: float = Field(0.4, ge=0.0, le=1.0, description="weight of the soft-label term where GT exists")
     t_squared: bool = Field(False, description="scale the KL terms by T^2 (the reference did not)")
     task_weights: bool = Field(True, description="weight the student's heads by loss.lambda_* like the teacher's "
@@ -193,7 +198,7 @@ class DistillConfig(_Section):
 
 
 class StudentsConfig(_Section):
-    count: int = Field(3, ge=1)
+    count: int = Field(3, ge=1, description="students trained (seeds train.seed + 1 + i)")
     epochs: Optional[int] = Field(None, ge=1, description="epochs per student (default: train.epochs)")
     backbones: list[str] = Field(default_factory=list, description="student i uses backbones[i % len]; "
                                                                    "empty: model.backbone")
@@ -212,7 +217,8 @@ class TuneConfig(_Section):
     num_samples: int = Field(4, ge=1, description="draws from the space (each one runs every grid combination)")
     space: Optional[str] = Field(None, description="search space file (tune/NAME.yaml); `mtl tune --space` sets it")
     name: Optional[str] = Field(None, description="search folder RUN/tune/<name> (default: the space file's stem)")
-    scheduler: Literal["asha", "pbt", "none"] = "asha"
+    scheduler: Literal["asha", "pbt", "none"] = Field("asha", description="Tune's trial scheduler: ASHA early "
+                                                                           "stopping, population-based training, or none")
     searcher: Literal["random", "optuna"] = Field("random", description="random/grid (Tune's variant generator) "
                                                                          "or Optuna (extra mtl[optuna])")
     grace_period: int = Field(1, ge=1, description="ASHA: epochs every trial runs before it can be stopped")
@@ -260,7 +266,7 @@ class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where every stage runs its models (training, soft labels, evaluation, the ensemble's "
                             "predictions, predict): cuda, cpu, or auto = cuda where the Ray cluster (or, off Ray, "
-                            "this machine) has a GPU; `mtl.jobs.ray_session.resolve_device` decides auto once")
+                            "the local machine) has a GPU; `mtl.jobs.ray_session.resolve_device` decides auto once")
     ddp_timeout_s: int = Field(1800, ge=1, description="torch.distributed collective timeout "
                                                        "(env MTL_DDP_TIMEOUT_S overrides)")
     local_dir: Optional[str] = Field(None, description="local scratch folder (wandb files when run.dir is a bucket); "

@@ -23,6 +23,51 @@ from PIL import Image  # noqa: E402
 
 from mtl.labels import HEADERS  # noqa: E402
 
+# Test tiers, by what a test starts (CONTRIBUTING.md, "Test tiers"): `ray` is assigned from the fixtures a test uses,
+# `ddp` and `e2e` from the node ids below. `pytest -m "not ray"` is the fast tier.
+TIERS = {
+    "ray": "starts or joins the session's local Ray (uses the ray_session fixture, directly or through another)",
+    "ddp": "trains with two or more DDP ranks on Ray Train, or on two Ray nodes",
+    "e2e": "runs a whole pipeline, search, benchmark grid or `mtl` command in a subprocess",
+}
+DDP_TESTS = (
+    "tests/train/test_driver.py::test_ddp_two_ranks",
+    "tests/train/test_driver.py::test_a_worker_killed_from_outside",
+    "tests/train/test_driver.py::test_an_undecodable_image_on_one_rank",
+    "tests/train/test_driver.py::test_relative_shards_and_run_folder",
+    "tests/data/test_stream_ddp.py",
+    "tests/jobs/test_multinode.py",
+)
+E2E_TESTS = (
+    "tests/stages/test_pipeline.py", "tests/stages/test_pipeline_abaw3.py", "tests/stages/test_temporal_pipeline.py",
+    "tests/bench/test_fidelity.py::test_a_tiny_grid", "tests/bench/test_demo.py", "tests/jobs/test_multinode.py",
+    "tests/tune/test_search.py", "tests/tune/test_search_buckets.py",
+    "tests/test_console.py::test_a_training_shows_its_summary",
+)
+
+
+def pytest_configure(config):
+    for name, what in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+TIMEOUTS = {"e2e": 900, "ddp": 600}  # seconds per test (pytest-timeout): several times the longest seen on 2 cores
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks each test with the tiers of what it starts (TIERS), and the slow tiers with a timeout when
+    pytest-timeout is installed (the test extra has it)."""
+    timeouts = config.pluginmanager.hasplugin("timeout")
+    for item in items:
+        if "ray_session" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+        tiers = [name for name, ids in (("ddp", DDP_TESTS), ("e2e", E2E_TESTS)) if item.nodeid.startswith(ids)]
+        for name in tiers:
+            item.add_marker(getattr(pytest.mark, name))
+        if timeouts and tiers and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(max(TIMEOUTS[name] for name in tiers)))
+
+
 TASK_SETS = {"au": "AU_Set", "expr": "EXPR_Set", "va": "VA_Set"}
 SPLIT_SETS = {"train": "Training_Set", "val": "Validation_Set"}
 

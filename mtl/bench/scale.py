@@ -188,7 +188,7 @@ def run_scale_bench(out: Path, sizes: list[int], image_size: int = 48, backbone:
     points = points[1:]
     rows = fit_rows(points, target)
     print(f"synthetic data at {image_size} px (Aff-Wild2's faces are 112 px: image bytes and decode grow with it), "
-          f"backbone {backbone}, this machine's CPUs; slope: log-log fit, 1 = linear, > {SUPERLINEAR} flagged")
+          f"backbone {backbone}, the local CPUs; slope: log-log fit, 1 = linear, > {SUPERLINEAR} flagged")
     print(format_table(points, rows, target))
     print(f"extrapolation to the Aff-Wild2 ABAW-2020 release: {target:,.0f} frames assumed (564 videos, ~2.8 M "
           "frames; a power law through the measured points, not a measurement)")

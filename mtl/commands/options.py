@@ -86,7 +86,7 @@ def config_overrides(params: dict, overrides: tuple = (), command: Optional[clic
 def config_of(config_source: Optional[str], model_file: str, overrides: list[str]):
     """The config a command on model files runs with: `--config` when given, else the model file's own (what it
     was trained with) less its runtime section (the training machine's settings: a model trained on CUDA is
-    evaluated where this machine says, runtime.device auto), with the overrides applied."""
+    evaluated where the local machine says, runtime.device auto), with the overrides applied."""
     from mtl.checkpoint import read_model_file
     from mtl.config import RuntimeConfig, load_config, overridden, validate
 

@@ -1,4 +1,5 @@
-"""The run report (README "Students, ensemble, pipeline"; schema in CONTRIBUTING.md): `report.json`, a short `report.md` and `plots/*.png`.
+"""The run report (README "Students, ensemble, pipeline"; schema in CONTRIBUTING.md): `report.json`, a short `report.md` and `plots/*.png`
+(drawn with matplotlib, extra mtl[plots]; without it there is no plots/ and report.md says why).
 
 Inputs are `mtl.eval.ensemble.ensemble_report` results (scores on the reporting half of the validation videos). Every
 model may carry "selected_on_videos" and "reported_on_videos" (video names), "intervals" ({score: [low, high]}, 95 %
@@ -19,19 +20,20 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from mtl import storage, tables
+from mtl.extras import install_hint, optional, require
 from mtl.storage import json_ready
 from mtl.data.downsample import format_counts
 from mtl.eval.metrics import METRIC_NAMES
 from mtl.eval.predictions import Predictions
 from mtl.labels import DEFAULT_PROTOCOL, INVALID_VA, VA_NAMES, Protocol, get_protocol
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLUMNS = ("au", "expr", "va", "total")
 HEADERS = ("AU", "EXPR", "VA", "total")
@@ -44,6 +46,7 @@ METRIC_TEXT = {
              "for it), EXPR macro F1 over the {num_expr} classes (Other included), VA the mean of the valence and "
              "arousal CCCs; total = P_MTL, their sum (docs/recipe.md §7.3)"}
 PLOT_DIR = "plots"
+PLOTTING = "drawing the report's plots"  # what needs matplotlib (extra mtl[plots])
 DPI = 100
 NOT_IN_JSON = ("preds",)
 
@@ -219,18 +222,24 @@ def markdown(report: Mapping, plots: Mapping[str, Optional[str]]) -> str:
     else:
         lines.append("n/a")
     lines += ["", "## Plots", ""]
-    lines += [f"- [{name}]({PLOT_DIR}/{name}.png)" if why is None else f"- {name}: not drawn ({why})"
-              for name, why in plots.items()]
+    reasons = set(plots.values())
+    if len(plots) > 1 and len(reasons) == 1 and None not in reasons:  # one cause for all (matplotlib missing)
+        lines.append(f"None drawn: {reasons.pop()}")
+    else:
+        lines += [f"- [{name}]({PLOT_DIR}/{name}.png)" if why is None else f"- {name}: not drawn ({why})"
+                  for name, why in plots.items()]
     return "\n".join(lines) + "\n"
 
 
 def write_plots(folder: str | Path, report: Mapping, preds: Optional[Predictions]) -> dict[str, Optional[str]]:
     """Draw every plot into `folder` (local or a storage URI); {plot name: None if written, else why it was
-    skipped}."""
-    storage.makedirs(folder)
+    skipped}. Without matplotlib (extra mtl[plots]) nothing is drawn and `folder` is not made."""
     drawers = {"scores": lambda: plot_scores(report), "expr_confusion": lambda: plot_confusion(report),
                "au_f1": lambda: plot_au_f1(report), "va_scatter": lambda: plot_va(preds),
                "training_curves": lambda: plot_curves(report)}
+    if optional("matplotlib", PLOTTING) is None:
+        return dict.fromkeys(drawers, f"matplotlib is not installed: {install_hint('matplotlib')}")
+    storage.makedirs(folder)
     out = {}
     for name, draw in drawers.items():
         figure = draw()
@@ -246,8 +255,8 @@ def write_plots(folder: str | Path, report: Mapping, preds: Optional[Predictions
 
 def new_figure(width: float, height: float, ncols: int = 1, **kwargs) -> tuple[Figure, Any]:
     """A pyplot-free figure on the Agg canvas (safe in worker threads) and its axes."""
-    figure = Figure(figsize=(width, height), layout="tight")
-    FigureCanvasAgg(figure)
+    figure = require("matplotlib.figure", PLOTTING).Figure(figsize=(width, height), layout="tight")
+    require("matplotlib.backends.backend_agg", PLOTTING).FigureCanvasAgg(figure)
     return figure, figure.subplots(1, ncols, **kwargs)
 
 
@@ -345,6 +354,6 @@ def plot_curves(report: Mapping) -> Figure | str:
             points = [(h.get("epoch", i), _nan(value(h, key))) for i, h in enumerate(history)]
             ax.plot(*zip(*points), marker="o", markersize=3, label=name)
         ax.set(xlabel="epoch", title=key)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(require("matplotlib.ticker", PLOTTING).MaxNLocator(integer=True))
     axes[1].legend(fontsize="small")
     return figure

@@ -53,7 +53,7 @@ def task_options(gpu: bool) -> dict:
 
 def resolve_device(cfg):
     """`cfg` (a `Config`) with runtime.device decided: `auto` becomes cuda where there are GPUs (the Ray cluster's
-    when Ray is up, else this machine's), cpu otherwise; cpu and cuda stay. Every stage's entry calls it, so that
+    when Ray is up, else the local machine's), cpu otherwise; cpu and cuda stay. Every stage's entry calls it, so that
     the trainings, tasks and actors it starts all see one concrete device."""
     if cfg.runtime.device != "auto":
         return cfg

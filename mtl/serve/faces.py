@@ -28,7 +28,7 @@ from mtl.labels import ABAW2020, VA_NAMES, Protocol
 from mtl.errors import DataError
 from mtl.progress import progress_bar
 from mtl.serve.align import align
-from mtl.serve.detect import make_detector
+from mtl.serve.detect import Detector, make_detector
 from mtl.serve.media import MediaReport, expected_frames, find_media, kind_of, read_media
 from mtl.serve.export import protocol_of
 from mtl.serve.submission import check_protocol
@@ -91,41 +91,16 @@ def predict_media(model_path: str | Path, paths: list[str | Path], out_dir: str 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     files = find_media(paths)
     model = load_predictor(model_path, device)
-    if getattr(model, "seq_len", None):
-        raise DataError(f"{model_path}: a temporal (CNN-RNN) model; --media takes frame models only (its crops "
-                        "come per detected face, not as a video's consecutive frames): use --images")
-    check_protocol(protocol_of(model), protocol, False, model_path)
+    check_media_model(model, model_path, protocol)
     find_faces = make_detector(detector)
     out_dir = Path(out_dir)
-    names = display_names(files)
-    reports = [MediaReport(path, kind_of(path)) for path in files]
     tracks: dict[tuple[str, int], dict[int, np.ndarray]] = {}
-    track_count = faces = 0
-    bar = progress_bar(sum(expected_frames(path) or 0 for path in files), "predict", "frame", enabled=progress)
     with atomic_path(out_dir / "faces.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header(protocol_of(model)))
-        batcher = Batcher(model, device, batch_size, writer, tracks)
-        for path, name, report in zip(files, names, reports):
-            tracker = Tracker()
-            for frame in read_media(path, report):
-                detections = find_faces(frame.rgb)
-                ids = tracker.update(frame.index, [d.box for d in detections])
-                head = [name, frame.index, f"{frame.time_s:.3f}"]
-                if not detections:
-                    batcher.add(head)
-                for track, found in sorted(zip(ids, detections), key=lambda pair: pair[0]):
-                    crop = align(frame.rgb, found, find_faces, model.stored_size)
-                    batcher.add(head + [track, *(f"{v:.1f}" for v in found.box), f"{found.score:.4f}"], crop,
-                                (name, track, frame.index))
-                faces += len(detections)
-                bar.update(1)
-            track_count += tracker.count
-            if report.status != "ok":
-                warn(f"{report.status} {path}: {report.problem}")
-        batcher.flush()
+        names, reports, faces, track_count = scan_media(files, Batcher(model, device, batch_size, writer, tracks),
+                                                        find_faces, progress)
         handle.flush()
-    bar.close()
     if abaw_files:
         frames_of = {name: report.frames for name, report in zip(names, reports)}
         write_track_files(out_dir, tracks, frames_of, model.au_thresholds.cpu().numpy(), protocol_of(model))
@@ -136,6 +111,48 @@ def predict_media(model_path: str | Path, paths: list[str | Path], out_dir: str 
     log.info("%d files, %d frames, %d faces in %d tracks -> %s", summary["files"], summary["frames"], faces,
              track_count, summary["csv"])
     return summary
+
+
+def check_media_model(model, name: str | Path, protocol: Optional[str]) -> None:
+    """A DataError unless `model` is a frame model (a temporal one takes a video's consecutive frames, not crops
+    per detected face); `check_protocol` against `protocol` (None: any)."""
+    if getattr(model, "seq_len", None):
+        raise DataError(f"{name}: a temporal (CNN-RNN) model; --media takes frame models only (its crops "
+                        "come per detected face, not as a video's consecutive frames): use --images")
+    check_protocol(protocol_of(model), protocol, False, name)
+
+
+def scan_media(files: list[Path], batcher: Batcher, find_faces: Detector,
+               progress: bool = True) -> tuple[list[str], list[MediaReport], int, int]:
+    """Read `files` frame by frame, detect (`find_faces`, from `make_detector`), track and align the faces, and
+    hand each row (the `FACE_FIELDS` as faces.csv writes them) with its crop to `batcher` (`batcher.model` predicts
+    them), flushed at the end; a frame without a face gives a row of file, frame and time_s only. Returns (the
+    `file` column of each file, their `MediaReport`s, faces found, tracks)."""
+    model = batcher.model
+    names = display_names(files)
+    reports = [MediaReport(path, kind_of(path)) for path in files]
+    track_count = faces = 0
+    bar = progress_bar(sum(expected_frames(path) or 0 for path in files), "predict", "frame", enabled=progress)
+    for path, name, report in zip(files, names, reports):
+        tracker = Tracker()
+        for frame in read_media(path, report):
+            detections = find_faces(frame.rgb)
+            ids = tracker.update(frame.index, [d.box for d in detections])
+            head = [name, frame.index, f"{frame.time_s:.3f}"]
+            if not detections:
+                batcher.add(head)
+            for track, found in sorted(zip(ids, detections), key=lambda pair: pair[0]):
+                crop = align(frame.rgb, found, find_faces, model.stored_size)
+                batcher.add(head + [track, *(f"{v:.1f}" for v in found.box), f"{found.score:.4f}"], crop,
+                            (name, track, frame.index))
+            faces += len(detections)
+            bar.update(1)
+        track_count += tracker.count
+        if report.status != "ok":
+            warn(f"{report.status} {path}: {report.problem}")
+    batcher.flush()
+    bar.close()
+    return names, reports, faces, track_count
 
 
 def display_names(files: list[Path]) -> list[str]:

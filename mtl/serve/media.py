@@ -19,10 +19,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from mtl.data.images import TooManyPixels, open_image, too_many_pixels
+from mtl.extras import require
 from mtl.serve.predict import IMAGE_SUFFIXES, UNREADABLE_ERRORS, natural_key
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+PURPOSE = "mtl predict --media"  # what needs PyAV (extra mtl[media]), in its one-line error
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,7 @@ def expected_frames(path: Path) -> Optional[int]:
     """Frame count from a video's header (1 for a photo; None when unknown or unreadable)."""
     if kind_of(path) == "photo":
         return 1
-    import av
-
+    av = require("av", PURPOSE)
     try:
         with av.open(str(path)) as container:
             return header_frames(container)
@@ -124,8 +125,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def read_video(path: Path, report: MediaReport) -> Iterator[Frame]:
-    import av
-
+    av = require("av", PURPOSE)
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as error:

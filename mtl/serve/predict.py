@@ -164,15 +164,18 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def read_window(source: Path | BinaryIO, stored_size: int, side: int) -> Optional[np.ndarray]:
-    """The evaluation window of an image (a file, or a binary stream of its bytes): RGB, resized to stored_size
-    square, centre side x side, uint8 [side, side, 3]; None when it cannot be decoded or has more pixels than
-    `mtl.data.images.MAX_PIXELS` (read from its header: never decoded)."""
+def read_window(source: Path | BinaryIO | Image.Image, stored_size: int, side: int) -> Optional[np.ndarray]:
+    """The evaluation window of an image (a file, a binary stream of its bytes, or a PIL image already in memory):
+    RGB, resized to stored_size square, centre side x side, uint8 [side, side, 3]; None when it cannot be decoded
+    or has more pixels than `mtl.data.images.MAX_PIXELS` (read from its header: never decoded)."""
     from mtl.data.images import open_image
 
     try:
-        with open_image(source) as image:  # TooManyPixels is a ValueError: unreadable
-            rgb = image.convert("RGB")
+        if isinstance(source, Image.Image):
+            rgb = source.convert("RGB")
+        else:
+            with open_image(source) as image:  # TooManyPixels is a ValueError: unreadable
+                rgb = image.convert("RGB")
     except UNREADABLE_ERRORS:
         return None
     if rgb.size != (stored_size, stored_size):

@@ -83,10 +83,12 @@ def run_pipeline(cfg: Config, address: Optional[str] = None) -> dict:
     entry point: it starts or joins Ray (`address`, else RAY_ADDRESS, else a local one) and hands that session to
     every stage."""
     from mtl.jobs.ray_session import RaySession
+    from mtl.serve.export import check_format
     from mtl.train.driver import check_weights
 
     cfg = absolute_paths(cfg)  # a relative path means the same on every Ray worker
     check_weights(cfg.model)  # before Ray starts: the paper preset's FER+ weights (docs/recipe.md §1.1)
+    check_format(cfg.ensemble.format)  # ONNX without mtl[export]: now, not after every training
     session = RaySession(address)
     session.start()
     ctx = StageContext(cfg=cfg, session=session)

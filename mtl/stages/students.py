@@ -99,7 +99,7 @@ def train_student(cfg: Config, i: int) -> None:
     try:
         train(updated(student_config(cfg, i), {"data.loader_workers": 0}))
     finally:
-        if "wandb" in sys.modules:
+        if sys.modules.get("wandb") is not None:
             sys.modules["wandb"].teardown()
 
 

@@ -53,8 +53,9 @@ def train_loop(payload: dict) -> dict:
     except (DataStop, DiskStop) as stop:
         import sys
 
-        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-            sys.modules["wandb"].run.finish(exit_code=2)
+        wandb = sys.modules.get("wandb")  # imported (and installed) only where the training logs to it
+        if wandb is not None and wandb.run is not None:
+            wandb.run.finish(exit_code=2)
         outcome = {"start_epoch": None, "history": [], "diverged": None}
         if isinstance(stop, DiskStop):
             return {**outcome, "disk_full": [stop.full.errno, stop.full.strerror, stop.full.filename]}
@@ -297,11 +298,15 @@ def format_epoch(role: str, m: dict) -> str:
 
 def open_wandb(cfg: Config, run_id: str, name: str, group: Optional[str] = None):
     """One wandb run per training (offline unless WANDB_MODE says otherwise), config attached; resumable.
-    Grouped by run folder, or by `group` (a search's trials)."""
+    Grouped by run folder, or by `group` (a search's trials). None when wandb (extra mtl[wandb]) is not installed:
+    the training runs without it (`mtl.extras.optional` logs that once)."""
     import os
 
-    import wandb
+    from mtl.extras import optional
 
+    wandb = optional("wandb", "the wandb log of each training")
+    if wandb is None:
+        return None
     wandb_dir = storage.local_folder(cfg.run.dir, "wandb", cfg.runtime.scratch())  # local even for a bucket run
     return wandb.init(project="mtl", group=group or storage.name(cfg.run.dir), name=name, id=run_id,
                       resume="allow", dir=wandb_dir, config=config_dict(cfg),

@@ -17,6 +17,7 @@ from typing import Optional
 from mtl import console, progress, storage
 from mtl.config import Config, absolute_paths, apply_override, config_dict, read_yaml, validate
 from mtl.errors import ConfigError, DataError
+from mtl.extras import require
 from mtl.jobs.ray_compat import TOKEN_TRIAL
 from mtl.jobs.ray_session import RaySession
 from mtl.tune.results import result_rows, write_best_config, write_results
@@ -68,11 +69,7 @@ def check_settings(cfg: Config, space: Space) -> None:
                               "use choice")
         if tune.scheduler == "pbt":
             raise ConfigError("config key 'tune.scheduler': pbt needs tune.searcher=random")
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("config key 'tune.searcher': optuna is not installed; "
-                              "pip install 'mtl[optuna]' (or pip install optuna)") from None
+        require("optuna", "config key 'tune.searcher': tune.searcher=optuna")
 
 
 def make_scheduler(cfg: Config, space: Space):

@@ -166,3 +166,22 @@ def test_format_table(full, sparse):
     assert [line[:9].strip() for line in lines[1:]] == ["teacher", "student 0", "student 1", "ensemble"]
     assert len(set(map(len, lines))) == 1
     assert [line.split()[-2] for line in format_table(sparse[1]).splitlines()] == ["VA", "n/a", "n/a"]
+
+
+def test_report_without_matplotlib_has_no_plots_and_says_why(tmp_path, monkeypatch, caplog):
+    import sys
+
+    from mtl import extras
+
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if the extra mtl[plots] were not installed
+    monkeypatch.setattr(extras, "_told", set())
+    with caplog.at_level("INFO", logger="mtl.extras"):
+        report = write_report(tmp_path, **full_inputs())
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    md = (tmp_path / "report.md").read_text()
+    assert "| ensemble | **0.6000** | 0.4200 | **0.3000** | **1.3200** |" in md
+    assert md.endswith("## Plots\n\nNone drawn: matplotlib is not installed: pip install 'mtl[plots]'\n")
+    assert ".png" not in md and not (tmp_path / "plots").exists()
+    assert [r.getMessage() for r in caplog.records if r.name == "mtl.extras"] == [
+        "drawing the report's plots skipped: matplotlib is not installed (pip install 'mtl[plots]')"]
