@@ -38,7 +38,7 @@ def predict(model: torch.nn.Module, index: ShardIndex, split: str, image_size: i
     scored once, at their first occurrence in their video's windows).
 
     The rank's shards are every world-th of the split from `rank`; their samples are decoded by `num_workers`
-    loader workers (`mtl.eval.inference.workers_on`: none on a CPU) into the same batches, in the same order,
+    loader workers (`mtl.eval.inference.workers_on`: 1 on a CPU) into the same batches, in the same order,
     whatever their number (windows: one worker). On CUDA the batch is at least 256 (`batch_size_on`), pinned and
     copied one batch ahead, and the outputs stay on the device until the end (one wait). With `videos`, only the
     frames of those videos are decoded and predicted (training's per-epoch validation: the selection half)."""

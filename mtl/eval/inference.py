@@ -30,8 +30,7 @@ from mtl.errors import DataError, error_line
 from mtl.labels import Protocol, video_of
 
 GPU_MIN_BATCH = 256  # inference batches on CUDA: a ResNet-50 forward of 256 images at 112 px is ~2 ms of an H100
-CPU_WORKERS = 0  # decoding workers of an inference loader on a CPU: none (the model bounds it there, and a worker
-# process per shard or validation costs more than it decodes: 75 ms a shard, 3x the time of a demo shard's labels)
+CPU_WORKERS = 1  # decoding workers of an inference loader on a CPU (the model, not decoding, bounds it there)
 GPU_WORKERS = 8  # ... on CUDA, at most (and at most half the machine's cores): ~10 k img/s of 112 px JPEGs
 SETTLED_SECONDS = 1.0  # a model file younger than this at load time is not cached (see `cached_model`)
 

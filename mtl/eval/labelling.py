@@ -29,7 +29,8 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
     """Teacher outputs for one shard -> `out_path` (.npz); returns the number of samples (a Ray task; `device`
     is "cuda" when the task was given a GPU). `views`: {"views": K, "augment": data.augment, "seed"} for K
     views per sample (`label_views`), None for the centre view. The shard is decoded by `num_workers` loader
-    workers (`mtl.eval.inference`: the same batches whatever their number); the teacher is loaded once per
+    workers (`mtl.eval.inference`: the same batches whatever their number; default on a CPU: none, in this
+    process); the teacher is loaded once per
     process (`cached_model`); on CUDA it runs in bf16 with channels_last on batches of at least 256."""
     import torch
 
@@ -37,6 +38,8 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
 
     model, cfg = cached_model(teacher_path, device)
     widths, device = cfg.data.schema().widths, torch.device(device)
+    if num_workers is None and device.type == "cpu":
+        num_workers = 0  # one shard a task: a decoding process costs ~75 ms to start, 3x a small shard's labels
     batch_size = batch_size_on(device, batch_size)
     if views:
         return label_views(model, cfg.data.image_size, shard_url, out_path, stored_size, device,
