@@ -42,8 +42,3 @@ def video_names(preds: Predictions, mask: np.ndarray) -> list[str]:
     """Sorted names of the videos of the frames in `mask`."""
     return sorted({video_of(key) for key, keep in zip(preds.keys, mask) if keep})
 
-
-def selection_videos(preds: Predictions, seed: int = 0) -> frozenset[str]:
-    """The names of the videos in the selection half of a validation prediction (`video_half`): what training
-    predicts from its second validation on (`mtl.eval.evaluate.predict(videos=...)`)."""
-    return frozenset(video_of(key) for key in video_half(preds, "selection", seed).keys)

@@ -27,9 +27,9 @@ from mtl.data.packed import Packed
 from mtl.eval.evaluate import from_rank0, gather, predict, score
 from mtl.eval.metrics import selection_total
 from mtl.eval.predictions import Predictions
-from mtl.eval.split import selection_half, selection_videos
+from mtl.eval.split import selection_half
 from mtl.family import family_of
-from mtl.labels import TASKS
+from mtl.labels import TASKS, video_of
 from mtl.models.factory import create_model
 from mtl.objectives.objective import make_objective
 from mtl.progress import notice, reporter
@@ -159,9 +159,8 @@ def validation(model, index, cfg: Config, device: torch.device, rank: int, world
                           family=family_of(cfg.model), videos=selection))
     if selection is not None:
         return preds, selection
-    chosen = selection_videos(preds, cfg.eval.split_seed) if preds is not None else None
-    selection = from_rank0(chosen)
-    return (selection_half(preds, cfg.eval.split_seed) if preds is not None else None), selection
+    half = selection_half(preds, cfg.eval.split_seed) if preds is not None else None
+    return half, from_rank0(frozenset(video_of(key) for key in half.keys) if half is not None else None)
 
 
 def train_epoch(step: Step, loader, device: torch.device, epoch: int, log_every: int,
