@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +29,8 @@ from mtl.labels import HEADERS  # noqa: E402
 TIERS = {
     "ray": "starts or joins the session's local Ray (uses the ray_session fixture, directly or through another)",
     "ddp": "trains with two or more DDP ranks on Ray Train, or on two Ray nodes",
-    "e2e": "runs a whole pipeline, search, benchmark grid or `mtl` command in a subprocess",
+    "e2e": "runs a whole pipeline (the session's `trained_run` included), search, benchmark grid or `mtl` command "
+           "in a subprocess",
 }
 DDP_TESTS = (
     "tests/train/test_driver.py::test_ddp_two_ranks",
@@ -62,6 +64,8 @@ def pytest_collection_modifyitems(config, items):
         if "ray_session" in item.fixturenames:
             item.add_marker(pytest.mark.ray)
         tiers = [name for name, ids in (("ddp", DDP_TESTS), ("e2e", E2E_TESTS)) if item.nodeid.startswith(ids)]
+        if "trained_run" in item.fixturenames and "e2e" not in tiers:  # the session's pipeline, if first to ask
+            tiers.append("e2e")
         for name in tiers:
             item.add_marker(getattr(pytest.mark, name))
         if timeouts and tiers and item.get_closest_marker("timeout") is None:
@@ -189,6 +193,41 @@ TINY_SETTINGS = ("model.backbone=test_resnet", "data.image_size=16", "train.batc
 def tiny(*overrides: str) -> tuple[str, ...]:
     """Config overrides of the tests' tiny runs (timm's test_resnet at 16 px, batches of 16), then `overrides`."""
     return (*TINY_SETTINGS, *overrides)
+
+
+PIPELINE_TINY = tiny("data.loader_workers=1", "train.workers=1", "train.epochs=1", "students.count=2")
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """The session's trained tiny run (`trained_run`): its folder, config, the pipeline's report, and the teacher
+    file's mtime after the teacher stage alone (before the pipeline ran)."""
+
+    dir: Path
+    cfg: Any
+    report: dict
+    teacher_stamp: int
+
+    @property
+    def teacher(self) -> Path:
+        return self.dir / "teacher" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, imbalanced_shards) -> TrainedRun:
+    """One tiny pipeline for the whole session (PIPELINE_TINY on `imbalanced_shards`: a teacher, soft labels, two
+    students on Ray Tune, the ensemble, the report), trained as a pipeline killed after its teacher stage and run
+    again. Stage, serve and report tests read it instead of training their own; a test writes its own outputs
+    elsewhere (copy a file first), and a test that reruns a stage must leave the run as it found it."""
+    from mtl.config import load_config
+    from mtl.stages.pipeline import run_pipeline
+    from mtl.train.driver import train
+
+    run = tmp_path_factory.mktemp("trained_run")
+    cfg = load_config("demo", (f"run.dir={run}", f"data.shards={imbalanced_shards}", *PIPELINE_TINY))
+    train(cfg)  # the teacher stage alone, as if the pipeline had been killed right after it
+    stamp = (run / "teacher" / "best.pt").stat().st_mtime_ns
+    return TrainedRun(run, cfg, run_pipeline(cfg), stamp)
 
 
 def stream_config(batch_size: int = 32, seed: int = 0, augment: dict | None = None, **data):

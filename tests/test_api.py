@@ -1,10 +1,12 @@
 """The Python inference API (`mtl.load`): its predictions equal `mtl predict --images` for a best.pt, an exported
 .pt2 ensemble, an ONNX file and the CNN-RNN files; numpy, PIL, torch and path inputs agree; bad input is a clear
-error; `predict_media` gives `mtl predict --media`'s faces.csv rows; the README example runs as written."""
+error; `predict_media` gives `mtl predict --media`'s faces.csv rows; the README example runs as written; the
+session's trained run serves its ensemble stage's predictions."""
 
 from __future__ import annotations
 
 import csv
+import json
 import runpy
 import subprocess
 import sys
@@ -250,3 +252,26 @@ def test_the_readme_python_block_runs_where_its_files_are(models, faces, tmp_pat
                                atol=6e-5)
     clips = namespace["clips"]
     assert [(r.path.name, r.status, r.frames) for r in clips.reports] == [("clip.mp4", "ok", 3)] and len(clips) >= 1
+
+
+def test_a_trained_runs_ensemble_file_serves_what_the_ensemble_stage_scored(trained_run, imbalanced_shards, tmp_path):
+    """Training -> export -> `mtl.load`: the pipeline's ensemble.pt2, given the validation frames as JPEG files,
+    gives the mean of its members' evaluation outputs, decided at the thresholds the ensemble stage tuned."""
+    from mtl.eval.evaluate import predict_model_file
+    from tests.stages.test_temporal_pipeline import write_val_frames
+
+    keys = write_val_frames(imbalanced_shards, tmp_path / "faces")
+    record = json.loads((trained_run.dir / "ensemble" / "ensemble.json").read_text())
+    assert len(record["members"]) == 2
+    members = [predict_model_file(path, imbalanced_shards) for path in record["members"]]
+    rows = {key: i for i, key in enumerate(members[0].keys)}
+    order = [rows[keys[name]] for name in keys]
+    mean = {field: np.mean([np.asarray(getattr(m, field))[order] for m in members], axis=0)
+            for field in ("au_prob", "expr_prob", "va_pred")}
+    served = mtl.load(record["exported"]).predict([tmp_path / "faces" / name for name in keys])
+    np.testing.assert_allclose(served.au_prob, mean["au_prob"], atol=2e-6)
+    np.testing.assert_allclose(served.expr_prob, mean["expr_prob"], atol=2e-6)
+    np.testing.assert_allclose(np.stack([served.valence, served.arousal], 1), mean["va_pred"], atol=2e-6)
+    thresholds = np.asarray(trained_run.report["ensemble"]["thresholds"])
+    np.testing.assert_allclose(served.au_thresholds, thresholds, atol=1e-6)
+    assert (served.au == (mean["au_prob"] >= thresholds)).mean() > 0.99  # a probability on a threshold may round

@@ -231,4 +231,43 @@ def bench_demo(out, seed, interval, json_file, overrides) -> None:
         raise click.ClickException(f"mtl demo failed (exit {result['exit']}): see {out}.log")
 
 
+@bench.command("detect")
+@click.option("--detectors", default="mtcnn,haar", show_default=True,
+              help="Face detectors, comma separated: registered names or model files (FILE.onnx YuNet, FILE.xml "
+                   "cascade), as `mtl predict --detector` takes them.")
+@click.option("--scenes", default=100, show_default=True, type=click.IntRange(1), help="Scenes per set.")
+@click.option("--size", default=320, show_default=True, type=click.IntRange(64), help="Scene side, pixels.")
+@click.option("--max-faces", default=3, show_default=True, type=click.IntRange(1),
+              help="A scene with faces asks for 1 to this many (fewer are drawn where they do not fit).")
+@click.option("--units", default="14,40", show_default=True,
+              help="Smallest and largest face, pixels per face unit (a face is about 2 units high).")
+@click.option("--face-free", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of face-free scenes per set.")
+@click.option("--max-angle", default=25.0, show_default=True, type=click.FloatRange(0, 90),
+              help="The rotated set turns faces by up to ± this many degrees.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--least-iou", default=0.3, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="A face counts as found by a detection overlapping its true box this much.")
+@click.option("--json", "json_file", default=None, type=click.Path(dir_okay=False), help="Also save the result.")
+def bench_detect(detectors, scenes, size, max_faces, units, face_free, max_angle, seed, least_iou,
+                 json_file) -> None:
+    """The face detectors of `mtl predict --media` on two seeded sets of generated scenes, upright faces and faces
+    turned in the image plane: recall, false positives (on face-free scenes too), median ms per image, and the
+    detector box against the true face box."""
+    from mtl.bench.detect import Scenes, run_detect_bench
+
+    try:
+        smallest, largest = (float(u) for u in units.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{units!r}: expected two numbers separated by a comma",
+                                 param_hint="--units") from None
+    if not 0 < smallest <= largest:
+        raise click.BadParameter(f"{units!r}: expected 0 < smallest <= largest", param_hint="--units")
+    names = [d.strip() for d in detectors.split(",") if d.strip()]
+    if not names:
+        raise click.BadParameter("name at least one detector", param_hint="--detectors")
+    run_detect_bench(names, Scenes(scenes, size, max_faces, (smallest, largest), face_free, max_angle, seed),
+                     least_iou, Path(json_file) if json_file else None)
+
+
 COMMANDS = [bench]

@@ -1,28 +1,23 @@
-"""The pipeline end to end on tiny data: teacher, soft labels, students in parallel on Ray Tune, ensemble, report,
-and a re-run that resumes instead of retraining."""
+"""The pipeline end to end on tiny data (the session's `trained_run`: teacher, soft labels, students in parallel on
+Ray Tune, ensemble, report), students trained in Ray tasks instead, and re-runs that resume instead of retraining."""
 
 import json
 
 import pytest
 
-from mtl.config import load_config, updated
+from mtl.config import updated
 from mtl.stages.pipeline import run_pipeline
 from mtl.stages.students import train_students
-from mtl.train.driver import train
-from tests.conftest import tiny
+from tests.conftest import PIPELINE_TINY
 
-TINY = tiny("data.loader_workers=1", "train.workers=1", "train.epochs=1", "students.count=2")
+TINY = PIPELINE_TINY
 
 
-def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(tmp_path, imbalanced_shards,
-                                                                               ray_session):
-    cfg = load_config("demo", (f"run.dir={tmp_path}", f"data.shards={imbalanced_shards}", *TINY))
-    train(cfg)  # the teacher stage alone, as if the pipeline had been killed right after it
-    teacher_file = tmp_path / "teacher" / "best.pt"
-    stamp = teacher_file.stat().st_mtime_ns
-    report = run_pipeline(cfg)
-    assert teacher_file.stat().st_mtime_ns == stamp
-    on_disk = json.loads((tmp_path / "report.json").read_text())
+def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(trained_run, tmp_path):
+    run, cfg, report = trained_run.dir, trained_run.cfg, trained_run.report
+    teacher_file = trained_run.teacher
+    assert teacher_file.stat().st_mtime_ns == trained_run.teacher_stamp  # the pipeline kept the teacher stage's file
+    on_disk = json.loads((run / "report.json").read_text())
     assert set(on_disk) == {"teacher", "students", "ensemble", "timings", "config"}
     assert len(on_disk["students"]) == 2 and set(on_disk["timings"]) == {"teacher", "soft_labels", "students",
                                                                           "ensemble"}
@@ -39,19 +34,19 @@ def test_pipeline_after_a_finished_teacher_stage_resumes_without_retraining_it(t
         difference = entry["vs_teacher"]["total"]
         assert difference["delta"] == pytest.approx(entry["total"] - on_disk["teacher"]["total"])
         assert difference["interval"][0] <= difference["interval"][1]
-    assert "student − teacher: AU" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "ensemble" / "ensemble.pt2").is_file() and (tmp_path / "report.md").is_file()
-    assert (tmp_path / "plots" / "scores.png").is_file() and (tmp_path / "plots" / "va_scatter.png").is_file()
-    histories = [json.loads((tmp_path / f"students/student_{i}/history.json").read_text()) for i in range(2)]
+    assert "student − teacher: AU" in (run / "report.md").read_text()
+    assert (run / "ensemble" / "ensemble.pt2").is_file() and (run / "report.md").is_file()
+    assert (run / "plots" / "scores.png").is_file() and (run / "plots" / "va_scatter.png").is_file()
+    histories = [json.loads((run / f"students/student_{i}/history.json").read_text()) for i in range(2)]
     assert histories[0]["history"][0]["train_loss"] != histories[1]["history"][0]["train_loss"]  # own seeds
     in_tasks = updated(cfg, {"run.dir": str(tmp_path / "tasks"), "students.workers": 0, "students.concurrent": 2,
-                             "distill.teacher": str(teacher_file), "distill.soft_labels": str(tmp_path / "soft_labels")})
+                             "distill.teacher": str(teacher_file), "distill.soft_labels": str(run / "soft_labels")})
     outcomes = train_students(in_tasks)  # both at once, each in one Ray task: the same students as on Tune
     figures = ("train_loss", "val_au", "val_expr", "val_va", "val_total")
     assert [[[epoch[k] for k in figures] for epoch in o["history"]] for o in outcomes] == \
         [[[epoch[k] for k in figures] for epoch in h["history"]] for h in histories]
     assert not (tmp_path / "tasks" / "students" / "ray").exists()  # no Tune experiment, no Ray Train run
-    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("students/student_*/best.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("students/student_*/best.pt")}
     again = run_pipeline(cfg)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # students not retrained
     assert again["ensemble"]["total"] == report["ensemble"]["total"]

@@ -13,7 +13,7 @@ from mtl.data.synth.generator import synthesize
 from mtl.labels import ABAW3
 from mtl.errors import DataError
 from mtl.stages.pipeline import run_pipeline
-from tests.stages.test_pipeline import TINY
+from tests.conftest import PIPELINE_TINY as TINY
 
 
 @pytest.fixture(scope="module")

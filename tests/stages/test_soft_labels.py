@@ -1,6 +1,7 @@
 """Soft labels: computed per shard on Ray, joined to the right samples in the stream, resumable; students train."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,13 @@ TINY = tiny("data.loader_workers=1", "train.workers=0")
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, imbalanced_shards):
+def teacher(tmp_path_factory, trained_run):
+    """A run folder holding a copy of the session's trained tiny teacher (these tests write soft labels beside it)."""
     run = tmp_path_factory.mktemp("distill")
-    cfg = load_config("demo", (f"run.dir={run}", f"data.shards={imbalanced_shards}", "train.epochs=1", *TINY))
-    return run, Path(train(cfg)["best"])
+    best = run / "teacher" / "best.pt"
+    best.parent.mkdir()
+    shutil.copyfile(trained_run.teacher, best)
+    return run, best
 
 
 def test_soft_labels_hold_the_teachers_outputs_for_every_training_sample(teacher, imbalanced_shards, ray_session):
@@ -296,8 +300,6 @@ def test_the_manifest_records_each_files_digest_and_its_shards_keys(teacher, imb
 
 def test_one_shards_labels_copied_over_anothers_are_refused_before_training(teacher, imbalanced_shards, ray_session,
                                                                            tmp_path):
-    import shutil
-
     from mtl.data.soft_join import SoftLabels
     from mtl.errors import DataError
     from mtl.train.driver import check_inputs

@@ -21,7 +21,7 @@ from mtl.objectives import objective
 from mtl.stages.pipeline import run_pipeline
 from mtl.train.driver import train
 from tests.serve.test_temporal import write_temporal_model
-from tests.stages.test_pipeline import TINY
+from tests.conftest import PIPELINE_TINY as TINY
 
 TEMPORAL = ("model.temporal=true", "model.seq_len=4", "train.batch_size=4")
 
@@ -38,11 +38,9 @@ def write_val_frames(shards, folder: Path) -> dict[str, str]:
     return keys
 
 
-def test_the_cnn_rnn_pipeline_runs_end_to_end_on_windows(tmp_path, imbalanced_shards, ray_session):
-    frames = train(load_config("demo", (f"run.dir={tmp_path / 'cnn'}", f"data.shards={imbalanced_shards}", *TINY,
-                                        "train.workers=0")))
+def test_the_cnn_rnn_pipeline_runs_end_to_end_on_windows(tmp_path, imbalanced_shards, trained_run):
     cfg = load_config("demo", (f"run.dir={tmp_path / 'rnn'}", f"data.shards={imbalanced_shards}", *TINY, *TEMPORAL,
-                               f"model.weights={frames['best']}", "students.count=1"))
+                               f"model.weights={trained_run.teacher}", "students.count=1"))  # the frame teacher's CNN
     report = run_pipeline(cfg)
     manifest = json.loads((tmp_path / "rnn" / "soft_labels" / "manifest.json").read_text())
     assert manifest["unit"] == "window" and manifest["seq_len"] == 4
