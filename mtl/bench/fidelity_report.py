@@ -10,6 +10,9 @@ measured on the reporting half. Comparisons, per task and on total:
 - ensemble - selected student: does the ensemble beat the student the selection half would pick?
 - ensemble - teacher;
 - logit ensemble - ensemble, chosen ensemble - ensemble: other merge rules (`cell_sides`).
+Where the ensemble's gain comes from: ensemble - mean student pooled per metric component (`COMPONENT_KEYS`: F1 and
+accuracy of AU and EXPR, each VA CCC), since the protocols weigh them differently (ABAW3+'s P_MTL has no
+accuracy term).
 A group is one variant x protocol x level; its strata are the seeds. The claim holds in a group when student -
 teacher on total is above zero outside the 95 % interval and no task is below zero outside it, ensemble - mean
 student is above zero outside it, and ensemble - selected student is not below zero outside it.
@@ -30,12 +33,35 @@ from mtl.eval.ensemble import (average, average_logits, greedy_selection, halve_
 from mtl.eval.evaluate import score
 from mtl.eval.pooled import Side, pooled_differences
 from mtl.eval.predictions import Predictions
-from mtl.labels import video_of
+from mtl.labels import get_protocol, video_of
 from mtl.tables import markdown_table
 
 COMPARISONS = ("student - teacher", "ensemble - mean student", "ensemble - selected student", "ensemble - teacher",
                "logit ensemble - ensemble", "chosen ensemble - ensemble")
 MERGES = {"probabilities": average, "logits": average_logits}
+COMPONENT_KEYS = ("au_f1", "au_acc", "expr_f1", "expr_acc", "va_valence", "va_arousal")
+COMPONENTS = {"au_f1": ("au", "f1"), "au_acc": ("au", "acc"), "expr_f1": ("expr", "f1"),
+              "expr_acc": ("expr", "acc"), "va_valence": ("va", "ccc_valence"), "va_arousal": ("va", "ccc_arousal")}
+
+
+def components(scores):
+    """A scorer of metric components instead of task scores: preds -> {COMPONENT_KEYS: value}, NaN where the
+    protocol has no such component (ABAW3+ has no accuracies)."""
+    def scored(preds) -> dict[str, float]:
+        details = scores(preds)["details"]
+        return {key: float(details[task].get(name, float("nan"))) for key, (task, name) in COMPONENTS.items()}
+    return scored
+
+
+def component_keys(protocol: str) -> tuple[str, ...]:
+    """The components the protocol's metric has: ABAW 2020 weighs F1 and accuracy, ABAW3+ (P_MTL) only F1."""
+    return COMPONENT_KEYS if get_protocol(protocol).metric == "abaw2020" else \
+        tuple(k for k in COMPONENT_KEYS if not k.endswith("_acc"))
+
+
+def component_pair(pair: tuple[Side, Side]) -> tuple[Side, Side]:
+    """The comparison (A, B) with both sides scored by `components`."""
+    return tuple(Side(side.preds, [components(s) for s in side.scores]) for side in pair)
 
 
 def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[Side, Side]], dict]:
@@ -131,12 +157,16 @@ def pool_grid(out: str | Path, name: str = "fidelity", replicates: int = REPLICA
         comparisons = pooled_differences([sides for sides, _ in per_cell], replicates=replicates, seed=seed,
                                          names=[name for name, _, _ in cells])
         holds, failures = claim_holds(comparisons)
+        keys = component_keys(protocol)
+        parts = pooled_differences([{"ensemble - mean student": component_pair(sides["ensemble - mean student"])}
+                                    for sides, _ in per_cell], keys=keys, replicates=replicates, seed=seed,
+                                   names=[name for name, _, _ in cells])
         result["groups"].append({
             "variant": variant, "protocol": protocol, "level": level,
             "task_counts": grid["task_counts"][level], "seeds": [r["spec"]["data"]["seed"] for _, r, _ in cells],
             "reported_videos": [len({video_of(k) for k in sides["student - teacher"][0].preds[0].keys})
                                 for sides, _ in per_cell],
-            "comparisons": comparisons, "claim_holds": holds, "failures": failures,
+            "comparisons": comparisons, "components": parts, "claim_holds": holds, "failures": failures,
             "student_sd": float(np.mean([np.std(scores["student_totals"], ddof=1) for _, scores in per_cell]))
             if all(len(scores["student_totals"]) > 1 for _, scores in per_cell) else None,
             "cells": [{"cell": name, **scores} for (name, _, _), (_, scores) in zip(cells, per_cell)]})
@@ -169,6 +199,19 @@ def claim_table(result: dict) -> list[str]:
     return lines
 
 
+def component_table(result: dict) -> list[str]:
+    """Ensemble - mean student per metric component (`COMPONENT_KEYS`), one row per group ("-": not in the
+    protocol's metric)."""
+    rows = []
+    for group in result["groups"]:
+        parts = group.get("components", {}).get("ensemble - mean student", {})
+        rows.append((group["variant"], group["protocol"], level_name(group),
+                     *(_cell(parts[k]) if k in parts else "-" for k in COMPONENT_KEYS)))
+    header = ("variant", "protocol", "level", "AU F1", "AU accuracy", "EXPR F1", "EXPR accuracy", "valence CCC",
+              "arousal CCC")
+    return markdown_table(header, rows, left=3)
+
+
 def level_name(group: dict) -> str:
     """A group's missingness level with its task counts: "harsh (0.9/0.1/0)"."""
     return f"{group['level']} ({'/'.join(f'{p:g}' for p in group['task_counts'])})"
@@ -190,6 +233,9 @@ def markdown(result: dict, title: Optional[str] = None) -> str:
             for group in result["groups"] for name, entry in group["comparisons"].items()]
     lines += markdown_table(["variant", "protocol", "level", "comparison", "AU", "EXPR", "VA", "total", "seeds > 0"],
                             rows, left=4)
+    lines += ["", "Where the ensemble's gain comes from: ensemble - mean student per metric component (ABAW 2020's "
+              "scores weigh F1 and accuracy, ABAW3+'s P_MTL F1 only; VA: each CCC):", "",
+              *component_table(result)]
     lines += ["", "Claim (students above the teacher on total, no task below; ensemble above the mean student and "
               "not below the selected one):", ""]
     for group in result["groups"]:

@@ -89,12 +89,16 @@ def test_a_tiny_grid_runs_pools_and_is_kept(tmp_path, ray_session):
         total = group["comparisons"]["student - teacher"]["total"]
         assert total["delta"] == pytest.approx(np.mean(total["strata"]))
         assert total["interval"][0] <= total["interval"][1] and total["count"] == 2
+        parts = group["components"]["ensemble - mean student"]  # ABAW 2020: F1 and accuracy, each CCC
+        assert set(parts) == {"au_f1", "au_acc", "expr_f1", "expr_acc", "va_valence", "va_arousal"}
+        assert parts["au_f1"]["count"] == 2
     text = (tmp_path / "grid" / "fidelity.md").read_text()
     assert "| base | abaw2020 | harsh (0.9/0.1/0) | ensemble - selected student |" in text
     verdict = "holds" if result["groups"][0]["claim_holds"] else "no"
     assert any(line.startswith("| abaw2020 | harsh (0.9/0.1/0) | base |") and line.endswith(f"| {verdict} |")
                for line in text.splitlines())  # the claim table
     assert json.loads((tmp_path / "grid" / "fidelity.json").read_text())["missing_cells"] == []
+    assert "| base | abaw2020 | harsh (0.9/0.1/0) | " in text.split("Where the ensemble's gain comes from")[1]
 
     stamps = {p: p.stat().st_mtime_ns for p in cells.glob("*/*/cell.json")}
     lines = []

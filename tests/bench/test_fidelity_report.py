@@ -49,3 +49,30 @@ def test_a_cells_sides_score_the_arrays_as_the_pipelines_ensemble_report_would()
     assert scores["student_totals"] == pytest.approx(each, abs=1e-12)
     side = comparisons["student - teacher"][0]
     assert len(side.preds) == 2 and side.preds[0].protocol.name == "abaw2020"
+
+
+def test_the_ensembles_gain_splits_into_the_components_its_protocols_metric_weighs():
+    """`component_pair` scores each side's metric components with the same thresholds: under ABAW 2020 the
+    components weigh back into each task's delta (AU 0.5 F1 + 0.5 accuracy, EXPR 0.67 F1 + 0.33 accuracy, VA the
+    mean of the two CCCs); ABAW3+ has no accuracy component."""
+    import numpy as np
+    import pytest
+
+    from mtl.bench.fidelity_report import cell_sides, component_keys, component_pair
+    from mtl.eval.pooled import pooled_difference
+    from tests.eval.test_ensemble import labelled, member
+
+    labels = labelled()
+    members = [member(labels, noise, seed) for seed, noise in enumerate((0.8, 0.3, 0.5, 0.6))]
+    arrays = {name: m.arrays() for name, m in zip(("teacher", "student_0", "student_1", "student_2"), members)}
+    record = {"spec": {"data": {"protocol": "abaw2020"}}, "threshold_rule": "f1", "expr_f1": "present",
+              "split_seed": 1, "students": 3, "select": False}
+    pair = cell_sides(arrays, record)[0]["ensemble - mean student"]
+    tasks = pooled_difference([pair], replicates=20)
+    parts = pooled_difference([component_pair(pair)], keys=component_keys("abaw2020"), replicates=20)
+    delta = {key: entry["delta"] for key, entry in parts.items()}
+    assert tasks["au"]["delta"] == pytest.approx(0.5 * delta["au_f1"] + 0.5 * delta["au_acc"], abs=1e-9)
+    assert tasks["expr"]["delta"] == pytest.approx(0.67 * delta["expr_f1"] + 0.33 * delta["expr_acc"], abs=1e-9)
+    assert tasks["va"]["delta"] == pytest.approx((delta["va_valence"] + delta["va_arousal"]) / 2, abs=1e-9)
+    assert np.isfinite(list(delta.values())).all() and tasks["au"]["delta"] != 0
+    assert component_keys("abaw3") == ("au_f1", "expr_f1", "va_valence", "va_arousal")
