@@ -34,9 +34,7 @@ TIERS = {
 }
 DDP_TESTS = (
     "tests/train/test_driver.py::test_ddp_two_ranks",
-    "tests/train/test_driver.py::test_a_worker_killed_from_outside",
     "tests/train/test_driver.py::test_an_undecodable_image_on_one_rank",
-    "tests/train/test_driver.py::test_relative_shards_and_run_folder",
     "tests/data/test_stream_ddp.py",
     "tests/jobs/test_multinode.py",
 )

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import controller_registered_a_checkpoint, tiny
+from tests.conftest import tiny
 from mtl.cli import main
 from mtl.config import load_config
 from mtl.errors import ConfigError
@@ -64,25 +64,6 @@ def test_local_mode_trains_and_exports_the_best_model(tmp_path, imbalanced_shard
     assert best["metrics"]["val_total"] == max(m["val_total"] for m in outcome["history"])
 
 
-def test_ddp_two_ranks_learn_with_equal_steps_then_resume_at_the_next_epoch(tmp_path, imbalanced_shards,
-                                                                           ray_session):
-    run_dir = tmp_path / "run"
-    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=2"))
-    history = outcome["history"]
-    assert outcome["start_epoch"] == 0 and [m["epoch"] for m in history] == [0, 1]
-    assert all(m["steps_per_rank"] == [m["steps"], m["steps"]] for m in history)
-    assert history[1]["train_loss"] < history[0]["train_loss"]
-    state = latest_state(run_dir)
-    assert state["epoch"] == 1 and len(state["optimizer"]["state"]) > 0 and state["scheduler"]["last_epoch"] > 0
-
-    resumed = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=3"))
-    assert resumed["start_epoch"] == 2 and [m["epoch"] for m in resumed["history"]] == [0, 1, 2]
-    assert resumed["history"][:2] == history
-
-    with pytest.raises(ConfigError, match="train.lr differ"):
-        train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=4", "train.lr=1e-2"))
-
-
 def live_train_workers() -> list:
     """ALIVE Ray Train worker actors of this session's cluster."""
     import ray
@@ -92,11 +73,21 @@ def live_train_workers() -> list:
                        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
 
 
-def kill_a_worker_after_a_registered_checkpoint(run_dir: Path, killed: list, earlier: set) -> None:
-    """SIGKILL one live Ray Train worker process of this run once the controller has registered a checkpoint.
-    Workers alive before the run started (another test's, not yet reaped) are left alone."""
+def registered_epoch(train_run: Path) -> int:
+    """The epoch of the last checkpoint the Ray Train controller of `train_run` registered (-1: none yet)."""
+    try:
+        snapshot = json.loads((train_run / "checkpoint_manager_snapshot.json").read_text())
+        return snapshot["latest_checkpoint_result"]["metrics"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or caught mid-write
+        return -1
+
+
+def kill_a_worker_after_a_registered_checkpoint(run_dir: Path, killed: list, earlier: set, after: int) -> None:
+    """SIGKILL one live Ray Train worker process of this run once the controller has registered a checkpoint of an
+    epoch past `after` (one this run trained). Workers alive before the run started (another test's, not yet
+    reaped) are left alone."""
     deadline = time.time() + 180
-    while time.time() < deadline and not controller_registered_a_checkpoint(run_dir / "teacher/ray/teacher"):
+    while time.time() < deadline and registered_epoch(run_dir / "teacher/ray/teacher") <= after:
         time.sleep(0.1)
     workers = [w for w in live_train_workers() if w.actor_id not in earlier]
     if workers:
@@ -104,19 +95,53 @@ def kill_a_worker_after_a_registered_checkpoint(run_dir: Path, killed: list, ear
         killed.append(workers[-1].pid)
 
 
-def test_a_worker_killed_from_outside_restarts_the_group_from_the_last_checkpoint(tmp_path, imbalanced_shards,
-                                                                                 ray_session):
-    run_dir = tmp_path / "run"
+def test_ddp_two_ranks_in_relative_folders_learn_resume_at_the_next_epoch_and_from_the_last_checkpoint_if_killed(
+        tmp_path, imbalanced_shards, ray_session, monkeypatch):
+    """Issue #20.9: `mtl train data.shards=shards run.dir=run` run from the folder holding shards/ (the workers'
+    working directory is another) trains 2 ranks with equal steps for 2 epochs. The run resumed to 12 epochs starts
+    at the next epoch, loses a worker to SIGKILL after a checkpoint of its own, and restarts the group from the
+    last one."""
+    from ray.util.queue import Queue
+
+    from mtl.jobs.ray_compat import tune_forwarder
+
+    shutil.copytree(imbalanced_shards, tmp_path / "shards")
+    monkeypatch.chdir(tmp_path)
+    outcomes: list = []  # what `mtl train` got from the driver
+    monkeypatch.setattr("mtl.train.driver.train", lambda *a, **kw: outcomes.append(train(*a, **kw)) or outcomes[-1])
+    result = CliRunner().invoke(main, ["train", "data.shards=shards", "run.dir=run", *TINY, "train.workers=2",
+                                       "train.epochs=2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "teacher" / "best.pt").is_file()
+    stored = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
+    assert (stored["data"]["shards"], stored["run"]["dir"]) == (str(tmp_path / "shards"), str(tmp_path / "run"))
+    (outcome,) = outcomes
+    history = outcome["history"]
+    assert outcome["start_epoch"] == 0 and [m["epoch"] for m in history] == [0, 1]
+    assert all(m["steps_per_rank"] == [m["steps"], m["steps"]] for m in history)
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    run_dir, shards = tmp_path / "run", tmp_path / "shards"
+    state = latest_state(run_dir)
+    assert state["epoch"] == 1 and len(state["optimizer"]["state"]) > 0 and state["scheduler"]["last_epoch"] > 0
+
     killed: list = []
     earlier = {w.actor_id for w in live_train_workers()}
-    killer = threading.Thread(target=kill_a_worker_after_a_registered_checkpoint, args=(run_dir, killed, earlier),
-                              daemon=True)
+    killer = threading.Thread(target=kill_a_worker_after_a_registered_checkpoint,
+                              args=(run_dir, killed, earlier, 1), daemon=True)
     killer.start()
-    outcome = train(config(run_dir, imbalanced_shards, "train.workers=2", "train.epochs=12", "train.max_failures=1"))
+    queue = Queue(actor_options={"num_cpus": 0})  # every report of the run (both worker groups), in order
+    resumed = train(config(run_dir, shards, "train.workers=2", "train.epochs=12", "train.max_failures=1"),
+                    callbacks=[tune_forwarder(queue)])
     killer.join(timeout=5)
+    reports = [metrics for metrics, _ in queue.get_nowait_batch(queue.qsize())]
+    queue.shutdown()
     assert killed, "no Ray Train worker was found to kill"
-    assert [m["epoch"] for m in outcome["history"]] == list(range(12))
-    assert outcome["start_epoch"] >= 1  # the final worker group started from a checkpoint, not from scratch
+    assert reports[0]["epoch"] == 2 and {m["epoch"] for m in reports} == set(range(2, 12))  # at the next epoch
+    assert [m["epoch"] for m in resumed["history"]] == list(range(12)) and resumed["history"][:2] == history
+    assert resumed["start_epoch"] >= 3  # the final worker group started from a checkpoint of the resumed run
+
+    with pytest.raises(ConfigError, match="train.lr differ"):
+        train(config(run_dir, shards, "train.workers=2", "train.epochs=13", "train.lr=1e-2"))
 
 
 def test_temporal_model_trains_on_windows_from_a_teacher_checkpoint(tmp_path, imbalanced_shards):
@@ -255,21 +280,6 @@ def test_a_malformed_sample_in_local_mode_is_one_data_error_naming_shard_and_key
         train(config(tmp_path / "run", shards_copy, "train.workers=0", "train.epochs=1"))
     message = str(raised.value)
     assert "\n" not in message and message.startswith(f"{victim}: sample {key!r} is malformed: ")
-
-
-def test_relative_shards_and_run_folder_mean_the_callers_folders_on_every_ray_train_worker(tmp_path,
-                                                                                          imbalanced_shards,
-                                                                                          ray_session, monkeypatch):
-    """Issue #20.9: `mtl train data.shards=shards run.dir=run` run from the folder holding shards/ (the workers'
-    working directory is another)."""
-    shutil.copytree(imbalanced_shards, tmp_path / "shards")
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["train", "data.shards=shards", "run.dir=run", *TINY, "train.workers=1",
-                                       "train.epochs=1"])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "run" / "teacher" / "best.pt").is_file()
-    stored = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())
-    assert (stored["data"]["shards"], stored["run"]["dir"]) == (str(tmp_path / "shards"), str(tmp_path / "run"))
 
 
 def test_workers_that_cannot_start_end_the_training_in_one_line_after_the_wait(tmp_path, imbalanced_shards,
