@@ -44,12 +44,14 @@ COMPONENTS = {"au_f1": ("au", "f1"), "au_acc": ("au", "acc"), "expr_f1": ("expr"
               "expr_acc": ("expr", "acc"), "va_valence": ("va", "ccc_valence"), "va_arousal": ("va", "ccc_arousal")}
 
 
-def components(scores):
-    """A scorer of metric components instead of task scores: preds -> {COMPONENT_KEYS: value}, NaN where the
-    protocol has no such component (ABAW3+ has no accuracies)."""
-    def scored(preds) -> dict[str, float]:
-        details = scores(preds)["details"]
-        return {key: float(details[task].get(name, float("nan"))) for key, (task, name) in COMPONENTS.items()}
+def with_components(scores):
+    """`scores` (a model's scorer) that also returns the metric components (`COMPONENTS`; NaN where the protocol
+    has no such component: ABAW3+ has no accuracies), so that one scoring of a replicate gives both."""
+    def scored(preds) -> dict:
+        result = scores(preds)
+        details = result["details"]
+        return {**result, **{key: float(details[task].get(name, float("nan")))
+                             for key, (task, name) in COMPONENTS.items()}}
     return scored
 
 
@@ -57,11 +59,6 @@ def component_keys(protocol: str) -> tuple[str, ...]:
     """The components the protocol's metric has: ABAW 2020 weighs F1 and accuracy, ABAW3+ (P_MTL) only F1."""
     return COMPONENT_KEYS if get_protocol(protocol).metric == "abaw2020" else \
         tuple(k for k in COMPONENT_KEYS if not k.endswith("_acc"))
-
-
-def component_pair(pair: tuple[Side, Side]) -> tuple[Side, Side]:
-    """The comparison (A, B) with both sides scored by `components`."""
-    return tuple(Side(side.preds, [components(s) for s in side.scores]) for side in pair)
 
 
 def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[Side, Side]], dict]:
@@ -84,7 +81,8 @@ def cell_sides(models: dict[str, dict], record: dict) -> tuple[dict[str, tuple[S
         """Reporting-half predictions, their scorer (thresholds from the selection half), selection-half total."""
         chosen = preds.select(tune)
         thresholds = tune_thresholds(chosen, rule)
-        return preds.select(report), scorer(thresholds, expr_f1), score(chosen, thresholds, expr_f1)["total"]
+        return (preds.select(report), with_components(scorer(thresholds, expr_f1)),
+                score(chosen, thresholds, expr_f1)["total"])
 
     def side(*entries) -> Side:
         return Side([e[0] for e in entries], [e[1] for e in entries])
@@ -154,19 +152,18 @@ def pool_grid(out: str | Path, name: str = "fidelity", replicates: int = REPLICA
     for (variant, protocol, level), cells in groups.items():
         log(f"[fidelity] pooling {variant} {protocol} {level}: {len(cells)} seed(s)")
         per_cell = [cell_sides(models, record) for _, record, models in cells]
-        comparisons = pooled_differences([sides for sides, _ in per_cell], replicates=replicates, seed=seed,
-                                         names=[name for name, _, _ in cells])
+        parts = component_keys(protocol)  # scored with the task scores, on the same replicates
+        pooled = pooled_differences([sides for sides, _ in per_cell], keys=(*KEYS, *parts), replicates=replicates,
+                                    seed=seed, names=[name for name, _, _ in cells])
+        comparisons = {name: {k: entry[k] for k in KEYS} for name, entry in pooled.items()}
         holds, failures = claim_holds(comparisons)
-        keys = component_keys(protocol)
-        parts = pooled_differences([{"ensemble - mean student": component_pair(sides["ensemble - mean student"])}
-                                    for sides, _ in per_cell], keys=keys, replicates=replicates, seed=seed,
-                                   names=[name for name, _, _ in cells])
+        gain = {"ensemble - mean student": {k: pooled["ensemble - mean student"][k] for k in parts}}
         result["groups"].append({
             "variant": variant, "protocol": protocol, "level": level,
             "task_counts": grid["task_counts"][level], "seeds": [r["spec"]["data"]["seed"] for _, r, _ in cells],
             "reported_videos": [len({video_of(k) for k in sides["student - teacher"][0].preds[0].keys})
                                 for sides, _ in per_cell],
-            "comparisons": comparisons, "components": parts, "claim_holds": holds, "failures": failures,
+            "comparisons": comparisons, "components": gain, "claim_holds": holds, "failures": failures,
             "student_sd": float(np.mean([np.std(scores["student_totals"], ddof=1) for _, scores in per_cell]))
             if all(len(scores["student_totals"]) > 1 for _, scores in per_cell) else None,
             "cells": [{"cell": name, **scores} for (name, _, _), (_, scores) in zip(cells, per_cell)]})

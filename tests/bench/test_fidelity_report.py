@@ -52,13 +52,13 @@ def test_a_cells_sides_score_the_arrays_as_the_pipelines_ensemble_report_would()
 
 
 def test_the_ensembles_gain_splits_into_the_components_its_protocols_metric_weighs():
-    """`component_pair` scores each side's metric components with the same thresholds: under ABAW 2020 the
+    """A cell's sides also score the metric components, with the same thresholds: under ABAW 2020 the
     components weigh back into each task's delta (AU 0.5 F1 + 0.5 accuracy, EXPR 0.67 F1 + 0.33 accuracy, VA the
     mean of the two CCCs); ABAW3+ has no accuracy component."""
     import numpy as np
     import pytest
 
-    from mtl.bench.fidelity_report import cell_sides, component_keys, component_pair
+    from mtl.bench.fidelity_report import cell_sides, component_keys
     from mtl.eval.pooled import pooled_difference
     from tests.eval.test_ensemble import labelled, member
 
@@ -69,7 +69,7 @@ def test_the_ensembles_gain_splits_into_the_components_its_protocols_metric_weig
               "split_seed": 1, "students": 3, "select": False}
     pair = cell_sides(arrays, record)[0]["ensemble - mean student"]
     tasks = pooled_difference([pair], replicates=20)
-    parts = pooled_difference([component_pair(pair)], keys=component_keys("abaw2020"), replicates=20)
+    parts = pooled_difference([pair], keys=component_keys("abaw2020"), replicates=20)
     delta = {key: entry["delta"] for key, entry in parts.items()}
     assert tasks["au"]["delta"] == pytest.approx(0.5 * delta["au_f1"] + 0.5 * delta["au_acc"], abs=1e-9)
     assert tasks["expr"]["delta"] == pytest.approx(0.67 * delta["expr_f1"] + 0.33 * delta["expr_acc"], abs=1e-9)
