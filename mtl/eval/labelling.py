@@ -30,8 +30,8 @@ def label_shard(teacher_path: str, shard_url: str, out_path: str, stored_size: i
     is "cuda" when the task was given a GPU). `views`: {"views": K, "augment": data.augment, "seed"} for K
     views per sample (`label_views`), None for the centre view. The shard is decoded by `num_workers` loader
     workers (`mtl.eval.inference`: the same batches whatever their number; default on a CPU: none, in this
-    process); the teacher is loaded once per
-    process (`cached_model`); on CUDA it runs in bf16 with channels_last on batches of at least 256."""
+    process); the teacher is loaded once per process (`cached_model`); on CUDA it runs in bf16 with channels_last
+    on batches of at least 256."""
     import torch
 
     from mtl.eval.inference import batch_size_on, cached_model, centre_batches, prefetched
