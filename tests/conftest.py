@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config, items):
         if "ray_session" in item.fixturenames:
             item.add_marker(pytest.mark.ray)
         tiers = [name for name, ids in (("ddp", DDP_TESTS), ("e2e", E2E_TESTS)) if item.nodeid.startswith(ids)]
-        if "trained_run" in item.fixturenames and "e2e" not in tiers:  # the session's pipeline, if first to ask
+        if {"trained_run", "tiny_grid"} & set(item.fixturenames) and "e2e" not in tiers:  # the session's runs
             tiers.append("e2e")
         for name in tiers:
             item.add_marker(getattr(pytest.mark, name))
@@ -226,6 +226,18 @@ def trained_run(tmp_path_factory, imbalanced_shards) -> TrainedRun:
     train(cfg)  # the teacher stage alone, as if the pipeline had been killed right after it
     stamp = (run / "teacher" / "best.pt").stat().st_mtime_ns
     return TrainedRun(run, cfg, run_pipeline(cfg), stamp)
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory, ray_session):
+    """The session's tiny fidelity grid (`mtl bench fidelity --size tiny`): two seeds of the harsh level under
+    ABAW3+, one pipeline per cell as a Ray task, two at once. Returns (the Grid, its records). The fidelity tests
+    pool it; the ABAW3+ pipeline tests read a cell's run (RUN = GRID/cells/base/abaw3-harsh-s0)."""
+    from mtl.bench.fidelity import Grid, run_grid
+
+    grid = Grid(out=str(tmp_path_factory.mktemp("tiny_grid") / "grid"), size="tiny", seeds=(0, 1),
+                levels=("harsh",), protocols=("abaw3",))
+    return grid, run_grid(grid, parallel=2)
 
 
 def stream_config(batch_size: int = 32, seed: int = 0, augment: dict | None = None, **data):

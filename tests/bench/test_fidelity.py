@@ -1,8 +1,9 @@
-"""The fidelity benchmark: its options, a variant's reuse of the teacher, and a tiny grid end to end (two seeds,
-one Ray task per pipeline), pooled, cross-checked against each cell's own pipeline report, and kept on a second
-run."""
+"""The fidelity benchmark: its options, a variant's reuse of the teacher, and the session's tiny grid end to end
+(`tiny_grid`: two seeds under ABAW3+, one Ray task per pipeline), pooled, cross-checked against each cell's own
+pipeline report, and kept on a second run."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,24 +64,24 @@ def test_a_variant_reuses_the_first_variants_teacher_only_where_it_leaves_the_te
     assert not reuse_teacher(distill_only, cell, first)  # a cell that has its own record keeps it
 
 
-def test_a_tiny_grid_runs_pools_and_is_kept(tmp_path, ray_session):
-    grid = Grid(out=str(tmp_path / "grid"), size="tiny", seeds=(0, 1), levels=("harsh",), protocols=("abaw2020",))
-    records = run_grid(grid, parallel=2)
-    assert [r["cell"] for r in records] == ["base/abaw2020-harsh-s0", "base/abaw2020-harsh-s1"]
-    cells = tmp_path / "grid" / "cells"
-    data = json.loads((tmp_path / "grid/data/abaw2020-harsh-s0/data.json").read_text())["spec"]
+def test_a_tiny_grid_runs_pools_and_is_kept(tiny_grid):
+    grid, records = tiny_grid
+    out = Path(grid.out)
+    assert [r["cell"] for r in records] == ["base/abaw3-harsh-s0", "base/abaw3-harsh-s1"]
+    cells = out / "cells"
+    data = json.loads((out / "data/abaw3-harsh-s0/data.json").read_text())["spec"]
     assert data["task_counts"] == [0.9, 0.1, 0.0] and data["val_videos"] == 8
-    models = read_predictions(cells / "base/abaw2020-harsh-s0")
+    models = read_predictions(cells / "base/abaw3-harsh-s0")
     assert sorted(models) == ["student_0", "student_1", "teacher"]
     assert not np.array_equal(models["teacher"]["expr_prob"], models["student_0"]["expr_prob"])
 
-    result = pool_grid(tmp_path / "grid", "fidelity", replicates=50)
+    result = pool_grid(out, "fidelity", replicates=50)
     assert [(g["variant"], g["seeds"]) for g in result["groups"]] == [("base", [0, 1])]
     for group in result["groups"]:
         assert set(group["comparisons"]) == set(COMPARISONS)
         for seed, cell in zip(group["seeds"], group["cells"]):
             # the cell's own pipeline report scored the same models on the same reporting half
-            report = json.loads((cells / group["variant"] / f"abaw2020-harsh-s{seed}/report.json").read_text())
+            report = json.loads((cells / group["variant"] / f"abaw3-harsh-s{seed}/report.json").read_text())
             assert cell["teacher"]["total"] == pytest.approx(report["teacher"]["total"], abs=1e-9)
             assert cell["ensemble"]["total"] == pytest.approx(report["ensemble"]["total"], abs=1e-9)
             students = np.mean([s["total"] for s in report["students"]])
@@ -89,16 +90,16 @@ def test_a_tiny_grid_runs_pools_and_is_kept(tmp_path, ray_session):
         total = group["comparisons"]["student - teacher"]["total"]
         assert total["delta"] == pytest.approx(np.mean(total["strata"]))
         assert total["interval"][0] <= total["interval"][1] and total["count"] == 2
-        parts = group["components"]["ensemble - mean student"]  # ABAW 2020: F1 and accuracy, each CCC
-        assert set(parts) == {"au_f1", "au_acc", "expr_f1", "expr_acc", "va_valence", "va_arousal"}
+        parts = group["components"]["ensemble - mean student"]  # P_MTL: the F1 scores and each CCC, no accuracy
+        assert set(parts) == {"au_f1", "expr_f1", "va_valence", "va_arousal"}
         assert parts["au_f1"]["count"] == 2
-    text = (tmp_path / "grid" / "fidelity.md").read_text()
-    assert "| base | abaw2020 | harsh (0.9/0.1/0) | ensemble - selected student |" in text
+    text = (out / "fidelity.md").read_text()
+    assert "| base | abaw3 | harsh (0.9/0.1/0) | ensemble - selected student |" in text
     verdict = "holds" if result["groups"][0]["claim_holds"] else "no"
-    assert any(line.startswith("| abaw2020 | harsh (0.9/0.1/0) | base |") and line.endswith(f"| {verdict} |")
+    assert any(line.startswith("| abaw3 | harsh (0.9/0.1/0) | base |") and line.endswith(f"| {verdict} |")
                for line in text.splitlines())  # the claim table
-    assert json.loads((tmp_path / "grid" / "fidelity.json").read_text())["missing_cells"] == []
-    assert "| base | abaw2020 | harsh (0.9/0.1/0) | " in text.split("Where the ensemble's gain comes from")[1]
+    assert json.loads((out / "fidelity.json").read_text())["missing_cells"] == []
+    assert "| base | abaw3 | harsh (0.9/0.1/0) | " in text.split("Where the ensemble's gain comes from")[1]
 
     stamps = {p: p.stat().st_mtime_ns for p in cells.glob("*/*/cell.json")}
     lines = []

@@ -1,8 +1,10 @@
-"""The ABAW3+ protocol end to end on tiny data: synthetic s-Aff-Wild2 -> `mtl prepare --s-affwild2` -> the
-pipeline under `data.protocol=abaw3` (teacher, soft labels, a student on Ray Tune, ensemble, report by P_MTL) ->
-`mtl predict --submission`; and shards of one protocol refused by a config of the other."""
+"""The ABAW3+ protocol end to end on tiny data: the pipeline under `data.protocol=abaw3` (teacher, soft labels,
+students on Ray Tune, ensemble, report by P_MTL: a cell of the session's `tiny_grid`, synthetic s-Aff-Wild2) ->
+`mtl predict --submission` on faces that `mtl prepare --s-affwild2` reads; and shards of one protocol refused by a
+config of the other."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,7 +14,6 @@ from mtl.config import load_config
 from mtl.data.synth.generator import synthesize
 from mtl.labels import ABAW3
 from mtl.errors import DataError
-from mtl.stages.pipeline import run_pipeline
 from tests.conftest import PIPELINE_TINY as TINY
 
 
@@ -27,21 +28,20 @@ def abaw3_shards(tmp_path_factory, ray_session):
     return root
 
 
-def test_the_abaw3_pipeline_scores_by_p_mtl_and_writes_a_submission(tmp_path, abaw3_shards):
-    cfg = load_config("demo", (f"run.dir={tmp_path / 'run'}", f"data.shards={abaw3_shards / 'shards'}", *TINY,
-                               "students.count=1", "data.protocol=abaw3"))
-    report = run_pipeline(cfg)
-    on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert (on_disk["protocol"], on_disk["metric"]) == ("abaw3", "abaw3")
+def test_the_abaw3_pipeline_scores_by_p_mtl_and_writes_a_submission(tmp_path, abaw3_shards, tiny_grid):
+    grid, _ = tiny_grid
+    run = Path(grid.out) / "cells" / "base" / "abaw3-harsh-s0"
+    report = json.loads((run / "report.json").read_text())
+    assert (report["protocol"], report["metric"], report["config"]["data"]["protocol"]) == ("abaw3",) * 3
     for entry in (report["teacher"], *report["students"], report["ensemble"]):
         if entry["total"] is not None:  # P_MTL = AU F1 + EXPR F1 + VA CCC, each task where it has labels
             terms = [entry[t] for t in ("au", "expr", "va") if entry[t] is not None]
             assert entry["total"] == pytest.approx(sum(terms))
-    assert "P_MTL" in (tmp_path / "run" / "report.md").read_text()
+    assert "P_MTL" in (run / "report.md").read_text()
     frames = sorted(p.relative_to(abaw3_shards / "raw" / "cropped_aligned").as_posix()
                     for p in (abaw3_shards / "raw" / "cropped_aligned").rglob("*.jpg"))[:9]
     (tmp_path / "test_list.txt").write_text("image\n" + "\n".join(reversed(frames)) + "\n")
-    result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "run" / "ensemble" / "ensemble.pt2"),
+    result = CliRunner().invoke(main, ["predict", "--model", str(run / "ensemble" / "ensemble.pt2"),
                                        "--images", str(abaw3_shards / "raw" / "cropped_aligned"),
                                        "--out", str(tmp_path / "pred"), "--protocol", "abaw3",
                                        "--submission", str(tmp_path / "sub.txt"),
