@@ -1,6 +1,10 @@
 """The claim's verdict from pooled comparisons (the tiny grid in test_fidelity.py covers the pooling itself)."""
 
-from mtl.bench.fidelity_report import claim_holds
+import itertools
+import json
+from pathlib import Path
+
+from mtl.bench.fidelity_report import claim_holds, claim_table
 
 
 def comparison(total, au=(0.01, 0.02), expr=(-0.01, 0.03), va=(-0.02, 0.02)):
@@ -76,3 +80,17 @@ def test_the_ensembles_gain_splits_into_the_components_its_protocols_metric_weig
     assert tasks["va"]["delta"] == pytest.approx((delta["va_valence"] + delta["va_arousal"]) / 2, abs=1e-9)
     assert np.isfinite(list(delta.values())).all() and tasks["au"]["delta"] != 0
     assert component_keys("abaw3") == ("au_f1", "expr_f1", "va_valence", "va_arousal")
+
+
+def test_the_readmes_claim_table_is_the_benchmarks_own_output():
+    """Every row of the README's claim table is a row that `claim_table` writes from a committed benchmark result
+    (benchmarks/results/fidelity-*.json): the table is regenerated, not typed."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text().splitlines()
+    header = readme.index(next(line for line in readme if line.startswith("| protocol | level | variant |")))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), readme[header + 2:]))
+    written = set()
+    for path in sorted((root / "benchmarks" / "results").glob("fidelity-*.json")):
+        written.update(claim_table(json.loads(path.read_text()))[2:])
+    assert len(rows) >= 12 and {row.split(" | ")[2] for row in rows} >= {"base", "long", "long5"}
+    assert [row for row in rows if row not in written] == []
