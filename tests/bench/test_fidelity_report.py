@@ -87,7 +87,7 @@ def test_the_readmes_claim_table_is_the_benchmarks_own_output():
     (benchmarks/results/fidelity-*.json): the table is regenerated, not typed."""
     root = Path(__file__).resolve().parents[2]
     readme = (root / "README.md").read_text().splitlines()
-    header = readme.index(next(line for line in readme if line.startswith("| protocol | level | variant |")))
+    header = next(i for i, line in enumerate(readme) if line.startswith("| protocol | level | variant |"))
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), readme[header + 2:]))
     written = set()
     for path in sorted((root / "benchmarks" / "results").glob("fidelity-*.json")):
